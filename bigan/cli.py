@@ -1,0 +1,119 @@
+"""The `bigan` command: `bigan train`, `bigan sample` (more subcommands join as they land).
+
+Errors the user can fix (bad config, missing checkpoint, divergence) become one readable line
+on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bigan.config import ConfigError, dump_config, load_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        return 0
+    from bigan.train.trainer import train
+
+    result = train(cfg, resume=args.resume)
+    run = result.run_dir
+    print(f"trained {result.step} steps ({result.cur_nimg / 1000:.1f} kimg)")
+    print(f"  checkpoint   {result.last_checkpoint}")
+    print(f"  grid         {run / 'grids' / 'latest.png'}")
+    print(f"  tensorboard  tensorboard --logdir {run / 'tb'}")
+    print(f"  metrics      {run / 'metrics.jsonl'}")
+    return 0
+
+
+def _parse_classes(text: str, names: list[str]) -> list[int]:
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if item.isdigit():
+            k = int(item)
+        elif item in names:
+            k = names.index(item)
+        else:
+            raise ConfigError(f"--classes: {item!r} is neither a class id nor one of {names}")
+        if not 0 <= k < len(names):
+            raise ConfigError(f"--classes: class id {k} is outside 0..{len(names) - 1}")
+        out.append(k)
+    return out
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from bigan.eval.samples import load_ema_generator, save_samples_png
+
+    if args.truncation is not None and args.truncation <= 0:
+        raise ConfigError(f"--truncation={args.truncation} must be > 0 (omit it for no truncation)")
+    if args.n < 1:
+        raise ConfigError(f"--n={args.n} must be >= 1")
+    G, class_names, path = load_ema_generator(args.checkpoint)
+    classes = _parse_classes(args.classes, class_names) if args.classes else list(range(min(10, len(class_names))))
+    out = save_samples_png(G, args.out, classes, args.n, args.seed, args.truncation)
+    print(f"{len(classes)} classes x {args.n} samples from {path} -> {out}")
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    try:
+        from bigan.train.checkpoint import CheckpointError
+        from bigan.train.trainer import TrainingDiverged
+    except ImportError:
+        return tuple(errors)
+    return (*errors, CheckpointError, TrainingDiverged)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigan", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a GAN from a YAML config",
+                       description="Train a GAN. Re-running the same command with --resume auto "
+                                   "continues from the newest valid checkpoint.")
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.ch=64 train.steps=500")
+    p.add_argument("--out", help="run directory (overrides train.out_dir)")
+    p.add_argument("--resume", help="'auto' (newest valid checkpoint in the run directory, "
+                                    "else start fresh) or a checkpoint directory")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sample", help="draw a per-class grid PNG from a checkpoint's EMA generator",
+                       description="Row per class, column j uses seed SEED+j; the same inputs "
+                                   "always give the same images (and the server gives them too).")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run/checkpoints directory (uses latest)")
+    p.add_argument("--classes", default="", help="comma-separated class ids or names (default: first 10)")
+    p.add_argument("--n", type=int, default=8, help="samples per class (default 8)")
+    p.add_argument("--truncation", type=float, default=None,
+                   help="truncation psi > 0: latents resampled into [-psi, psi] (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first column (default 0)")
+    p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    p.set_defaults(func=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"bigan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

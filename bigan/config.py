@@ -1,0 +1,314 @@
+"""Typed run configuration: dataclasses loaded from YAML with dotted command-line overrides.
+
+One schema serves the YAML file, the CLI (`model.ch=64`) and Python (`ModelConfig(ch=64)`).
+Every field is validated when the config is built, so a bad value fails at load time with the
+field's dotted name and its allowed range, never mid-run. Unknown keys are errors.
+This module imports nothing heavy: the server and the CLI's `--help` use it without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the dotted field."""
+
+
+ARCHS = ("biggan", "dcgan", "mlp")
+LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
+PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
+PRECISIONS = ("fp32", "bf16")
+DATA_SOURCES = ("digits", "synthetic", "gaussian-ring", "gaussian-grid")
+BIGGAN_RESOLUTIONS = (32, 64, 128, 256, 512)
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
+
+
+def _one_of(name: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, name, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def _positive(name: str, value: float, zero_ok: bool = False) -> None:
+    ok = value >= 0 if zero_ok else value > 0
+    _require(ok, name, value, "must be >= 0" if zero_ok else "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "biggan"  # biggan | dcgan | mlp
+    resolution: int = 32  # output side in pixels (biggan: 32, 64, 128, 256, 512)
+    img_channels: int = 3  # image channels; the mlp pair uses data_dim instead
+    num_classes: int = 10  # class-conditional on this many classes (1 = unconditional)
+    dim_z: int = 120  # latent size; biggan splits it across the G blocks (hierarchical z)
+    shared_dim: int = 128  # biggan: shared class-embedding size (0 = one embedding per block)
+    ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
+    d_ch: int = 96  # D base width
+    attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
+    hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block)
+    spectral_norm: bool = True  # spectral normalization on G and D weights
+    sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
+    bn_eps: float = 1e-5  # epsilon of G's (conditional) batch norm
+    data_dim: int = 2  # mlp: dimension of the data points
+    mlp_hidden: int = 256  # mlp: hidden width of G and D
+    mlp_layers: int = 3  # mlp: hidden layers of G and D
+
+    def validate(self, prefix: str = "model") -> None:
+        _one_of(f"{prefix}.arch", self.arch, ARCHS)
+        if self.arch == "biggan":
+            _one_of(f"{prefix}.resolution", self.resolution, BIGGAN_RESOLUTIONS)
+        elif self.arch == "dcgan":
+            _require(self.resolution in (32, 64, 128), f"{prefix}.resolution", self.resolution,
+                     "dcgan supports 32, 64 or 128")
+        for name in ("img_channels", "num_classes", "dim_z", "ch", "d_ch", "data_dim",
+                     "mlp_hidden", "mlp_layers"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        _positive(f"{prefix}.shared_dim", self.shared_dim, zero_ok=True)
+        _positive(f"{prefix}.sn_eps", self.sn_eps)
+        _positive(f"{prefix}.bn_eps", self.bn_eps)
+        for r in self.attention:
+            _require(isinstance(r, int) and r >= 8 and r & (r - 1) == 0, f"{prefix}.attention",
+                     self.attention, "each entry must be a power-of-two resolution >= 8")
+        if self.arch == "biggan" and self.hier:
+            n_blocks = {32: 3, 64: 4, 128: 5, 256: 6, 512: 7}[self.resolution]
+            _require(self.dim_z >= n_blocks + 1, f"{prefix}.dim_z", self.dim_z,
+                     f"hierarchical z at {self.resolution}px needs dim_z >= {n_blocks + 1}")
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits | synthetic | gaussian-ring | gaussian-grid
+    num_samples: int = 10_000  # synthetic / gaussian sets: how many samples to make
+    flip: bool = False  # random horizontal flip
+    seed: int = 0  # seed of the generated sets (not of the data order, see train.seed)
+
+    def validate(self, prefix: str = "data") -> None:
+        _one_of(f"{prefix}.source", self.source, DATA_SOURCES)
+        _positive(f"{prefix}.num_samples", self.num_samples)
+
+
+@dataclass
+class LossConfig:
+    kind: str = "hinge"  # hinge | nonsaturating | minimax | wasserstein | lsgan
+    label_smoothing: float = 0.0  # one-sided: D's real target becomes 1 - label_smoothing
+    label_noise: float = 0.0  # probability of flipping each real/fake label in the D loss
+    penalty: str = "none"  # none | wgan-gp | r1 | r2 | dragan
+    penalty_weight: float = 10.0  # lambda of the penalty (R1/R2: gamma, used as gamma / 2)
+    penalty_interval: int = 1  # lazy regularization: apply every N D steps, scaled by N
+    penalty_target: float = 1.0  # WGAN-GP / DRAGAN: target gradient norm k
+    dragan_c: float = 0.5  # DRAGAN: perturbation scale, delta ~ N(0, c * std(x))
+    drift_weight: float = 0.0  # ProGAN's epsilon_drift * E[D(x)^2] (0 = off)
+    ortho_weight: float = 0.0  # BigGAN's orthogonal regularization on G (paper: 1e-4)
+
+    def validate(self, prefix: str = "loss") -> None:
+        _one_of(f"{prefix}.kind", self.kind, LOSSES)
+        _one_of(f"{prefix}.penalty", self.penalty, PENALTIES)
+        _require(0 <= self.label_smoothing < 0.5, f"{prefix}.label_smoothing",
+                 self.label_smoothing, "must be in [0, 0.5)")
+        _require(0 <= self.label_noise < 0.5, f"{prefix}.label_noise", self.label_noise,
+                 "must be in [0, 0.5)")
+        if self.label_smoothing or self.label_noise:
+            _require(self.kind in ("nonsaturating", "minimax", "lsgan"), f"{prefix}.kind",
+                     self.kind, "label smoothing/noise need a probabilistic loss "
+                     "(nonsaturating, minimax or lsgan)")
+        for name in ("penalty_weight", "penalty_target", "dragan_c", "drift_weight",
+                     "ortho_weight"):
+            _positive(f"{prefix}.{name}", getattr(self, name), zero_ok=True)
+        _positive(f"{prefix}.penalty_interval", self.penalty_interval)
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 1e-4  # generator Adam learning rate (BigGAN: 1e-4)
+    d_lr: float = 4e-4  # discriminator Adam learning rate (BigGAN: 4e-4)
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # Adam betas for G and D
+    eps: float = 1e-6  # Adam epsilon (BigGAN-PyTorch uses 1e-6)
+    d_steps: int = 2  # D updates per G update (BigGAN: 2)
+    grad_clip: float = 0.0  # max grad norm for G and D (0 = no clipping)
+
+    def validate(self, prefix: str = "optim") -> None:
+        _positive(f"{prefix}.g_lr", self.g_lr)
+        _positive(f"{prefix}.d_lr", self.d_lr)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"{prefix}.betas", self.betas, "must be two numbers in [0, 1)")
+        _positive(f"{prefix}.eps", self.eps)
+        _positive(f"{prefix}.d_steps", self.d_steps)
+        _positive(f"{prefix}.grad_clip", self.grad_clip, zero_ok=True)
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.9999  # weight of the old average per G step (BigGAN: 0.9999)
+    start_step: int = 0  # before this G step the EMA copy just follows G (BigGAN: 20000)
+    standing_stats_batches: int = 0  # >0: recompute EMA batch-norm stats before sampling
+
+    def validate(self, prefix: str = "ema") -> None:
+        _require(0 <= self.decay < 1, f"{prefix}.decay", self.decay, "must be in [0, 1)")
+        _positive(f"{prefix}.start_step", self.start_step, zero_ok=True)
+        _positive(f"{prefix}.standing_stats_batches", self.standing_stats_batches, zero_ok=True)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (all workers together) of one D or G step
+    steps: int = 1000  # G steps to train
+    seed: int = 0  # seeds weights, data order and training noise
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and GPU)
+    log_every: int = 10  # steps between scalar logs (TensorBoard, progress bar)
+    sample_every: int = 200  # steps between per-class grids from the EMA generator
+    ckpt_every: int = 500  # steps between checkpoints (a final one is always written)
+    keep_ckpts: int = 3  # newest checkpoints kept (0 = keep all)
+    grid_per_class: int = 8  # grid columns: samples per class
+    grid_classes: int = 10  # grid rows: first N classes
+    grid_seed: int = 1234  # fixed seed of the grid latents, so grids compare across steps
+    deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
+    out_dir: str = "runs/default"  # run directory: checkpoints/, tb/, grids/, config.yaml
+
+    def validate(self, prefix: str = "train") -> None:
+        for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every",
+                     "grid_per_class", "grid_classes"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
+        _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        gaussian = self.data.source.startswith("gaussian")
+        _require(gaussian == (self.model.arch == "mlp"), "model.arch", self.model.arch,
+                 f"data.source={self.data.source!r} needs "
+                 + ("arch 'mlp'" if gaussian else "an image arch (biggan or dcgan)"))
+        if self.data.source == "digits":
+            _require(self.model.num_classes in (1, 10), "model.num_classes",
+                     self.model.num_classes, "the digits set has 10 classes (or 1: unconditional)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Check a YAML value against a dataclass field type; ints are accepted for floats."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return _from_dict(typ, value, name)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} is invalid: must be a list")
+        (item,) = typing.get_args(typ)[:1]
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(typ):
+            if option is type(None) and value is None:
+                return None
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-3` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is invalid: must be true or false")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name}={value!r} is invalid: must be an integer")
+    if typ in (float, str) and not isinstance(value, typ):
+        raise ConfigError(f"{name}={value!r} is invalid: must be a {typ.__name__}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}{hint}; known: {', '.join(names)}")
+        kwargs[key] = _coerce(dotted, value, hints[key])
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["model.ch=64", "train.precision=bf16"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _from_dict(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    data = _merge(data, parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

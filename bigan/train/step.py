@@ -1,0 +1,128 @@
+"""One GAN iteration: `d_steps` discriminator updates, then one generator update.
+
+No I/O, no processes, no devices: the trainer hands in models, optimizers, batches and a
+`StepRuntime` (how to backward, autocast and clip), so the same code runs single-process, under
+DDP and under DeepSpeed. Every random draw comes from the batch's own `torch.Generator`, keyed
+by step, which is what makes a resumed run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from bigan import losses, regularizers
+from bigan.config import LossConfig
+
+
+def _plain_backward(loss: Tensor) -> None:
+    loss.backward()
+
+
+def _plain_clip(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
+    return nn.utils.clip_grad_norm_(list(params), max_norm)
+
+
+@dataclass
+class StepRuntime:
+    """How the surrounding launcher wants backward passes, autocast and clipping done."""
+
+    backward: Callable[[Tensor], None] = _plain_backward
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    clip_grad: Callable[[Iterable[nn.Parameter], float], Tensor] = _plain_clip
+    grad_clip: float = 0.0  # 0 = no clipping
+
+
+@dataclass
+class Batch:
+    """Inputs of one D or G update: real images (D only), latents, fake labels, an RNG."""
+
+    z: Tensor  # [N, dim_z]
+    fake_y: Tensor  # [N] int64 classes for G
+    generator: torch.Generator  # label noise, penalty interpolation/perturbation
+    real: Tensor | None = None  # [N, C, H, W] in [-1, 1] (D steps only)
+    real_y: Tensor | None = None  # [N] int64
+
+
+@dataclass
+class StepState:
+    """Counters the step needs across calls (saved in checkpoints)."""
+
+    d_updates: int = 0  # D updates so far: drives the lazy-regularization interval
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _clip(runtime: StepRuntime, module: nn.Module) -> float:
+    if runtime.grad_clip <= 0:
+        return 0.0
+    return float(runtime.clip_grad(module.parameters(), runtime.grad_clip))
+
+
+def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Batch,
+             cfg: LossConfig, state: StepState, runtime: StepRuntime) -> dict[str, float]:
+    """One discriminator update on (real, G(z)); G receives no gradient."""
+    opt_D.zero_grad(set_to_none=True)
+    with torch.no_grad(), runtime.autocast():
+        fake = G(batch.z, batch.fake_y)
+    fake = fake.float()
+    with runtime.autocast():
+        real_logits = D(batch.real, batch.real_y).float()
+        fake_logits = D(fake, batch.fake_y).float()
+    loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
+                         label_noise=cfg.label_noise, generator=batch.generator)
+    out = {"loss/D": float(loss), "D/real": float(real_logits.mean()),
+           "D/fake": float(fake_logits.mean())}
+    if cfg.drift_weight:
+        loss = loss + cfg.drift_weight * regularizers.drift_penalty(real_logits)
+    if cfg.penalty != "none" and state.d_updates % cfg.penalty_interval == 0:
+        # Penalties run in fp32 outside autocast: the double backward is precision-sensitive.
+        pen = regularizers.penalty(cfg.penalty, D, batch.real, fake, batch.real_y,
+                                   fake_y=batch.fake_y, target=cfg.penalty_target,
+                                   dragan_c=cfg.dragan_c, generator=batch.generator)
+        scale = 0.5 if cfg.penalty in ("r1", "r2") else 1.0  # R1/R2 use gamma / 2
+        loss = loss + scale * cfg.penalty_weight * cfg.penalty_interval * pen
+        out["loss/penalty"] = float(pen)
+    runtime.backward(loss)
+    out["grad_norm/D"] = _clip(runtime, D)
+    opt_D.step()
+    state.d_updates += 1
+    return out
+
+
+def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Batch,
+             cfg: LossConfig, runtime: StepRuntime) -> dict[str, float]:
+    """One generator update through a frozen D: no D weight gradient is computed."""
+    opt_G.zero_grad(set_to_none=True)
+    D.requires_grad_(False)
+    try:
+        with runtime.autocast():
+            fake_logits = D(G(batch.z, batch.fake_y), batch.fake_y).float()
+        loss = losses.g_loss(cfg.kind, fake_logits)
+        out = {"loss/G": float(loss)}
+        if cfg.ortho_weight:
+            ortho = regularizers.orthogonal_regularization(G)
+            loss = loss + cfg.ortho_weight * ortho
+            out["loss/ortho"] = float(ortho)
+        runtime.backward(loss)
+    finally:
+        D.requires_grad_(True)
+    out["grad_norm/G"] = _clip(runtime, G)
+    opt_G.step()
+    return out
+
+
+def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
+                  opt_D: torch.optim.Optimizer, d_batches: list[Batch], g_batch: Batch,
+                  cfg: LossConfig, state: StepState,
+                  runtime: StepRuntime | None = None) -> dict[str, float]:
+    """k = len(d_batches) D updates, then one G update; returns the metrics averaged over D steps."""
+    runtime = runtime or StepRuntime()
+    d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime) for b in d_batches]
+    metrics = {k: sum(m[k] for m in d_metrics if k in m) / sum(k in m for m in d_metrics)
+               for k in d_metrics[0] | d_metrics[-1]}
+    metrics.update(g_update(G, D, opt_G, g_batch, cfg, runtime))
+    return metrics

@@ -1,0 +1,222 @@
+"""The training loop: `train(cfg, hooks)`, read top to bottom.
+
+Setup (run directory, Accelerate, models, optimizers, resume), then per G step: draw the batches
+keyed by global position, run `gan_iteration`, update the EMA generator, log, draw a grid,
+checkpoint, ask the hooks whether to stop. The same function runs single-process (the embedded
+default), under `accelerate launch` and inside each Ray worker; only the launcher differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bigan import ema, models
+from bigan.config import Config, ConfigError, config_from_dict, dump_config
+from bigan.data.memory import IndexedSampler, build_dataset
+from bigan.eval.samples import save_samples_png
+from bigan.train import checkpoint as ckpt
+from bigan.train.hooks import TrainHooks
+from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # G steps completed
+    cur_nimg: int  # real images shown to D so far
+    last_checkpoint: Path | None
+    metrics: dict[str, float]
+
+
+def _step_generator(seed: int, step: int, sub: int) -> torch.Generator:
+    """An RNG keyed by (seed, step, sub-step): noise depends on the position, not on history."""
+    state = np.random.SeedSequence([seed, step, sub]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _fake_inputs(cfg: Config, gen: torch.Generator, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's slice of the global batch's latents and classes (same for any world size)."""
+    b = cfg.train.batch_size
+    z = torch.randn(b, cfg.model.dim_z, generator=gen)
+    y = torch.randint(0, cfg.model.num_classes, (b,), generator=gen)
+    per = b // world
+    return z[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+
+
+def _check_resumable(cfg: Config, manifest_config: dict) -> None:
+    old = config_from_dict(manifest_config)
+    if old.model != cfg.model:
+        diff = [k for k, v in cfg.model.__dict__.items() if old.model.__dict__[k] != v]
+        raise ConfigError(f"cannot resume: the checkpoint's model differs in model.{', model.'.join(diff)}; "
+                          "resume with the checkpoint's model settings or start a new run directory")
+
+
+def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = None) -> TrainResult:
+    """Train `cfg` to `cfg.train.steps` G steps, resuming from `resume` ("auto" or a path)."""
+    from accelerate import Accelerator
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    hooks = hooks or TrainHooks()
+    tc = cfg.train
+    run_dir = Path(tc.out_dir)
+    ckpt_root = run_dir / "checkpoints"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if tc.batch_size % world:
+        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {world} workers")
+    torch.use_deterministic_algorithms(tc.deterministic)
+    device = accelerator.device
+
+    # --- models, optimizers, data ---------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    G, D = models.build(cfg.model)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    betas = tuple(cfg.optim.betas)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=betas, eps=cfg.optim.eps)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=betas, eps=cfg.optim.eps)
+    data = build_dataset(cfg)
+    sampler = IndexedSampler(data, seed=tc.seed, flip=cfg.data.flip)
+    reference = data.samples if cfg.model.arch == "mlp" else None
+
+    step, cur_nimg, data_pos, state = 0, 0, 0, StepState()
+    resume_from = ckpt.find_resume(ckpt_root, resume) if resume else None
+    if resume_from is not None:
+        c = ckpt.load_checkpoint(resume_from)
+        _check_resumable(cfg, c.manifest["config"])
+        G.load_state_dict(c.models["G"])
+        D.load_state_dict(c.models["D"])
+        G_ema.load_state_dict(c.models["G_ema"])
+        opt_G.load_state_dict(c.objects["opt_G"])
+        opt_D.load_state_dict(c.objects["opt_D"])
+        torch.set_rng_state(c.objects["rng"]["torch"])
+        m = c.manifest
+        step, cur_nimg, data_pos = m["step"], m["cur_nimg"], m["data_position"]
+        state.d_updates = m["d_updates"]
+        if main:
+            log.info("resumed from %s at step %d (%d images)", resume_from, step, cur_nimg)
+    G_ema.to(device)
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+
+    bf16 = tc.precision == "bf16"
+    runtime = StepRuntime(
+        backward=accelerator.backward,
+        autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+        clip_grad=accelerator.clip_grad_norm_,
+        grad_clip=cfg.optim.grad_clip,
+    )
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None) if main else None
+    metrics_file = (run_dir / "metrics.jsonl").open("a") if main else None
+    grid_rows = list(range(min(tc.grid_classes, cfg.model.num_classes)))
+
+    def save(step: int) -> Path | None:
+        path = None
+        if main:
+            unwrap = accelerator.unwrap_model
+            path = ckpt.save_checkpoint(
+                ckpt_root, step,
+                models={"G": unwrap(G).state_dict(), "G_ema": G_ema.state_dict(),
+                        "D": unwrap(D).state_dict()},
+                objects={"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                         "rng": {"torch": torch.get_rng_state()}},
+                config_text=dump_config(cfg),
+                extra={"cur_nimg": cur_nimg, "data_position": data_pos, "d_updates": state.d_updates,
+                       "world_size": world, "strategy": "ddp" if world > 1 else "single",
+                       "class_names": data.class_names, "config": cfg.to_dict()},
+                keep=tc.keep_ckpts)
+        accelerator.wait_for_everyone()
+        hooks.on_checkpoint(path, step)
+        return path
+
+    def draw_grid(step: int) -> Path:
+        model = G_ema
+        if cfg.ema.standing_stats_batches:
+            model = copy.deepcopy(G_ema)
+            n = min(tc.batch_size, 256)
+            gen = _step_generator(tc.seed, step, 1 << 20)
+            ema.standing_stats(model, lambda: (torch.randn(n, cfg.model.dim_z, generator=gen).to(device),
+                                               torch.randint(0, cfg.model.num_classes, (n,), generator=gen).to(device)),
+                               cfg.ema.standing_stats_batches)
+        path = save_samples_png(model, run_dir / "grids" / f"step-{step:08d}.png", grid_rows,
+                                tc.grid_per_class, tc.grid_seed, reference=reference)
+        save_png_copy = run_dir / "grids" / "latest.png"
+        save_png_copy.write_bytes(path.read_bytes())
+        return path
+
+    # --- the loop -------------------------------------------------------------------------------
+    last_ckpt, metrics = None, {}
+    bar = tqdm(total=tc.steps, initial=step, disable=not main, desc="train", unit="it", dynamic_ncols=True)
+    t_log, n_log = time.perf_counter(), 0
+    while step < tc.steps:
+        d_batches = []
+        for k in range(cfg.optim.d_steps):
+            real, real_y = sampler.batch(data_pos, tc.batch_size, rank, world)
+            gen = _step_generator(tc.seed, step, k)
+            z, y = _fake_inputs(cfg, gen, rank, world)
+            d_batches.append(Batch(z=z.to(device), fake_y=y.to(device), generator=gen,
+                                   real=real.to(device), real_y=real_y.to(device)))
+            data_pos += tc.batch_size
+        gen = _step_generator(tc.seed, step, cfg.optim.d_steps)
+        z, y = _fake_inputs(cfg, gen, rank, world)
+        g_batch = Batch(z=z.to(device), fake_y=y.to(device), generator=gen)
+
+        metrics = gan_iteration(G, D, opt_G, opt_D, d_batches, g_batch, cfg.loss, state, runtime)
+        ema.update_ema(G_ema, accelerator.unwrap_model(G),
+                       ema.ema_decay(step, cfg.ema.decay, cfg.ema.start_step))
+        step += 1
+        cur_nimg += tc.batch_size * cfg.optim.d_steps
+        n_log += 1
+        bar.update(1)
+
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(
+                f"{', '.join(bad)} became non-finite at step {step}; the last good checkpoint is "
+                f"{last_ckpt or 'none'}. Lower optim.d_lr/g_lr, enable a gradient penalty "
+                "(loss.penalty) or train in fp32, then resume with --resume auto.")
+        if step % tc.log_every == 0 or step == tc.steps:
+            elapsed = time.perf_counter() - t_log
+            metrics["speed/img_per_sec"] = n_log * tc.batch_size * cfg.optim.d_steps / elapsed
+            metrics["progress/kimg"] = cur_nimg / 1000
+            t_log, n_log = time.perf_counter(), 0
+            if main:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, step)
+                metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}"
+                                 for k in ("loss/D", "loss/G") if k in metrics})
+            hooks.on_metrics(step, metrics)
+        if main and (step % tc.sample_every == 0 or step == tc.steps):
+            draw_grid(step)
+        stop = hooks.should_stop(step)
+        if step % tc.ckpt_every == 0 or step == tc.steps or stop:
+            last_ckpt = save(step)
+        if stop:
+            break
+    bar.close()
+    if main:
+        writer.close()
+        metrics_file.close()
+    if last_ckpt is None and resume_from is not None:
+        last_ckpt = resume_from
+    return TrainResult(run_dir, step, cur_nimg, last_ckpt, metrics)
