@@ -9,7 +9,7 @@ by step, which is what makes a resumed run bit-identical to an uninterrupted one
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -53,17 +53,15 @@ class StepState:
     """Counters the step needs across calls (saved in checkpoints)."""
 
     d_updates: int = 0  # D updates so far: drives the lazy-regularization interval
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _clip(runtime: StepRuntime, module: nn.Module) -> float:
-    if runtime.grad_clip <= 0:
-        return 0.0
-    return float(runtime.clip_grad(module.parameters(), runtime.grad_clip))
+def _clip(runtime: StepRuntime, module: nn.Module, out: dict[str, Tensor], key: str) -> None:
+    if runtime.grad_clip > 0:
+        out[key] = torch.as_tensor(runtime.clip_grad(module.parameters(), runtime.grad_clip)).detach()
 
 
 def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Batch,
-             cfg: LossConfig, state: StepState, runtime: StepRuntime) -> dict[str, float]:
+             cfg: LossConfig, state: StepState, runtime: StepRuntime) -> dict[str, Tensor]:
     """One discriminator update on (real, G(z)); G receives no gradient."""
     opt_D.zero_grad(set_to_none=True)
     with torch.no_grad(), runtime.autocast():
@@ -74,8 +72,8 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
         fake_logits = D(fake, batch.fake_y).float()
     loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
                          label_noise=cfg.label_noise, generator=batch.generator)
-    out = {"loss/D": float(loss), "D/real": float(real_logits.mean()),
-           "D/fake": float(fake_logits.mean())}
+    out = {"loss/D": loss.detach(), "D/real": real_logits.detach().mean(),
+           "D/fake": fake_logits.detach().mean()}
     if cfg.drift_weight:
         loss = loss + cfg.drift_weight * regularizers.drift_penalty(real_logits)
     if cfg.penalty != "none" and state.d_updates % cfg.penalty_interval == 0:
@@ -85,16 +83,16 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
                                    dragan_c=cfg.dragan_c, generator=batch.generator)
         scale = 0.5 if cfg.penalty in ("r1", "r2") else 1.0  # R1/R2 use gamma / 2
         loss = loss + scale * cfg.penalty_weight * cfg.penalty_interval * pen
-        out["loss/penalty"] = float(pen)
+        out["loss/penalty"] = pen.detach()
     runtime.backward(loss)
-    out["grad_norm/D"] = _clip(runtime, D)
+    _clip(runtime, D, out, "grad_norm/D")
     opt_D.step()
     state.d_updates += 1
     return out
 
 
 def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Batch,
-             cfg: LossConfig, runtime: StepRuntime) -> dict[str, float]:
+             cfg: LossConfig, runtime: StepRuntime) -> dict[str, Tensor]:
     """One generator update through a frozen D: no D weight gradient is computed."""
     opt_G.zero_grad(set_to_none=True)
     D.requires_grad_(False)
@@ -102,15 +100,15 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
         with runtime.autocast():
             fake_logits = D(G(batch.z, batch.fake_y), batch.fake_y).float()
         loss = losses.g_loss(cfg.kind, fake_logits)
-        out = {"loss/G": float(loss)}
+        out = {"loss/G": loss.detach()}
         if cfg.ortho_weight:
             ortho = regularizers.orthogonal_regularization(G)
             loss = loss + cfg.ortho_weight * ortho
-            out["loss/ortho"] = float(ortho)
+            out["loss/ortho"] = ortho.detach()
         runtime.backward(loss)
     finally:
         D.requires_grad_(True)
-    out["grad_norm/G"] = _clip(runtime, G)
+    _clip(runtime, G, out, "grad_norm/G")
     opt_G.step()
     return out
 
@@ -118,11 +116,15 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
 def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                   opt_D: torch.optim.Optimizer, d_batches: list[Batch], g_batch: Batch,
                   cfg: LossConfig, state: StepState,
-                  runtime: StepRuntime | None = None) -> dict[str, float]:
-    """k = len(d_batches) D updates, then one G update; returns the metrics averaged over D steps."""
+                  runtime: StepRuntime | None = None) -> dict[str, Tensor]:
+    """k = len(d_batches) D updates, then one G update.
+
+    Returns detached scalar tensors (D metrics averaged over the D updates that produced them);
+    converting to floats is left to the caller, so a GPU is synchronised only when it logs.
+    """
     runtime = runtime or StepRuntime()
     d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime) for b in d_batches]
-    metrics = {k: sum(m[k] for m in d_metrics if k in m) / sum(k in m for m in d_metrics)
-               for k in d_metrics[0] | d_metrics[-1]}
+    keys = dict.fromkeys(k for m in d_metrics for k in m)
+    metrics = {k: torch.stack([m[k] for m in d_metrics if k in m]).mean() for k in keys}
     metrics.update(g_update(G, D, opt_G, g_batch, cfg, runtime))
     return metrics

@@ -158,12 +158,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
                                cfg.ema.standing_stats_batches)
         path = save_samples_png(model, run_dir / "grids" / f"step-{step:08d}.png", grid_rows,
                                 tc.grid_per_class, tc.grid_seed, reference=reference)
-        save_png_copy = run_dir / "grids" / "latest.png"
-        save_png_copy.write_bytes(path.read_bytes())
+        (run_dir / "grids" / "latest.png").write_bytes(path.read_bytes())
         return path
 
     # --- the loop -------------------------------------------------------------------------------
-    last_ckpt, metrics = None, {}
+    last_ckpt, metrics = resume_from, {}
     bar = tqdm(total=tc.steps, initial=step, disable=not main, desc="train", unit="it", dynamic_ncols=True)
     t_log, n_log = time.perf_counter(), 0
     while step < tc.steps:
@@ -187,12 +186,18 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         n_log += 1
         bar.update(1)
 
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDiverged(
-                f"{', '.join(bad)} became non-finite at step {step}; the last good checkpoint is "
-                f"{last_ckpt or 'none'}. Lower optim.d_lr/g_lr, enable a gradient penalty "
-                "(loss.penalty) or train in fp32, then resume with --resume auto.")
+        stop = hooks.should_stop(step)
+        is_ckpt_step = step % tc.ckpt_every == 0 or step == tc.steps or stop
+        if step % tc.log_every == 0 or is_ckpt_step:
+            # Floats only at log/checkpoint steps: converting syncs the GPU. A non-finite loss is
+            # caught before any checkpoint could save diverged weights.
+            metrics = {k: float(v) for k, v in metrics.items()}
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingDiverged(
+                    f"{', '.join(bad)} became non-finite by step {step}; the last good checkpoint "
+                    f"is {last_ckpt or 'none'}. Lower optim.d_lr/g_lr, enable a gradient penalty "
+                    "(loss.penalty) or train in fp32, then resume with --resume auto.")
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - t_log
             metrics["speed/img_per_sec"] = n_log * tc.batch_size * cfg.optim.d_steps / elapsed
@@ -208,8 +213,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             hooks.on_metrics(step, metrics)
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             draw_grid(step)
-        stop = hooks.should_stop(step)
-        if step % tc.ckpt_every == 0 or step == tc.steps or stop:
+        if is_ckpt_step:
             last_ckpt = save(step)
         if stop:
             break
@@ -217,6 +221,4 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     if main:
         writer.close()
         metrics_file.close()
-    if last_ckpt is None and resume_from is not None:
-        last_ckpt = resume_from
-    return TrainResult(run_dir, step, cur_nimg, last_ckpt, metrics)
+    return TrainResult(run_dir, step, cur_nimg, last_ckpt, {k: float(v) for k, v in metrics.items()})

@@ -1,0 +1,196 @@
+"""Building blocks shared by the GAN architectures in `bigan.models`.
+
+Spectral-norm layer factories and the BigGAN pieces (conditional batch norm, SAGAN self-attention;
+Brock et al. 2019, following ajbrock/BigGAN-PyTorch `layers.py`), plus the Progressive GAN pieces
+(equalized learning rate, pixel norm, minibatch standard deviation; Karras et al. 2018). Spectral
+norm always uses `torch.nn.utils.parametrizations.spectral_norm`: the weight is stored as
+`<layer>.parametrizations.weight.original` (a parameter) with the power-iteration vectors `_u`,
+`_v` as buffers, which the ONNX exporter folds into plain weights. Nothing here touches devices,
+processes or files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+Init = Callable[[Tensor], Tensor] | None
+
+
+# --- spectral-norm factories ----------------------------------------------------------------------
+
+def _finish(layer: nn.Module, init: Init, use_sn: bool, sn_eps: float) -> nn.Module:
+    # Initialise before wrapping: registering the parametrization runs 15 power iterations on
+    # the current weight, so u and v start out matched to the weight actually trained.
+    if init is not None:
+        init(layer.weight)
+    return spectral_norm(layer, eps=sn_eps) if use_sn else layer
+
+
+def snconv2d(in_ch: int, out_ch: int, kernel_size: int = 3, *, stride: int = 1,
+             padding: int | None = None, bias: bool = True, use_sn: bool = True,
+             sn_eps: float = 1e-6, init: Init = nn.init.orthogonal_) -> nn.Module:
+    """A Conv2d ("same" padding by default), initialised by `init` (BigGAN: orthogonal), wrapped
+    in spectral norm (Miyato et al. 2018) when `use_sn`. `init=None` keeps torch's default."""
+    padding = kernel_size // 2 if padding is None else padding
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+    return _finish(conv, init, use_sn, sn_eps)
+
+
+def snlinear(in_features: int, out_features: int, *, bias: bool = True, use_sn: bool = True,
+             sn_eps: float = 1e-6, init: Init = nn.init.orthogonal_) -> nn.Module:
+    """A Linear layer, initialised by `init`, wrapped in spectral norm when `use_sn`."""
+    return _finish(nn.Linear(in_features, out_features, bias=bias), init, use_sn, sn_eps)
+
+
+def sn_embedding(num_embeddings: int, dim: int, *, use_sn: bool = True, sn_eps: float = 1e-6,
+                 init: Init = nn.init.orthogonal_) -> nn.Module:
+    """An Embedding [num_embeddings, dim], spectral-normalised as a matrix when `use_sn` (as
+    BigGAN-PyTorch's SNEmbedding, used for the discriminator's projection)."""
+    return _finish(nn.Embedding(num_embeddings, dim), init, use_sn, sn_eps)
+
+
+# --- BigGAN ---------------------------------------------------------------------------------------
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm whose per-sample gain and bias are linear in a conditioning vector c
+    (BigGAN Sec. 3 / BigGAN-PyTorch `ccbn`; de Vries et al. 2017):
+
+        out = BN(x) * (1 + W_g c) + W_b c,   BN without affine parameters.
+
+    The `1 +` makes the block start as plain batch norm under orthogonal/small init.
+    x: [N, C, H, W], c: [N, cond_dim] -> [N, C, H, W]. Running statistics live in `self.bn`.
+    """
+
+    def __init__(self, num_features: int, cond_dim: int, eps: float = 1e-5, use_sn: bool = True,
+                 sn_eps: float = 1e-6):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=False)
+        self.gain = snlinear(cond_dim, num_features, bias=False, use_sn=use_sn, sn_eps=sn_eps)
+        self.bias = snlinear(cond_dim, num_features, bias=False, use_sn=use_sn, sn_eps=sn_eps)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        gain = 1 + self.gain(c)[:, :, None, None]
+        bias = self.bias(c)[:, :, None, None]
+        return self.bn(x) * gain + bias
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention as in BigGAN (Zhang et al. 2019; BigGAN-PyTorch `Attention`).
+
+    theta, phi: 1x1 convs to ch/8 channels, g: to ch/2, o: back to ch; phi and g are 2x2
+    max-pooled, so each of the H*W queries attends over H*W/4 keys:
+
+        beta = softmax_j(theta_i . phi_j),  out = x + gamma * o(sum_j beta_ij g_j).
+
+    gamma starts at 0, so the block is the identity at initialisation.
+    x: [N, ch, H, W] with even H, W and ch >= 8 -> [N, ch, H, W].
+    """
+
+    def __init__(self, ch: int, use_sn: bool = True, sn_eps: float = 1e-6):
+        super().__init__()
+        if ch < 8:
+            raise ValueError(f"self-attention needs at least 8 channels, got {ch}: raise the base "
+                             "width (ch/d_ch) or drop this resolution from model.attention")
+        self.ch = ch
+        conv = dict(kernel_size=1, bias=False, use_sn=use_sn, sn_eps=sn_eps)
+        self.theta = snconv2d(ch, ch // 8, **conv)
+        self.phi = snconv2d(ch, ch // 8, **conv)
+        self.g = snconv2d(ch, ch // 2, **conv)
+        self.o = snconv2d(ch // 2, ch, **conv)
+        self.gamma = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        theta = self.theta(x).flatten(2)                      # [N, ch/8, HW]
+        phi = F.max_pool2d(self.phi(x), 2).flatten(2)         # [N, ch/8, HW/4]
+        g = F.max_pool2d(self.g(x), 2).flatten(2)             # [N, ch/2, HW/4]
+        beta = F.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # [N, HW, HW/4]
+        o = (g @ beta.transpose(1, 2)).view(n, self.ch // 2, h, w)
+        return x + self.gamma * self.o(o)
+
+
+# --- Progressive GAN ------------------------------------------------------------------------------
+
+class EqualizedConv2d(nn.Module):
+    """Conv2d with the equalized learning rate of ProGAN (Karras et al. 2018, Sec. 4.1): weights
+    are drawn from N(0, 1) and multiplied at runtime by `scale = gain * sqrt(2 / fan_in)` (He's
+    constant), so Adam's per-parameter step sizes act equally on every layer. ProGAN's linear
+    toRGB layers use gain = 1/sqrt(2). x: [N, in_ch, H, W] -> [N, out_ch, H', W']."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1,
+                 padding: int | None = None, bias: bool = True, gain: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = gain * math.sqrt(2.0 / (in_ch * kernel_size * kernel_size))
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    """Linear layer with ProGAN's equalized learning rate (Sec. 4.1): weight ~ N(0, 1), scaled at
+    runtime by `gain * sqrt(2 / in_features)`. x: [N, in_features] -> [N, out_features]."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 gain: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain * math.sqrt(2.0 / in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class PixelNorm(nn.Module):
+    """ProGAN's pixelwise feature normalisation (Sec. 4.2), applied in G after each conv:
+
+        b_xy = a_xy / sqrt(mean_c a_xy^2 + 1e-8).      x: [N, C, H, W] (or [N, C]) -> same shape.
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+
+
+class MinibatchStdDev(nn.Module):
+    """ProGAN's minibatch standard deviation (Sec. 3), one extra feature map for D.
+
+    The batch is split into groups of G = min(group_size, N) samples (sample i belongs to group
+    i mod N/G, as in the official implementation). Within each group the standard deviation
+    sqrt(mean_g (x - mean_g x)^2 + 1e-8) is taken for every feature and pixel, averaged over
+    C, H, W to one scalar, and appended as a constant map to each member of the group.
+    x: [N, C, H, W] with N divisible by G -> [N, C + 1, H, W]. Makes D's outputs depend on the
+    rest of the batch by design.
+    """
+
+    def __init__(self, group_size: int = 4, eps: float = 1e-8):
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"group_size={group_size} must be >= 1")
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            raise ValueError(f"minibatch std-dev: batch of {n} is not divisible by the group size "
+                             f"{g}; use a batch size that is a multiple of {g}")
+        y = x.reshape(g, n // g, c, h, w)
+        y = (y - y.mean(dim=0)).pow(2).mean(dim=0)            # [M, C, H, W] variance per group
+        y = (y + self.eps).sqrt().mean(dim=(1, 2, 3))          # [M]
+        y = y.repeat(g).view(n, 1, 1, 1).expand(n, 1, h, w)
+        return torch.cat([x, y], dim=1)

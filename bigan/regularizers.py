@@ -1,0 +1,170 @@
+"""Discriminator penalties and BigGAN's orthogonal regularization, as pure functions.
+
+The gradient penalties take the discriminator as a callable `D(x, y) -> logits [N]` and return
+the unweighted scalar penalty; the caller multiplies by its weight (lambda for WGAN-GP and
+DRAGAN, gamma / 2 for R1/R2) and by the lazy-regularization interval (`train/step.py`). Input
+gradients are taken with `create_graph=True`, so backpropagating a penalty reaches D's weights
+(a double backward). The per-sample gradient is read off the gradient of sum_i D(x_i), which
+assumes D treats samples independently (no batch norm in D, as in BigGAN and ProGAN).
+`orthogonal_regularization` is for G's weights; `penalty` dispatches on `LossConfig.penalty`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+Discriminator = Callable[[Tensor, Tensor], Tensor]
+
+PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
+
+
+def _input_gradients(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
+    """grad_x sum_i D(x_i, y_i), shaped like x, differentiable w.r.t. D's weights.
+
+    x is detached first: a penalty constrains D only and never sends gradient to G.
+    """
+    x = x.detach().requires_grad_(True)
+    logits = D(x, y)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return grad
+
+
+def _per_sample_shape(x: Tensor) -> tuple[int, ...]:
+    return (x.shape[0],) + (1,) * (x.dim() - 1)
+
+
+def _random(kind: str, x: Tensor, shape: tuple[int, ...],
+            generator: torch.Generator | None) -> Tensor:
+    # Draw on the generator's device (the trainer's generators live on the CPU), then move.
+    device = generator.device if generator is not None else x.device
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def gradient_norms(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
+    """||grad_x D(x_i, y_i)||_2 per sample, shape [N] (the Euclidean norm over all of C, H, W)."""
+    return _input_gradients(D, x, y).flatten(1).norm(dim=1)
+
+
+def wgan_gp_penalty(D: Discriminator, real: Tensor, fake: Tensor, y: Tensor, target: float = 1.0,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """WGAN-GP, Gulrajani et al. 2017 ("Improved Training of Wasserstein GANs", Eq. 3):
+
+        E[(||grad D(x_hat, y)|| - k)^2],  x_hat = eps * real + (1 - eps) * fake,
+
+    one eps ~ U[0, 1) per sample (`torch.rand(N, generator=generator)`), k = `target`. `fake`
+    is detached here. The interpolates are scored with the labels `y` (the trainer passes the
+    real labels, as PyTorch-StudioGAN does).
+    """
+    eps = _random("uniform", real, _per_sample_shape(real), generator)
+    x_hat = eps * real.detach() + (1 - eps) * fake.detach()
+    return (gradient_norms(D, x_hat, y) - target).pow(2).mean()
+
+
+def r1_penalty(D: Discriminator, real: Tensor, y: Tensor) -> Tensor:
+    """R1, Mescheder et al. 2018 ("Which Training Methods for GANs do actually Converge?",
+    Eq. 9): E_x[||grad_x D(x, y)||^2] on real data. The caller multiplies by gamma / 2."""
+    return _input_gradients(D, real, y).flatten(1).pow(2).sum(dim=1).mean()
+
+
+def r2_penalty(D: Discriminator, fake: Tensor, y: Tensor) -> Tensor:
+    """R2, Mescheder et al. 2018 (Eq. 10): E_z[||grad_x D(G(z), y)||^2] on (detached) fakes.
+    The caller multiplies by gamma / 2."""
+    return _input_gradients(D, fake, y).flatten(1).pow(2).sum(dim=1).mean()
+
+
+def dragan_penalty(D: Discriminator, real: Tensor, y: Tensor, c: float = 0.5, target: float = 1.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """DRAGAN, Kodali et al. 2017 ("On Convergence and Stability of GANs", Eq. 4):
+
+        E[(||grad D(x + delta, y)|| - k)^2],  delta = c * sigma * n,  n ~ N(0, I) elementwise,
+
+    where sigma is the standard deviation of all elements of the real batch (population std,
+    correction 0, like NumPy's `X.std()` in the authors' code) and n is drawn with
+    `torch.randn(real.shape, generator=generator)`; k = `target`. Unlike the authors' code,
+    whose noise is U[0, 1) (`np.random.random`), the perturbation is the zero-mean Gaussian
+    of the paper, with standard deviation c * sigma.
+    """
+    real = real.detach()
+    sigma = real.std(correction=0)
+    delta = c * sigma * _random("normal", real, tuple(real.shape), generator)
+    return (gradient_norms(D, real + delta, y) - target).pow(2).mean()
+
+
+def drift_penalty(real_logits: Tensor) -> Tensor:
+    """ProGAN's drift term, Karras et al. 2018 ("Progressive Growing of GANs", Sec. A.1):
+    E_x[D(x)^2], which keeps the critic's output near zero; the caller multiplies by
+    epsilon_drift (paper: 0.001)."""
+    return real_logits.pow(2).mean()
+
+
+def _orthogonal_weights(module: nn.Module) -> list[Tensor]:
+    """The unnormalized weights of every linear and conv layer (with spectral norm: `original`)."""
+    found: dict[int, Tensor] = {}
+    for m in module.modules():
+        if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        if torch.nn.utils.parametrize.is_parametrized(m, "weight"):
+            # Never m.weight here: with spectral norm that would run a power iteration.
+            w = getattr(m.parametrizations.weight, "original", None)
+            if w is None:  # a parametrization with several originals (e.g. weight_norm)
+                w = m.weight
+        elif hasattr(m, "weight_orig"):  # the older hook-based torch.nn.utils.spectral_norm
+            w = m.weight_orig
+        else:
+            w = m.weight
+        if w is not None and w.dim() >= 2:
+            found.setdefault(id(w), w)  # a layer shared by two blocks counts once
+    return list(found.values())
+
+
+def orthogonal_regularization(module: nn.Module) -> Tensor:
+    """BigGAN's modified orthogonal regularization, Brock et al. 2019 ("Large Scale GAN
+    Training", Eq. 3), summed over the weights of every linear and conv layer of `module`:
+
+        R(W) = sum_W ||W W^T * (1 - I)||_F^2,   W reshaped to [out, in * kh * kw],
+
+    i.e. only the off-diagonal inner products of the rows (filters) are pushed to zero; their
+    norms are free. As in BigGAN-PyTorch (`utils.ortho`), the Gram matrix is W W^T of the
+    [shape[0], -1] view, and layers with spectral norm use the unnormalized
+    `parametrizations.weight.original`. Embeddings, biases and other 1-d parameters (gains)
+    are skipped. The caller multiplies by beta. Note: BigGAN-PyTorch adds the hand-written
+    gradient 2 (W W^T * (1 - I)) W, which is the gradient of R/2; its strength 1e-4 is
+    beta = 5e-5 here.
+    """
+    weights = _orthogonal_weights(module)
+    if not weights:
+        param = next(module.parameters(), None)
+        return torch.zeros((), device=param.device if param is not None else None)
+    total = None
+    for weight in weights:
+        w = weight.reshape(weight.shape[0], -1)
+        gram = w @ w.T
+        off = gram * (1 - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype))
+        term = off.pow(2).sum()
+        total = term if total is None else total + term
+    return total
+
+
+def penalty(kind: str, D: Discriminator, real: Tensor, fake: Tensor, y: Tensor, *,
+            fake_y: Tensor | None = None, target: float = 1.0, dragan_c: float = 0.5,
+            generator: torch.Generator | None = None) -> Tensor:
+    """The unweighted penalty `kind` (one of PENALTIES) for one D update.
+
+    `y` labels the real batch; `fake_y` labels the fakes (R2 uses it; defaults to `y`).
+    "none" returns a zero scalar without calling D.
+    """
+    if kind == "none":
+        return torch.zeros((), device=real.device)
+    if kind == "wgan-gp":
+        return wgan_gp_penalty(D, real, fake, y, target=target, generator=generator)
+    if kind == "r1":
+        return r1_penalty(D, real, y)
+    if kind == "r2":
+        return r2_penalty(D, fake, y if fake_y is None else fake_y)
+    if kind == "dragan":
+        return dragan_penalty(D, real, y, c=dragan_c, target=target, generator=generator)
+    raise ValueError(f"unknown penalty {kind!r}; choose one of {', '.join(PENALTIES)}")

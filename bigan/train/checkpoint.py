@@ -1,0 +1,415 @@
+"""Atomic training checkpoints: one directory per G step, a checksummed manifest, a `latest` pointer.
+
+A checkpoint is `<root>/step-NNNNNNNN/` holding each model's weights as `<name>.safetensors`, every
+other piece of state (optimizer, scheduler, RNG) as `<name>.pt` read back only with
+`torch.load(weights_only=True)`, the run's `config.yaml`, and `manifest.json` (step, creation time,
+the caller's extra fields, and the sha256 and size of every file). A save writes everything into
+`step-NNNNNNNN.tmp-<pid>/`, fsyncs it, renames it into place and then moves `<root>/latest` the same
+way, so a crash at any moment leaves the previous checkpoint and pointer usable. Readers ignore
+`*.tmp-*` names and directories without a manifest; the next save deletes such leftovers. This
+module knows nothing of the trainer, Accelerate or processes: the (main) process hands it state dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bigan-checkpoint"
+VERSION = 1
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_RESERVED = {"format", "version", "step", "created", "files"}
+# Exactly what torch's weights_only unpickler rebuilds without extra allow-listing (a subset of it).
+_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray,
+                 torch.dtype, torch.device, torch.Size)
+_PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, found or trusted; the message names the file and the fix."""
+
+
+class CheckpointWarning(UserWarning):
+    """`find_resume(..., "auto")` skipped a checkpoint that failed verification."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path                                   # the step-NNNNNNNN directory
+    manifest: dict                               # manifest.json as written (step, files, extra fields)
+    models: dict[str, dict[str, torch.Tensor]]   # name -> state dict, from <name>.safetensors
+    objects: dict[str, Any]                      # name -> torch.load(<name>.pt, weights_only=True)
+    config_text: str                             # config.yaml as given at save time
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, torch.Tensor]],
+                    objects: dict[str, Any], config_text: str, extra: dict | None = None,
+                    keep: int = 0) -> Path:
+    """Write `<root>/step-NNNNNNNN/` atomically, point `latest` at it, prune; return its path.
+
+    models: name -> state dict of tensors, saved as `<name>.safetensors` (tensors are copied to
+    contiguous CPU memory first, so tied or strided weights are fine). objects: name -> value saved
+    as `<name>.pt`; every value must be loadable with `torch.load(weights_only=True)`, i.e. built
+    only from tensors, None/bool/int/float/complex/str/bytes, torch dtypes/devices/Sizes and
+    dict/list/tuple/set. Convert anything else first (NumPy RNG state: e.g.
+    `{"keys": torch.from_numpy(keys), "pos": int(pos), ...}`); a CheckpointError is raised before
+    anything is written otherwise. extra: JSON-serializable fields merged into the manifest
+    (cur_nimg, world_size, data position, ...). keep: keep only the `keep` newest complete
+    checkpoints, always including this one (0 keeps all).
+    """
+    root = Path(root)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise CheckpointError(f"keep must be a non-negative int (0 keeps all), got {keep!r}")
+    extra = dict(extra or {})
+    _check_inputs(models, objects, config_text, extra)
+
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(root)
+    name = step_dir_name(step)
+    final, tmp = root / name, root / f"{name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        files = {}
+        for mname, state in models.items():
+            path = tmp / f"{mname}.safetensors"
+            # A private contiguous CPU copy per tensor: safetensors refuses shared or strided storage.
+            flat = {k: v.detach().to(device="cpu", copy=True, memory_format=torch.contiguous_format)
+                    for k, v in state.items()}
+            safetensors.torch.save_file(flat, str(path), metadata={"format": "pt"})
+            del flat
+            files[path.name] = _seal(path)
+        for oname, value in objects.items():
+            path = tmp / f"{oname}.pt"
+            with open(path, "wb") as f:
+                torch.save(value, f)
+            files[path.name] = _seal(path)
+        (tmp / CONFIG).write_text(config_text, encoding="utf-8")
+        files[CONFIG] = _seal(tmp / CONFIG)
+        # The manifest goes last and only after every data file is fsynced: without that order the
+        # filesystem may persist the manifest before the data blocks, and a directory that looks
+        # complete could hold zeros. The checksums also catch partial copies (rsync, cloud sync).
+        manifest = {"format": FORMAT, "version": VERSION, "step": step,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "files": files, **extra}
+        _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        _fsync_dir(tmp)  # the directory entries of the files, before the rename can become durable
+        _install(tmp, final)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {type(e).__name__}: {e}. The "
+                              f"previous checkpoint and {root / LATEST} are intact; fix the cause "
+                              "(disk space, permissions) and rerun the same command to resume") from e
+    except BaseException:  # e.g. KeyboardInterrupt: tidy up, then let it through unchanged
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    # `latest` moves only once the directory rename is durable, so it never names a missing step.
+    try:
+        _write_durably(root / f"{LATEST}.tmp", (name + "\n").encode())
+        os.replace(root / f"{LATEST}.tmp", root / LATEST)
+        _fsync_dir(root)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {final} was written but {root / LATEST} could not be "
+                              f"updated ({e}); `--resume auto` still finds it") from e
+    log.info("saved checkpoint %s", final)
+    if keep:
+        _prune(root, keep, final)
+    return final
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """Check the manifest and every listed file's size and sha256; return the manifest.
+
+    Raises CheckpointError naming the directory or file that is missing, truncated or altered.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        hint = (" It looks like a checkpoints root: pass one of its step-* directories."
+                if (path / LATEST).exists() or list_checkpoints(path) else
+                " It is probably an interrupted save: delete it or resume from another checkpoint.")
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {MANIFEST}).{hint}")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{mpath} is unreadable ({e}); resume from another checkpoint") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mpath} is not a {FORMAT} manifest")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{mpath} has format version {version!r}; this bigan reads up to "
+                              f"{VERSION}: upgrade bigan to load it")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or CONFIG not in files:
+        raise CheckpointError(f"{mpath} lists no files or no {CONFIG}; the checkpoint is damaged")
+    m = _STEP_DIR.match(path.name)
+    if m and manifest.get("step") != int(m.group(1)):
+        raise CheckpointError(f"{mpath} says step {manifest.get('step')!r} but the directory is "
+                              f"{path.name}; the checkpoint was mixed up with another")
+    for fname, info in files.items():
+        if not _NAME.match(fname):  # a manifest must not point outside its own directory
+            raise CheckpointError(f"{mpath} lists an invalid file name {fname!r}")
+        fpath = path / fname
+        if not fpath.is_file():
+            raise CheckpointError(f"{fpath} is missing; the checkpoint is incomplete")
+        size = fpath.stat().st_size
+        if size != info.get("bytes"):
+            raise CheckpointError(f"{fpath} has {size} bytes but the manifest says "
+                                  f"{info.get('bytes')}; the file is truncated or altered")
+        with open(fpath, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != info.get("sha256"):
+            raise CheckpointError(f"{fpath} fails its sha256 check (corrupted or altered); "
+                                  "resume from another checkpoint")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
+    """Verify, then read a checkpoint directory. Never unpickles anything but plain data.
+
+    map_location is passed to torch.load for the objects; model tensors go to it when it is a
+    device (str or torch.device), else to the CPU.
+    """
+    path = Path(path)
+    manifest = verify_checkpoint(path)
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+    models, objects = {}, {}
+    for fname in manifest["files"]:
+        fpath = path / fname
+        if fname.endswith(".safetensors"):
+            try:
+                models[fname.removesuffix(".safetensors")] = safetensors.torch.load_file(
+                    str(fpath), device=device)
+            except Exception as e:
+                raise CheckpointError(f"{fpath} is not a readable safetensors file ({e})") from e
+        elif fname.endswith(".pt"):
+            try:
+                objects[fname.removesuffix(".pt")] = torch.load(
+                    fpath, map_location=map_location, weights_only=True)
+            except Exception as e:
+                raise CheckpointError(
+                    f"{fpath} holds something other than tensors and plain containers, so it was "
+                    f"refused (weights_only load): {e}. It was not written by bigan's "
+                    "save_checkpoint or it was tampered with; do not load it by other means unless "
+                    "you trust where it came from") from e
+    config_text = (path / CONFIG).read_text(encoding="utf-8")
+    return Checkpoint(path=path, manifest=manifest, models=models, objects=objects,
+                      config_text=config_text)
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete `step-*` directories under root (those with a manifest), by step ascending."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / MANIFEST).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def find_resume(root: str | Path, spec: str | None) -> Path | None:
+    """The checkpoint to resume from: None for a fresh start.
+
+    spec None: None. spec "auto": the newest checkpoint under root that verifies (the one named in
+    `latest` when it is the newest; a newer complete one wins, e.g. after a crash between the
+    directory rename and the pointer update); corrupt ones are skipped with a CheckpointWarning;
+    None if none exists. Any other spec is a checkpoint directory, or a root whose `latest` (else
+    newest checkpoint) is used; it must verify, else CheckpointError.
+    """
+    if not spec:
+        return None
+    if spec == "auto":
+        root = Path(root)
+        named = _read_latest(root)
+        if named is not None and not (root / named / MANIFEST).is_file():
+            log.warning("%s names %s, which is missing or incomplete; looking for another checkpoint",
+                        root / LATEST, named)
+        for path in reversed(list_checkpoints(root)):
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as e:
+                # Both: the warning reaches an interactive user and tests, the log line the run's log.
+                warnings.warn(f"skipping checkpoint {path}: {e}", CheckpointWarning, stacklevel=2)
+                log.warning("skipping checkpoint %s: %s", path, e)
+                continue
+            if named is not None and path.name != named:
+                log.info("resuming from %s, newer than %s named in %s", path.name, named, root / LATEST)
+            return path
+        return None
+    path = Path(spec)
+    if not (path / MANIFEST).is_file() and path.is_dir():
+        named = _read_latest(path)
+        if named is not None:
+            path = path / named
+        elif found := list_checkpoints(path):
+            path = found[-1]
+        else:
+            raise CheckpointError(f"{path} holds no checkpoint (no {MANIFEST}, no {LATEST}, no "
+                                  "complete step-* directory); pass a checkpoint directory or 'auto'")
+    verify_checkpoint(path)
+    return path
+
+
+def _check_inputs(models: dict, objects: dict, config_text: Any, extra: dict) -> None:
+    """Refuse, before touching the disk, anything that would be written but could not be read."""
+    for kind, group in (("model", models), ("object", objects)):
+        for name in group:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise CheckpointError(f"{kind} name {name!r} is not a plain file name "
+                                      "(letters, digits, '_', '-', '.')")
+    for mname, state in models.items():
+        for key, value in state.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"model {mname!r} entry {key!r} is a {type(value).__name__}, "
+                                      "not a tensor; pass non-tensor state in `objects`")
+    for oname, value in objects.items():
+        _check_plain(value, f"objects[{oname!r}]", set())
+    if not isinstance(config_text, str):
+        raise CheckpointError(f"config_text must be the YAML text (str), got {type(config_text).__name__}")
+    clash = _RESERVED & extra.keys()
+    if clash:
+        raise CheckpointError(f"extra fields {sorted(clash)} would overwrite manifest fields; rename them")
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"extra manifest fields must be JSON-serializable: {e}") from e
+
+
+def _check_plain(value: Any, where: str, seen: set[int]) -> None:
+    """Raise CheckpointError unless `value` is made only of types weights_only loading rebuilds."""
+    t = type(value)
+    if t in (torch.Tensor, torch.nn.Parameter) or t in _PLAIN_LEAVES:
+        return
+    if t not in _PLAIN_CONTAINERS:
+        raise CheckpointError(
+            f"{where} is a {t.__module__}.{t.__qualname__}, which torch.load(weights_only=True) "
+            "refuses; convert it to tensors, numbers, strings and dict/list/tuple (e.g. a NumPy "
+            "RNG state to tensors and ints) before saving")
+    if id(value) in seen:  # shared or cyclic containers are checked once
+        return
+    seen.add(id(value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, f"{where} key {k!r}", seen)
+            _check_plain(v, f"{where}[{k!r}]", seen)
+    else:
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]", seen)
+
+
+def _seal(path: Path) -> dict:
+    """fsync a written file and return its manifest entry (sha256 of the bytes on disk, size)."""
+    with open(path, "rb+") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        os.fsync(f.fileno())
+    return {"sha256": digest, "bytes": path.stat().st_size}
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and new entries in `path` durable (POSIX; Windows has no directory fsync)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename tmp to final. A re-run may find final present; a directory cannot be renamed over a
+    non-empty one, so the old one is set aside under a leftover name (restored if the swap fails,
+    or by the next save's cleanup after a crash in between) and deleted once the new one is durable.
+    """
+    aside = None
+    if final.exists():
+        aside = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
+        os.replace(final, aside)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, final)
+        raise
+    _fsync_dir(final.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Delete what interrupted saves left; put back a checkpoint set aside by an interrupted re-run."""
+    for p in root.iterdir():
+        if not _LEFTOVER.match(p.name):
+            continue
+        final = root / p.name.split(".tmp-", 1)[0]
+        if ".tmp-old-" in p.name and not final.exists() and (p / MANIFEST).is_file():
+            os.replace(p, final)
+            log.warning("restored %s, set aside by an interrupted save", final)
+        elif p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed %s, left by an interrupted save", p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Delete all but the `keep` newest complete checkpoints, never `current`."""
+    others = [p for p in reversed(list_checkpoints(root)) if p != current]
+    for p in others[keep - 1:]:
+        try:
+            # Rename first: a half-deleted directory must never look like a complete checkpoint.
+            doomed = p.with_name(f"{p.name}.tmp-del-{os.getpid()}")
+            os.replace(p, doomed)
+            shutil.rmtree(doomed)
+            log.info("pruned checkpoint %s", p)
+        except OSError as e:
+            log.warning("could not prune checkpoint %s (%s); delete it by hand to free space", p, e)
+
+
+def _read_latest(root: Path) -> str | None:
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not _STEP_DIR.match(name):
+        log.warning("%s holds %r, not a step-* directory name; ignoring it", root / LATEST, name)
+        return None
+    return name

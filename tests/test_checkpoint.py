@@ -1,0 +1,269 @@
+"""Checkpoints: exact round trip, atomicity under crashes, checksums, pruning, safe loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from bigan.train import checkpoint as ckpt
+from bigan.train.checkpoint import (CheckpointError, find_resume, list_checkpoints, load_checkpoint,
+                                    save_checkpoint, verify_checkpoint)
+
+CONFIG_TEXT = "model:\n  ch: 8\n"
+
+
+def _state(seed: int) -> dict:
+    """Tiny models and an Adam state after one step, all depending on `seed`."""
+    torch.manual_seed(seed)
+    G = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    D = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    G(torch.randn(5, 4)).pow(2).mean().backward()
+    opt.step()
+    ema = {k: v.clone() for k, v in G.state_dict().items()}
+    ema["tied"] = ema["0.weight"]                 # shares memory with another entry
+    ema["strided"] = ema["0.weight"].t()          # non-contiguous view
+    return {"models": {"G": G.state_dict(), "G_ema": ema, "D": D.state_dict()},
+            "objects": {"opt_G": opt.state_dict(), "rng": {"torch": torch.get_rng_state()}}}
+
+
+def _save(root: Path, step: int, **kw) -> Path:
+    s = _state(step)
+    return save_checkpoint(root, step, s["models"], s["objects"], CONFIG_TEXT,
+                           extra={"cur_nimg": 8 * step, "world_size": 2}, **kw)
+
+
+def _exact(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_round_trip_is_exact_and_manifest_lists_every_file(tmp_path):
+    s = _state(1)
+    path = save_checkpoint(tmp_path, 1, s["models"], s["objects"], CONFIG_TEXT,
+                           extra={"cur_nimg": 8, "world_size": 2, "strategy": "ddp",
+                                  "data_position": 24, "phase": None})
+    assert path == tmp_path / "step-00000001"
+    assert (tmp_path / "latest").read_text().strip() == "step-00000001"
+
+    c = load_checkpoint(path)
+    assert set(c.models) == {"G", "G_ema", "D"}
+    for name, state in s["models"].items():
+        assert c.models[name].keys() == state.keys()
+        for k in state:
+            _exact(c.models[name][k], state[k].contiguous())
+    opt, opt_loaded = s["objects"]["opt_G"], c.objects["opt_G"]
+    _exact(opt_loaded["state"], opt["state"])
+    assert opt_loaded["param_groups"] == opt["param_groups"]
+    _exact(c.objects["rng"]["torch"], s["objects"]["rng"]["torch"])
+    assert c.config_text == CONFIG_TEXT
+
+    m = c.manifest
+    assert (m["format"], m["version"], m["step"]) == ("bigan-checkpoint", 1, 1)
+    assert (m["cur_nimg"], m["world_size"], m["strategy"], m["data_position"]) == (8, 2, "ddp", 24)
+    on_disk = {p.name for p in path.iterdir()} - {"manifest.json"}
+    assert set(m["files"]) == on_disk == {"G.safetensors", "G_ema.safetensors", "D.safetensors",
+                                          "opt_G.pt", "rng.pt", "config.yaml"}
+    for name, info in m["files"].items():
+        data = (path / name).read_bytes()
+        assert info == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+@pytest.mark.parametrize("target", ["save_file", "os.replace"])
+def test_crash_mid_save_keeps_previous_checkpoint_and_latest(tmp_path, monkeypatch, target):
+    first = _save(tmp_path, 1)
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash")
+
+    if target == "save_file":
+        calls = {"n": 0}
+        real = safetensors.torch.save_file
+
+        def crash_on_second(*args, **kwargs):  # the first model file is written, then it dies
+            calls["n"] += 1
+            return real(*args, **kwargs) if calls["n"] == 1 else crash()
+
+        monkeypatch.setattr(safetensors.torch, "save_file", crash_on_second)
+    else:
+        monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(CheckpointError, match="step-00000002.*simulated crash"):
+        _save(tmp_path, 2)
+    monkeypatch.undo()
+
+    assert not (tmp_path / "step-00000002").exists()
+    assert (tmp_path / "latest").read_text().strip() == "step-00000001"
+    assert list_checkpoints(tmp_path) == [first]
+    assert find_resume(tmp_path, "auto") == first
+    assert load_checkpoint(first).manifest["step"] == 1
+
+
+def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
+    first = _save(tmp_path, 1)
+    # What a save killed mid-write leaves: a tmp dir, even one with a manifest, and a stray pointer.
+    leftover = tmp_path / "step-00000002.tmp-99999"
+    leftover.mkdir()
+    (leftover / "G.safetensors").write_bytes(b"partial")
+    (leftover / "manifest.json").write_text("{}")
+    (tmp_path / "latest.tmp").write_text("step-00000002\n")
+    assert list_checkpoints(tmp_path) == [first]
+    assert find_resume(tmp_path, "auto") == first
+
+    second = _save(tmp_path, 2)
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001", "step-00000002"]
+    assert find_resume(tmp_path, "auto") == second
+
+
+def test_rerun_of_a_step_replaces_it(tmp_path):
+    _save(tmp_path, 1)
+    s = _state(7)
+    path = save_checkpoint(tmp_path, 1, s["models"], s["objects"], "new: 1\n")
+    assert load_checkpoint(path).config_text == "new: 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001"]
+
+
+def test_a_checkpoint_set_aside_by_an_interrupted_rerun_is_restored(tmp_path):
+    first = _save(tmp_path, 1)
+    os.replace(first, tmp_path / "step-00000001.tmp-old-4242")  # killed between the two renames
+    assert list_checkpoints(tmp_path) == []
+    _save(tmp_path, 2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001", "step-00000002"]
+    verify_checkpoint(first)
+
+
+def test_corrupt_newest_is_refused_and_skipped_by_auto(tmp_path, caplog):
+    first = _save(tmp_path, 1)
+    second = _save(tmp_path, 2)
+    weights = second / "G.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match="G.safetensors.*sha256"):
+        verify_checkpoint(second)
+    with pytest.raises(CheckpointError, match="G.safetensors"):
+        load_checkpoint(second)
+    with pytest.raises(CheckpointError, match="G.safetensors"):
+        find_resume(tmp_path, str(tmp_path))  # an explicit path is never silently replaced
+    with caplog.at_level(logging.WARNING, logger="bigan.train.checkpoint"):
+        with pytest.warns(ckpt.CheckpointWarning, match="step-00000002.*G.safetensors"):
+            assert find_resume(tmp_path, "auto") == first
+    assert any("step-00000002" in r.getMessage() and "G.safetensors" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = _save(tmp_path, 1)
+    with open(path / "opt_G.pt", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(CheckpointError, match="opt_G.pt.*10 bytes"):
+        verify_checkpoint(path)
+
+
+def test_find_resume_specs(tmp_path):
+    assert find_resume(tmp_path, None) is None
+    assert find_resume(tmp_path / "nothing-here", "auto") is None  # fresh start
+    first = _save(tmp_path, 1)
+    second = _save(tmp_path, 2)
+    assert find_resume(tmp_path, "auto") == second
+    assert find_resume(tmp_path, str(tmp_path)) == second  # a root: follows `latest`
+    assert find_resume(tmp_path, str(first)) == first
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_resume(tmp_path, str(tmp_path / "step-00000009"))
+    # A crash between the directory rename and the pointer update: the newer complete one wins.
+    (tmp_path / "latest").write_text("step-00000001\n")
+    assert find_resume(tmp_path, "auto") == second
+
+
+def test_manifestless_directory_is_ignored(tmp_path):
+    first = _save(tmp_path, 1)
+    bare = tmp_path / "step-00000005"
+    bare.mkdir()
+    (bare / "G.safetensors").write_bytes(b"x")
+    assert list_checkpoints(tmp_path) == [first]
+    assert find_resume(tmp_path, "auto") == first
+    with pytest.raises(CheckpointError, match="no manifest.json"):
+        verify_checkpoint(bare)
+
+
+def test_keep_prunes_oldest_but_never_the_new_one(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    # Saving an older step (e.g. after resuming from an explicit older checkpoint) keeps it anyway.
+    again = _save(tmp_path, 1, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001", "step-00000003"]
+    assert (tmp_path / "latest").read_text().strip() == again.name
+    assert not any(".tmp-" in p.name for p in tmp_path.iterdir())
+
+
+class _Custom:
+    pass
+
+
+@pytest.mark.parametrize("bad", [lambda: 0, _Custom(), {"rng": [_Custom()]}, torch.nn.Linear(1, 1)],
+                         ids=["lambda", "instance", "nested", "module"])
+def test_objects_that_weights_only_refuses_fail_at_save(tmp_path, bad):
+    s = _state(1)
+    with pytest.raises(CheckpointError, match=r"objects\['extra'\].*weights_only"):
+        save_checkpoint(tmp_path, 1, s["models"], {**s["objects"], "extra": bad}, CONFIG_TEXT)
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_bad_extra_and_names_fail_at_save(tmp_path):
+    s = _state(1)
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_checkpoint(tmp_path, 1, s["models"], {}, CONFIG_TEXT, extra={"t": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="step"):
+        save_checkpoint(tmp_path, 1, s["models"], {}, CONFIG_TEXT, extra={"step": 3})
+    with pytest.raises(CheckpointError, match="file name"):
+        save_checkpoint(tmp_path, 1, {"../G": {}}, {}, CONFIG_TEXT)
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    path = _save(tmp_path, 1)
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Payload(marker)}, path / "opt_G.pt")
+    assert not marker.exists()
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / "opt_G.pt").read_bytes()
+    manifest["files"]["opt_G.pt"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    verify_checkpoint(path)  # the checksums match: only the weights_only load stands in the way
+
+    with pytest.raises(CheckpointError, match="opt_G.pt.*refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_every_allowed_object_type_loads_back(tmp_path):
+    """The save-time check must accept only what the weights_only loader really rebuilds."""
+    from collections import Counter, OrderedDict
+    value = {"none": None, "flags": (True, False), "n": 3, "x": 0.5, "z": 1 + 2j, "s": "a",
+             "b": b"\x00\xff", "ba": bytearray(b"ab"), "set": {1, 2}, "size": torch.Size([2, 3]),
+             "dev": torch.device("cpu"), "dtype": torch.bfloat16, "od": OrderedDict(a=1),
+             "count": Counter("aab"), "param": torch.nn.Parameter(torch.ones(2)),
+             "half": torch.arange(4, dtype=torch.float16)[::2], 7: [torch.zeros(0)]}
+    path = save_checkpoint(tmp_path, 0, {}, {"misc": value}, CONFIG_TEXT)
+    loaded = load_checkpoint(path).objects["misc"]
+    assert loaded.keys() == value.keys()
+    for k, v in value.items():
+        if isinstance(v, torch.Tensor) or k == 7:
+            _exact(loaded[k], v)
+        else:
+            assert loaded[k] == v and type(loaded[k]) is type(v), k

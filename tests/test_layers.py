@@ -1,0 +1,135 @@
+"""bigan.layers: each block against its formula (BigGAN-PyTorch ccbn/Attention, ProGAN Sec. 3-4.2,
+spectral norm against torch.linalg)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear,
+                          MinibatchStdDev, PixelNorm, SelfAttention, sn_embedding, snconv2d,
+                          snlinear)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_conditional_bn_with_zero_projections_is_plain_bn(training):
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(6, cond_dim=5, eps=1e-5, use_sn=False)
+    bn = nn.BatchNorm2d(6, eps=1e-5, affine=False)
+    with torch.no_grad():
+        cbn.gain.weight.zero_()
+        cbn.bias.weight.zero_()
+        cbn.bn.running_mean.uniform_(-1, 1)  # eval mode then uses these, not batch statistics
+        cbn.bn.running_var.uniform_(0.5, 2)
+    bn.load_state_dict(cbn.bn.state_dict())
+    cbn.train(training), bn.train(training)
+    x, c = torch.randn(4, 6, 3, 3), torch.randn(4, 5)
+    torch.testing.assert_close(cbn(x, c), bn(x))
+
+
+def test_conditional_bn_gain_and_bias_follow_the_condition():
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(3, cond_dim=2, use_sn=False).eval()
+    x, c = torch.randn(2, 3, 4, 4), torch.randn(2, 2)
+    gain = 1 + c @ cbn.gain.weight.T
+    bias = c @ cbn.bias.weight.T
+    expected = cbn.bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
+    torch.testing.assert_close(cbn(x, c), expected)
+
+
+def test_self_attention_with_zero_gamma_is_identity():
+    torch.manual_seed(0)
+    attn = SelfAttention(16)
+    x = torch.randn(2, 16, 8, 8)
+    assert attn.gamma.item() == 0.0
+    torch.testing.assert_close(attn(x), x, rtol=0, atol=0)
+    with torch.no_grad():
+        attn.gamma.fill_(1.0)
+    assert (attn(x) - x).abs().max() > 1e-3  # and gamma does switch the attention path on
+
+
+def test_self_attention_rejects_too_few_channels():
+    with pytest.raises(ValueError, match="at least 8 channels"):
+        SelfAttention(4)
+
+
+def test_equalized_lr_scale_is_he_constant():
+    conv = EqualizedConv2d(5, 7, 3)
+    lin = EqualizedLinear(12, 4, gain=0.5)
+    assert conv.scale == pytest.approx(math.sqrt(2 / (5 * 3 * 3)))
+    assert lin.scale == pytest.approx(0.5 * math.sqrt(2 / 12))
+    x = torch.randn(2, 5, 6, 6)
+    torch.testing.assert_close(
+        conv(x), nn.functional.conv2d(x, conv.weight * conv.scale, conv.bias, padding=1))
+    v = torch.randn(3, 12)
+    torch.testing.assert_close(lin(v), v @ (lin.weight * lin.scale).T + lin.bias)
+
+
+def test_equalized_weights_are_standard_normal():
+    torch.manual_seed(0)
+    w = EqualizedLinear(256, 256).weight.detach()
+    assert abs(w.mean().item()) < 0.01 and abs(w.std().item() - 1) < 0.01
+
+
+def test_pixel_norm_gives_unit_mean_square_per_pixel():
+    x = torch.randn(3, 16, 5, 5) * 7
+    ms = PixelNorm()(x).pow(2).mean(dim=1)
+    torch.testing.assert_close(ms, torch.ones_like(ms))
+
+
+def test_minibatch_stddev_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 2, 2)).astype(np.float32)
+    out = MinibatchStdDev(group_size=2)(torch.from_numpy(x)).numpy()
+    # Groups are {0, 2} and {1, 3}: sample i is in group i mod (N / G).
+    expected = np.empty(4, np.float32)
+    for members in ([0, 2], [1, 3]):
+        std = np.sqrt(x[members].var(axis=0) + 1e-8)  # population variance over the group
+        expected[members] = std.mean()
+    np.testing.assert_allclose(out[:, :3], x)
+    np.testing.assert_allclose(out[:, 3], np.broadcast_to(expected[:, None, None], (4, 2, 2)),
+                               rtol=1e-6)
+
+
+def test_minibatch_stddev_rejects_indivisible_batch():
+    with pytest.raises(ValueError, match="not divisible"):
+        MinibatchStdDev(group_size=4)(torch.randn(6, 2, 2, 2))
+
+
+@pytest.mark.parametrize("make", [lambda: snlinear(16, 8, init=None),
+                                  lambda: snconv2d(4, 6, 3, init=None),
+                                  lambda: sn_embedding(10, 5, init=None)])
+def test_spectral_norm_converges_to_unit_largest_singular_value(make):
+    torch.manual_seed(0)
+    layer = make()
+    assert parametrize.is_parametrized(layer, "weight")
+    original = layer.parametrizations.weight.original
+    mat = original.detach().flatten(1)
+    # Give the weight a clear spectral gap (sigma_1 = 3 sigma_2), so a few power iterations
+    # (one per training-mode access of `weight`) pin sigma_1 down.
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    s = torch.linspace(1.0, 0.1, len(s)) * 3.0
+    s[1:] /= 3.0
+    with torch.no_grad():
+        original.copy_((u @ torch.diag(s) @ vh).view_as(original))
+    layer.train()
+    for _ in range(5):
+        layer.weight
+    layer.eval()
+    sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
+    torch.testing.assert_close(sigma, torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_sn_factories_use_parametrizations_and_orthogonal_init():
+    lin = snlinear(8, 8, use_sn=False)
+    torch.testing.assert_close(lin.weight @ lin.weight.T, torch.eye(8))
+    sn_lin = snlinear(8, 4, sn_eps=1e-3)
+    assert "parametrizations.weight.original" in dict(sn_lin.named_parameters())
+    assert {"parametrizations.weight.0._u", "parametrizations.weight.0._v"} <= set(
+        dict(sn_lin.named_buffers()))
+    assert sn_lin.parametrizations.weight[0].eps == 1e-3
