@@ -66,3 +66,11 @@ def test_sample_rejects_bad_arguments(trained_run, tmp_path, capsys, extra, word
 def test_sample_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["train", "configs/demo.yaml", "--dry-run", "model.ch=24", "train.steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert "ch: 24" in out and "steps: 5" in out
+    with pytest.raises(SystemExit):
+        main(["sample", "x", "model.ch=3"])
