@@ -27,7 +27,7 @@ ARCHS = ("biggan", "dcgan", "mlp")
 LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 PRECISIONS = ("fp32", "bf16")
-DATA_SOURCES = ("digits", "synthetic", "gaussian-ring", "gaussian-grid")
+DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid")
 BIGGAN_RESOLUTIONS = (32, 64, 128, 256, 512)
 
 
@@ -88,7 +88,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # digits | synthetic | gaussian-ring | gaussian-grid
+    source: str = "digits"  # shards (WebDataset, see `path`) | in-memory: digits | synthetic | gaussian-ring | gaussian-grid
+    path: str = ""  # shards: directory holding dataset.json and shard-*.tar
+    num_workers: int = 2  # shards: DataLoader worker processes per training process
+    shuffle_buffer: int = 1000  # shards: samples in each shard's shuffle buffer
+    verify: bool = False  # shards: check every shard's sha256 before training
     num_samples: int = 10_000  # synthetic / gaussian sets: how many samples to make
     flip: bool = False  # random horizontal flip
     seed: int = 0  # seed of the generated sets (not of the data order, see train.seed)
@@ -96,6 +100,10 @@ class DataConfig:
     def validate(self, prefix: str = "data") -> None:
         _one_of(f"{prefix}.source", self.source, DATA_SOURCES)
         _positive(f"{prefix}.num_samples", self.num_samples)
+        _positive(f"{prefix}.num_workers", self.num_workers, zero_ok=True)
+        _positive(f"{prefix}.shuffle_buffer", self.shuffle_buffer)
+        _require(self.source != "shards" or bool(self.path), f"{prefix}.path", self.path,
+                 "data.source=shards needs the shard directory (see `bigan data pack`)")
 
 
 @dataclass
