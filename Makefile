@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: unpinned, pip would pull the CUDA build and gigabytes of packages.
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -e ".[train,dev]" -c constraints.txt
+	$(BIN)/pip install -q -e ".[train,export,dev]" -c constraints.txt
 	touch $@
 
 install: $(STAMP)

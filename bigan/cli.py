@@ -1,4 +1,4 @@
-"""The `bigan` command: `bigan train`, `bigan sample` (more subcommands join as they land).
+"""The `bigan` command: `bigan train`, `bigan sample`, `bigan export` (more join as they land).
 
 Errors the user can fix (bad config, missing checkpoint, divergence) become one readable line
 on stderr and exit code 2; anything else is a bug and keeps its traceback.
@@ -67,11 +67,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     try:
+        from bigan.export.onnx import ExportError
         from bigan.train.checkpoint import CheckpointError
         from bigan.train.trainer import TrainingDiverged
     except ImportError:
         return tuple(errors)
-    return (*errors, CheckpointError, TrainingDiverged)
+    return (*errors, CheckpointError, TrainingDiverged, ExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first column (default 0)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=_sample)
+
+    from bigan.export.commands import add_export_command
+
+    add_export_command(sub)
     return parser
 
 

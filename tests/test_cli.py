@@ -14,6 +14,9 @@ from tests.conftest import tiny_overrides
 
 
 def test_help_needs_no_torch():
+    out = subprocess.run([sys.executable, "-m", "bigan.cli", "export", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--fp16" in out
     code = "import sys; from bigan.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "-m", "bigan.cli", "sample", "--help"],
