@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+DEMO_DATA := runs/data/digits-32
+
 demo: $(STAMP)
+	test -f $(DEMO_DATA)/dataset.json || $(BIN)/bigan data make-digits $(DEMO_DATA) --resolution 32
 	$(BIN)/bigan train configs/demo.yaml --out runs/demo
 
 test: $(STAMP)
@@ -25,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --out bench/results
+	$(BIN)/python bench/data_loader.py --out bench/results
 
 clean:
 	rm -rf $(VENV) runs bench/results

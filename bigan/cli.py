@@ -1,4 +1,4 @@
-"""The `bigan` command: `bigan train`, `bigan sample`, `bigan export` (more join as they land).
+"""The `bigan` command: `bigan data`, `train`, `sample`, `export` (more join as they land).
 
 Errors the user can fix (bad config, missing checkpoint, divergence) become one readable line
 on stderr and exit code 2; anything else is a bug and keeps its traceback.
@@ -65,7 +65,9 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    from bigan.data.sources import DataError
+
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, DataError]
     try:
         from bigan.export.onnx import ExportError
         from bigan.train.checkpoint import CheckpointError
@@ -103,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=_sample)
 
+    from bigan.data.commands import add_data_commands
     from bigan.export.commands import add_export_command
 
+    add_data_commands(sub)
     add_export_command(sub)
     return parser
 

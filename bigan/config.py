@@ -91,7 +91,7 @@ class DataConfig:
     source: str = "digits"  # shards (WebDataset, see `path`) | in-memory: digits | synthetic | gaussian-ring | gaussian-grid
     path: str = ""  # shards: directory holding dataset.json and shard-*.tar
     num_workers: int = 2  # shards: DataLoader worker processes per training process
-    shuffle_buffer: int = 1000  # shards: samples in each shard's shuffle buffer
+    shuffle_buffer: int = 1000  # shards: samples in each shard's shuffle buffer (0 = tar order)
     verify: bool = False  # shards: check every shard's sha256 before training
     num_samples: int = 10_000  # synthetic / gaussian sets: how many samples to make
     flip: bool = False  # random horizontal flip
@@ -101,7 +101,7 @@ class DataConfig:
         _one_of(f"{prefix}.source", self.source, DATA_SOURCES)
         _positive(f"{prefix}.num_samples", self.num_samples)
         _positive(f"{prefix}.num_workers", self.num_workers, zero_ok=True)
-        _positive(f"{prefix}.shuffle_buffer", self.shuffle_buffer)
+        _positive(f"{prefix}.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _require(self.source != "shards" or bool(self.path), f"{prefix}.path", self.path,
                  "data.source=shards needs the shard directory (see `bigan data pack`)")
 

@@ -27,7 +27,7 @@ def test_help_needs_no_torch():
 def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["train", "configs/demo.yaml", "model.ch=40", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "ch: 40" in out and "source: digits" in out
+    assert "ch: 40" in out and "source: shards" in out
 
 
 def test_bad_override_is_one_line_naming_the_field(capsys):

@@ -37,10 +37,11 @@ def test_overrides_change_fields_and_parse_types():
     ("train.deterministic=3", "train.deterministic", "true or false"),
     ("loss.label_smoothing=0.1", "loss.kind", "probabilistic"),
     ("model.num_classes=7", "model.num_classes", "digits"),
+    ("data.path=", "data.path", "needs the shard directory"),
 ])
 def test_bad_values_name_the_field(override, field, words):
     with pytest.raises(ConfigError) as err:
-        load_config("configs/demo.yaml", [override])
+        load_config("configs/demo.yaml", [override] + (["data.source=digits"] if "num_classes" in override else []))
     assert field in str(err.value) and words in str(err.value)
 
 

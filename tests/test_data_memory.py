@@ -60,7 +60,7 @@ def test_world_size_only_splits_the_global_batch():
 
 
 def test_images_are_scaled_to_minus_one_one_and_flips_are_reproducible():
-    cfg = load_config("configs/demo.yaml", ["data.flip=true"])
+    cfg = load_config("configs/demo.yaml", ["data.source=digits", "data.flip=true"])
     data = build_dataset(cfg)
     x, y = IndexedSampler(data, seed=0, flip=True).batch(0, 16)
     assert x.shape == (16, 3, 32, 32) and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.int64
@@ -69,3 +69,18 @@ def test_images_are_scaled_to_minus_one_one_and_flips_are_reproducible():
     plain, _ = IndexedSampler(data, seed=0, flip=False).batch(0, 16)
     flipped = [not torch.equal(a, b) for a, b in zip(x, plain)]
     assert 0 < sum(flipped) < 16
+
+
+def test_rank_data_positions_merge_into_one_job_position():
+    from bigan.data.feed import merge_states
+
+    a = {"kind": "shards", "skipped": {"not_image": 1},
+         "position": {"shard_sizes": [3, 3], "seed": 0, "shuffle_buffer": 0, "complete_epochs": 0,
+                      "epochs": {"0": {"0": 2}}}}
+    b = {"kind": "shards", "skipped": {"not_image": 2, "bad_label": 1},
+         "position": {**a["position"], "epochs": {"0": {"1": 3}}}}
+    merged = merge_states([a, b])
+    assert merged["position"]["epochs"] == {"0": {"0": 2, "1": 3}}
+    assert merged["skipped"] == {"bad_label": 1, "not_image": 3}
+    mem = {"kind": "memory", "position": 64}
+    assert merge_states([mem, mem]) == mem

@@ -32,7 +32,8 @@ def test_run_writes_checkpoints_grids_tensorboard_and_metrics(tmp_path):
     assert [m["step"] for m in lines] == [2, 4]
     assert {"loss/D", "loss/G", "D/real", "D/fake", "speed/img_per_sec"} <= set(lines[-1])
     manifest = json.loads((result.last_checkpoint / "manifest.json").read_text())
-    assert manifest["data_position"] == 4 * 2 * 8 and manifest["world_size"] == 1
+    assert manifest["data_position"] == {"kind": "memory", "position": 4 * 2 * 8}
+    assert manifest["world_size"] == 1
     assert manifest["class_names"][0].startswith("disc")
 
 
@@ -116,3 +117,41 @@ def test_toy_2d_config_trains_and_plots(tmp_path):
                                               f"train.out_dir={tmp_path}/toy", "data.num_samples=1000"])
     result = train(cfg)
     assert result.step == 20 and (tmp_path / "toy" / "grids" / "step-00000020.png").exists()
+
+
+def _shard_cfg(out, path, **extra):
+    return _cfg(out, **{"data.source": "shards", "data.path": str(path), "data.num_workers": 0,
+                        "data.shuffle_buffer": 0, **extra})
+
+
+def test_training_reads_shards_skips_bad_samples_and_resumes_the_position(tmp_path):
+    from tests.test_loader import _png, _write_pack
+
+    good = [(f"g{i:03d}", {"cls": str(i % 3).encode(), "png": _png(10 * i)}) for i in range(8)]
+    bad = tmp_path / "bad"
+    _write_pack(bad, [good[:3] + [("corrupt", {"cls": b"1", "png": b"\x89PNG broken"}),
+                                  ("badlabel", {"cls": b"one", "png": _png(2)})] + good[3:4],
+                      good[4:]])
+    run = tmp_path / "run"
+    extra = {"model.num_classes": 3, "train.batch_size": 2, "train.steps": 3, "train.ckpt_every": 3,
+             "train.log_every": 3}
+    result = train(_shard_cfg(run, bad, **extra))
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    # 3 G steps x 2 D steps x 2 images = 12 good samples: more than the 8 good ones of an epoch.
+    assert lines[-1]["data/skipped_not_image"] >= 1 and lines[-1]["data/skipped_bad_label"] >= 1
+    manifest = json.loads((result.last_checkpoint / "manifest.json").read_text())
+    pos = manifest["data_position"]
+    assert pos["kind"] == "shards" and pos["position"]["complete_epochs"] >= 1
+    resumed = train(_shard_cfg(run, bad, **{**extra, "train.steps": 5}), resume="auto")
+    assert resumed.step == 5
+    later = json.loads((resumed.last_checkpoint / "manifest.json").read_text())["data_position"]
+    assert later["skipped"]["not_image"] >= pos["skipped"]["not_image"]
+
+
+def test_shard_class_count_mismatch_is_a_clear_error(tmp_path):
+    from bigan.data.shards import make_synthetic
+    from bigan.data.sources import DataError
+
+    make_synthetic(tmp_path / "shards", classes=3, resolution=16, n=24, min_shards=2)
+    with pytest.raises(DataError, match="model.num_classes=4.*3 classes"):
+        train(_shard_cfg(tmp_path / "run", tmp_path / "shards"))

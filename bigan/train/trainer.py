@@ -21,7 +21,7 @@ import torch
 
 from bigan import ema, models
 from bigan.config import Config, ConfigError, config_from_dict, dump_config
-from bigan.data.memory import IndexedSampler, build_dataset
+from bigan.data.feed import make_feed, merge_states
 from bigan.eval.samples import save_samples_png
 from bigan.train import checkpoint as ckpt
 from bigan.train.hooks import TrainHooks
@@ -90,11 +90,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     betas = tuple(cfg.optim.betas)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=betas, eps=cfg.optim.eps)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=betas, eps=cfg.optim.eps)
-    data = build_dataset(cfg)
-    sampler = IndexedSampler(data, seed=tc.seed, flip=cfg.data.flip)
-    reference = data.samples if cfg.model.arch == "mlp" else None
 
-    step, cur_nimg, data_pos, state = 0, 0, 0, StepState()
+    step, cur_nimg, data_state, state = 0, 0, None, StepState()
     resume_from = ckpt.find_resume(ckpt_root, resume) if resume else None
     if resume_from is not None:
         c = ckpt.load_checkpoint(resume_from)
@@ -106,10 +103,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         opt_D.load_state_dict(c.objects["opt_D"])
         torch.set_rng_state(c.objects["rng"]["torch"])
         m = c.manifest
-        step, cur_nimg, data_pos = m["step"], m["cur_nimg"], m["data_position"]
+        step, cur_nimg, data_state = m["step"], m["cur_nimg"], m["data_position"]
         state.d_updates = m["d_updates"]
         if main:
             log.info("resumed from %s at step %d (%d images)", resume_from, step, cur_nimg)
+    feed = make_feed(cfg, rank, world, data_state)
     G_ema.to(device)
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
 
@@ -129,7 +127,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     grid_rows = list(range(min(tc.grid_classes, cfg.model.num_classes)))
 
     def save(step: int) -> Path | None:
-        path = None
+        path, data_position = None, feed.state()
+        if world > 1:  # each rank knows only its own streams' progress
+            states = [None] * world
+            torch.distributed.all_gather_object(states, data_position)
+            data_position = merge_states(states)
         if main:
             unwrap = accelerator.unwrap_model
             path = ckpt.save_checkpoint(
@@ -139,9 +141,9 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
                 objects={"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                          "rng": {"torch": torch.get_rng_state()}},
                 config_text=dump_config(cfg),
-                extra={"cur_nimg": cur_nimg, "data_position": data_pos, "d_updates": state.d_updates,
+                extra={"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": state.d_updates,
                        "world_size": world, "strategy": "ddp" if world > 1 else "single",
-                       "class_names": data.class_names, "config": cfg.to_dict()},
+                       "class_names": feed.class_names, "config": cfg.to_dict()},
                 keep=tc.keep_ckpts)
         accelerator.wait_for_everyone()
         hooks.on_checkpoint(path, step)
@@ -157,7 +159,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
                                                torch.randint(0, cfg.model.num_classes, (n,), generator=gen).to(device)),
                                cfg.ema.standing_stats_batches)
         path = save_samples_png(model, run_dir / "grids" / f"step-{step:08d}.png", grid_rows,
-                                tc.grid_per_class, tc.grid_seed, reference=reference)
+                                tc.grid_per_class, tc.grid_seed, reference=feed.reference)
         (run_dir / "grids" / "latest.png").write_bytes(path.read_bytes())
         return path
 
@@ -168,12 +170,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     while step < tc.steps:
         d_batches = []
         for k in range(cfg.optim.d_steps):
-            real, real_y = sampler.batch(data_pos, tc.batch_size, rank, world)
+            real, real_y = feed.next()
             gen = _step_generator(tc.seed, step, k)
             z, y = _fake_inputs(cfg, gen, rank, world)
             d_batches.append(Batch(z=z.to(device), fake_y=y.to(device), generator=gen,
                                    real=real.to(device), real_y=real_y.to(device)))
-            data_pos += tc.batch_size
         gen = _step_generator(tc.seed, step, cfg.optim.d_steps)
         z, y = _fake_inputs(cfg, gen, rank, world)
         g_batch = Batch(z=z.to(device), fake_y=y.to(device), generator=gen)
@@ -202,6 +203,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             elapsed = time.perf_counter() - t_log
             metrics["speed/img_per_sec"] = n_log * tc.batch_size * cfg.optim.d_steps / elapsed
             metrics["progress/kimg"] = cur_nimg / 1000
+            metrics.update({f"data/skipped_{k}": float(v) for k, v in feed.skipped().items()})
             t_log, n_log = time.perf_counter(), 0
             if main:
                 for k, v in metrics.items():

@@ -1,0 +1,176 @@
+"""Shard loader throughput per core, against a bare PIL decode + resize loop in the same run.
+
+Imagenette-224 (3,925 real JPEG photos) is packed once at 224 px as jpg (cached under
+`--cache`): the 224 px RGB source files go in byte for byte, the grayscale ones are re-encoded
+(q95). Then, at 64 px and 224 px, on one core each (loader with num_workers=0, so images/s is
+per core), over exactly the images the loader delivers:
+
+- loader:      `ShardLoader` batches (tar read, in-shard shuffle, decode, RGB, resize, flip,
+               NCHW batch), as float32 in [-1, 1] (the default) and as uint8 (channels_last);
+- pil-files:   a bare loop over the same images' source files: open, RGB, resize, to uint8;
+- pil-packed:  the same bare loop over the packed bytes, already in memory (the gap to the
+               loader is then the loader's own overhead: tar, shuffle, batching, conversion).
+
+The sides are timed in paired rounds with rotating order (the machine is shared and drifts);
+the table gives each side's best images/s and the median per-round ratio. Goal: loader >= 0.9x
+pil-files. Writes a table and `OUT/data_loader.json`.
+
+    python bench/data_loader.py [--quick] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bigan.data.loader import ShardLoader  # noqa: E402
+from bigan.data.shards import pack, read_index  # noqa: E402
+from bigan.data.sources import read_image_folder, square_resize  # noqa: E402
+
+SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-224" / "val"
+
+
+def packed_shards(cache: Path) -> Path:
+    """Pack the source once; reuse the cache while its index says the same source."""
+    out = cache / "imagenette-224-jpg95"
+    try:
+        index = read_index(out)
+        if (index["source"]["path"] == str(SOURCE) and index["resolution"] == 224
+                and "copied_as_is" in index["source"]):
+            return out
+    except ValueError:
+        pass
+    print(f"packing {SOURCE} -> {out} (once)", flush=True)
+    pack(SOURCE, out, 224, fmt="jpg", quality=95, shard_size_bytes=16 << 20, workers=2,
+         progress=True)
+    return out
+
+
+def loader_keys(out: Path, n: int, batch: int) -> list[str]:
+    """Keys of the `n` images a fresh loader delivers after its first batch (what we time)."""
+    it = iter(ShardLoader(out, batch_per_worker=batch, resolution=8, num_workers=0,
+                          shuffle_buffer=256, dtype="uint8"))
+    next(it)
+    keys: list[str] = []
+    while len(keys) < n:
+        keys += next(it)["key"]
+    return keys[:n]
+
+
+def same_images(out: Path, keys: list[str]) -> tuple[list[str], list[bytes]]:
+    """The source files and the packed bytes of those keys (key i is input permutation[i])."""
+    index = read_index(out)
+    files = read_image_folder(SOURCE).files
+    order = np.random.default_rng(index["source"]["seed"]).permutation(len(files))
+    blobs: dict[str, bytes] = {}
+    wanted = set(keys)
+    for shard in index["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                if ext == "jpg" and key in wanted:
+                    blobs[key] = tar.extractfile(m).read()
+    return [files[order[int(k)]] for k in keys], [blobs[k] for k in keys]
+
+
+def pil_loop(items: list, resolution: int) -> float:
+    """Seconds for open -> RGB -> resize -> uint8 array over `items` (paths or bytes)."""
+    t = time.perf_counter()
+    for item in items:
+        with Image.open(item if isinstance(item, str) else io.BytesIO(item)) as im:
+            np.asarray(square_resize(im.convert("RGB"), resolution))
+    return time.perf_counter() - t
+
+
+def loader_run(out: Path, resolution: int, n: int, batch: int, dtype: str) -> float:
+    """Seconds for `n` images of ShardLoader batches on one core (first batch excluded)."""
+    loader = ShardLoader(out, batch_per_worker=batch, resolution=resolution, num_workers=0,
+                         flip=True, shuffle_buffer=256, dtype=dtype)
+    it = iter(loader)
+    next(it)  # the shuffle buffer fills once per shard; count steady state like the PIL loop
+    t, got = time.perf_counter(), 0
+    while got < n:
+        got += len(next(it)["label"])
+    return (time.perf_counter() - t) * n / got
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
+    parser.add_argument("--out", default="bench/results", help="directory for data_loader.json")
+    parser.add_argument("--cache", default=None, help="where packed shards are kept "
+                                                      "(default OUT/cache)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="paired timing rounds (default 4 quick, 10 full)")
+    args = parser.parse_args()
+    if not SOURCE.is_dir():
+        sys.exit(f"{SOURCE} not found: this benchmark needs the shared Imagenette copy")
+    torch.set_num_threads(1)
+    out_dir = Path(args.out)
+    shards = packed_shards(Path(args.cache) if args.cache else out_dir / "cache")
+    n, rounds = (256, args.repeats or 4) if args.quick else (1024, args.repeats or 10)
+    batch = 64
+    keys = loader_keys(shards, n, batch)
+    files, blobs = same_images(shards, keys)
+    for item in files[:32] + blobs[:32]:  # warm the page cache and Pillow
+        pil_loop([item], 64)
+
+    sides = ("pil-files", "pil-packed", "float32", "uint8")
+    rows = []
+    for res in (64, 224):
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        for r in range(rounds):  # paired rounds, order rotated: drift hits every side alike
+            for side in sides[r % 4:] + sides[:r % 4]:
+                if side == "pil-files":
+                    times[side].append(pil_loop(files, res))
+                elif side == "pil-packed":
+                    times[side].append(pil_loop(blobs, res))
+                else:
+                    times[side].append(loader_run(shards, res, n, batch, side))
+        best = {k: n / min(v) for k, v in times.items()}
+        for dtype in ("float32", "uint8"):
+            vs_files = np.median(np.array(times["pil-files"]) / np.array(times[dtype]))
+            vs_packed = np.median(np.array(times["pil-packed"]) / np.array(times[dtype]))
+            rows.append({"resolution": res, "output": dtype, "images": n, "rounds": rounds,
+                         "loader_img_per_s": round(best[dtype], 1),
+                         "pil_files_img_per_s": round(best["pil-files"], 1),
+                         "pil_packed_img_per_s": round(best["pil-packed"], 1),
+                         "ratio_vs_files": round(float(vs_files), 3),
+                         "ratio_vs_packed": round(float(vs_packed), 3)})
+
+    print(f"\nper core (1 process, OMP_NUM_THREADS=1), {n} images x {rounds} paired rounds: "
+          "best images/s, median ratio per round")
+    head = (f"{'res':>5} {'output':>8} {'loader':>8} {'pil-files':>10} {'pil-packed':>11} "
+            f"{'vs files':>9} {'vs packed':>10}")
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['resolution']:>5} {r['output']:>8} {r['loader_img_per_s']:>8.0f} "
+              f"{r['pil_files_img_per_s']:>10.0f} {r['pil_packed_img_per_s']:>11.0f} "
+              f"{r['ratio_vs_files']:>8.2f}x {r['ratio_vs_packed']:>9.2f}x")
+    result = {"bench": "data_loader", "quick": args.quick, "source": str(SOURCE),
+              "packed": {"path": str(shards), "format": "jpg", "quality": 95, "resolution": 224},
+              "goal": "loader >= 0.9x pil-files", "rows": rows,
+              "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "cpu": platform.processor() or platform.machine(),
+                          "cores_visible": os.cpu_count()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "data_loader.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {out_dir / 'data_loader.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The trainer's supply of real batches: one interface over shards and in-memory sets.
+
+`make_feed(cfg, rank, world_size, state)` returns a feed whose `next()` gives this worker's
+(images, labels) for one D step and whose `state()` is the JSON-able data position the
+checkpoint stores; passing that state back continues the data order where it stopped.
+WebDataset shards (`data.source=shards`) are the production path; the in-memory sets (digits,
+procedural images, 2-D mixtures) serve tests and toy runs without packing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigan.config import Config
+
+
+class MemoryFeed:
+    """In-memory sets ordered by global sample position (`bigan.data.memory`)."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, state: dict | None):
+        from bigan.data.memory import IndexedSampler, build_dataset
+
+        data = build_dataset(cfg)
+        self.class_names = data.class_names
+        self.reference = data.samples if cfg.model.arch == "mlp" else None  # drawn under 2-D plots
+        self._sampler = IndexedSampler(data, seed=cfg.train.seed, flip=cfg.data.flip)
+        self._batch, self._rank, self._world = cfg.train.batch_size, rank, world_size
+        self.position = int(state["position"]) if state else 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._sampler.batch(self.position, self._batch, self._rank, self._world)
+        self.position += self._batch
+        return x, y
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "memory", "position": self.position}
+
+    def skipped(self) -> dict[str, int]:
+        return {}
+
+
+class ShardFeed:
+    """WebDataset shards through `bigan.data.loader.ShardLoader` (exactly-once across resumes)."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, state: dict | None):
+        from bigan.data.loader import ShardLoader
+        from bigan.data.position import SkipCounter
+
+        self.loader = ShardLoader(
+            cfg.data.path, batch_per_worker=cfg.train.batch_size // world_size,
+            resolution=cfg.model.resolution, rank=rank, world_size=world_size,
+            num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip,
+            position=state["position"] if state else None, num_classes=cfg.model.num_classes,
+            verify=cfg.data.verify)
+        self.class_names = self.loader.class_names
+        self.reference: np.ndarray | None = None
+        self._skips = SkipCounter()
+        if state:
+            self._skips.add(state.get("skipped", {}))
+        self._it = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:  # started lazily: DataLoader workers fork only once training starts
+            self._it = iter(self.loader)
+        batch = next(self._it)
+        self.loader.position.update(batch)
+        self._skips.add(batch)
+        return batch["image"], batch["label"]
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "shards", "position": self.loader.position.to_dict(),
+                "skipped": self._skips.to_dict()}
+
+    def skipped(self) -> dict[str, int]:
+        return self._skips.to_dict()
+
+
+def merge_states(states: list[dict]) -> dict:
+    """One job-wide data position from every rank's `state()` (ranks read disjoint streams)."""
+    if states[0]["kind"] == "memory":
+        return states[0]  # keyed by global position: every rank holds the same number
+    from bigan.data.position import LoaderPosition, SkipCounter
+
+    position, skips = LoaderPosition.from_dict(states[0]["position"]), SkipCounter()
+    for s in states:
+        position = position.merge(LoaderPosition.from_dict(s["position"]))
+        skips.add(s["skipped"])
+    return {"kind": "shards", "position": position.to_dict(), "skipped": skips.to_dict()}
+
+
+def make_feed(cfg: Config, rank: int = 0, world_size: int = 1,
+              state: dict | None = None) -> MemoryFeed | ShardFeed:
+    if state is not None and state.get("kind") != ("shards" if cfg.data.source == "shards" else "memory"):
+        from bigan.config import ConfigError
+
+        raise ConfigError(f"cannot resume: the checkpoint's data position is for "
+                          f"{state.get('kind')!r} data but data.source={cfg.data.source!r}")
+    feed = ShardFeed if cfg.data.source == "shards" else MemoryFeed
+    return feed(cfg, rank, world_size, state)

@@ -1,0 +1,394 @@
+"""Streaming training batches from packed shards, with an order keyed by position (elastic resume).
+
+The data order is a pure function of (seed, epoch, shard, position), never of the world size:
+
+- Epoch e visits the shards in the permutation `epoch_shard_order(seed, e)`.
+- Inside a shard, samples come out of a shuffle buffer (`shuffle_buffer` samples) seeded by
+  (seed, e, shard) and reset for every shard; a sample's *offset* is its place in that order.
+  Bad samples keep their offset (they are skipped and counted), so offsets never move.
+- A job runs S = world_size x num_workers streams; stream s = rank * num_workers + worker.
+  The epoch's *remaining work* is its shard order minus the shards already consumed in full;
+  stream s reads remaining shard i when i + e = s (mod S) (the rotation by e spreads the extra
+  shards of an uneven split over the streams), each starting after its consumed prefix.
+  Streams never share a shard, so what a stream delivers of a shard is a prefix of its order.
+- A stream goes on to epoch e + 1 when its share of epoch e is done: the stream is infinite
+  and every rank always gets batches. Streams may be in different epochs at the same time.
+- Fewer shards than streams: the loader lowers `num_workers` to shards // world_size (the
+  order does not depend on it) and raises `DataError` when there are fewer shards than ranks.
+
+Resume: `LoaderPosition` records, per epoch and shard, the length of the consumed prefix of the
+shard's order. Each batch carries `progress` rows (epoch, shard, end) meaning "with this batch,
+positions < end of that shard are delivered or skipped"; the trainer calls `position.update(batch)`
+for each batch it trains on, gathers ranks with `merge`, and checkpoints `to_dict()`. A loader
+built with that position skips shards consumed in full, re-reads partly consumed ones while
+skipping (without decoding) their prefix, and re-splits the remaining work over its own S
+streams. Guarantee: over an epoch interrupted by any number of checkpoints/resumes onto any world
+sizes and worker counts, every sample position is delivered exactly once (batches prefetched but
+not consumed at the checkpoint are delivered after the resume). Skip counts ride on the batches
+too, so the totals a trainer adds up from the batches it consumed are exact across resumes.
+
+Every batch is a dict: `image` [B, 3, R, R] (float32 in [-1, 1]; or, with dtype="uint8", 0..255
+in channels_last memory, to normalize on the accelerator), `label` int64 [B], `epoch`, `shard`,
+`offset` int64 [B], `key` list[str], `progress` int64 [M, 3], and `skipped` {cause: count} of
+what its stream skipped since its previous batch (see `SKIP_CAUSES`). Shards are read by
+`bigan.data.tar_samples`; the stages run in a webdataset `DataPipeline` per stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import random
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from bigan.data.position import LoaderPosition, SkipCounter
+from bigan.data.shards import DataError, index_file, missing_shards, read_index, verify_shards
+from bigan.data.sources import IMAGE_EXTENSIONS, square_resize
+from bigan.data.tar_samples import TarStatus, tar_samples
+
+__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "epoch_shard_order",
+           "stream_work", "DataError"]
+
+log = logging.getLogger(__name__)
+
+SKIP_CAUSES = (
+    "corrupt_image",  # image bytes with a known signature that do not decode
+    "truncated_image",  # image bytes that end early
+    "not_image",  # payload Pillow cannot identify (text, garbage)
+    "missing_image",  # sample without an image member
+    "missing_label",  # sample without a `cls` member
+    "bad_label",  # `cls` is not an ASCII integer
+    "label_out_of_range",  # `cls` outside 0 .. len(class_names) - 1
+    "truncated_shard",  # samples dataset.json lists that the tar file did not yield (cut, gone)
+)
+_IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF")
+
+
+def epoch_shard_order(seed: int, epoch: int, num_shards: int) -> np.ndarray:
+    """The permutation of shard indices visited in `epoch`."""
+    return np.random.default_rng([seed, epoch]).permutation(num_shards)
+
+
+def stream_work(epoch: int, sizes: list[int], consumed: dict[int, int], seed: int, stream: int,
+                num_streams: int) -> list[tuple[int, int]]:
+    """(shard, first offset) pairs stream `stream` of `num_streams` reads in `epoch`, in order."""
+    order = epoch_shard_order(seed, epoch, len(sizes))
+    remaining = [(int(k), consumed.get(int(k), 0)) for k in order
+                 if consumed.get(int(k), 0) < sizes[k]]
+    return [w for i, w in enumerate(remaining) if (i + epoch) % num_streams == stream]
+
+
+def shard_sample_order(samples: Iterator, buffer: int, rng: random.Random) -> Iterator:
+    """Buffered shuffle: once `buffer` samples are held, each new one replaces a random held one,
+    which is emitted; the rest drain in random order. Ours, not webdataset's `shuffle`, because
+    this order is part of the checkpoint contract and must not change with a library upgrade."""
+    if buffer <= 1:  # no shuffle: tar order
+        yield from samples
+        return
+    held: list = []
+    for sample in samples:
+        if len(held) < buffer:
+            held.append(sample)
+            continue
+        k = rng.randrange(buffer)
+        yield held[k]
+        held[k] = sample
+    rng.shuffle(held)
+    yield from held
+
+
+def flip_coin(seed: int, epoch: int, shard: int, offset: int) -> bool:
+    """A fair coin keyed by the sample's position: the same image flips the same way on resume."""
+    key = struct.pack("<4q", seed, epoch, shard, offset)
+    return bool(hashlib.blake2b(key, digest_size=1, person=b"bigan-flip").digest()[0] & 1)
+
+
+@dataclass
+class _Plan:
+    """Everything a worker needs, pickled into each DataLoader worker."""
+
+    paths: list[str]
+    sizes: list[int]
+    seed: int
+    shuffle_buffer: int
+    rank: int
+    world_size: int
+    resolution: int
+    batch_per_worker: int
+    num_classes: int
+    unconditional: bool
+    flip: bool
+    dtype: str
+    start_epoch: int
+    consumed: dict[int, dict[int, int]]
+
+
+class _StreamShards(IterableDataset):
+    """Pipeline source: this stream's shard tasks, epoch after epoch, forever."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[dict]:
+        p, info = self.plan, get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream, streams = p.rank * workers + worker, p.world_size * workers
+        for epoch in itertools.count(p.start_epoch):
+            consumed = p.consumed.get(epoch, {})
+            for shard, start in stream_work(epoch, p.sizes, consumed, p.seed, stream, streams):
+                yield {"path": p.paths[shard], "epoch": epoch, "shard": shard, "start": start,
+                       "size": p.sizes[shard]}
+
+
+def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
+    """Shard tasks -> samples in each shard's keyed order (from the task's start offset), then a
+    `__done__` event per shard. Damage ends the shard; what it lacks counts as truncated."""
+    for task in tasks:
+        epoch, shard = task["epoch"], task["shard"]
+        status = TarStatus()
+        samples = tar_samples(task["path"], status, any_of=_IMAGE_KEYS)
+        rng = random.Random(f"bigan/{plan.seed}/{epoch}/{shard}")
+        read = 0
+        for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
+            read = offset + 1
+            if offset >= task["start"]:
+                sample["__pos__"] = (epoch, shard, offset)
+                yield sample
+        if status.error:
+            log.warning("%s: %s after %d of %d samples", task["path"], status.error, read,
+                        task["size"])
+        yield {"__done__": (epoch, shard, max(read, task["size"])),
+               "__missing__": max(0, task["size"] - read)}
+
+
+def _label(sample: dict, num_classes: int) -> tuple[int, str | None]:
+    if "cls" not in sample:
+        return -1, "missing_label"
+    try:
+        label = int(sample["cls"].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return -1, "bad_label"
+    return label, None if 0 <= label < num_classes else "label_out_of_range"
+
+
+def decode_image(data: bytes, resolution: int,
+                 flip: bool = False) -> tuple[np.ndarray | None, str | None]:
+    """Image bytes -> (uint8 [R, R, 3], None) or (None, skip cause). Never raises."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB") if image.mode != "RGB" else image
+            rgb = square_resize(rgb, resolution)
+            if flip:  # in Pillow: a NumPy copy of a mirrored HWC view is ~50x slower
+                rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return np.asarray(rgb), None
+    except UnidentifiedImageError:
+        return None, "corrupt_image" if data.startswith(_SIGNATURES) else "not_image"
+    except Exception as exc:  # bad data must never stop training
+        return None, "truncated_image" if "truncated" in str(exc).lower() else "corrupt_image"
+
+
+def _decode_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
+    """Samples -> {image, label, __pos__, __key__} or {__skip__: cause, __pos__}."""
+    for event in events:
+        if "__done__" in event:
+            yield event
+            continue
+        pos = event["__pos__"]
+        label, cause = _label(event, plan.num_classes)
+        image = None
+        if cause is None:
+            data = next((event[k] for k in _IMAGE_KEYS if k in event), None)
+            flip = plan.flip and flip_coin(plan.seed, *pos)
+            image, cause = ((None, "missing_image") if data is None
+                            else decode_image(data, plan.resolution, flip))
+        if cause is not None:
+            yield {"__skip__": cause, "__pos__": pos}
+            continue
+        yield {"image": image, "label": 0 if plan.unconditional else label, "__pos__": pos,
+               "__key__": event.get("__key__", "")}
+
+
+def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
+    """Samples -> batches of `batch_per_worker`, each with its progress rows and skip counts."""
+    rows: list[dict] = []
+    progress: dict[tuple[int, int], int] = {}
+    skipped: Counter = Counter()
+    dry_epochs: set[int] = set()  # epochs read since the last good sample: a dead stream hangs
+    for event in events:
+        if "__done__" in event:
+            epoch, shard, end = event["__done__"]
+            progress[epoch, shard] = max(progress.get((epoch, shard), 0), end)
+            skipped["truncated_shard"] += event["__missing__"]
+            dry_epochs.add(epoch)
+            if len(dry_epochs) > 2:
+                raise DataError(f"a data stream read its shards for {len(dry_epochs)} epochs "
+                                f"without one usable sample (skipped: {dict(skipped)}); check "
+                                "them with `bigan data inspect`")
+            continue
+        epoch, shard, offset = event["__pos__"]
+        progress[epoch, shard] = max(progress.get((epoch, shard), 0), offset + 1)
+        if "__skip__" in event:
+            skipped[event["__skip__"]] += 1
+            continue
+        dry_epochs.clear()
+        rows.append(event)
+        if len(rows) == plan.batch_per_worker:
+            yield _collate(rows, progress, skipped, plan.dtype)
+            rows, progress, skipped = [], {}, Counter()
+
+
+def _collate(rows: list[dict], progress: dict, skipped: Counter, dtype: str) -> dict:
+    n, (h, w, _) = len(rows), rows[0]["image"].shape
+    if dtype == "uint8":
+        # NHWC memory seen as NCHW (channels_last): a plain copy per image, no transposition on
+        # the host; the accelerator converts (and GPUs prefer channels_last convolutions).
+        nhwc = torch.empty((n, h, w, 3), dtype=torch.uint8)
+        pixels = nhwc.numpy()
+        for i, row in enumerate(rows):
+            pixels[i] = row["image"]
+        image = nhwc.permute(0, 3, 1, 2)
+    else:
+        # HWC -> CHW -> [-1, 1] image by image straight into the batch: each image's float copy
+        # stays in cache between the two steps, half the cost of converting the whole uint8
+        # batch afterwards (measured: float output still costs ~0.15 ms per 224 px image).
+        image = torch.empty((n, 3, h, w), dtype=torch.float32)
+        pixels = image.numpy()
+        for i, row in enumerate(rows):
+            np.multiply(row["image"].transpose(2, 0, 1), np.float32(1 / 127.5), out=pixels[i])
+            pixels[i] -= 1.0
+    pos = torch.tensor([r["__pos__"] for r in rows], dtype=torch.int64)
+    return {
+        "image": image, "label": torch.tensor([r["label"] for r in rows], dtype=torch.int64),
+        "epoch": pos[:, 0], "shard": pos[:, 1], "offset": pos[:, 2],
+        "key": [r["__key__"] for r in rows],
+        "progress": torch.tensor([[e, k, n] for (e, k), n in progress.items()],
+                                 dtype=torch.int64).reshape(-1, 3),
+        "skipped": {cause: n for cause, n in skipped.items() if n},
+    }
+
+
+read_shards = wds.pipelinefilter(_read_shards)
+decode_samples = wds.pipelinefilter(_decode_samples)
+batch_samples = wds.pipelinefilter(_batch_samples)
+
+
+class ShardLoader:
+    """Infinite iterable of one rank's training batches from a packed shard directory.
+
+    path: shard directory (or its dataset.json). batch_per_worker: samples per batch; a batch
+    comes from one stream (one worker of this rank). resolution: output side in px (resampled
+    on the fly, any size). rank / world_size: this process among the data-parallel ranks.
+    num_workers: DataLoader worker processes (0 = in this process), lowered to
+    shards // world_size if needed. seed: data-order and flip seed. shuffle_buffer: in-shard
+    shuffle buffer (0 = tar order). flip: random horizontal flips keyed by position.
+    position: `LoaderPosition.to_dict()` from a checkpoint. num_classes: the model's class count,
+    checked against the pack (1 = unconditional: labels become 0). verify: check every shard's
+    SHA-256 first. dtype: "float32" ([-1, 1]) or "uint8" (0..255, channels_last).
+
+    Each `iter()` starts from `self.position` as it is then, so update it from every batch you
+    train on. To change resolution (progressive growing), build a new loader with
+    `position=old.position.to_dict()`.
+    """
+
+    def __init__(self, path: str | Path, batch_per_worker: int, resolution: int, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 2, seed: int = 0,
+                 shuffle_buffer: int = 1000, flip: bool = False, position: dict | None = None,
+                 num_classes: int | None = None, verify: bool = False, dtype: str = "float32",
+                 prefetch_factor: int = 2, pin_memory: bool = False):
+        index = read_index(path)
+        self.path = Path(path)
+        self.index = index
+        missing = missing_shards(path, index)
+        if missing:
+            raise DataError(f"{missing[0]}: shard listed in dataset.json is missing "
+                            f"({len(missing)} of {len(index['shards'])} missing); re-pack or "
+                            "restore it")
+        for name, value, low in (("batch_per_worker", batch_per_worker, 1),
+                                 ("resolution", resolution, 1), ("world_size", world_size, 1),
+                                 ("num_workers", num_workers, 0),
+                                 ("shuffle_buffer", shuffle_buffer, 0)):
+            if value < low:
+                raise DataError(f"{name}={value} is invalid: must be >= {low}")
+        if dtype not in ("float32", "uint8"):
+            raise DataError(f"dtype={dtype!r} is invalid: use 'float32' or 'uint8'")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank={rank} is invalid: must be in 0..{world_size - 1}")
+        names = index["class_names"]
+        if num_classes is not None and num_classes not in (len(names), 1):
+            raise DataError(f"model.num_classes={num_classes} but {self.path} holds "
+                            f"{len(names)} classes: set model.num_classes={len(names)} "
+                            "(or 1 for unconditional training)")
+        sizes = [int(s["num_samples"]) for s in index["shards"]]
+        usable = sum(1 for n in sizes if n > 0)
+        if usable < world_size:
+            raise DataError(f"{self.path} has {usable} non-empty shards but world_size="
+                            f"{world_size}: every rank needs one; re-pack with --min-shards "
+                            f"{world_size} or more")
+        self.num_workers = min(num_workers, usable // world_size)
+        if self.num_workers < num_workers:
+            log.warning("%s: %d shards for %d ranks: using %d loader workers per rank, not %d "
+                        "(the data order does not change)", self.path, usable, world_size,
+                        self.num_workers, num_workers)
+        if resolution > index["resolution"]:
+            log.warning("%s was packed at %d px; upsampling to %d px", self.path,
+                        index["resolution"], resolution)
+        if verify:
+            problems = verify_shards(path)
+            if problems:
+                raise DataError(problems[0] + (f" (and {len(problems) - 1} more problems)"
+                                               if len(problems) > 1 else ""))
+        if position is None:
+            self.position = LoaderPosition(sizes, seed, shuffle_buffer)
+        else:
+            self.position = LoaderPosition.from_dict(position)
+            self.position.check_matches(sizes, seed, shuffle_buffer, str(self.path))
+        self.batch_per_worker, self.resolution, self.flip = batch_per_worker, resolution, flip
+        self.rank, self.world_size, self.seed, self.dtype = rank, world_size, seed, dtype
+        self.shuffle_buffer, self.num_classes = shuffle_buffer, len(names)
+        self.unconditional = num_classes == 1 and len(names) != 1
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        root = index_file(path).parent
+        self._paths = [str(root / s["name"]) for s in index["shards"]]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.index["class_names"])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.index["num_samples"])
+
+    @property
+    def num_streams(self) -> int:
+        return self.world_size * max(1, self.num_workers)
+
+    def pipeline(self) -> wds.DataPipeline:
+        """The webdataset pipeline one stream runs, starting at the current position."""
+        pos = self.position
+        plan = _Plan(self._paths, pos.shard_sizes, self.seed, self.shuffle_buffer, self.rank,
+                     self.world_size, self.resolution, self.batch_per_worker, self.num_classes,
+                     self.unconditional, self.flip, self.dtype, pos.complete_epochs,
+                     {e: dict(s) for e, s in pos.epochs.items()})
+        return wds.DataPipeline(_StreamShards(plan), read_shards(plan), decode_samples(plan),
+                                batch_samples(plan))
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.num_workers == 0:
+            return iter(self.pipeline())
+        loader = DataLoader(self.pipeline(), batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory)
+        return iter(loader)
