@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import tarfile
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bigan.config import Config, load_config
 
@@ -28,3 +35,38 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
     return load_config(None, tiny_overrides(tmp_path / "run"))
+
+
+def png_bytes(value: int) -> bytes:
+    """A flat 8x8 RGB PNG of grey level `value`."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]],
+              fmt: int = tarfile.USTAR_FORMAT) -> None:
+    """A tar of `key.ext` members, written by hand so tests can put anything in it."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_pack(out: Path, shards: list[list[tuple[str, dict[str, bytes]]]], classes: int = 3) -> None:
+    """A shard directory with a matching dataset.json (8 px, `classes` classes)."""
+    out.mkdir(parents=True)
+    entries = []
+    for i, samples in enumerate(shards):
+        path = out / f"shard-{i:06d}.tar"
+        write_tar(path, samples)
+        raw = path.read_bytes()
+        entries.append({"name": path.name, "num_samples": len(samples), "bytes": len(raw),
+                        "sha256": hashlib.sha256(raw).hexdigest()})
+    index = {"format": "bigan-shards", "version": 1, "resolution": 8, "image_format": "png",
+             "num_samples": sum(e["num_samples"] for e in entries),
+             "class_names": [str(k) for k in range(classes)], "class_counts": [0] * classes,
+             "shards": entries, "source": {"kind": "test"}}
+    (out / "dataset.json").write_text(json.dumps(index))

@@ -4,10 +4,8 @@ clear errors for bad inputs."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 from bigan.data.loader import ShardLoader, shard_sample_order, stream_work
 from bigan.data.position import LoaderPosition, SkipCounter
 from bigan.data.shards import DataError, make_synthetic
+from tests.conftest import png_bytes, write_pack
 
 N, SHARDS = 96, 8  # 8 shards of 12 samples, 8 px, 4 classes
 
@@ -221,42 +220,15 @@ def test_skip_counter_accumulates():
 
 # --- bad data ------------------------------------------------------------------------------------
 
-def _png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _jpg(value: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "JPEG")
     return buf.getvalue()
 
 
-def _write_pack(out: Path, shards: list[list[tuple[str, dict[str, bytes]]]], classes=3) -> None:
-    out.mkdir(parents=True)
-    entries = []
-    for i, samples in enumerate(shards):
-        path = out / f"shard-{i:06d}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, members in samples:
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        raw = path.read_bytes()
-        entries.append({"name": path.name, "num_samples": len(samples), "bytes": len(raw),
-                        "sha256": hashlib.sha256(raw).hexdigest()})
-    index = {"format": "bigan-shards", "version": 1, "resolution": 8, "image_format": "png",
-             "num_samples": sum(e["num_samples"] for e in entries),
-             "class_names": [str(k) for k in range(classes)], "class_counts": [0] * classes,
-             "shards": entries, "source": {"kind": "test"}}
-    (out / "dataset.json").write_text(json.dumps(index))
-
-
 @pytest.fixture
 def bad_pack(tmp_path) -> Path:
-    good = lambda i: (f"g{i:03d}", {"cls": str(i % 3).encode(), "png": _png(10 * i)})  # noqa: E731
+    good = lambda i: (f"g{i:03d}", {"cls": str(i % 3).encode(), "png": png_bytes(10 * i)})  # noqa: E731
     jpg = _jpg(100)
     buf = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 255, (8, 8, 3), np.uint8)
@@ -266,14 +238,14 @@ def bad_pack(tmp_path) -> Path:
               ("corrupt", {"cls": b"1", "jpg": jpg[:20] + bytes(range(256)) * 2}),
               ("truncated", {"cls": b"1", "jpg": noisy_jpg[: len(noisy_jpg) // 2]}),
               ("text", {"cls": b"1", "jpg": b"this is not an image"}),
-              ("nolabel", {"png": _png(1)}),
-              ("badlabel", {"cls": b"one", "png": _png(2)}),
-              ("range", {"cls": b"3", "png": _png(3)}),
+              ("nolabel", {"png": png_bytes(1)}),
+              ("badlabel", {"cls": b"one", "png": png_bytes(2)}),
+              ("range", {"cls": b"3", "png": png_bytes(3)}),
               ("noimage", {"cls": b"0"}),
               good(2)]
     shard1 = [good(i) for i in range(3, 8)]
     out = tmp_path / "bad"
-    _write_pack(out, [shard0, shard1])
+    write_pack(out, [shard0, shard1])
     last = out / "shard-000001.tar"
     raw = last.read_bytes()
     cut = raw.rfind(b"g007.png") + 512 + 30  # inside the last sample's image data
@@ -313,7 +285,7 @@ def test_bad_samples_keep_their_place_in_a_shuffled_order(bad_pack):
 
 
 def test_stream_without_any_usable_sample_fails_loudly(tmp_path):
-    _write_pack(tmp_path / "junk", [[(f"j{i}", {"cls": b"0", "jpg": b"junk"}) for i in range(3)]])
+    write_pack(tmp_path / "junk", [[(f"j{i}", {"cls": b"0", "jpg": b"junk"}) for i in range(3)]])
     with pytest.raises(DataError, match="without one usable sample"):
         take(ShardLoader(tmp_path / "junk", 1, 8, num_workers=0), 1)
 

@@ -6,26 +6,10 @@ from __future__ import annotations
 import io
 import tarfile
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from bigan.data.tar_samples import TarStatus, tar_samples
-
-
-def _png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _write_tar(path, samples) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+from tests.conftest import png_bytes, write_tar
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -51,7 +35,7 @@ def test_tar_reader_handles_long_names_prefixes_and_other_members(tmp_path, fmt)
 
 def test_tar_reader_stops_cleanly_on_damage(tmp_path):
     path = tmp_path / "shard.tar"
-    _write_tar(path, [(f"k{i}", {"cls": b"0", "png": _png(i)}) for i in range(3)])
+    write_tar(path, [(f"k{i}", {"cls": b"0", "png": png_bytes(i)}) for i in range(3)])
     raw = path.read_bytes()
     second = raw.find(b"k1.cls")
     with tarfile.open(path) as tar:

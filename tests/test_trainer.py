@@ -12,7 +12,7 @@ from bigan.config import ConfigError, load_config
 from bigan.train import checkpoint as ckpt
 from bigan.train.hooks import TrainHooks
 from bigan.train.trainer import TrainingDiverged, train
-from tests.conftest import tiny_overrides
+from tests.conftest import png_bytes, tiny_overrides, write_pack
 
 
 def _cfg(out, **extra):
@@ -125,12 +125,10 @@ def _shard_cfg(out, path, **extra):
 
 
 def test_training_reads_shards_skips_bad_samples_and_resumes_the_position(tmp_path):
-    from tests.test_loader import _png, _write_pack
-
-    good = [(f"g{i:03d}", {"cls": str(i % 3).encode(), "png": _png(10 * i)}) for i in range(8)]
+    good = [(f"g{i:03d}", {"cls": str(i % 3).encode(), "png": png_bytes(10 * i)}) for i in range(8)]
     bad = tmp_path / "bad"
-    _write_pack(bad, [good[:3] + [("corrupt", {"cls": b"1", "png": b"\x89PNG broken"}),
-                                  ("badlabel", {"cls": b"one", "png": _png(2)})] + good[3:4],
+    write_pack(bad, [good[:3] + [("corrupt", {"cls": b"1", "png": b"\x89PNG broken"}),
+                                  ("badlabel", {"cls": b"one", "png": png_bytes(2)})] + good[3:4],
                       good[4:]])
     run = tmp_path / "run"
     extra = {"model.num_classes": 3, "train.batch_size": 2, "train.steps": 3, "train.ckpt_every": 3,
