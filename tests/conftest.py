@@ -70,3 +70,43 @@ def write_pack(out: Path, shards: list[list[tuple[str, dict[str, bytes]]]], clas
              "class_names": [str(k) for k in range(classes)], "class_counts": [0] * classes,
              "shards": entries, "source": {"kind": "test"}}
     (out / "dataset.json").write_text(json.dumps(index))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The checkpoint of a one-step tiny BigGAN run (4 classes, 32 px, dim_z 16), made once per
+    test session (~5 s)."""
+    from bigan.train.trainer import train
+
+    run = tmp_path_factory.mktemp("tiny-checkpoint") / "run"
+    return train(load_config(None, tiny_overrides(run, **{"train.steps": 1}))).last_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_checkpoint`'s EMA generator exported by `bigan export` to `.../model.onnx`, made once
+    per test session (~15 s); skips where onnxruntime is not installed."""
+    pytest.importorskip("onnxruntime")
+    from bigan.export.onnx import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("tiny-onnx") / "model.onnx").path
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_shards(tmp_path_factory) -> Path:
+    """240 procedural 32 px images of 4 classes (the tiny checkpoint's classes) as PNG shards."""
+    from bigan.data.shards import make_synthetic
+
+    out = tmp_path_factory.mktemp("tiny-eval-shards") / "shards"
+    make_synthetic(out, classes=4, resolution=32, n=240, min_shards=4)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_eval_shards, tmp_path_factory) -> Path:
+    """A width-4 domain classifier trained for 2 epochs on `tiny_eval_shards` (~2 s)."""
+    from bigan.eval.classifier import train_classifier
+
+    out = tmp_path_factory.mktemp("tiny-classifier") / "clf.safetensors"
+    train_classifier(tiny_eval_shards, out, epochs=2, width=4, batch_size=32, log=lambda s: None)
+    return out

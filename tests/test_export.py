@@ -326,3 +326,55 @@ def test_mlp_generators_are_refused(tmp_path_factory, tmp_path):
     with pytest.raises(ExportError, match="'mlp' generator"):
         export_onnx(ckpt, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# --- ProGAN: the final phase --------------------------------------------------------------------
+
+PROGAN_TINY = {"model.arch": "progan", "model.resolution": 16, "model.start_resolution": 4,
+               "model.fmap_base": 64, "model.fmap_max": 8, "model.spectral_norm": "false",
+               "loss.kind": "wasserstein", "loss.penalty": "wgan-gp", "loss.drift_weight": 0.001,
+               # no fade-ins, one image per phase: the one training step ends in the 16 px phase
+               "progressive.fade_nimg": 0, "progressive.stab_nimg": 1}
+
+
+@pytest.fixture(scope="module")
+def progan_ckpt(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return _checkpoint(tmp_path_factory, **PROGAN_TINY)
+
+
+def test_progan_exports_its_final_phase(progan_ckpt, tmp_path):
+    import torch
+
+    from bigan.eval.samples import load_ema_generator
+    from bigan.export.onnx import ServingGenerator, export_onnx
+
+    report = export_onnx(progan_ckpt, tmp_path / "progan.onnx", parity_batch=3)
+    assert (report.metadata.family, report.metadata.resolution) == ("progan", 16)
+    assert max(report.max_abs_error.values()) <= 1e-4
+    G, _, _ = load_ema_generator(progan_ckpt)
+    assert (G.current_resolution, G.alpha) == (16, 1.0)  # the phase came from the checkpoint
+    z = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    y = np.array([0, 3], np.int64)
+    images, images_float = _session(report.path).run(None, {"z": z, "y": y})
+    assert images.shape == (2, 16, 16, 3) and np.abs(images_float).max() <= 1.0
+    with torch.no_grad():
+        _, ref = ServingGenerator(G)(torch.from_numpy(z), torch.from_numpy(y))
+    np.testing.assert_allclose(images_float, ref.numpy(), atol=1e-4, rtol=0)
+
+
+def test_progan_export_refuses_an_earlier_phase(progan_ckpt, tmp_path, monkeypatch):
+    from bigan.eval import samples
+    from bigan.export.onnx import ExportError, export_onnx
+
+    real_load = samples.load_ema_generator
+
+    def mid_fade(path):
+        G, names, found = real_load(path)
+        G.set_phase(8, 0.5)
+        return G, names, found
+
+    monkeypatch.setattr(samples, "load_ema_generator", mid_fade)
+    with pytest.raises(ExportError, match="at the 8px phase with alpha 0.500, not at the final 16px"):
+        export_onnx(progan_ckpt, tmp_path / "p.onnx")
+    assert not (tmp_path / "p.onnx").exists()

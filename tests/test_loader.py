@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bigan.data.feed import model_images
 from bigan.data.loader import ShardLoader, shard_sample_order, stream_work
 from bigan.data.position import LoaderPosition, SkipCounter
 from bigan.data.shards import DataError, make_synthetic
@@ -165,6 +166,10 @@ def test_uint8_output_matches_float_output(packed):
     assert y.dtype == torch.uint8 and y.shape == x.shape == (4, 3, 8, 8)
     assert y.is_contiguous(memory_format=torch.channels_last)  # NHWC memory, no host transpose
     torch.testing.assert_close(y.float() / 127.5 - 1, x)
+    # the trainer's conversion of uint8 batches gives exactly the loader's float values
+    converted = model_images(y)
+    assert torch.equal(converted, x) and converted.is_contiguous()
+    assert model_images(x) is x
 
 
 def test_unconditional_mode_zeroes_labels(packed):

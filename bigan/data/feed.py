@@ -30,9 +30,11 @@ class MemoryFeed:
         self._batch, self._rank, self._world = cfg.train.batch_size, rank, world_size
         self.position = int(state["position"]) if state else 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._sampler.batch(self.position, self._batch, self._rank, self._world)
-        self.position += self._batch
+    def next(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's share of the next global batch (train.batch_size unless given)."""
+        n = batch_size or self._batch
+        x, y = self._sampler.batch(self.position, n, self._rank, self._world)
+        self.position += n
         return x, y
 
     def state(self) -> dict[str, Any]:
@@ -43,19 +45,17 @@ class MemoryFeed:
 
 
 class ShardFeed:
-    """WebDataset shards through `bigan.data.loader.ShardLoader` (exactly-once across resumes)."""
+    """WebDataset shards through `bigan.data.loader.ShardLoader` (exactly-once across resumes).
+
+    Batches come as uint8: loader workers skip the float conversion (measured 0.69x -> 0.90x of
+    a bare PIL loop at 224 px) and pass 4x fewer bytes; `model_images` converts on the device.
+    """
 
     def __init__(self, cfg: Config, rank: int, world_size: int, state: dict | None):
-        from bigan.data.loader import ShardLoader
         from bigan.data.position import SkipCounter
 
-        self.loader = ShardLoader(
-            cfg.data.path, batch_per_worker=cfg.train.batch_size // world_size,
-            resolution=cfg.model.resolution, rank=rank, world_size=world_size,
-            num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-            shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip,
-            position=state["position"] if state else None, num_classes=cfg.model.num_classes,
-            verify=cfg.data.verify)
+        self._cfg, self._rank, self._world = cfg, rank, world_size
+        self.loader = self._open(cfg.train.batch_size, state["position"] if state else None)
         self.class_names = self.loader.class_names
         self.reference: np.ndarray | None = None
         self._skips = SkipCounter()
@@ -63,7 +63,23 @@ class ShardFeed:
             self._skips.add(state.get("skipped", {}))
         self._it = None
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _open(self, global_batch: int, position: dict | None):
+        from bigan.data.loader import ShardLoader
+
+        cfg = self._cfg
+        return ShardLoader(
+            cfg.data.path, batch_per_worker=global_batch // self._world,
+            resolution=cfg.model.resolution, rank=self._rank, world_size=self._world,
+            num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip, position=position,
+            num_classes=cfg.model.num_classes, verify=cfg.data.verify, dtype="uint8")
+
+    def next(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's share of the next global batch (train.batch_size unless given)."""
+        if batch_size and batch_size // self._world != self.loader.batch_per_worker:
+            # a new batch size (a ProGAN phase): reopen at the exact position; batches already
+            # prefetched but not consumed are simply read again by the new loader
+            self.loader, self._it = self._open(batch_size, self.loader.position.to_dict()), None
         if self._it is None:  # started lazily: DataLoader workers fork only once training starts
             self._it = iter(self.loader)
         batch = next(self._it)
@@ -77,6 +93,15 @@ class ShardFeed:
 
     def skipped(self) -> dict[str, int]:
         return self._skips.to_dict()
+
+
+def model_images(x: torch.Tensor) -> torch.Tensor:
+    """A feed's batch as the models' input: float32 NCHW in [-1, 1] (uint8 batches converted
+    where they already are, i.e. on the accelerator; the same arithmetic as the loader's float
+    path, so both give identical values)."""
+    if x.dtype != torch.uint8:
+        return x
+    return (x.float() * (1 / 127.5) - 1.0).contiguous()
 
 
 def merge_states(states: list[dict]) -> dict:

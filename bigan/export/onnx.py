@@ -1,7 +1,8 @@
 """Export a checkpoint's EMA generator to one self-contained ONNX file, checked against PyTorch.
 
-`export_onnx` loads the EMA generator (`bigan.eval.samples.load_ema_generator`), folds spectral
-norm into plain weights (`fold_spectral_norm`), wraps it in `ServingGenerator` (uint8 NHWC images
+`export_onnx` loads the EMA generator (`bigan.eval.samples.load_ema_generator`; a ProGAN one must
+be at its final phase, full resolution with alpha 1), folds spectral norm into plain weights
+(`fold_spectral_norm`), wraps it in `ServingGenerator` (uint8 NHWC images
 plus the float output), exports it with the torch.export-based ("dynamo") exporter with a dynamic
 batch axis, writes the `bigan.export.metadata` contract into the file's `metadata_props`, runs
 `onnx.checker`, and finally runs the same inputs through onnxruntime and through the original,
@@ -156,6 +157,8 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
     if model_cfg.arch not in FAMILIES:
         raise ExportError(f"{found} holds a {model_cfg.arch!r} generator; only image generators "
                           f"({', '.join(FAMILIES)}) can be exported")
+    if model_cfg.arch == "progan":
+        _require_final_phase(G, model_cfg, found)
     precision = "fp16" if fp16 else "fp32"
     meta = ModelMetadata(
         family=model_cfg.arch, class_names=list(class_names), num_classes=model_cfg.num_classes,
@@ -203,6 +206,17 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         path=out, files=files, bytes=sum(f.stat().st_size for f in files), opset=onnx_opset,
         precision=precision, provider=provider, max_abs_error=errors, max_uint8_diff=u8_diffs,
         tolerance=tol, seconds=time.perf_counter() - start, metadata=meta)
+
+
+def _require_final_phase(G: nn.Module, model_cfg: ModelConfig, found: Path) -> None:
+    """A ProGAN generator is exported at its final phase only (model.resolution, alpha 1): the
+    phase travels in its state dict, and an earlier one would leave the higher blocks untrained."""
+    phase = (G.current_resolution, G.alpha)
+    if phase != (model_cfg.resolution, 1.0):
+        raise ExportError(f"{found} holds a ProGAN generator at the {phase[0]}px phase with alpha "
+                          f"{phase[1]:.3f}, not at the final {model_cfg.resolution}px phase with "
+                          "alpha 1; its higher blocks are not trained yet. Export a checkpoint "
+                          "written after the last fade-in (see progressive.* in the config)")
 
 
 def check_parity(onnx_path: str | Path, G: nn.Module, num_classes: int, batches: list[int],

@@ -14,7 +14,7 @@ from typing import Callable
 from torch import nn
 
 from bigan.config import ModelConfig
-from bigan.models import biggan, dcgan, mlp
+from bigan.models import biggan, dcgan, mlp, progan
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
 
@@ -31,10 +31,16 @@ def build_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     return mlp.Generator(cfg), mlp.Discriminator(cfg)
 
 
+def build_progan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """At the final phase (model.resolution, alpha 1); the trainer moves both with set_phase."""
+    return progan.Generator(cfg), progan.Discriminator(cfg)
+
+
 MODELS: dict[str, Builder] = {
     "biggan": build_biggan,
     "dcgan": build_dcgan,
     "mlp": build_mlp,
+    "progan": build_progan,
 }
 
 

@@ -3,7 +3,9 @@
 No I/O, no processes, no devices: the trainer hands in models, optimizers, batches and a
 `StepRuntime` (how to backward, autocast and clip), so the same code runs single-process, under
 DDP and under DeepSpeed. Every random draw comes from the batch's own `torch.Generator`, keyed
-by step, which is what makes a resumed run bit-identical to an uninterrupted one.
+by step, which is what makes a resumed run bit-identical to an uninterrupted one. Under data
+parallelism each worker holds `Batch.rows` of the global batch: per-sample noise is drawn for the
+global batch and sliced, so the union over workers sees exactly the single-process draws.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Batch:
     generator: torch.Generator  # label noise, penalty interpolation/perturbation
     real: Tensor | None = None  # [N, C, H, W] in [-1, 1] (D steps only)
     real_y: Tensor | None = None  # [N] int64
+    # (first, total): these N samples are rows first..first+N of a global batch of `total`; the
+    # generator's per-sample draws are made for all `total` rows and sliced (None: N is global).
+    rows: tuple[int, int] | None = None
 
 
 @dataclass
@@ -71,7 +76,7 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
         real_logits = D(batch.real, batch.real_y).float()
         fake_logits = D(fake, batch.fake_y).float()
     loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
-                         label_noise=cfg.label_noise, generator=batch.generator)
+                         label_noise=cfg.label_noise, generator=batch.generator, rows=batch.rows)
     out = {"loss/D": loss.detach(), "D/real": real_logits.detach().mean(),
            "D/fake": fake_logits.detach().mean()}
     if cfg.drift_weight:
@@ -80,7 +85,8 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
         # Penalties run in fp32 outside autocast: the double backward is precision-sensitive.
         pen = regularizers.penalty(cfg.penalty, D, batch.real, fake, batch.real_y,
                                    fake_y=batch.fake_y, target=cfg.penalty_target,
-                                   dragan_c=cfg.dragan_c, generator=batch.generator)
+                                   dragan_c=cfg.dragan_c, generator=batch.generator,
+                                   rows=batch.rows)
         scale = 0.5 if cfg.penalty in ("r1", "r2") else 1.0  # R1/R2 use gamma / 2
         loss = loss + scale * cfg.penalty_weight * cfg.penalty_interval * pen
         out["loss/penalty"] = pen.detach()
@@ -115,16 +121,20 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
 
 def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                   opt_D: torch.optim.Optimizer, d_batches: list[Batch], g_batch: Batch,
-                  cfg: LossConfig, state: StepState,
-                  runtime: StepRuntime | None = None) -> dict[str, Tensor]:
+                  cfg: LossConfig, state: StepState, runtime: StepRuntime | None = None,
+                  g_runtime: StepRuntime | None = None) -> dict[str, Tensor]:
     """k = len(d_batches) D updates, then one G update.
+
+    `runtime` runs the D updates and, unless `g_runtime` is given, the G update too: data-parallel
+    strategies reduce each model's gradients in its own backward (`train/parallel.py`).
 
     Returns detached scalar tensors (D metrics averaged over the D updates that produced them);
     converting to floats is left to the caller, so a GPU is synchronised only when it logs.
     """
     runtime = runtime or StepRuntime()
+    g_runtime = g_runtime or runtime
     d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime) for b in d_batches]
     keys = dict.fromkeys(k for m in d_metrics for k in m)
     metrics = {k: torch.stack([m[k] for m in d_metrics if k in m]).mean() for k in keys}
-    metrics.update(g_update(G, D, opt_G, g_batch, cfg, runtime))
+    metrics.update(g_update(G, D, opt_G, g_batch, cfg, g_runtime))
     return metrics

@@ -21,10 +21,11 @@ import torch
 
 from bigan import ema, models
 from bigan.config import Config, ConfigError, config_from_dict, dump_config
-from bigan.data.feed import make_feed, merge_states
+from bigan.data.feed import make_feed, merge_states, model_images
 from bigan.eval.samples import save_samples_png
 from bigan.train import checkpoint as ckpt
 from bigan.train.hooks import TrainHooks
+from bigan.train import schedule
 from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def _step_generator(seed: int, step: int, sub: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-def _fake_inputs(cfg: Config, gen: torch.Generator, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's slice of the global batch's latents and classes (same for any world size)."""
-    b = cfg.train.batch_size
+def _fake_inputs(cfg: Config, b: int, gen: torch.Generator, rank: int,
+                 world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's slice of the global batch's (b) latents and classes (same for any world size)."""
     z = torch.randn(b, cfg.model.dim_z, generator=gen)
     y = torch.randint(0, cfg.model.num_classes, (b,), generator=gen)
     per = b // world
@@ -78,8 +79,12 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     ckpt_root = run_dir / "checkpoints"
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if tc.batch_size % world:
-        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {world} workers")
+    progressive = cfg.model.arch == "progan"
+    batch_sizes = {tc.batch_size, *(cfg.progressive.batch_size.values() if progressive else ())}
+    for b in sorted(batch_sizes):
+        if b % world:
+            raise ConfigError(f"the global batch {b} (train.batch_size or progressive.batch_size) "
+                              f"must be divisible by the {world} workers")
     torch.use_deterministic_algorithms(tc.deterministic)
     device = accelerator.device
 
@@ -142,6 +147,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
                          "rng": {"torch": torch.get_rng_state()}},
                 config_text=dump_config(cfg),
                 extra={"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": state.d_updates,
+                       **({"phase": {"index": ph.index, "resolution": ph.resolution, "alpha": ph.alpha}}
+                          if progressive else {}),
                        "world_size": world, "strategy": "ddp" if world > 1 else "single",
                        "class_names": feed.class_names, "config": cfg.to_dict()},
                 keep=tc.keep_ckpts)
@@ -149,7 +156,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         hooks.on_checkpoint(path, step)
         return path
 
-    def draw_grid(step: int) -> Path:
+    def draw_grid(step: int, name: str | None = None) -> Path:
         model = G_ema
         if cfg.ema.standing_stats_batches:
             model = copy.deepcopy(G_ema)
@@ -158,7 +165,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             ema.standing_stats(model, lambda: (torch.randn(n, cfg.model.dim_z, generator=gen).to(device),
                                                torch.randint(0, cfg.model.num_classes, (n,), generator=gen).to(device)),
                                cfg.ema.standing_stats_batches)
-        path = save_samples_png(model, run_dir / "grids" / f"step-{step:08d}.png", grid_rows,
+        path = save_samples_png(model, run_dir / "grids" / (name or f"step-{step:08d}.png"), grid_rows,
                                 tc.grid_per_class, tc.grid_seed, reference=feed.reference)
         (run_dir / "grids" / "latest.png").write_bytes(path.read_bytes())
         return path
@@ -166,25 +173,46 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     # --- the loop -------------------------------------------------------------------------------
     last_ckpt, metrics = resume_from, {}
     bar = tqdm(total=tc.steps, initial=step, disable=not main, desc="train", unit="it", dynamic_ncols=True)
-    t_log, n_log = time.perf_counter(), 0
+    t_log, n_img = time.perf_counter(), 0
+    ph = schedule.phase_at(cur_nimg, cfg) if progressive else None
     while step < tc.steps:
+        batch_size = tc.batch_size
+        if progressive:  # ProGAN: resolution, alpha, batch and lrs follow cur_nimg (schedule.py)
+            ph = schedule.phase_at(cur_nimg, cfg)
+            schedule.apply_phase(ph, [accelerator.unwrap_model(G), accelerator.unwrap_model(D), G_ema],
+                                 opt_G, opt_D)
+            batch_size = ph.batch_size
         d_batches = []
         for k in range(cfg.optim.d_steps):
-            real, real_y = feed.next()
+            real, real_y = feed.next(batch_size)
+            real = model_images(real.to(device))
+            if progressive:
+                real = schedule.phase_reals(real, ph.resolution, ph.alpha)
             gen = _step_generator(tc.seed, step, k)
-            z, y = _fake_inputs(cfg, gen, rank, world)
+            z, y = _fake_inputs(cfg, batch_size, gen, rank, world)
             d_batches.append(Batch(z=z.to(device), fake_y=y.to(device), generator=gen,
-                                   real=real.to(device), real_y=real_y.to(device)))
+                                   real=real, real_y=real_y.to(device)))
         gen = _step_generator(tc.seed, step, cfg.optim.d_steps)
-        z, y = _fake_inputs(cfg, gen, rank, world)
+        z, y = _fake_inputs(cfg, batch_size, gen, rank, world)
         g_batch = Batch(z=z.to(device), fake_y=y.to(device), generator=gen)
 
         metrics = gan_iteration(G, D, opt_G, opt_D, d_batches, g_batch, cfg.loss, state, runtime)
         ema.update_ema(G_ema, accelerator.unwrap_model(G),
                        ema.ema_decay(step, cfg.ema.decay, cfg.ema.start_step))
         step += 1
-        cur_nimg += tc.batch_size * cfg.optim.d_steps
-        n_log += 1
+        prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size * cfg.optim.d_steps
+        n_img += batch_size * cfg.optim.d_steps
+        new_phase = progressive and schedule.entered_new_phase(prev_nimg, cur_nimg, cfg)
+        if main and (new_phase or (progressive and step == tc.steps)):  # a grid per phase, at its end
+            kind = "fade" if ph.phase.fading else "stable"
+            draw_grid(step, f"phase-{ph.index:02d}-{ph.resolution}px-{kind}.png")
+        if new_phase:
+            if cfg.progressive.reset_optimizer:
+                schedule.reset_optimizer_state(opt_G, opt_D)
+            # checkpoints and grids from here on show the phase the next step trains
+            ph = schedule.phase_at(cur_nimg, cfg)
+            schedule.apply_phase(ph, [accelerator.unwrap_model(G), accelerator.unwrap_model(D), G_ema],
+                                 opt_G, opt_D)
         bar.update(1)
 
         stop = hooks.should_stop(step)
@@ -201,10 +229,12 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
                     "(loss.penalty) or train in fp32, then resume with --resume auto.")
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - t_log
-            metrics["speed/img_per_sec"] = n_log * tc.batch_size * cfg.optim.d_steps / elapsed
+            metrics["speed/img_per_sec"] = n_img / elapsed
             metrics["progress/kimg"] = cur_nimg / 1000
+            if progressive:
+                metrics.update({"progress/resolution": float(ph.resolution), "progress/alpha": ph.alpha})
             metrics.update({f"data/skipped_{k}": float(v) for k, v in feed.skipped().items()})
-            t_log, n_log = time.perf_counter(), 0
+            t_log, n_img = time.perf_counter(), 0
             if main:
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, step)

@@ -1,0 +1,263 @@
+"""Serving benchmark: onnxruntime vs PyTorch eager, and `bigan serve` under concurrent clients.
+
+For the BigGAN 128x128 generator of configs/biggan_128.yaml (random weights; `--quick` shrinks the
+width to 8 so the run takes seconds), exported with `bigan export`'s own code:
+  1. latency of one generator call at batch 1 and 32: PyTorch eager (the EMA generator as
+     `bigan sample` runs it) against onnxruntime (the session `bigan serve` opens), same inputs;
+  2. in-process onnxruntime throughput at the server's max batch: the ceiling for the server;
+  3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
+     one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
+     RSS of the server process (VmHWM).
+The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
+
+    python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S]
+                            [--checkpoint CKPT [--model CKPT.onnx]]   # your own model instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bigan import models, sampling  # noqa: E402
+from bigan.config import dump_config, load_config  # noqa: E402
+from bigan.eval.samples import load_ema_generator  # noqa: E402
+from bigan.export.onnx import export_onnx  # noqa: E402
+from bigan.train.checkpoint import save_checkpoint  # noqa: E402
+from serving.engine import EngineConfig, open_session  # noqa: E402
+from serving.metadata import read_metadata  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_checkpoint(out_dir: Path, quick: bool) -> Path:
+    """A checkpoint of a random-init BigGAN-128 generator (configs/biggan_128.yaml)."""
+    overrides = ["model.ch=8", "model.d_ch=8"] if quick else []
+    cfg = load_config(ROOT / "configs" / "biggan_128.yaml", overrides)
+    torch.manual_seed(0)
+    G, _ = models.build(cfg.model)
+    return save_checkpoint(out_dir / "checkpoints", 0, models={"G_ema": G.state_dict()},
+                           objects={}, config_text=dump_config(cfg),
+                           extra={"config": cfg.to_dict()})
+
+
+def time_calls(fn, seconds: float, min_calls: int = 3) -> list[float]:
+    """Wall times of repeated fn() calls after one warm-up: at least min_calls, about `seconds`."""
+    fn()
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < min_calls or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def latency_rows(onnx_path: Path, G, batches: list[int], seconds: float) -> list[dict]:
+    session, provider = open_session(onnx_path, EngineConfig())
+    rows = []
+    for n in batches:
+        z = sampling.latents(range(n), G.dim_z, 1.0)
+        y = (np.arange(n) % G.num_classes).astype(np.int64)
+        zt, yt = torch.from_numpy(z).to(DEVICE), torch.from_numpy(y).to(DEVICE)
+
+        def eager():
+            with torch.no_grad():
+                G(zt, yt)
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+
+        def ort():
+            session.run(["images"], {"z": z, "y": y})
+
+        for runtime, fn in (("pytorch-eager", eager), ("onnxruntime", ort)):
+            t = time_calls(fn, seconds)
+            rows.append({"runtime": runtime, "device": provider if runtime == "onnxruntime"
+                         else str(DEVICE), "batch": n, "calls": len(t),
+                         "p50_ms": 1000 * float(np.median(t)), "mean_ms": 1000 * float(np.mean(t)),
+                         "img_per_sec": n / float(np.median(t))})
+            print(f"  {runtime:14s} batch {n:3d}: {rows[-1]['p50_ms']:9.1f} ms p50 "
+                  f"({rows[-1]['img_per_sec']:.1f} img/s)", flush=True)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident set size so far (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_server(onnx_path: Path, max_batch: int, clients_list: list[int], seconds: float,
+                num_classes: int) -> dict:
+    """Start `bigan serve`, drive it with each client count in turn, stop it."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "bigan.cli", "serve", str(onnx_path), "--port", str(port),
+           "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", "256"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bigan serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("bigan serve was not ready within 120 s")
+            time.sleep(0.2)
+        rss_idle = _peak_rss_mib(proc.pid)
+        rows = [dict(drive(port, c, seconds, num_classes), idle_peak_rss_mib=rss_idle)
+                for c in clients_list]
+        for r in rows:
+            r["server_peak_rss_mib"] = _peak_rss_mib(proc.pid)  # peak over the whole run so far
+        return {"rows": rows, "server_peak_rss_mib": _peak_rss_mib(proc.pid),
+                "server_idle_peak_rss_mib": rss_idle}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def drive(port: int, clients: int, seconds: float, num_classes: int) -> dict:
+    """`clients` threads, each on its own keep-alive connection, sending one-image requests: a
+    warm-up of seconds/4 (arena growth, batches settling), then `seconds` measured. Returns
+    images/s and latency percentiles of the requests sent in the measured window."""
+    start = time.perf_counter() + seconds / 4
+    end = start + seconds
+
+    def client(k: int) -> list[float]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        latencies, i = [], 0
+        while time.perf_counter() < end:
+            body = json.dumps({"class": (k + i) % num_classes, "n": 1, "seed": 1000 * k + i,
+                               "format": "npy"})
+            t = time.perf_counter()
+            conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"server answered {response.status}")
+            if t >= start:
+                latencies.append(time.perf_counter() - t)
+            i += 1
+        conn.close()
+        return latencies
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        per_client = list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start  # requests sent before `end` finish after it
+    lat = np.concatenate([np.asarray(x) for x in per_client])
+    row = {"clients": clients, "requests": int(lat.size), "img_per_sec": lat.size / wall,
+           "p50_ms": 1000 * float(np.percentile(lat, 50)),
+           "p99_ms": 1000 * float(np.percentile(lat, 99))}
+    print(f"  server {clients:2d} clients: {row['img_per_sec']:8.1f} img/s  p50 "
+          f"{row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="width 8 instead of 96, short timings (the default without a GPU)")
+    parser.add_argument("--full", action="store_true",
+                        help="the paper's width 96 even without a GPU (hours on a few CPU cores)")
+    parser.add_argument("--fp16", action="store_true", help="export and serve fp16 weights")
+    parser.add_argument("--out", default="bench/results", help="directory for serving.json")
+    parser.add_argument("--checkpoint", help="benchmark this checkpoint's EMA generator instead "
+                                             "of a random-init BigGAN-128")
+    parser.add_argument("--model", help="an existing `bigan export` of --checkpoint (skips exporting)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="time per measurement (default 4 with --quick, 10 otherwise)")
+    args = parser.parse_args()
+    if not (args.quick or args.full or DEVICE.type == "cuda"):
+        print("no GPU: running --quick (width 8); pass --full for the paper's width", flush=True)
+        args.quick = True
+    if args.model and not args.checkpoint:
+        parser.error("--model needs the --checkpoint it was exported from (for the PyTorch baseline)")
+    seconds = args.seconds or (4.0 if args.quick else 10.0)
+    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    max_batch = 16
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.checkpoint) if args.checkpoint else random_checkpoint(Path(tmp), args.quick)
+        G = load_ema_generator(ckpt)[0].to(DEVICE)
+        export_sec = None
+        if args.model:
+            onnx_path = Path(args.model)
+        else:
+            print(f"exporting {ckpt} ...", flush=True)
+            t = time.perf_counter()
+            onnx_path = export_onnx(ckpt, Path(tmp) / "model.onnx", fp16=args.fp16).path
+            export_sec = time.perf_counter() - t
+        print("single-call latency (in process)", flush=True)
+        latency = latency_rows(onnx_path, G, [1, 32], seconds)
+        session, provider = open_session(onnx_path, EngineConfig())
+        z = sampling.latents(range(max_batch), G.dim_z, 1.0)
+        y = (np.arange(max_batch) % G.num_classes).astype(np.int64)
+        t = time_calls(lambda: session.run(["images"], {"z": z, "y": y}), seconds)
+        in_process = {"batch": max_batch, "img_per_sec": max_batch / float(np.median(t))}
+        print(f"  in-process onnxruntime at batch {max_batch}: {in_process['img_per_sec']:.1f} img/s")
+        print("bigan serve under load (one-image requests)", flush=True)
+        server = load_server(onnx_path, max_batch, [1, 16], seconds, G.num_classes)
+        onnx_mib = onnx_path.stat().st_size / 2**20
+    for r in server["rows"]:
+        r["fraction_of_in_process"] = r["img_per_sec"] / in_process["img_per_sec"]
+
+    print(f"\n{'measurement':44s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
+    for r in latency:
+        print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':44s} "
+              f"{r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {'':>9s}")
+    label = f"onnxruntime in process, batch {max_batch}"
+    print(f"{label:44s} {in_process['img_per_sec']:9.1f}")
+    for r in server["rows"]:
+        label = (f"bigan serve, {r['clients']} client(s) "
+                 f"({r['fraction_of_in_process']:.0%} of in-process)")
+        print(f"{label:44s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+    print(f"server peak RSS {server['server_peak_rss_mib']:.0f} MiB "
+          f"(idle {server['server_idle_peak_rss_mib']:.0f} MiB), model file {onnx_mib:.1f} MiB"
+          + (f", export {export_sec:.0f} s" if export_sec else ""))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"platform": platform.platform(), "threads": threads,
+                          "torch": torch.__version__, "device": str(DEVICE), "provider": provider},
+              "model": {"checkpoint": args.checkpoint or "random-init configs/biggan_128.yaml",
+                        "quick": args.quick, "resolution": G.resolution,
+                        "precision": read_metadata(session, onnx_path).precision,
+                        "params_G": sum(p.numel() for p in G.parameters()), "onnx_mib": onnx_mib},
+              "latency": latency, "in_process": in_process, "server": server,
+              "export_sec": export_sec}
+    (out / "serving.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out / 'serving.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The HTTP app: `create_app(engine)` -> FastAPI with the v1 API, KServe v2, metrics and a web page.
+
+v1 (`POST /v1/generate`) is the convenient API: a class (id or name), n images, a truncation psi
+(default: the model's recommended one) and a seed; image i uses seed + i, drawn exactly as
+`bigan sample` draws it, so the same (class, seed, psi) gives the same picture from the CLI, the
+server and the web page. `GET /v1/models` describes the model; `/healthz` says the process is up,
+`/readyz` that the model is loaded and batching; `/metrics` is Prometheus text. Bad input is
+answered with a 4xx and a message, a full queue with 503 and Retry-After, never with a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving import images as encode
+from serving.batcher import QueueFull
+from serving.engine import Engine
+from serving.kserve import add_kserve_routes
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+MAX_TRUNCATION = 4.0  # psi above this keeps > 99.99% of N(0, 1): no truncation, likely a typo
+MIN_TRUNCATION = 0.01  # resampling needs ~1/psi rounds per value: bound the work a request can ask
+MAX_SEED = 2**63 - 1
+STATIC = Path(__file__).with_name("static")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
+    n: int = Field(1, ge=1, description="number of images; image i uses seed + i")
+    truncation: float | None = Field(
+        None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION,
+        description="truncation psi in [0.01, 4]; omitted: the model's recommended psi; null: none")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of image 0 (default random)")
+    format: Literal["png", "npy", "json"] = Field(
+        "png", description="png: one grid PNG; npy: uint8 [n, H, W, C]; json: base64 PNGs + seeds")
+    columns: int | None = Field(None, ge=1, description="grid width for png (default ~square)")
+
+
+class BadRequest(ValueError):
+    """Input that passes the schema but not the model (unknown class, too many images)."""
+
+
+def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
+    """The app serving `engine`; the engine's batcher starts and stops with the app's lifespan.
+    `max_images` bounds n on /v1/generate and N on /v2 infer."""
+    metrics = ServingMetrics()
+    metrics.track_queue(lambda: engine.batcher.depth)
+    engine.batcher.on_batch = metrics.observe_batch  # one engine, one app: count its batches
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="bigan generator", version="1",
+                  description="Class-conditional images from an exported bigan generator",
+                  lifespan=lifespan)
+    app.state.engine, app.state.metrics = engine, metrics
+    meta = engine.metadata
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe_request(getattr(route, "path", "unmatched"), request.method,
+                                response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull):
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.post("/v1/generate", tags=["v1"], response_class=Response,
+              responses={200: {"content": {"image/png": {}, "application/octet-stream": {},
+                                           "application/json": {}}}})
+    async def generate(req: GenerateRequest):
+        class_id = resolve_class(req.class_, meta.class_names)
+        if req.n > max_images:
+            raise BadRequest(f"n={req.n} is above this server's limit of {max_images} images")
+        psi = req.truncation if "truncation" in req.model_fields_set else meta.recommended_truncation
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        seeds = [seed + i for i in range(req.n)]
+        if seeds[-1] > MAX_SEED:
+            raise BadRequest(f"seed + n - 1 must stay <= {MAX_SEED}")
+        z = await asyncio.to_thread(engine.latents, seeds, psi)  # small psi resamples a while
+        images = await engine.submit(z, np.full(req.n, class_id, dtype=np.int64))
+        headers = {"X-Seed": str(seed), "X-Truncation": "none" if psi is None else repr(psi),
+                   "X-Class-Id": str(class_id)}
+        if req.format == "png":
+            return Response(encode.grid_png(images, req.columns), media_type="image/png",
+                            headers=headers)
+        if req.format == "npy":
+            headers["Content-Disposition"] = f'attachment; filename="{engine.name}-{seed}.npy"'
+            return Response(encode.npy_bytes(images), media_type="application/octet-stream",
+                            headers=headers)
+        return JSONResponse({"model": engine.name, "class_id": class_id,
+                             "class_name": meta.class_names[class_id], "truncation": psi,
+                             "seeds": seeds, "shape": list(images.shape),
+                             "images": encode.base64_pngs(images)}, headers=headers)
+
+    @app.get("/v1/models", tags=["v1"])
+    def models():
+        cfg = engine.config
+        return {"models": [{"name": engine.name, "file": engine.path.name,
+                            "provider": engine.provider, "max_batch": cfg.max_batch,
+                            "max_images": max_images,
+                            "metadata": dataclasses.asdict(meta)}]}
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz():
+        if engine.ready:
+            return {"status": "ready", "model": engine.name}
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    add_kserve_routes(app, engine, max_images)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def resolve_class(value: int | str, names: list[str]) -> int:
+    """A class id from an id or a name (names win for strings, then decimal ids)."""
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            shown = names if len(names) <= 20 else [*names[:20], "..."]
+            raise BadRequest(f"unknown class name {value!r}; classes: {shown}")
+        value = int(digits)
+    if not 0 <= value < len(names):
+        raise BadRequest(f"class id {value} is outside 0..{len(names) - 1}")
+    return value

@@ -1,0 +1,43 @@
+"""Encoding generated images for HTTP responses: PNG files, grids, .npy arrays, base64.
+
+Grids are laid out by `bigan.eval.grids.image_grid` (NumPy only), the same function `bigan sample`
+uses, so a server grid and a CLI grid of the same images are the same pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+
+from bigan.eval.grids import image_grid
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A uint8 HWC picture (C = 1 or 3) as PNG file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_png(images: np.ndarray, columns: int | None = None) -> bytes:
+    """uint8 NHWC images as one PNG grid, row-major, `columns` wide (default: about square)."""
+    n = len(images)
+    cols = min(n, columns or math.ceil(math.sqrt(n)))
+    return png_bytes(image_grid(images, rows=math.ceil(n / cols), cols=cols))
+
+
+def npy_bytes(images: np.ndarray) -> bytes:
+    """The array as a .npy file (np.load reads it back with dtype and shape)."""
+    buf = io.BytesIO()
+    np.save(buf, images, allow_pickle=False)
+    return buf.getvalue()
+
+
+def base64_pngs(images: np.ndarray) -> list[str]:
+    """One base64-encoded PNG per uint8 HWC image."""
+    return [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]

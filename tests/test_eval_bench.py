@@ -1,0 +1,33 @@
+"""bench/quality.py --quick end to end: both mixtures and the digits part write their JSON,
+tables and PNGs (the numbers of a quick run mean nothing; the full run's are in the README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quality_bench_quick(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIGAN_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--quick",
+                           "--parts", "ring,grid,digits", "--out", str(tmp_path / "q")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PacGAN Table 1 GAN" in proc.stdout and "class accuracy of generated samples" in proc.stdout
+    summary = json.loads((tmp_path / "q" / "quality.json").read_text())
+    for kind in ("ring", "grid"):
+        s = summary[kind]["summary"]
+        assert s["seeds"] == 1 and Path(s["png"]).is_file() and 0 <= s["high_quality_pct_mean"] <= 100
+    digits = summary["digits"]
+    assert digits["training"]["steps"] >= 1 and Path(digits["grid_png"]).is_file()
+    assert not digits["domain"]["comparable_to_published_fid"] and digits["domain"]["n_generated"] == 100
+    assert Path(digits["sweep"]["files"]["curves_png"]).is_file()
+    assert Path(digits["sweep"]["files"]["strip_png"]).is_file()

@@ -1,0 +1,37 @@
+"""bench/serving.py end to end on the tiny test model: every measurement is made and written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("fastapi")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_onnx, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--seconds", "0.4",
+         "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "serving.json").read_text())
+    latency = {(r["runtime"], r["batch"]): r for r in report["latency"]}
+    assert set(latency) == {(rt, n) for rt in ("pytorch-eager", "onnxruntime") for n in (1, 32)}
+    assert all(r["p50_ms"] > 0 and r["calls"] >= 3 for r in latency.values())
+    assert latency[("onnxruntime", 1)]["device"] == report["machine"]["provider"]
+    assert report["in_process"]["batch"] == 16 and report["in_process"]["img_per_sec"] > 0
+    rows = report["server"]["rows"]
+    assert [r["clients"] for r in rows] == [1, 16]
+    for r in rows:
+        assert r["requests"] > 0 and r["img_per_sec"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+    assert report["server"]["server_peak_rss_mib"] >= report["server"]["server_idle_peak_rss_mib"] > 0
+    assert report["model"]["precision"] == "fp32" and report["model"]["resolution"] == 32
+    assert "bigan serve, 16 client(s)" in out.stdout  # the table

@@ -1,0 +1,214 @@
+"""serving.engine, serving.metadata and serving.batcher: refusing bad model files with the file named,
+provider choice, requests merged into micro-batches without changing any image, a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from bigan import sampling  # noqa: E402
+from serving.batcher import MicroBatcher, QueueFull  # noqa: E402
+from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.metadata import ModelFileError  # noqa: E402
+
+
+def _rewrite(src, dst, **changes):
+    """A copy of the ONNX file `src` at `dst` with metadata keys changed (None deletes a key)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    for key, value in changes.items():
+        if value is None:
+            props.pop(key, None)
+        else:
+            props[key] = value
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_engine_loads_a_file_or_its_directory_on_cpu(tiny_onnx, caplog):
+    with caplog.at_level("INFO", logger="serving.engine"):
+        engine = Engine(tiny_onnx.parent, EngineConfig(provider="auto"))
+    assert engine.path == tiny_onnx and engine.name == "model"
+    assert engine.provider == "CPUExecutionProvider"  # no GPU on this machine
+    assert "on CPUExecutionProvider" in caplog.text  # the provider is logged
+    m = engine.metadata
+    assert (m.family, m.num_classes, m.dim_z, m.resolution, m.channels) == ("biggan", 4, 16, 32, 3)
+    images = engine.run(engine.latents([0, 1, 2], 1.0), np.array([0, 1, 3]))
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_arena_memory_is_given_back_at_most_every_interval(tiny_onnx):
+    key = "memory.enable_memory_arena_shrinkage"
+    engine = Engine(tiny_onnx, EngineConfig(shrink_arena_every_s=3600))
+    assert engine._shrink_run.get_run_config_entry(key) == "cpu:0"
+    assert engine._run_options(True) is engine._plain_run  # the interval has not passed
+    engine._last_shrink -= 3600
+    assert engine._run_options(False) is engine._plain_run  # only a request's last chunk shrinks
+    assert engine._run_options(True) is engine._shrink_run
+    assert engine._run_options(True) is engine._plain_run  # and then not again for an interval
+    every_run = Engine(tiny_onnx, EngineConfig(shrink_arena_every_s=0))
+    assert all(every_run._run_options(True) is every_run._shrink_run for _ in range(3))
+    never = Engine(tiny_onnx, EngineConfig(shrink_arena_every_s=-1))
+    never._last_shrink -= 1e9
+    assert never._run_options(True) is never._plain_run
+
+
+def test_large_requests_run_in_chunks_of_max_batch(tiny_onnx):
+    engine = Engine(tiny_onnx, EngineConfig(max_batch=2))
+    z, y = engine.latents(range(5), 0.5), np.arange(5) % 4
+    chunked = engine.run(z, y)
+    whole = Engine(tiny_onnx, EngineConfig(max_batch=8)).run(z, y)
+    assert chunked.shape == (5, 32, 32, 3)
+    assert np.abs(chunked.astype(int) - whole.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", "onnxruntime cannot load this file"),
+    ("truncated", "onnxruntime cannot load this file"),
+    ("no-format", "not written by `bigan export`"),
+    ("dim_z", r"graph input .z. is tensor\(float\) \[.batch., 16\], but the metadata says"),
+    ("version", "upgrade"),
+    ("resolution", "graph output 'images'"),
+])
+def test_bad_model_files_are_refused_naming_the_file(tiny_onnx, tmp_path, damage, message):
+    path = tmp_path / f"{damage}.onnx"
+    if damage == "garbage":
+        path.write_bytes(b"this is not an onnx file\x00" * 10)
+    elif damage == "truncated":
+        path.write_bytes(tiny_onnx.read_bytes()[:5000])
+    elif damage == "no-format":
+        _rewrite(tiny_onnx, path, format=None)
+    elif damage == "dim_z":
+        _rewrite(tiny_onnx, path, dim_z="17")
+    elif damage == "version":
+        _rewrite(tiny_onnx, path, version="99")
+    else:
+        _rewrite(tiny_onnx, path, resolution="64")
+    with pytest.raises(ModelFileError, match=message) as info:
+        Engine(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_files_and_ambiguous_directories_are_refused(tiny_onnx, tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        Engine(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match=r"exactly one \.onnx file \(found none\)"):
+        Engine(tmp_path)
+    (tmp_path / "a.onnx").write_bytes(tiny_onnx.read_bytes())
+    (tmp_path / "b.onnx").write_bytes(tiny_onnx.read_bytes())
+    with pytest.raises(ModelFileError, match="found a.onnx, b.onnx"):
+        Engine(tmp_path)
+
+
+def test_bad_engine_config_is_refused():
+    with pytest.raises(ValueError, match="provider='tpu'"):
+        EngineConfig(provider="tpu")
+    with pytest.raises(ValueError, match="max_batch=0"):
+        EngineConfig(max_batch=0)
+
+
+# --- micro-batching --------------------------------------------------------------------------------
+
+def test_concurrent_requests_form_one_batch_and_get_the_same_images(tiny_onnx):
+    engine = Engine(tiny_onnx, EngineConfig(max_batch=8, max_wait_ms=500))
+    batches = []
+    engine.batcher.on_batch = lambda n, seconds: batches.append(n)
+    requests = [([10, 11], 0), ([12, 13], 1), ([10, 11], 2), ([20, 21], 3)]
+
+    async def main():
+        await engine.start()
+        try:
+            return await asyncio.gather(*(engine.submit(engine.latents(seeds, 0.8),
+                                                        np.full(2, c, np.int64))
+                                          for seeds, c in requests))
+        finally:
+            await engine.stop()
+
+    results = asyncio.run(main())
+    assert batches == [8]  # four requests of two images, one onnxruntime run
+    for (seeds, c), images in zip(requests, results):
+        alone = engine.run(sampling.latents(seeds, 16, 0.8), np.full(2, c, np.int64))
+        assert np.abs(images.astype(int) - alone.astype(int)).max() <= 1
+    assert not np.array_equal(results[0], results[2])  # same seeds, other class: other images
+
+
+def _blocking_run(release: threading.Event, calls: list):
+    def run(z, y):
+        calls.append(len(y))
+        release.wait(10)
+        return np.zeros((len(y), 1), np.uint8)
+    return run
+
+
+def test_batches_fill_up_to_max_batch_and_the_rest_waits():
+    release, calls = threading.Event(), []
+    batcher = MicroBatcher(_blocking_run(release, calls), max_batch=8, max_wait_ms=200, max_queue=10)
+
+    async def main():
+        await batcher.start()
+        z = np.zeros((3, 4), np.float32)
+        tasks = [asyncio.create_task(batcher.submit(z, np.zeros(3, np.int64))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        release.set()
+        out = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert calls == [6, 3]  # the third request does not fit 8 and leads the next batch
+    assert [len(o) for o in out] == [3, 3, 3]
+
+
+def test_a_full_queue_raises_queue_full_at_once():
+    release, calls = threading.Event(), []
+    batcher = MicroBatcher(_blocking_run(release, calls), max_batch=1, max_wait_ms=0, max_queue=2)
+
+    async def main():
+        await batcher.start()
+        one = (np.zeros((1, 4), np.float32), np.zeros(1, np.int64))
+        running = asyncio.create_task(batcher.submit(*one))
+        await asyncio.sleep(0.05)  # taken into a batch, blocked in run
+        waiting = [asyncio.create_task(batcher.submit(*one)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 2
+        with pytest.raises(QueueFull, match="2 requests are already waiting") as info:
+            await batcher.submit(*one)
+        assert info.value.retry_after_s >= 1
+        release.set()
+        await asyncio.gather(running, *waiting)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [1, 1, 1]
+
+
+def test_a_failing_run_fails_its_requests_and_the_batcher_keeps_serving():
+    state = {"fail": True}
+
+    def run(z, y):
+        if state.pop("fail", False):
+            raise RuntimeError("boom")
+        return np.ones((len(y), 1), np.uint8)
+
+    batcher = MicroBatcher(run, max_batch=4, max_wait_ms=0, max_queue=4)
+
+    async def main():
+        await batcher.start()
+        one = (np.zeros((1, 4), np.float32), np.zeros(1, np.int64))
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(*one)
+        out = await batcher.submit(*one)
+        await batcher.stop()
+        return out
+
+    assert asyncio.run(main()).tolist() == [[1]]
