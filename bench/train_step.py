@@ -118,7 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     peaks = {p: matmul_peak(dt) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    batches = {"biggan-32": 8 if args.quick else 32, "biggan-128": 2 if args.quick else 8}
+    batches = {"biggan-32": 8 if args.quick else 32, "biggan-64": 4 if args.quick else 16,
+               "biggan-128": 2 if args.quick else 8}
     rows = []
     precisions = ("fp32", "bf16") if has_fast_bf16() else ("fp32",)
     if "bf16" not in precisions:

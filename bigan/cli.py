@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw a per-class grid PNG from a checkpoint's EMA generator",
                        description="Row per class, column j uses seed SEED+j; the same inputs "
                                    "always give the same images (and the server gives them too).")
-    p.add_argument("checkpoint", help="checkpoint directory, or a run/checkpoints directory (uses latest)")
+    p.add_argument("checkpoint", help="checkpoint directory, a run/checkpoints directory (uses latest), "
+                                      "or a consolidated .safetensors weights file")
     p.add_argument("--classes", default="", help="comma-separated class ids or names (default: first 10)")
     p.add_argument("--n", type=int, default=8, help="samples per class (default 8)")
     p.add_argument("--truncation", type=float, default=None,
@@ -161,12 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     from bigan.data.commands import add_data_commands
     from bigan.eval.commands import add_eval_commands
     from bigan.export.commands import add_export_command
+    from bigan.train.commands import add_checkpoint_commands
     from launch.commands import add_launch_command  # launch/ ships beside bigan/
 
     add_data_commands(sub)
     add_export_command(sub)
     add_eval_commands(sub)
     add_launch_command(sub)
+    add_checkpoint_commands(sub)
     return parser
 
 

@@ -367,14 +367,14 @@ def test_progan_export_refuses_an_earlier_phase(progan_ckpt, tmp_path, monkeypat
     from bigan.eval import samples
     from bigan.export.onnx import ExportError, export_onnx
 
-    real_load = samples.load_ema_generator
+    real_build = samples.ema_generator
 
-    def mid_fade(path):
-        G, names, found = real_load(path)
+    def mid_fade(weights):
+        G, names = real_build(weights)
         G.set_phase(8, 0.5)
-        return G, names, found
+        return G, names
 
-    monkeypatch.setattr(samples, "load_ema_generator", mid_fade)
+    monkeypatch.setattr(samples, "ema_generator", mid_fade)
     with pytest.raises(ExportError, match="at the 8px phase with alpha 0.500, not at the final 16px"):
         export_onnx(progan_ckpt, tmp_path / "p.onnx")
     assert not (tmp_path / "p.onnx").exists()

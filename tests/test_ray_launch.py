@@ -96,7 +96,7 @@ def test_launch_two_nodes_survives_a_killed_worker(tmp_path, two_node_cluster):
         " shared_dim: 8, attention: [16]}\n"
         "data: {source: synthetic, num_samples: 64}\n"
         "loss: {penalty: r1, penalty_weight: 1.0}\n"
-        "train: {batch_size: 8, steps: 8, log_every: 2, sample_every: 8, ckpt_every: 2,"
+        "train: {batch_size: 8, steps: 12, log_every: 2, sample_every: 12, ckpt_every: 2,"
         " grid_per_class: 2, keep_ckpts: 0}\n"
         "optim: {d_steps: 2}\n")
     log = (tmp_path / "launch.log").open("w")
@@ -105,9 +105,12 @@ def test_launch_two_nodes_survives_a_killed_worker(tmp_path, two_node_cluster):
          "--spread", "--max-failures", "2", "--out", str(run)],
         stdout=log, stderr=subprocess.STDOUT, env=ray_env())
     try:
-        # wait for the first checkpoint, then SIGKILL rank 1 (on the other node)
+        # SIGKILL rank 1 (on the other node) once Ray holds a checkpoint. Our step directory
+        # exists before `ray.train.report` registers it with the controller, so wait until two
+        # later checkpoints are on disk: by then step 2 has certainly been registered.
         deadline = time.monotonic() + 400
-        while not (run / "checkpoints" / "step-00000002").is_dir():
+        while not ((run / "ray" / "bigan" / "step-00000002").is_dir()
+                   and (run / "checkpoints" / "step-00000006").is_dir()):
             assert job.poll() is None, (tmp_path / "launch.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within the time limit"
             time.sleep(1)
@@ -121,19 +124,19 @@ def test_launch_two_nodes_survives_a_killed_worker(tmp_path, two_node_cluster):
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert rc == 0, text[-3000:]
-    assert "finished: 8 steps on 2 workers" in text
+    assert "finished: 12 steps on 2 workers" in text
     restarted = json.loads((run / "workers" / "rank-1.json").read_text())
     assert restarted["pid"] != workers[1]["pid"]  # the group was restarted...
     assert Path(restarted["resumed_from"]).name.startswith("step-")  # ...from a reported checkpoint
     assert Path(restarted["resumed_from"]).parent == run / "ray" / "bigan"
-    # every checkpoint, ours and Ray's copies, is complete; the final one is step 8
+    # every checkpoint, ours and Ray's copies, is complete; the final one is step 12
     steps = ckpt.list_checkpoints(run / "checkpoints")
-    assert steps and steps[-1].name == "step-00000008"
+    assert steps and steps[-1].name == "step-00000012"
     copies = sorted((run / "ray" / "bigan").glob("step-*"))  # what Ray persisted to storage
-    assert copies and copies[-1].name == "step-00000008"
+    assert copies and copies[-1].name == "step-00000012"
     for path in [*steps, *copies]:
         ckpt.verify_checkpoint(path)
-    assert json.loads((steps[-1] / "manifest.json").read_text())["step"] == 8
+    assert json.loads((steps[-1] / "manifest.json").read_text())["step"] == 12
     # the metrics after the restart continue the step count instead of starting over
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-1] == 8 and min(logged) == 2
+    assert logged[-1] == 12 and min(logged) == 2

@@ -9,7 +9,7 @@ image in column j uses seed `seed + j` (the same latent down each column, one cl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -18,29 +18,37 @@ from torch import nn
 from bigan import sampling
 from bigan.eval import grids
 
+if TYPE_CHECKING:
+    from bigan.train.weights import Weights
+
 
 def load_ema_generator(path: str | Path) -> tuple[nn.Module, list[str], Path]:
-    """The EMA generator of a checkpoint (or of the newest one under a checkpoints root).
+    """The EMA generator of a checkpoint (a step directory, the newest one under a checkpoints
+    root or run directory, or a consolidated .safetensors file from `bigan checkpoint consolidate`).
 
     Returns (G in eval mode, class names, checkpoint path). The model is rebuilt from the config
     stored in the manifest, so no code or pickled object comes from the file.
     """
+    from bigan.train.weights import read_weights
+
+    w = read_weights(path)
+    G, names = ema_generator(w)
+    return G, names, w.path
+
+
+def ema_generator(w: "Weights") -> tuple[nn.Module, list[str]]:
+    """(G in eval mode with the EMA weights of `w`, class names)."""
     from bigan import models
     from bigan.config import config_from_dict
-    from bigan.train import checkpoint as ckpt
+    from bigan.train.checkpoint import CheckpointError
 
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"checkpoint {str(root)!r} does not exist")
-    if (root / "checkpoints").is_dir() and not (root / "manifest.json").exists():
-        root = root / "checkpoints"  # a run directory
-    found = ckpt.find_resume(root, str(root))
-    c = ckpt.load_checkpoint(found)
-    cfg = config_from_dict(c.manifest["config"])
+    if "G_ema" not in w.models:
+        raise CheckpointError(f"{w.path} holds no EMA generator weights (G_ema)")
+    cfg = config_from_dict(w.manifest["config"])
     G, _ = models.build(cfg.model)
-    G.load_state_dict(c.models["G_ema"])
-    names = c.manifest.get("class_names") or [str(k) for k in range(cfg.model.num_classes)]
-    return G.eval().requires_grad_(False), names, found
+    G.load_state_dict(w.models["G_ema"])
+    names = w.manifest.get("class_names") or [str(k) for k in range(cfg.model.num_classes)]
+    return G.eval().requires_grad_(False), names
 
 
 @torch.no_grad()

@@ -22,8 +22,9 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "onnxruntime against PyTorch at batch 1 and --parity-batch. Inputs: z float32 "
                     "[N, dim_z], y int64 [N]; outputs: images uint8 [N, H, W, C], images_float "
                     "float32 [N, C, H, W] in [-1, 1]. A failed check leaves no file behind.")
-    p.add_argument("checkpoint", help="checkpoint directory, or a run/checkpoints directory "
-                                      "(uses its latest checkpoint)")
+    p.add_argument("checkpoint", help="checkpoint directory, a run/checkpoints directory "
+                                      "(uses its latest checkpoint), or a consolidated .safetensors "
+                                      "file (`bigan checkpoint consolidate`)")
     p.add_argument("--out", default="model.onnx", help="output .onnx file (default model.onnx)")
     p.add_argument("--fp16", action="store_true",
                    help="store weights and compute in float16 (inputs and outputs keep their "

@@ -1,6 +1,7 @@
 """Export a checkpoint's EMA generator to one self-contained ONNX file, checked against PyTorch.
 
-`export_onnx` loads the EMA generator (`bigan.eval.samples.load_ema_generator`; a ProGAN one must
+`export_onnx` loads the EMA generator of a checkpoint or consolidated weights file
+(`bigan.train.weights.read_weights`; a ProGAN one must
 be at its final phase, full resolution with alpha 1), folds spectral norm into plain weights
 (`fold_spectral_norm`), wraps it in `ServingGenerator` (uint8 NHWC images
 plus the float output), exports it with the torch.export-based ("dynamo") exporter with a dynamic
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -148,11 +148,12 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         raise ValueError(f"parity_batch={parity_batch} must be >= 1")
     start = time.perf_counter()
     from bigan.config import config_from_dict
-    from bigan.eval.samples import load_ema_generator
+    from bigan.eval.samples import ema_generator
+    from bigan.train.weights import read_weights
 
-    G, class_names, found = load_ema_generator(checkpoint_path)
-    manifest_bytes = (found / "manifest.json").read_bytes()
-    manifest = json.loads(manifest_bytes)
+    w = read_weights(checkpoint_path)  # a checkpoint or a consolidated weights file
+    G, class_names = ema_generator(w)
+    found, manifest = w.path, w.manifest
     model_cfg = config_from_dict(manifest["config"]).model
     if model_cfg.arch not in FAMILIES:
         raise ExportError(f"{found} holds a {model_cfg.arch!r} generator; only image generators "
@@ -164,7 +165,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         family=model_cfg.arch, class_names=list(class_names), num_classes=model_cfg.num_classes,
         dim_z=model_cfg.dim_z, resolution=model_cfg.resolution, channels=model_cfg.img_channels,
         training_step=int(manifest["step"]),
-        source_checkpoint_sha256=hashlib.sha256(manifest_bytes).hexdigest(), precision=precision)
+        source_checkpoint_sha256=w.source_sha256, precision=precision)
 
     plain = fold_spectral_norm(G, model_cfg)
     if fp16:

@@ -24,9 +24,10 @@ from bigan.config import Config, ConfigError, config_from_dict, dump_config
 from bigan.data.feed import make_feed, merge_states, model_images
 from bigan.eval.samples import save_samples_png
 from bigan.train import checkpoint as ckpt
+from bigan.train import parallel, parallel_state
 from bigan.train.hooks import TrainHooks
 from bigan.train import schedule
-from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration
+from bigan.train.step import Batch, StepState, gan_iteration
 
 log = logging.getLogger(__name__)
 
@@ -96,33 +97,38 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=betas, eps=cfg.optim.eps)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=betas, eps=cfg.optim.eps)
 
+    # Data parallelism (train/parallel.py): gradients all-reduced by hand (ddp) or one DeepSpeed
+    # engine per model (zero1-3); G's batch norms become cross-replica. One process: plain modules.
+    strategy = tc.strategy if world > 1 else "ddp"
+    if progressive and strategy != "ddp" and cfg.progressive.reset_optimizer:
+        raise ConfigError(f"train.strategy={strategy} cannot reset optimizer state at ProGAN phase "
+                          "changes (DeepSpeed partitions it): use train.strategy=ddp or "
+                          "progressive.reset_optimizer=false")
+    bf16 = tc.precision == "bf16"
+    p = parallel.prepare(strategy, G.to(device), D.to(device), opt_G, opt_D, cfg.optim.grad_clip, device,
+                         autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+                         batch_per_worker=tc.batch_size // world)
+    G_ema.to(device)
+
     step, cur_nimg, data_state, state = 0, 0, None, StepState()
     resume_from = ckpt.find_resume(ckpt_root, resume) if resume else None
     if resume_from is not None:
+        # Checkpoints hold full (consolidated) weights and optimizer states, so they load onto any
+        # world size and strategy: 2 -> 1, 1 -> 2 processes, ddp -> zero2, ...
         c = ckpt.load_checkpoint(resume_from)
         _check_resumable(cfg, c.manifest["config"])
-        G.load_state_dict(c.models["G"])
-        D.load_state_dict(c.models["D"])
+        parallel_state.load_full_state(p, {"G": c.models["G"], "D": c.models["D"],
+                                           "opt_G": c.objects["opt_G"], "opt_D": c.objects["opt_D"]})
         G_ema.load_state_dict(c.models["G_ema"])
-        opt_G.load_state_dict(c.objects["opt_G"])
-        opt_D.load_state_dict(c.objects["opt_D"])
         torch.set_rng_state(c.objects["rng"]["torch"])
         m = c.manifest
         step, cur_nimg, data_state = m["step"], m["cur_nimg"], m["data_position"]
         state.d_updates = m["d_updates"]
         if main:
-            log.info("resumed from %s at step %d (%d images)", resume_from, step, cur_nimg)
+            log.info("resumed from %s at step %d (%d images; written by %d %s workers, now %d %s)",
+                     resume_from, step, cur_nimg, m.get("world_size", 1), m.get("strategy", "ddp"),
+                     world, strategy)
     feed = make_feed(cfg, rank, world, data_state)
-    G_ema.to(device)
-    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
-
-    bf16 = tc.precision == "bf16"
-    runtime = StepRuntime(
-        backward=accelerator.backward,
-        autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-        clip_grad=accelerator.clip_grad_norm_,
-        grad_clip=cfg.optim.grad_clip,
-    )
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,19 +143,18 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             states = [None] * world
             torch.distributed.all_gather_object(states, data_position)
             data_position = merge_states(states)
+        full = parallel_state.full_state_dicts(p)  # collective: ZeRO partitions are gathered
         if main:
-            unwrap = accelerator.unwrap_model
             path = ckpt.save_checkpoint(
                 ckpt_root, step,
-                models={"G": unwrap(G).state_dict(), "G_ema": G_ema.state_dict(),
-                        "D": unwrap(D).state_dict()},
-                objects={"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                models={"G": full["G"], "G_ema": G_ema.state_dict(), "D": full["D"]},
+                objects={"opt_G": full["opt_G"], "opt_D": full["opt_D"],
                          "rng": {"torch": torch.get_rng_state()}},
                 config_text=dump_config(cfg),
                 extra={"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": state.d_updates,
                        **({"phase": {"index": ph.index, "resolution": ph.resolution, "alpha": ph.alpha}}
                           if progressive else {}),
-                       "world_size": world, "strategy": "ddp" if world > 1 else "single",
+                       "world_size": world, "strategy": strategy,
                        "class_names": feed.class_names, "config": cfg.to_dict()},
                 keep=tc.keep_ckpts)
         accelerator.wait_for_everyone()
@@ -175,12 +180,14 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     bar = tqdm(total=tc.steps, initial=step, disable=not main, desc="train", unit="it", dynamic_ncols=True)
     t_log, n_img = time.perf_counter(), 0
     ph = schedule.phase_at(cur_nimg, cfg) if progressive else None
+
+    def rows(global_batch: int) -> tuple[int, int]:  # this worker's rows of the global batch
+        return rank * (global_batch // world), global_batch
     while step < tc.steps:
         batch_size = tc.batch_size
         if progressive:  # ProGAN: resolution, alpha, batch and lrs follow cur_nimg (schedule.py)
             ph = schedule.phase_at(cur_nimg, cfg)
-            schedule.apply_phase(ph, [accelerator.unwrap_model(G), accelerator.unwrap_model(D), G_ema],
-                                 opt_G, opt_D)
+            schedule.apply_phase(ph, [p.G, p.D, G_ema], p.opt_G, p.opt_D)
             batch_size = ph.batch_size
         d_batches = []
         for k in range(cfg.optim.d_steps):
@@ -191,14 +198,15 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             gen = _step_generator(tc.seed, step, k)
             z, y = _fake_inputs(cfg, batch_size, gen, rank, world)
             d_batches.append(Batch(z=z.to(device), fake_y=y.to(device), generator=gen,
-                                   real=real, real_y=real_y.to(device)))
+                                   real=real, real_y=real_y.to(device), rows=rows(batch_size)))
         gen = _step_generator(tc.seed, step, cfg.optim.d_steps)
         z, y = _fake_inputs(cfg, batch_size, gen, rank, world)
-        g_batch = Batch(z=z.to(device), fake_y=y.to(device), generator=gen)
+        g_batch = Batch(z=z.to(device), fake_y=y.to(device), generator=gen, rows=rows(batch_size))
 
-        metrics = gan_iteration(G, D, opt_G, opt_D, d_batches, g_batch, cfg.loss, state, runtime)
-        ema.update_ema(G_ema, accelerator.unwrap_model(G),
-                       ema.ema_decay(step, cfg.ema.decay, cfg.ema.start_step))
+        metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, cfg.loss, state,
+                                p.d_runtime, g_runtime=p.g_runtime)
+        with p.gathered("G"):  # ZeRO-3: whole weights for the average
+            ema.update_ema(G_ema, p.G, ema.ema_decay(step, cfg.ema.decay, cfg.ema.start_step))
         step += 1
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size * cfg.optim.d_steps
         n_img += batch_size * cfg.optim.d_steps
@@ -208,11 +216,10 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             draw_grid(step, f"phase-{ph.index:02d}-{ph.resolution}px-{kind}.png")
         if new_phase:
             if cfg.progressive.reset_optimizer:
-                schedule.reset_optimizer_state(opt_G, opt_D)
+                schedule.reset_optimizer_state(p.opt_G, p.opt_D)
             # checkpoints and grids from here on show the phase the next step trains
             ph = schedule.phase_at(cur_nimg, cfg)
-            schedule.apply_phase(ph, [accelerator.unwrap_model(G), accelerator.unwrap_model(D), G_ema],
-                                 opt_G, opt_D)
+            schedule.apply_phase(ph, [p.G, p.D, G_ema], p.opt_G, p.opt_D)
         bar.update(1)
 
         stop = hooks.should_stop(step)

@@ -1,0 +1,91 @@
+"""`bigan checkpoint {list,verify,consolidate}`: what an operator runs against a run's checkpoints.
+
+Importing this module loads no torch (`bigan --help` stays fast); the work is imported when a
+command runs. Failures the user can act on raise `CheckpointError` / `FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("checkpoint", help="list, verify or consolidate training checkpoints")
+    sub = p.add_subparsers(dest="action", required=True)
+
+    q = sub.add_parser("list", help="the complete checkpoints of a run, oldest first",
+                       description="One line per complete step-* directory: step, images seen, "
+                                   "the world size and strategy that wrote it, ProGAN phase.")
+    q.add_argument("root", help="run directory or its checkpoints/ directory")
+    q.set_defaults(func=_list)
+
+    q = sub.add_parser("verify", help="check a checkpoint's files against its manifest's sha256s",
+                       description="Exit 0 when every file listed in the manifest is present, of "
+                                   "the recorded size and sha256; else exit 2 naming the file.")
+    q.add_argument("checkpoint", help="a step-* directory, or a root (its latest checkpoint)")
+    q.set_defaults(func=_verify)
+
+    q = sub.add_parser("consolidate", help="write G, EMA G and D as one safetensors file",
+                       description="Write the weights of G, the EMA generator and D of a "
+                                   "checkpoint (whatever world size and strategy wrote it) into "
+                                   "one .safetensors file, with the checkpoint's manifest (config, "
+                                   "class names, step) in its metadata. `bigan export`, `bigan "
+                                   "sample` and `bigan eval` accept the file in place of the "
+                                   "checkpoint. Optimizer states are left out: resume from the "
+                                   "checkpoint directory itself.")
+    q.add_argument("checkpoint", help="a step-* directory, a checkpoints root or a run directory "
+                                      "(its newest checkpoint)")
+    q.add_argument("out", help="output file, ending in .safetensors")
+    q.set_defaults(func=_consolidate)
+
+
+def _root(path: str) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{path!r} does not exist")
+    return root / "checkpoints" if (root / "checkpoints").is_dir() else root
+
+
+def _list(args: argparse.Namespace) -> int:
+    from bigan.train import checkpoint as ckpt
+
+    found = ckpt.list_checkpoints(_root(args.root))
+    if not found:
+        raise ckpt.CheckpointError(f"{args.root} holds no complete checkpoint")
+    print(f"{'checkpoint':<16} {'step':>8} {'images':>10} {'world':>5} {'strategy':<8} phase")
+    for path in found:
+        m = json.loads((path / ckpt.MANIFEST).read_text())
+        ph = m.get("phase")
+        phase = f"{ph['resolution']}px alpha {ph['alpha']:.3f}" if ph else "-"
+        print(f"{path.name:<16} {m['step']:>8} {m.get('cur_nimg', 0):>10} "
+              f"{m.get('world_size', 1):>5} {m.get('strategy', '-'):<8} {phase}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from bigan.train import checkpoint as ckpt
+
+    path = Path(args.checkpoint)
+    if not (path / ckpt.MANIFEST).is_file():
+        path = ckpt.find_resume(_root(args.checkpoint), str(_root(args.checkpoint)))
+    manifest = ckpt.verify_checkpoint(path)
+    print(f"{path}: ok ({len(manifest['files'])} files, step {manifest['step']})")
+    return 0
+
+
+def _consolidate(args: argparse.Namespace) -> int:
+    from bigan.train.weights import consolidate, read_weights
+
+    if not args.out.endswith(".safetensors"):
+        from bigan.config import ConfigError
+
+        raise ConfigError(f"output {args.out!r} must end in .safetensors")
+    out = consolidate(args.checkpoint, args.out)
+    w = read_weights(out)
+    m = w.manifest
+    sizes = ", ".join(f"{name} {sum(t.numel() for t in sd.values()):,}" for name, sd in w.models.items())
+    print(f"{out}: step {m['step']} (written by {m.get('world_size', 1)} {m.get('strategy', 'ddp')} "
+          f"worker(s)); parameters+buffers: {sizes}; {out.stat().st_size / 2**20:.2f} MiB")
+    return 0

@@ -1,0 +1,133 @@
+"""The trainer in 2 real processes (`accelerate launch`, gloo on 127.0.0.1) and elastic resume.
+
+With in-memory data keyed by global position and cross-replica batch norm, 2 processes on
+halves of the global batch compute what 1 process computes on the whole batch; only the order of
+floating-point reductions differs (gradient all-reduce, cross-replica BN statistics): ~1e-7
+relative per gradient. Adam passes that on unchanged for most weights, but for a weight whose
+gradient is ~0 the update m / (sqrt(v) + eps) can flip sign, moving it by up to 2 lr per update.
+So the check is two-level: at most 2% (or one) of each tensor's elements may differ by more than 1e-4 (relative), and
+none by more than 2 lr x updates. A real bug (a missing all-reduce, a rank training alone, a
+wrong data split, a lost optimizer state) moves most elements by far more than 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigan.config import dump_config, load_config
+from bigan.train.trainer import train
+from tests.conftest import tiny_overrides
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+TIGHT = 1e-4
+EXTRA = {"train.steps": 4, "train.ckpt_every": 2, "train.sample_every": 100, "loss.penalty": "r1",
+         "loss.penalty_weight": 1.0, "train.keep_ckpts": 0}
+
+
+def _overrides(out, **extra) -> list[str]:
+    return tiny_overrides(out, **{**EXTRA, **extra})
+
+
+def _launch(out, *args: str, procs: int = 2, **extra) -> None:
+    """`accelerate launch` with the shipped 2-process CPU config; OMP_NUM_THREADS=1 per process."""
+    config = Path(str(out) + ".yaml")  # the resolved config: exactly what 1 process trains
+    config.write_text(dump_config(load_config(None, _overrides(out, **extra))))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "launch/accelerate/cpu_2proc.yaml"), "--num_processes", str(procs),
+           "-m", "bigan.cli", "train", str(config), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _weights(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(str(ckpt / f"{name}.safetensors")) for name in ("G", "G_ema", "D")}
+
+
+def _manifest(ckpt: Path) -> dict:
+    return json.loads((ckpt / "manifest.json").read_text())
+
+
+def _assert_close(a: dict, b: dict, what: str, updates: int = 6 * 2) -> None:
+    bound = {"G": 2 * 1e-4 * updates, "G_ema": 2 * 1e-4 * updates, "D": 2 * 4e-4 * updates}  # 2 lr x updates
+    for model in a:
+        for key, value in a[model].items():
+            other = b[model][key]
+            if not value.is_floating_point():
+                assert torch.equal(other, value), f"{what}: {model}.{key}"
+                continue
+            diff = (other - value).abs()
+            off = int((~torch.isclose(other, value, rtol=TIGHT, atol=TIGHT)).sum())
+            assert off <= max(1, value.numel() // 50), (
+                f"{what}: {model}.{key}: {off} of {value.numel()} elements differ by more than "
+                f"{TIGHT} (relative), up to {diff.max():.2e}")
+            assert diff.max().item() <= bound[model], f"{what}: {model}.{key}: max diff {diff.max():.2e}"
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """1 process, 6 steps: the reference."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    return train(load_config(None, _overrides(out, **{"train.steps": 6}))).last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    """2 processes (ddp), 4 steps."""
+    out = tmp_path_factory.mktemp("ddp2") / "run"
+    _launch(out)
+    return out
+
+
+def test_two_processes_train_like_one_and_record_it(two_process_run, straight_run):
+    ckpt = two_process_run / "checkpoints" / "step-00000004"
+    m = _manifest(ckpt)
+    assert (m["world_size"], m["strategy"], m["cur_nimg"]) == (2, "ddp", 4 * 8 * 2)
+    # the 1-process reference at step 4, from its own checkpoint directory
+    reference = straight_run.parent / "step-00000004"
+    _assert_close(_weights(reference), _weights(ckpt), "2 processes vs 1 at step 4")
+
+
+def test_resume_two_processes_onto_one(two_process_run, straight_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_process_run, run)
+    result = train(load_config(None, _overrides(run, **{"train.steps": 6})), resume="auto")
+    assert result.step == 6 and _manifest(result.last_checkpoint)["world_size"] == 1
+    _assert_close(_weights(straight_run), _weights(result.last_checkpoint), "2 -> 1 resume")
+
+
+def test_resume_one_process_onto_two_with_zero2(straight_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run.parent.parent, run)  # the 1-process run, resumed from step 4
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    (run / "checkpoints" / "latest").write_text("step-00000004\n")
+    _launch(run, "--resume", "auto", **{"train.steps": 6, "train.strategy": "zero2"})
+    final = run / "checkpoints" / "step-00000006"
+    assert (_manifest(final)["world_size"], _manifest(final)["strategy"]) == (2, "zero2")
+    _assert_close(_weights(straight_run), _weights(final), "1 (ddp) -> 2 (zero2) resume")
+
+
+def test_progan_two_processes_through_a_phase_change(tmp_path):
+    out = tmp_path / "run"
+    _launch(out, **{"model.arch": "progan", "model.resolution": 8, "model.start_resolution": 4,
+                    "model.fmap_base": 32, "model.fmap_max": 16, "model.mbstd_group_size": 2,
+                    "model.spectral_norm": "false", "model.attention": "[]", "loss.kind": "wasserstein",
+                    "loss.penalty": "wgan-gp", "loss.penalty_weight": 10.0, "loss.drift_weight": 0.001,
+                    "progressive.fade_nimg": 16, "progressive.stab_nimg": 16, "train.steps": 4,
+                    "optim.d_steps": 1})
+    final = out / "checkpoints" / "step-00000004"
+    assert _manifest(final)["phase"]["resolution"] == 8 and _manifest(final)["world_size"] == 2
+    assert sorted(p.name for p in (out / "grids").glob("phase-*.png"))[:2] == [
+        "phase-00-4px-stable.png", "phase-01-8px-fade.png"]
+    for model in _weights(final).values():
+        assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())

@@ -1,0 +1,281 @@
+"""Data-parallel strategies (`bigan/train/parallel.py`): 2 processes == 1 process on the whole batch.
+
+Real gloo groups on 127.0.0.1, spawned once per test and reused for every case (process start-up
+and the DeepSpeed import dominate the cost). The reference is one process on the concatenated
+batch in the pytest process itself, with plain modules and no process group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bigan import models
+from bigan.config import LossConfig, ModelConfig
+from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration
+
+pytestmark = pytest.mark.multiprocess
+
+GLOBAL_BATCH = 8
+ITERATIONS = 3
+D_STEPS = 2
+GRAD_CLIP = 0.5
+# Two penalties that draw differently: WGAN-GP draws one eps per sample (sliced by Batch.rows);
+# R1 draws nothing but runs with label noise, which draws a flip per sample and per logit.
+LOSSES = {
+    "wgan-gp": LossConfig(kind="hinge", penalty="wgan-gp", penalty_weight=10.0),
+    "r1+noise": LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0, label_noise=0.2),
+}
+
+
+def _model_cfg() -> ModelConfig:
+    return ModelConfig(arch="biggan", resolution=32, num_classes=4, ch=4, d_ch=4, dim_z=16,
+                       shared_dim=8, attention=[16])
+
+
+def _build(seed: int = 0, adam: bool = False):
+    """Tiny BigGAN G, D and optimizers. Parity uses SGD with momentum (partitioned optimizer
+    state under ZeRO, linear in the gradients); see the tolerance note at PARITY_TOL."""
+    torch.manual_seed(seed)
+    G, D = models.build(_model_cfg())
+    if adam:
+        return (G, D, torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.999), eps=1e-6),
+                torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.0, 0.999), eps=1e-6))
+    return (G, D, torch.optim.SGD(G.parameters(), lr=0.02, momentum=0.9),
+            torch.optim.SGD(D.parameters(), lr=0.05, momentum=0.9))
+
+
+def _batches(it: int, rank: int, world: int) -> tuple[list[Batch], Batch]:
+    """The global batches of iteration `it`, keyed by (it, sub-step), and this rank's rows."""
+    per = GLOBAL_BATCH // world
+    rows = slice(rank * per, (rank + 1) * per)
+    place = (rank * per, GLOBAL_BATCH) if world > 1 else None
+
+    def one(sub: int, with_real: bool) -> Batch:
+        gen = torch.Generator().manual_seed(1000 * it + sub)
+        z = torch.randn(GLOBAL_BATCH, 16, generator=gen)
+        y = torch.randint(0, 4, (GLOBAL_BATCH,), generator=gen)
+        real = torch.rand(GLOBAL_BATCH, 3, 32, 32, generator=gen) * 2 - 1 if with_real else None
+        real_y = torch.randint(0, 4, (GLOBAL_BATCH,), generator=gen) if with_real else None
+        return Batch(z=z[rows], fake_y=y[rows], generator=gen, rows=place,
+                     real=None if real is None else real[rows],
+                     real_y=None if real_y is None else real_y[rows])
+
+    return [one(k, True) for k in range(D_STEPS)], one(D_STEPS, False)
+
+
+def _train(G, D, opt_G, opt_D, loss: LossConfig, rank: int, world: int, start: int = 0,
+           iterations: int = ITERATIONS, runtime=None, g_runtime=None, state=None) -> StepState:
+    state = state or StepState()
+    for it in range(start, start + iterations):
+        d_batches, g_batch = _batches(it, rank, world)
+        gan_iteration(G, D, opt_G, opt_D, d_batches, g_batch, loss, state, runtime, g_runtime)
+    return state
+
+
+def _reference(loss: LossConfig) -> dict[str, dict[str, torch.Tensor]]:
+    G, D, opt_G, opt_D = _build()
+    runtime = StepRuntime(grad_clip=GRAD_CLIP)
+    _train(G, D, opt_G, opt_D, loss, 0, 1, runtime=runtime)
+    return {"G": G.state_dict(), "D": D.state_dict()}
+
+
+# --- worker processes ---------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, job: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        JOBS[job](rank, world, Path(out))
+    except BaseException:
+        (Path(out) / f"error-{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(job: str, out: Path, world: int = 2) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+    except Exception as e:
+        errors = "\n".join(p.read_text() for p in sorted(out.glob("error-*.txt")))
+        raise AssertionError(f"worker failed:\n{errors or e}") from None
+
+
+def _parity_job(rank: int, world: int, out: Path) -> None:
+    from bigan.train import parallel
+
+    for strategy in parallel.STRATEGIES:
+        for name, loss in LOSSES.items():
+            G, D, opt_G, opt_D = _build()
+            p = parallel.prepare(strategy, G, D, opt_G, opt_D, GRAD_CLIP, torch.device("cpu"),
+                                 batch_per_worker=GLOBAL_BATCH // world,
+                                 deepspeed_overrides=_SMALL_MODEL_ZERO3)
+            for engine in p.engines.values():
+                assert engine.gradient_clipping() == GRAD_CLIP
+            _train(p.G, p.D, p.opt_G, p.opt_D, loss, rank, world,
+                   runtime=p.d_runtime, g_runtime=p.g_runtime)
+            with p.gathered("G"), p.gathered("D"):
+                state = {"G": {k: v.clone() for k, v in p.G.state_dict().items()},
+                         "D": {k: v.clone() for k, v in p.D.state_dict().items()}}
+            torch.save(state, out / f"{strategy}-{name}-{rank}.pt")
+
+
+# Tiny models sit below ZeRO-3's default persistence threshold (1e5 elements), which would keep
+# every parameter whole and test nothing: partition them all.
+_SMALL_MODEL_ZERO3 = {"zero_optimization": {"stage3_param_persistence_threshold": 0,
+                                            "stage3_model_persistence_threshold": 0}}
+
+
+# --- checkpoints: every job trains with Adam (real optimizer state) and checks what it loads ------
+
+def _prepared(strategy: str, world: int, seed: int = 0):
+    from bigan.train import parallel
+
+    G, D, opt_G, opt_D = _build(seed, adam=True)
+    return parallel.prepare(strategy, G, D, opt_G, opt_D, GRAD_CLIP, torch.device("cpu"),
+                            batch_per_worker=GLOBAL_BATCH // world,
+                            deepspeed_overrides=_SMALL_MODEL_ZERO3)
+
+
+def _trained(strategy: str, rank: int, world: int):
+    p = _prepared(strategy, world)
+    _train(p.G, p.D, p.opt_G, p.opt_D, LOSSES["wgan-gp"], rank, world, iterations=1,
+           runtime=p.d_runtime, g_runtime=p.g_runtime)
+    return p
+
+
+def _assert_same_state(got: dict | None, want: dict, what: str) -> None:
+    if got is None:  # not rank 0
+        return
+    for part in ("G", "D", "opt_G", "opt_D"):
+        torch.testing.assert_close(got[part], want[part], rtol=0, atol=0, msg=f"{what}: {part}")
+
+
+def _save(p, out: Path, tag: str, rank: int, world: int) -> None:
+    """Shards under out/tag, the full state in out/tag.full.pt, what test code needs to check."""
+    from bigan.train import parallel_state
+
+    files = parallel_state.save_shards(p, out / tag)
+    (out / f"{tag}.files-{rank}.txt").write_text("\n".join(files))
+    full = parallel_state.full_state_dicts(p)
+    if rank == 0:
+        torch.save(full, out / f"{tag}.full.pt")
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _load_and_check(out: Path, tag: str, strategy: str, world: int, source: dict | None) -> None:
+    """Load out/tag into a fresh `strategy` pair: its shards when `source` (the manifest fields)
+    is given, else its consolidated state; the loaded state must equal the saved one exactly."""
+    from bigan.train import parallel_state
+
+    p = _prepared(strategy, world, seed=1)  # other initial weights: the load must replace them
+    want = torch.load(out / f"{tag}.full.pt")
+    if source is None:
+        parallel_state.load_full_state(p, want)
+    else:
+        parallel_state.load_shards(p, out / tag, source)
+    _assert_same_state(parallel_state.full_state_dicts(p), want, f"{tag} -> {strategy} on {world}")
+
+
+def _one_process_writes(rank: int, world: int, out: Path) -> None:
+    _save(_trained("zero2", rank, world), out, "w1-zero2", rank, world)
+
+
+def _two_processes(rank: int, world: int, out: Path) -> None:
+    from bigan.train import parallel_state
+
+    _parity_job(rank, world, out)
+    _load_and_check(out, "w1-zero2", "zero2", world, None)  # 1 -> 2, consolidated
+    with pytest.raises(parallel_state.ShardError, match="load_full_state"):
+        _load_and_check(out, "w1-zero2", "zero2", world, {"strategy": "zero2", "world_size": 1})
+    for strategy in ("zero1", "zero2", "zero3"):  # 2 -> 2: DeepSpeed's own sharded load
+        _save(_trained(strategy, rank, world), out, f"w2-{strategy}", rank, world)
+        _load_and_check(out, f"w2-{strategy}", strategy, world, {"strategy": strategy, "world_size": 2})
+    _save(_trained("ddp", rank, world), out, "w2-ddp", rank, world)
+    _load_and_check(out, "w2-ddp", "zero2", world, None)  # DDP -> ZeRO-2, consolidated
+    (out / f"done-{rank}").write_text("ok")
+
+
+def _one_process_reads(rank: int, world: int, out: Path) -> None:
+    for tag in ("w2-zero2", "w2-zero3"):  # 2 -> 1, consolidated
+        _load_and_check(out, tag, "zero2", world, None)
+    _load_and_check(out, "w2-zero2", "ddp", world, None)  # ZeRO-2 -> DDP (single process)
+    (out / "done-1proc").write_text("ok")
+
+
+JOBS = {"parity": _parity_job, "one_writes": _one_process_writes, "two": _two_processes,
+        "one_reads": _one_process_reads}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """All multi-process work of this file, in three process groups (1, 2, then 1 process)."""
+    out = tmp_path_factory.mktemp("parallel")
+    _spawn("one_writes", out, world=1)
+    _spawn("two", out, world=2)
+    _spawn("one_reads", out, world=1)
+    return out
+
+
+# fp32 reduction order: the two-process run sums the batch in two halves, averages gradients
+# across ranks and merges BN statistics from per-rank moments, so each gradient differs from the
+# reference by a few ulps (~1e-7 relative); SGD keeps that at ~1e-7 in the weights (measured:
+# at most 8e-7 absolute over all tensors, on values of order 1). A wrong slice of the noise, per-
+# rank BN statistics or a missing average moves weights by ~1e-3..1e-1. Adam is not used here: its
+# per-element normalisation turns the rounding noise of gradients that cancel to ~0 (behind G's
+# batch norms) into O(lr) weight differences (measured 8e-4 at lr 1e-3), hiding real errors.
+PARITY_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_two_processes_match_one_process_on_the_whole_batch(runs, loss):
+    from bigan.train import parallel
+
+    ref = _reference(LOSSES[loss])
+    for strategy in parallel.STRATEGIES:
+        for rank in range(2):
+            got = torch.load(runs / f"{strategy}-{loss}-{rank}.pt")
+            for model in ("G", "D"):
+                torch.testing.assert_close(got[model], ref[model], **PARITY_TOL,
+                                           msg=lambda m: f"{strategy} {loss} rank {rank}: {m}")
+
+
+def test_sharded_checkpoints_load_onto_other_world_sizes_and_strategies(runs):
+    assert (runs / "done-0").exists() and (runs / "done-1").exists() and (runs / "done-1proc").exists()
+    # Each rank lists only its own shard files; together they cover the checkpoint.
+    for strategy in ("zero1", "zero2", "zero3"):
+        files = [set((runs / f"w2-{strategy}.files-{r}.txt").read_text().split()) for r in (0, 1)]
+        assert files[0] and files[1] and not files[0] & files[1]
+        on_disk = {str(f.relative_to(runs / f"w2-{strategy}")) for f in (runs / f"w2-{strategy}").rglob("*") if f.is_file()}
+        assert files[0] | files[1] == on_disk
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_launch_deepspeed_files_match_the_generated_config(stage):
+    import json
+
+    from bigan.train.parallel import deepspeed_config
+
+    path = Path(__file__).parents[1] / "launch" / "deepspeed" / f"zero{stage}.json"
+    assert json.loads(path.read_text()) == deepspeed_config(stage, 0.0, batch_per_worker=32)
