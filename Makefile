@@ -36,6 +36,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --out bench/results
+	$(BIN)/python bench/scaling.py --out bench/results
 	$(BIN)/python bench/data_loader.py --out bench/results
 	$(BIN)/python bench/serving.py --out bench/results
 	$(BIN)/python bench/quality.py --out bench/results

@@ -35,13 +35,11 @@ from bigan.config import load_config  # noqa: E402
 from bigan.train import parallel  # noqa: E402
 from bigan.train.step import Batch, StepState, gan_iteration  # noqa: E402
 
-# BigGAN-PyTorch's CIFAR setting (32 px, ch 64) and the 64 px config: real layer shapes, sizes
+from train_step import CASES as ALL_CASES  # noqa: E402  (bench/ is on sys.path as a script)
+
+# BigGAN-PyTorch's CIFAR setting (32 px, ch 64) and the 64 px config: real layer shapes at sizes
 # that keep a CPU iteration in seconds.
-CASES = {
-    "biggan-32": ("configs/biggan_128.yaml", ["model.resolution=32", "model.num_classes=10",
-                                              "model.ch=64", "model.d_ch=64", "model.attention=[]"]),
-    "biggan-64": ("configs/biggan_128.yaml", ["model.resolution=64", "model.attention=[32]"]),
-}
+CASES = {name: ALL_CASES[name] for name in ("biggan-32", "biggan-64")}
 
 
 def _free_port() -> int:

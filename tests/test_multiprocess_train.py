@@ -2,12 +2,15 @@
 
 With in-memory data keyed by global position and cross-replica batch norm, 2 processes on
 halves of the global batch compute what 1 process computes on the whole batch; only the order of
-floating-point reductions differs (gradient all-reduce, cross-replica BN statistics): ~1e-7
-relative per gradient. Adam passes that on unchanged for most weights, but for a weight whose
-gradient is ~0 the update m / (sqrt(v) + eps) can flip sign, moving it by up to 2 lr per update.
-So the check is two-level: at most 2% (or one) of each tensor's elements may differ by more than 1e-4 (relative), and
-none by more than 2 lr x updates. A real bug (a missing all-reduce, a rank training alone, a
-wrong data split, a lost optimizer state) moves most elements by far more than 1e-4.
+floating-point reductions differs (gradient all-reduce, cross-replica BN statistics, thread
+count): ~1e-7 relative per gradient. Adam with its usual eps (1e-8) would turn that rounding noise
+into +-lr steps wherever a gradient is ~0 (conv biases in front of batch norm: measured 2e-4 on
+a few elements), so these runs use eps 1e-3, which keeps updates proportional to such gradients.
+Then every weight, EMA weight and buffer agrees within 2.2e-5 (measured, 2 threads in the
+reference process, as `make test` runs it); the tolerance is 1e-4. A real bug (a missing
+all-reduce, a rank training alone, a wrong data split, per-rank BN statistics, a lost optimizer
+state) changes the gradients themselves, not their rounding; checked once by disabling the
+gradient all-reduce: the first test fails (on G.attention.16.gamma).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-TIGHT = 1e-4
+TOL = 1e-4
 EXTRA = {"train.steps": 4, "train.ckpt_every": 2, "train.sample_every": 100, "loss.penalty": "r1",
-         "loss.penalty_weight": 1.0, "train.keep_ckpts": 0}
+         "loss.penalty_weight": 1.0, "train.keep_ckpts": 0, "optim.eps": 1e-3}
 
 
 def _overrides(out, **extra) -> list[str]:
@@ -58,20 +61,11 @@ def _manifest(ckpt: Path) -> dict:
     return json.loads((ckpt / "manifest.json").read_text())
 
 
-def _assert_close(a: dict, b: dict, what: str, updates: int = 6 * 2) -> None:
-    bound = {"G": 2 * 1e-4 * updates, "G_ema": 2 * 1e-4 * updates, "D": 2 * 4e-4 * updates}  # 2 lr x updates
+def _assert_close(a: dict, b: dict, what: str) -> None:
     for model in a:
         for key, value in a[model].items():
-            other = b[model][key]
-            if not value.is_floating_point():
-                assert torch.equal(other, value), f"{what}: {model}.{key}"
-                continue
-            diff = (other - value).abs()
-            off = int((~torch.isclose(other, value, rtol=TIGHT, atol=TIGHT)).sum())
-            assert off <= max(1, value.numel() // 50), (
-                f"{what}: {model}.{key}: {off} of {value.numel()} elements differ by more than "
-                f"{TIGHT} (relative), up to {diff.max():.2e}")
-            assert diff.max().item() <= bound[model], f"{what}: {model}.{key}: max diff {diff.max():.2e}"
+            torch.testing.assert_close(b[model][key], value, rtol=TOL, atol=TOL,
+                                       msg=lambda m: f"{what}: {model}.{key}: {m}")
 
 
 @pytest.fixture(scope="module")
