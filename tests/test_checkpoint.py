@@ -267,3 +267,73 @@ def test_every_allowed_object_type_loads_back(tmp_path):
             _exact(loaded[k], v)
         else:
             assert loaded[k] == v and type(loaded[k]) is type(v), k
+
+
+# --- parts written by several writers (train/sharded_save.py runs this across ranks) -------------
+
+def _parts(state: dict, world: int) -> list[tuple[dict, dict]]:
+    """Split `_state`'s G, G_ema and opt_G the way the trainer's ranks do."""
+    from bigan.train.parallel_state import part_of
+
+    out = []
+    for r in range(world):
+        models = {name: part_of(state["models"][name], (r, world)) for name in ("G", "G_ema")}
+        opt = state["objects"]["opt_G"]
+        objects = {"opt_G": {"state": {i: v for i, v in opt["state"].items() if i % world == r},
+                             "param_groups": opt["param_groups"]}}
+        out.append((models, objects))
+    return out
+
+
+def _write_parts(root: Path, step: int, parts: list[tuple[dict, dict]], world: int) -> Path:
+    tmp = ckpt.begin_checkpoint(root, step, "test")
+    files = {}
+    for r, (models, objects) in enumerate(parts):
+        files.update(ckpt.write_part(tmp, models, objects, shard=(r, world)))
+    files.update(ckpt.write_part(tmp, {}, {"rng": {"seed": 1}}))
+    return ckpt.commit_checkpoint(root, tmp, step, files, CONFIG_TEXT, {"shards": world})
+
+
+def test_parts_of_several_writers_merge_back_on_load(tmp_path):
+    state = _state(3)
+    path = _write_parts(tmp_path, 3, _parts(state, 3), 3)
+    names = sorted(verify_checkpoint(path)["files"])
+    assert "G-00000-of-00003.safetensors" in names and "opt_G-00002-of-00003.pt" in names
+    c = load_checkpoint(path)
+    for name in ("G", "G_ema"):
+        assert c.models[name].keys() == state["models"][name].keys()
+        for k, v in state["models"][name].items():
+            assert torch.equal(c.models[name][k], v)
+    torch.testing.assert_close(c.objects["opt_G"], state["objects"]["opt_G"], rtol=0, atol=0)
+    assert c.objects["rng"] == {"seed": 1}
+
+
+def test_a_checkpoint_missing_a_writers_part_or_with_overlapping_parts_is_refused(tmp_path):
+    state = _state(4)
+    parts = _parts(state, 2)
+    tmp = ckpt.begin_checkpoint(tmp_path, 1, "test")  # rank 1's seals never reached the commit
+    files = ckpt.write_part(tmp, *parts[0], shard=(0, 2))
+    path = ckpt.commit_checkpoint(tmp_path, tmp, 1, files, CONFIG_TEXT)
+    with pytest.raises(CheckpointError, match=r"lacks the part\(s\) \[1\] of 2 of G.safetensors"):
+        load_checkpoint(path)
+    overlapping = [parts[0], ({"G": state["models"]["G"]}, {})]  # rank 1 also wrote rank 0's keys
+    with pytest.raises(CheckpointError, match="G-00001-of-00002.safetensors disagrees"):
+        load_checkpoint(_write_parts(tmp_path, 2, overlapping, 2))
+
+
+def test_whole_state_names_must_not_look_like_parts(tmp_path):
+    with pytest.raises(CheckpointError, match="mark of a shard"):
+        save_checkpoint(tmp_path, 1, {"G-00000-of-00002": {}}, {}, CONFIG_TEXT)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_owners_split_bytes_evenly_and_deterministically():
+    from bigan.train.parallel_state import owners
+
+    sizes = {f"w{i}": s for i, s in enumerate([400, 300, 300, 200, 100, 100, 50, 50])}
+    own = owners(sizes, 2)
+    assert own == owners(dict(sizes), 2)
+    load = [sum(s for k, s in sizes.items() if own[k] == r) for r in (0, 1)]
+    assert load == [750, 750]
+    assert set(owners(sizes, 1).values()) == {0}
+    assert set(owners(sizes, 8).values()) == set(range(8))  # one entry each

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigan.config import dump_config, load_config
+from bigan.train.checkpoint import load_checkpoint
 from bigan.train.trainer import train
 from tests.conftest import tiny_overrides
 
@@ -54,7 +55,19 @@ def _launch(out, *args: str, procs: int = 2, **extra) -> None:
 
 
 def _weights(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: load_file(str(ckpt / f"{name}.safetensors")) for name in ("G", "G_ema", "D")}
+    models = load_checkpoint(ckpt).models  # merges the parts each rank wrote
+    return {name: models[name] for name in ("G", "G_ema", "D")}
+
+
+def _assert_written_by_both_ranks(ckpt: Path) -> None:
+    """Each rank wrote its own part of every model and optimizer, about half of the bytes."""
+    assert _manifest(ckpt)["shards"] == 2 and not (ckpt / "G.safetensors").exists()
+    for name in ("G", "G_ema", "D"):
+        parts = [load_file(str(ckpt / f"{name}-0000{r}-of-00002.safetensors")) for r in (0, 1)]
+        sizes = [sum(v.numel() for v in part.values()) for part in parts]
+        assert not parts[0].keys() & parts[1].keys() and min(sizes) > 0.3 * sum(sizes), (name, sizes)
+    for name in ("opt_G", "opt_D"):
+        assert all((ckpt / f"{name}-0000{r}-of-00002.pt").is_file() for r in (0, 1))
 
 
 def _manifest(ckpt: Path) -> dict:
@@ -70,9 +83,13 @@ def _assert_close(a: dict, b: dict, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory) -> Path:
-    """1 process, 6 steps: the reference."""
+    """1 process, 8 steps: the reference (checkpoints at 2, 4, 6, 8)."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    return train(load_config(None, _overrides(out, **{"train.steps": 6}))).last_checkpoint
+    return train(load_config(None, _overrides(out, **{"train.steps": 8}))).last_checkpoint.parent
+
+
+def _at(straight_run: Path, step: int) -> dict:
+    return _weights(straight_run / f"step-{step:08d}")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +104,8 @@ def test_two_processes_train_like_one_and_record_it(two_process_run, straight_ru
     ckpt = two_process_run / "checkpoints" / "step-00000004"
     m = _manifest(ckpt)
     assert (m["world_size"], m["strategy"], m["cur_nimg"]) == (2, "ddp", 4 * 8 * 2)
-    # the 1-process reference at step 4, from its own checkpoint directory
-    reference = straight_run.parent / "step-00000004"
-    _assert_close(_weights(reference), _weights(ckpt), "2 processes vs 1 at step 4")
+    _assert_written_by_both_ranks(ckpt)
+    _assert_close(_at(straight_run, 4), _weights(ckpt), "2 processes vs 1 at step 4")
 
 
 def test_resume_two_processes_onto_one(two_process_run, straight_run, tmp_path):
@@ -97,18 +113,24 @@ def test_resume_two_processes_onto_one(two_process_run, straight_run, tmp_path):
     shutil.copytree(two_process_run, run)
     result = train(load_config(None, _overrides(run, **{"train.steps": 6})), resume="auto")
     assert result.step == 6 and _manifest(result.last_checkpoint)["world_size"] == 1
-    _assert_close(_weights(straight_run), _weights(result.last_checkpoint), "2 -> 1 resume")
+    _assert_close(_at(straight_run, 6), _weights(result.last_checkpoint), "2 -> 1 resume")
 
 
-def test_resume_one_process_onto_two_with_zero2(straight_run, tmp_path):
+def test_resume_one_process_onto_two_with_zero2_and_back(straight_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(straight_run.parent.parent, run)  # the 1-process run, resumed from step 4
-    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    shutil.copytree(straight_run.parent, run)  # the 1-process run, resumed from step 4
+    for step in (6, 8):
+        shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
     (run / "checkpoints" / "latest").write_text("step-00000004\n")
     _launch(run, "--resume", "auto", **{"train.steps": 6, "train.strategy": "zero2"})
     final = run / "checkpoints" / "step-00000006"
     assert (_manifest(final)["world_size"], _manifest(final)["strategy"]) == (2, "zero2")
-    _assert_close(_weights(straight_run), _weights(final), "1 (ddp) -> 2 (zero2) resume")
+    _assert_written_by_both_ranks(final)
+    _assert_close(_at(straight_run, 6), _weights(final), "1 (ddp) -> 2 (zero2) resume")
+    # The ZeRO-2 ranks' parts, optimizer states included, carry on in 1 process.
+    result = train(load_config(None, _overrides(run, **{"train.steps": 8})), resume="auto")
+    assert result.step == 8
+    _assert_close(_at(straight_run, 8), _weights(result.last_checkpoint), "2 (zero2) -> 1 resume")
 
 
 def test_progan_two_processes_through_a_phase_change(tmp_path):

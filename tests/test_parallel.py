@@ -172,11 +172,10 @@ def _assert_same_state(got: dict | None, want: dict, what: str) -> None:
 
 
 def _save(p, out: Path, tag: str, rank: int, world: int) -> None:
-    """Shards under out/tag, the full state in out/tag.full.pt, what test code needs to check."""
+    """The full state in out/tag.full.pt and each rank's part in out/tag.part-R.pt."""
     from bigan.train import parallel_state
 
-    files = parallel_state.save_shards(p, out / tag)
-    (out / f"{tag}.files-{rank}.txt").write_text("\n".join(files))
+    torch.save(parallel_state.state_dicts(p, (rank, world)), out / f"{tag}.part-{rank}.pt")
     full = parallel_state.full_state_dicts(p)
     if rank == 0:
         torch.save(full, out / f"{tag}.full.pt")
@@ -184,17 +183,17 @@ def _save(p, out: Path, tag: str, rank: int, world: int) -> None:
         torch.distributed.barrier()
 
 
-def _load_and_check(out: Path, tag: str, strategy: str, world: int, source: dict | None) -> None:
-    """Load out/tag into a fresh `strategy` pair: its shards when `source` (the manifest fields)
-    is given, else its consolidated state; the loaded state must equal the saved one exactly."""
-    from bigan.train import parallel_state
+def _load_and_check(out: Path, tag: str, strategy: str, world: int) -> None:
+    """Load out/tag's parts, merged as `load_checkpoint` merges them, into a fresh `strategy`
+    pair; the loaded state must equal the saved full state exactly."""
+    from bigan.train import checkpoint, parallel_state
 
     p = _prepared(strategy, world, seed=1)  # other initial weights: the load must replace them
     want = torch.load(out / f"{tag}.full.pt")
-    if source is None:
-        parallel_state.load_full_state(p, want)
-    else:
-        parallel_state.load_shards(p, out / tag, source)
+    merged: dict = {}
+    for part in sorted(out.glob(f"{tag}.part-*.pt")):
+        checkpoint._merge_into(merged, "state", torch.load(part), part)
+    parallel_state.load_full_state(p, merged["state"])
     _assert_same_state(parallel_state.full_state_dicts(p), want, f"{tag} -> {strategy} on {world}")
 
 
@@ -202,25 +201,45 @@ def _one_process_writes(rank: int, world: int, out: Path) -> None:
     _save(_trained("zero2", rank, world), out, "w1-zero2", rank, world)
 
 
-def _two_processes(rank: int, world: int, out: Path) -> None:
-    from bigan.train import parallel_state
+def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
+    """Both ranks write their part of step 1; at step 2 rank 1 fails, so every rank must raise
+    and step 1 must stay the newest, intact checkpoint."""
+    from bigan.train import checkpoint, sharded_save
 
+    root = out / "protocol"
+    assert sharded_save.shares_directory(root)
+    assert not sharded_save.shares_directory(out / f"node-local-{rank}")  # as on separate machines
+    common = dict(whole_models={"whole": {"w": torch.ones(2)}}, whole_objects={"rng": {"r": 1}},
+                  config_text="a: 1\n", extra={"world_size": world}, keep=0)
+    part = {"G": {f"k{rank}": torch.full((3,), float(rank))}}
+    path = sharded_save.save_sharded(root, 1, part, {"opt": {"state": {rank: rank}}}, **common)
+    assert path == root / "step-00000001"
+    bad = part if rank == 0 else {"bad/name": {}}
+    with pytest.raises(checkpoint.CheckpointError, match="rank 1: CheckpointError"):
+        sharded_save.save_sharded(root, 2, bad, {}, **common)
+    torch.distributed.barrier()
+    c = checkpoint.load_checkpoint(checkpoint.find_resume(root, "auto"))
+    assert c.manifest["step"] == 1 and c.manifest["shards"] == world
+    assert sorted(c.models["G"]) == [f"k{r}" for r in range(world)]
+    assert c.objects["opt"] == {"state": {r: r for r in range(world)}} and c.objects["rng"] == {"r": 1}
+    assert sorted(q.name for q in root.iterdir()) == ["latest", "step-00000001"]
+
+
+def _two_processes(rank: int, world: int, out: Path) -> None:
     _parity_job(rank, world, out)
-    _load_and_check(out, "w1-zero2", "zero2", world, None)  # 1 -> 2, consolidated
-    with pytest.raises(parallel_state.ShardError, match="load_full_state"):
-        _load_and_check(out, "w1-zero2", "zero2", world, {"strategy": "zero2", "world_size": 1})
-    for strategy in ("zero1", "zero2", "zero3"):  # 2 -> 2: DeepSpeed's own sharded load
+    _sharded_save_protocol(rank, world, out)
+    _load_and_check(out, "w1-zero2", "zero2", world)  # 1 -> 2
+    for strategy in ("ddp", "zero1", "zero2", "zero3"):  # 2 -> 2, parts written by both ranks
         _save(_trained(strategy, rank, world), out, f"w2-{strategy}", rank, world)
-        _load_and_check(out, f"w2-{strategy}", strategy, world, {"strategy": strategy, "world_size": 2})
-    _save(_trained("ddp", rank, world), out, "w2-ddp", rank, world)
-    _load_and_check(out, "w2-ddp", "zero2", world, None)  # DDP -> ZeRO-2, consolidated
+        _load_and_check(out, f"w2-{strategy}", strategy, world)
+    _load_and_check(out, "w2-ddp", "zero2", world)  # DDP -> ZeRO-2
     (out / f"done-{rank}").write_text("ok")
 
 
 def _one_process_reads(rank: int, world: int, out: Path) -> None:
-    for tag in ("w2-zero2", "w2-zero3"):  # 2 -> 1, consolidated
-        _load_and_check(out, tag, "zero2", world, None)
-    _load_and_check(out, "w2-zero2", "ddp", world, None)  # ZeRO-2 -> DDP (single process)
+    for tag in ("w2-zero2", "w2-zero3"):  # 2 -> 1
+        _load_and_check(out, tag, "zero2", world)
+    _load_and_check(out, "w2-zero2", "ddp", world)  # ZeRO-2 -> DDP (single process)
     (out / "done-1proc").write_text("ok")
 
 
@@ -261,14 +280,18 @@ def test_two_processes_match_one_process_on_the_whole_batch(runs, loss):
                                            msg=lambda m: f"{strategy} {loss} rank {rank}: {m}")
 
 
-def test_sharded_checkpoints_load_onto_other_world_sizes_and_strategies(runs):
+def test_per_rank_parts_load_onto_other_world_sizes_and_strategies(runs):
     assert (runs / "done-0").exists() and (runs / "done-1").exists() and (runs / "done-1proc").exists()
-    # Each rank lists only its own shard files; together they cover the checkpoint.
-    for strategy in ("zero1", "zero2", "zero3"):
-        files = [set((runs / f"w2-{strategy}.files-{r}.txt").read_text().split()) for r in (0, 1)]
-        assert files[0] and files[1] and not files[0] & files[1]
-        on_disk = {str(f.relative_to(runs / f"w2-{strategy}")) for f in (runs / f"w2-{strategy}").rglob("*") if f.is_file()}
-        assert files[0] | files[1] == on_disk
+    # Each rank's part holds about half of the bytes and no entry of the other's.
+    for strategy in ("ddp", "zero1", "zero2", "zero3"):
+        parts = [torch.load(runs / f"w2-{strategy}.part-{r}.pt") for r in (0, 1)]
+        for model in ("G", "D"):
+            keys = [set(part[model]) for part in parts]
+            assert keys[0] and keys[1] and not keys[0] & keys[1]
+            size = [sum(v.numel() for v in part[model].values()) for part in parts]
+            assert min(size) > 0.3 * sum(size), (strategy, model, size)
+            opt = [set(part[f"opt_{model}"]["state"]) for part in parts]
+            assert opt[0] and opt[1] and not opt[0] & opt[1]
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

@@ -6,8 +6,16 @@ other piece of state (optimizer, scheduler, RNG) as `<name>.pt` read back only w
 the caller's extra fields, and the sha256 and size of every file). A save writes everything into
 `step-NNNNNNNN.tmp-<pid>/`, fsyncs it, renames it into place and then moves `<root>/latest` the same
 way, so a crash at any moment leaves the previous checkpoint and pointer usable. Readers ignore
-`*.tmp-*` names and directories without a manifest; the next save deletes such leftovers. This
-module knows nothing of the trainer, Accelerate or processes: the (main) process hands it state dicts.
+`*.tmp-*` names and directories without a manifest; the next save deletes such leftovers.
+
+Sharded writes: `save_checkpoint` is `begin_checkpoint` + `write_part` + `commit_checkpoint`, and
+several writers (the ranks of a training job) may each call `write_part` into the same temporary
+directory with `shard=(rank, world)`, naming their files `<name>-RRRRR-of-WWWWW.<ext>`; one of
+them commits with every writer's file seals. `load_checkpoint` merges a name's shards back into
+one state dict (or one nested dict of objects), so readers never see the sharding and a checkpoint
+written by W writers loads onto any number of processes. This module knows nothing of the trainer,
+Accelerate or processes: callers hand it state dicts and seals (`train/sharded_save.py` runs the
+collective protocol).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ LATEST = "latest"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SHARD = re.compile(r"^(?P<name>.+)-(?P<rank>\d{5})-of-(?P<world>\d{5})$")
 _RESERVED = {"format", "version", "step", "created", "files"}
 # Exactly what torch's weights_only unpickler rebuilds without extra allow-listing (a subset of it).
 _PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray,
@@ -66,6 +75,11 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def shard_file_stem(name: str, rank: int, world: int) -> str:
+    """`<name>-RRRRR-of-WWWWW`: the stem of writer `rank`'s part of `name` (ranks from 0)."""
+    return f"{name}-{rank:05d}-of-{world:05d}"
+
+
 def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, torch.Tensor]],
                     objects: dict[str, Any], config_text: str, extra: dict | None = None,
                     keep: int = 0) -> Path:
@@ -81,34 +95,85 @@ def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, tor
     (cur_nimg, world_size, data position, ...). keep: keep only the `keep` newest complete
     checkpoints, always including this one (0 keeps all).
     """
-    root = Path(root)
+    check_step(step, keep)
+    extra = dict(extra or {})
+    check_part(models, objects)
+    _check_commit(config_text, extra)
+    tmp = begin_checkpoint(root, step, str(os.getpid()))
+    try:
+        files = write_part(tmp, models, objects)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(Path(root), step, e) from e
+    except BaseException:  # e.g. KeyboardInterrupt: tidy up, then let it through unchanged
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_checkpoint(root, tmp, step, files, config_text, extra, keep)
+
+
+def write_error(root: Path, step: int, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"could not write checkpoint {root / step_dir_name(step)}: "
+                           f"{type(e).__name__}: {e}. The previous checkpoint and {root / LATEST} "
+                           "are intact; fix the cause (disk space, permissions) and rerun the same "
+                           "command to resume")
+
+
+def check_step(step: Any, keep: Any = 0) -> None:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise CheckpointError(f"keep must be a non-negative int (0 keeps all), got {keep!r}")
-    extra = dict(extra or {})
-    _check_inputs(models, objects, config_text, extra)
 
+
+def begin_checkpoint(root: str | Path, step: int, token: str) -> Path:
+    """Create and return the temporary directory `<root>/step-NNNNNNNN.tmp-<token>` that
+    `write_part` fills, after deleting what interrupted saves left. One caller per checkpoint;
+    other writers learn the path from it."""
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(root)
-    name = step_dir_name(step)
-    final, tmp = root / name, root / f"{name}.tmp-{os.getpid()}"
+    tmp = root / f"{step_dir_name(step)}.tmp-{token}"
     tmp.mkdir()
+    return tmp
+
+
+def write_part(tmp: Path, models: dict[str, dict[str, torch.Tensor]], objects: dict[str, Any],
+               shard: tuple[int, int] | None = None) -> dict[str, dict]:
+    """Write models (`.safetensors`) and objects (`.pt`) into `tmp`, fsynced; return their seals
+    (file name -> sha256 and size) for `commit_checkpoint`. shard=(rank, world) names the files as
+    that writer's part; without it, the files hold whole state. Raises CheckpointError on bad
+    input before writing anything; OS errors pass through (the caller abandons `tmp`)."""
+    check_part(models, objects)
+    stem = (lambda n: shard_file_stem(n, *shard)) if shard else (lambda n: n)
+    files = {}
+    for mname, state in models.items():
+        path = tmp / f"{stem(mname)}.safetensors"
+        # A private contiguous CPU copy per tensor: safetensors refuses shared or strided storage.
+        flat = {k: v.detach().to(device="cpu", copy=True, memory_format=torch.contiguous_format)
+                for k, v in state.items()}
+        safetensors.torch.save_file(flat, str(path), metadata={"format": "pt"})
+        del flat
+        files[path.name] = _seal(path)
+    for oname, value in objects.items():
+        path = tmp / f"{stem(oname)}.pt"
+        with open(path, "wb") as f:
+            torch.save(value, f)
+        files[path.name] = _seal(path)
+    return files
+
+
+def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, dict],
+                      config_text: str, extra: dict | None = None, keep: int = 0) -> Path:
+    """Finish a checkpoint whose parts `files` (every writer's seals) are in `tmp`: write the
+    config and manifest, rename `tmp` into place, move `latest`, prune to `keep`. On failure `tmp`
+    is removed and the previous checkpoint and pointer stay intact."""
+    root = Path(root)
+    check_step(step, keep)
+    extra = dict(extra or {})
+    final = root / step_dir_name(step)
     try:
-        files = {}
-        for mname, state in models.items():
-            path = tmp / f"{mname}.safetensors"
-            # A private contiguous CPU copy per tensor: safetensors refuses shared or strided storage.
-            flat = {k: v.detach().to(device="cpu", copy=True, memory_format=torch.contiguous_format)
-                    for k, v in state.items()}
-            safetensors.torch.save_file(flat, str(path), metadata={"format": "pt"})
-            del flat
-            files[path.name] = _seal(path)
-        for oname, value in objects.items():
-            path = tmp / f"{oname}.pt"
-            with open(path, "wb") as f:
-                torch.save(value, f)
-            files[path.name] = _seal(path)
+        _check_commit(config_text, extra)
+        files = dict(files)
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
         files[CONFIG] = _seal(tmp / CONFIG)
         # The manifest goes last and only after every data file is fsynced: without that order the
@@ -120,18 +185,19 @@ def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, tor
         _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         _fsync_dir(tmp)  # the directory entries of the files, before the rename can become durable
         _install(tmp, final)
+    except CheckpointError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {type(e).__name__}: {e}. The "
-                              f"previous checkpoint and {root / LATEST} are intact; fix the cause "
-                              "(disk space, permissions) and rerun the same command to resume") from e
+        raise write_error(root, step, e) from e
     except BaseException:  # e.g. KeyboardInterrupt: tidy up, then let it through unchanged
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
     # `latest` moves only once the directory rename is durable, so it never names a missing step.
     try:
-        _write_durably(root / f"{LATEST}.tmp", (name + "\n").encode())
+        _write_durably(root / f"{LATEST}.tmp", (final.name + "\n").encode())
         os.replace(root / f"{LATEST}.tmp", root / LATEST)
         _fsync_dir(root)
     except OSError as e:
@@ -202,27 +268,69 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     manifest = verify_checkpoint(path)
     device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
     models, objects = {}, {}
+    shards: dict[str, tuple[int, set[int]]] = {}  # name -> (world, ranks seen)
     for fname in manifest["files"]:
         fpath = path / fname
-        if fname.endswith(".safetensors"):
+        if not fname.endswith((".safetensors", ".pt")):
+            continue
+        stem, _, ext = fname.rpartition(".")
+        name, sharded = stem, _SHARD.match(stem)
+        if sharded:
+            name, world = sharded["name"], int(sharded["world"])
+            seen_world, ranks = shards.setdefault(f"{name}.{ext}", (world, set()))
+            if seen_world != world:
+                raise CheckpointError(f"{path} mixes shards of {name} written by {seen_world} and "
+                                      f"{world} writers; the checkpoint is damaged")
+            ranks.add(int(sharded["rank"]))
+        if ext == "safetensors":
             try:
-                models[fname.removesuffix(".safetensors")] = safetensors.torch.load_file(
-                    str(fpath), device=device)
+                part = safetensors.torch.load_file(str(fpath), device=device)
             except Exception as e:
                 raise CheckpointError(f"{fpath} is not a readable safetensors file ({e})") from e
-        elif fname.endswith(".pt"):
+            _merge_into(models, name, part, fpath)
+        else:
             try:
-                objects[fname.removesuffix(".pt")] = torch.load(
-                    fpath, map_location=map_location, weights_only=True)
+                part = torch.load(fpath, map_location=map_location, weights_only=True)
             except Exception as e:
                 raise CheckpointError(
                     f"{fpath} holds something other than tensors and plain containers, so it was "
                     f"refused (weights_only load): {e}. It was not written by bigan's "
                     "save_checkpoint or it was tampered with; do not load it by other means unless "
                     "you trust where it came from") from e
+            _merge_into(objects, name, part, fpath)
+    for key, (world, ranks) in shards.items():
+        if ranks != set(range(world)):
+            missing = sorted(set(range(world)) - ranks)
+            raise CheckpointError(f"{path} lacks the part(s) {missing} of {world} of {key}; the "
+                                  "checkpoint is incomplete")
     config_text = (path / CONFIG).read_text(encoding="utf-8")
     return Checkpoint(path=path, manifest=manifest, models=models, objects=objects,
                       config_text=config_text)
+
+
+def _merge_into(group: dict, name: str, part: Any, fpath: Path) -> None:
+    """group[name] = part, or part merged into the parts of `name` read before."""
+    if name not in group:
+        group[name] = part
+        return
+    try:
+        _merge(group[name], part)
+    except (ValueError, RuntimeError) as e:  # RuntimeError: comparing lists that hold tensors
+        raise CheckpointError(f"{fpath} disagrees with the other parts of {name} ({e}); the "
+                              "checkpoint is damaged") from e
+
+
+def _merge(into: dict, part: Any, where: str = "") -> None:
+    """Union of nested dicts; a key both hold must be a dict on both sides or equal plain data."""
+    if not isinstance(into, dict) or not isinstance(part, dict):
+        raise ValueError(f"{where or 'the top level'} is not a dict in every part")
+    for k, v in part.items():
+        if k not in into:
+            into[k] = v
+        elif isinstance(v, dict):
+            _merge(into[k], v, f"{where}/{k}")
+        elif isinstance(v, torch.Tensor) or isinstance(into[k], torch.Tensor) or into[k] != v:
+            raise ValueError(f"entry {where}/{k} is in more than one part")
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -281,13 +389,14 @@ def find_resume(root: str | Path, spec: str | None) -> Path | None:
     return path
 
 
-def _check_inputs(models: dict, objects: dict, config_text: Any, extra: dict) -> None:
-    """Refuse, before touching the disk, anything that would be written but could not be read."""
+def check_part(models: dict, objects: dict) -> None:
+    """Refuse, before touching the disk, state that would be written but could not be read."""
     for kind, group in (("model", models), ("object", objects)):
         for name in group:
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not isinstance(name, str) or not _NAME.match(name) or _SHARD.match(name):
                 raise CheckpointError(f"{kind} name {name!r} is not a plain file name "
-                                      "(letters, digits, '_', '-', '.')")
+                                      "(letters, digits, '_', '-', '.'; not ending in "
+                                      "-NNNNN-of-NNNNN, the mark of a shard)")
     for mname, state in models.items():
         for key, value in state.items():
             if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -295,6 +404,9 @@ def _check_inputs(models: dict, objects: dict, config_text: Any, extra: dict) ->
                                       "not a tensor; pass non-tensor state in `objects`")
     for oname, value in objects.items():
         _check_plain(value, f"objects[{oname!r}]", set())
+
+
+def _check_commit(config_text: Any, extra: dict) -> None:
     if not isinstance(config_text, str):
         raise CheckpointError(f"config_text must be the YAML text (str), got {type(config_text).__name__}")
     clash = _RESERVED & extra.keys()

@@ -1,23 +1,25 @@
-"""Checkpoint state of a `parallel.Prepared` pair: consolidated (full) and sharded (per rank).
+"""Checkpoint state of a `parallel.Prepared` pair, whatever the strategy and world size.
 
-`full_state_dicts(p)` gathers G and D weights (with buffers) and their optimizer states in torch's
-own `Optimizer.state_dict()` format, whatever the strategy; `load_full_state(p, state)` puts such
-a state into any strategy on any world size. That pair is the elastic path: DDP -> ZeRO-2, 2 -> 1
-and 1 -> 2 processes all go through it, and `bigan checkpoint consolidate` writes its output.
-ZeRO optimizer states are read and written per parameter through DeepSpeed's tensor-fragment API
-(`deepspeed.utils.safe_get_full_optimizer_state` & co.), which serves stages 1-3 alike.
+`state_dicts(p)` reads G and D weights (with buffers) and their optimizer states in torch's own
+`Optimizer.state_dict()` format; with `part=(rank, world)` only the entries that `owners` gives to
+`rank`, so each rank writes about 1/world of a checkpoint (`train/sharded_save.py`) and the parts
+merge back into the full state on load. `load_full_state(p, state)` puts that state into any
+strategy on any world size: DDP -> ZeRO-2, 2 -> 1 and 1 -> 2 processes all go through it, and
+`bigan checkpoint consolidate` writes it as one file. ZeRO optimizer states are read and written
+per parameter through DeepSpeed's tensor-fragment API (`deepspeed.utils.safe_get_full_optimizer_state`
+& co.), which serves stages 1-3 alike.
 
-`save_shards(p, directory)` writes DeepSpeed's own checkpoint (each rank its partition, no
-gathering) under `directory/deepspeed/{G,D}/`; `load_shards(p, directory, manifest)` loads it
-natively on the same strategy and world size only. DeepSpeed's route to another world size,
-`ds_to_universal --inject_missing_state` then `load_universal`, fails in 0.19.8 on 0-dim
+Why not DeepSpeed's own checkpoints (`engine.save_checkpoint`, one file per rank and partition):
+they load only onto the same world size and strategy. Its route to another world size,
+`ds_to_universal --inject_missing_state` then `load_universal`, fails in DeepSpeed 0.19.8 on 0-dim
 parameters (BigGAN's SelfAttention.gamma: `torch.cat` of a zero-dimensional tensor in
-`merge_tp_slices`), and `load_universal` could not feed DDP anyway; the consolidated state can.
+`merge_tp_slices`), and `load_universal` cannot feed DDP. Reading full tensors costs one
+all-reduce per parameter and optimizer slot at save time, small next to the minutes between
+checkpoints at BigGAN sizes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,12 +28,7 @@ from torch import nn
 
 from bigan.train.parallel import Prepared
 
-SHARD_DIR = "deepspeed"
 _SCALAR_KEYS = {"step"}  # optimizer-state entries shared by all elements (torch Adam's step)
-
-
-class ShardError(RuntimeError):
-    """A sharded checkpoint cannot be loaded here; the message says what to do instead."""
 
 
 def _rank() -> int:
@@ -68,19 +65,53 @@ def full_state_dicts(p: Prepared) -> dict[str, dict] | None:
     torch's format for an optimizer built over `module.parameters()` in order, so a plain
     `torch.optim.Adam(G.parameters()).load_state_dict(out["opt_G"])` accepts them.
     """
+    out = state_dicts(p)
+    return out if _rank() == 0 else None
+
+
+def state_dicts(p: Prepared, part: tuple[int, int] = (0, 1)) -> dict[str, dict]:
+    """`full_state_dicts`' content on every rank, or with part=(rank, world) only the entries
+    `owners` gives to `rank` (weights, buffers and each parameter's optimizer state by the
+    parameter's name; param_groups in every part). The parts of all ranks merge back into the
+    full state (`checkpoint.load_checkpoint` does). Collective under ZeRO."""
+    rank, world = part
     out = {}
     for name in ("G", "D"):
         module = getattr(p, name)
         with p.gathered(name):
-            out[name] = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+            state = module.state_dict()
+            own = owners({k: v.numel() * v.element_size() for k, v in state.items()}, world)
+            out[name] = {k: v.detach().clone().cpu() for k, v in state.items() if own[k] == rank}
+        names = [n for n, _ in module.named_parameters()]
+        keep = {i for i, n in enumerate(names) if own[n] == rank}
         if name in p.engines:
-            out[f"opt_{name}"] = _zero_optimizer_state(p.engines[name], module)
+            out[f"opt_{name}"] = _zero_optimizer_state(p.engines[name], module, keep)
         else:
-            out[f"opt_{name}"] = getattr(p, f"opt_{name}").state_dict()
-    return out if _rank() == 0 else None
+            opt = getattr(p, f"opt_{name}").state_dict()
+            out[f"opt_{name}"] = {"state": {i: v for i, v in opt["state"].items() if i in keep},
+                                  "param_groups": opt["param_groups"]}
+    return out
 
 
-def _zero_optimizer_state(engine: Any, module: nn.Module) -> dict:
+def part_of(state: dict[str, torch.Tensor], part: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The entries of a replicated state dict (e.g. the EMA generator's) that rank part[0] saves."""
+    own = owners({k: v.numel() * v.element_size() for k, v in state.items()}, part[1])
+    return {k: v for k, v in state.items() if own[k] == part[0]}
+
+
+def owners(sizes: dict[str, int], world: int) -> dict[str, int]:
+    """Which of `world` ranks saves each entry: largest first to the least loaded rank, so every
+    rank writes about 1/world of the bytes. Deterministic: every rank computes the same map."""
+    load = [0] * world
+    out = {}
+    for key in sorted(sizes, key=lambda k: -sizes[k]):  # stable: ties keep state-dict order
+        r = min(range(world), key=lambda i: load[i])
+        out[key] = r
+        load[r] += sizes[key]
+    return out
+
+
+def _zero_optimizer_state(engine: Any, module: nn.Module, keep: set[int]) -> dict:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     zero, base, flats = _zero_optimizer(engine)
@@ -92,9 +123,11 @@ def _zero_optimizer_state(engine: Any, module: nn.Module) -> dict:
     for i, param in enumerate(module.parameters()):
         entry = {k: flat_state[k].clone() for k in _SCALAR_KEYS & flat_state.keys()}
         shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the true shape there
-        for key in per_element:
-            entry[key] = safe_get_full_optimizer_state(param, key).detach().reshape(shape).cpu()
-        if entry:
+        for key in per_element:  # collective: every rank reads every parameter's state
+            full = safe_get_full_optimizer_state(param, key)
+            if i in keep:
+                entry[key] = full.detach().reshape(shape).cpu()
+        if entry and i in keep:
             state[i] = entry
     group = {k: v for k, v in base.param_groups[0].items() if k != "params"}
     group["params"] = list(range(len(list(module.parameters()))))
@@ -114,24 +147,26 @@ def load_full_state(p: Prepared, state: dict[str, dict]) -> None:
 
 def _load_zero(p: Prepared, name: str, engine: Any, module: nn.Module, weights: dict,
                opt_state: dict) -> None:
-    import deepspeed
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
     params = list(module.named_parameters())
+    zero, base, flats = _zero_optimizer(engine)
     with torch.no_grad():
         for key, buf in module.named_buffers():
             buf.copy_(weights[key])
         if p.strategy == "zero3" and hasattr(params[0][1], "ds_id"):
-            with deepspeed.zero.GatheredParameters([q for _, q in params], modifier_rank=0):
-                for key, q in params:
-                    q.copy_(weights[key])
+            # What GatheredParameters(modifier_rank=0) does, minus its broadcast: every rank holds
+            # the same full weights, and the broadcast fails on 0-dim parameters in DeepSpeed
+            # 0.19.8 (`view(torch.uint8)` of SelfAttention.gamma).
+            qs = [q for _, q in params]
+            qs[0].all_gather(param_list=qs)
+            for key, q in params:
+                q.copy_(weights[key])
+            qs[0].partition(param_list=qs, has_been_updated=True)
         else:
             for key, q in params:
                 q.copy_(weights[key])
         for key, q in params:
-            safe_set_full_fp32_param(q, weights[key].to(torch.float32))
+            _set_full_hp(zero, q, weights[key].to(torch.float32))
 
-    zero, base, flats = _zero_optimizer(engine)
     per_param = opt_state["state"]
     if not per_param:
         return
@@ -146,65 +181,27 @@ def _load_zero(p: Prepared, name: str, engine: Any, module: nn.Module, weights: 
     _relink(zero)
     for i, (_, q) in enumerate(params):
         for k in per_element:
-            safe_set_full_optimizer_state(q, per_param[i][k].to(torch.float32), k)
+            _set_full_hp(zero, q, per_param[i][k].to(torch.float32), k)
     for group, saved in zip(base.param_groups, opt_state["param_groups"]):
         group.update({k: v for k, v in saved.items() if k != "params"})
 
 
-# --- sharded ------------------------------------------------------------------------------------
+def _set_full_hp(zero: Any, param: nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """Write a full fp32 value (key None) or optimizer state into this rank's partition of it.
 
-def save_shards(p: Prepared, directory: str | Path) -> list[str]:
-    """Write this rank's DeepSpeed shards of G and D under `directory/deepspeed/`; collective.
-
-    Returns the files this rank wrote, relative to `directory`, for the manifest (rank 0 also
-    owns DeepSpeed's shared files). DDP has nothing sharded: returns [] (save `full_state_dicts`).
+    ZeRO-1/2: DeepSpeed's `safe_set_full_*`. ZeRO-3: by hand, because its `set_full_hp_param`
+    narrows the unpadded value at rank * partition size and so fails on the last rank whenever
+    the element count is not a multiple of the world size (DeepSpeed 0.19.8).
     """
-    if not p.engines:
-        return []
-    directory = Path(directory)
-    rank = _rank()
-    for name, engine in p.engines.items():
-        engine.save_checkpoint(str(directory / SHARD_DIR), tag=name, save_latest=False)
-    if dist.is_initialized():
-        dist.barrier()
-    mine = []
-    for f in sorted((directory / SHARD_DIR).rglob("*")):
-        if not f.is_file():
-            continue
-        owner = _owner(f.name)
-        if owner == rank or (owner is None and rank == 0):
-            mine.append(str(f.relative_to(directory)))
-    return mine
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
-
-def _owner(filename: str) -> int | None:
-    """The rank that wrote a DeepSpeed checkpoint file (`zero_pp_rank_R_...`), None if shared."""
-    if filename.startswith("zero_pp_rank_"):
-        return int(filename.split("_")[3])
-    return None
-
-
-def load_shards(p: Prepared, directory: str | Path, manifest: dict) -> None:
-    """Load `save_shards` output written with `manifest["strategy"]` on `manifest["world_size"]`.
-
-    Same strategy and world size: DeepSpeed's native load. Otherwise the shards are converted
-    (DeepSpeed's universal checkpoint) to full tensors and loaded with `load_full_state`.
-    """
-    directory = Path(directory)
-    strategy, world = manifest.get("strategy"), manifest.get("world_size")
-    if not (directory / SHARD_DIR).is_dir():
-        raise ShardError(f"{directory} holds no DeepSpeed shards (strategy {strategy!r}); load "
-                         "its consolidated weights with load_full_state instead")
-    if strategy == p.strategy and world == p.world_size:
-        for name, engine in p.engines.items():
-            path, _ = engine.load_checkpoint(str(directory / SHARD_DIR), tag=name,
-                                             load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
-            if path is None:
-                raise ShardError(f"DeepSpeed found no checkpoint {name} in {directory / SHARD_DIR}")
+    if not hasattr(param, "ds_id"):
+        if key is None:
+            safe_set_full_fp32_param(param, value)
+        else:
+            safe_set_full_optimizer_state(param, value, key)
         return
-    raise ShardError(
-        f"{directory} was written by {strategy!r} on {world} process(es); its DeepSpeed shards load "
-        f"only onto the same (here: {p.strategy!r} on {p.world_size}). Load the checkpoint's "
-        "consolidated state with load_full_state instead (DeepSpeed 0.19.8's universal conversion "
-        "fails on 0-dim parameters such as SelfAttention.gamma)")
+    part, _ = zero._get_fp32_opt_state_partition(param, release_swap_buffers=False, optim_state_key=key)
+    n = part.numel()
+    piece = value.flatten()[zero._get_param_partition_rank(param) * n:][:n]
+    part.data[:piece.numel()].copy_(piece)

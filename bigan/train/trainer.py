@@ -24,7 +24,7 @@ from bigan.config import Config, ConfigError, config_from_dict, dump_config
 from bigan.data.feed import make_feed, merge_states, model_images
 from bigan.eval.samples import save_samples_png
 from bigan.train import checkpoint as ckpt
-from bigan.train import parallel, parallel_state
+from bigan.train import parallel, parallel_state, sharded_save
 from bigan.train.hooks import TrainHooks
 from bigan.train import schedule
 from bigan.train.step import Batch, StepState, gan_iteration
@@ -137,26 +137,43 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     metrics_file = (run_dir / "metrics.jsonl").open("a") if main else None
     grid_rows = list(range(min(tc.grid_classes, cfg.model.num_classes)))
 
+    # Every rank writes its part of each checkpoint (train/sharded_save.py) when all of them see
+    # the checkpoint directory; otherwise (node-local run directories) rank 0 gathers and writes all.
+    sharded = world > 1 and sharded_save.shares_directory(ckpt_root)
+    if world > 1 and not sharded and main:
+        log.warning("the ranks do not share %s: rank 0 gathers the state and writes each checkpoint "
+                    "alone (put train.out_dir on a shared file system to write in parallel)", ckpt_root)
+
     def save(step: int) -> Path | None:
         path, data_position = None, feed.state()
         if world > 1:  # each rank knows only its own streams' progress
             states = [None] * world
             torch.distributed.all_gather_object(states, data_position)
             data_position = merge_states(states)
-        full = parallel_state.full_state_dicts(p)  # collective: ZeRO partitions are gathered
-        if main:
-            path = ckpt.save_checkpoint(
+        extra = {"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": state.d_updates,
+                 **({"phase": {"index": ph.index, "resolution": ph.resolution, "alpha": ph.alpha}}
+                    if progressive else {}),
+                 "world_size": world, "strategy": strategy,
+                 "class_names": feed.class_names, "config": cfg.to_dict()}
+        rng = {"torch": torch.get_rng_state()}
+        if sharded:  # collective; each rank's part is about 1/world of the bytes
+            part = parallel_state.state_dicts(p, (rank, world))
+            path = sharded_save.save_sharded(
                 ckpt_root, step,
-                models={"G": full["G"], "G_ema": G_ema.state_dict(), "D": full["D"]},
-                objects={"opt_G": full["opt_G"], "opt_D": full["opt_D"],
-                         "rng": {"torch": torch.get_rng_state()}},
-                config_text=dump_config(cfg),
-                extra={"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": state.d_updates,
-                       **({"phase": {"index": ph.index, "resolution": ph.resolution, "alpha": ph.alpha}}
-                          if progressive else {}),
-                       "world_size": world, "strategy": strategy,
-                       "class_names": feed.class_names, "config": cfg.to_dict()},
-                keep=tc.keep_ckpts)
+                models={"G": part["G"], "G_ema": parallel_state.part_of(G_ema.state_dict(), (rank, world)),
+                        "D": part["D"]},
+                objects={"opt_G": part["opt_G"], "opt_D": part["opt_D"]},
+                whole_models={}, whole_objects={"rng": rng}, config_text=dump_config(cfg),
+                extra=extra, keep=tc.keep_ckpts)
+            path = path if main else None
+        else:
+            full = parallel_state.full_state_dicts(p)  # collective: ZeRO partitions are gathered
+            if main:
+                path = ckpt.save_checkpoint(
+                    ckpt_root, step,
+                    models={"G": full["G"], "G_ema": G_ema.state_dict(), "D": full["D"]},
+                    objects={"opt_G": full["opt_G"], "opt_D": full["opt_D"], "rng": rng},
+                    config_text=dump_config(cfg), extra=extra, keep=tc.keep_ckpts)
         accelerator.wait_for_everyone()
         hooks.on_checkpoint(path, step)
         return path

@@ -1,8 +1,8 @@
 """Consolidated weights: one safetensors file with G, EMA G and D of a checkpoint, for export,
 evaluation and sharing (`bigan checkpoint consolidate CKPT OUT`).
 
-A checkpoint directory (`train/checkpoint.py`) already holds full, unsharded weights whatever
-strategy and world size wrote it (the trainer gathers ZeRO partitions before saving), plus the
+A checkpoint directory (`train/checkpoint.py`) holds full weights whatever strategy and world
+size wrote it (possibly split by whole tensors into one part per rank, merged on load), plus the
 optimizer states, RNG and data position needed to resume. The consolidated file keeps only what
 inference and evaluation need: tensors under `G/<key>`, `G_ema/<key>`, `D/<key>`, and the source
 checkpoint's manifest.json verbatim in the file's metadata (config, class names, step, strategy,
