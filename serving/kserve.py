@@ -153,6 +153,9 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
             return missing
         return {"name": name, "ready": True} if engine.ready else error("not ready", 503)
 
+    # The largest valid request is max_images rows of z written out as JSON text (up to ~25
+    # characters a float) plus y; anything much larger is refused before it is buffered whole.
+    body_limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
     openapi = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": _INFER_BODY_SCHEMA}}}}
 
@@ -164,7 +167,7 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
             return missing
         try:
             z, y, body, binary = parse_infer_request(
-                await request.body(), request.headers.get("inference-header-content-length"),
+                await read_body(request, body_limit), request.headers.get("inference-header-content-length"),
                 engine, max_images)
             images = await engine.submit(z, y)
         except InferError as e:
@@ -172,6 +175,21 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
         except QueueFull as e:
             return error(str(e), 503, {"Retry-After": str(e.retry_after_s)})
         return encode_infer_response(engine, images, body, binary)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or InferError 413 once it (or its declared length) exceeds `limit`."""
+    too_large = InferError(f"the request body is larger than this server's limit of {limit} bytes "
+                           "(max images x dim_z as JSON text); send fewer images per request", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -293,6 +293,20 @@ def test_v2_rejects_bad_framing_batches_and_models(client):
     assert r.status_code == 404 and "serves 'model'" in r.json()["error"]
 
 
+def test_v2_refuses_oversized_bodies_before_buffering_them(client):
+    huge = b"{" + b" " * (3 << 20) + b"}"  # 3 MiB: far above 16 images x 16 floats as text
+    r = client.post("/v2/models/model/infer", content=huge)
+    assert r.status_code == 413 and "limit of" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit applies while streaming
+        for _ in range(48):
+            yield b" " * (64 << 10)
+    r = client.post("/v2/models/model/infer", content=chunks())
+    assert r.status_code == 413 and "send fewer images" in r.json()["error"]
+    ok = client.post("/v2/models/model/infer", json=_v2_body(np.zeros((16, 16)), [0] * 16))
+    assert ok.status_code == 200
+
+
 # --- no torch, the command line ----------------------------------------------------------------------
 
 def test_the_server_runs_a_request_with_torch_unimportable(tiny_onnx):

@@ -194,7 +194,9 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
 
     # --- the loop -------------------------------------------------------------------------------
     last_ckpt, metrics = resume_from, {}
-    bar = tqdm(total=tc.steps, initial=step, disable=not main, desc="train", unit="it", dynamic_ncols=True)
+    # `disable` only where it must be True: passed explicitly it would override TQDM_DISABLE=1.
+    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="it", dynamic_ncols=True,
+               **({} if main else {"disable": True}))
     t_log, n_img = time.perf_counter(), 0
     ph = schedule.phase_at(cur_nimg, cfg) if progressive else None
 
