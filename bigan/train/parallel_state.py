@@ -80,7 +80,7 @@ def state_dicts(p: Prepared, part: tuple[int, int] = (0, 1)) -> dict[str, dict]:
         module = getattr(p, name)
         with p.gathered(name):
             state = module.state_dict()
-            own = owners({k: v.numel() * v.element_size() for k, v in state.items()}, world)
+            own = owners(_nbytes(state), world)
             out[name] = {k: v.detach().clone().cpu() for k, v in state.items() if own[k] == rank}
         names = [n for n, _ in module.named_parameters()]
         keep = {i for i, n in enumerate(names) if own[n] == rank}
@@ -95,8 +95,12 @@ def state_dicts(p: Prepared, part: tuple[int, int] = (0, 1)) -> dict[str, dict]:
 
 def part_of(state: dict[str, torch.Tensor], part: tuple[int, int]) -> dict[str, torch.Tensor]:
     """The entries of a replicated state dict (e.g. the EMA generator's) that rank part[0] saves."""
-    own = owners({k: v.numel() * v.element_size() for k, v in state.items()}, part[1])
+    own = owners(_nbytes(state), part[1])
     return {k: v for k, v in state.items() if own[k] == part[0]}
+
+
+def _nbytes(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {k: v.numel() * v.element_size() for k, v in state.items()}
 
 
 def owners(sizes: dict[str, int], world: int) -> dict[str, int]:
