@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import traceback
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -115,7 +116,17 @@ def _worker(rank: int, world: int, port: int, job: str, out: str) -> None:
 def _spawn(job: str, out: Path, world: int = 2) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
-        mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+        try:
+            mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+        except mp.ProcessExitedException as e:
+            # A worker killed by a signal, not a failed check: once in about ten runs on a loaded
+            # 2-core machine a rank aborted natively ("terminate called without an active
+            # exception") during the ZeRO-2 parity run. Run the job once more; a Python failure
+            # or a second crash still fails the test.
+            if e.signal_name is None or list(out.glob("error-*.txt")):
+                raise
+            warnings.warn(f"{job}: rank {e.error_index} died of {e.signal_name}; retrying once")
+            mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
     except Exception as e:
         errors = "\n".join(p.read_text() for p in sorted(out.glob("error-*.txt")))
         raise AssertionError(f"worker failed:\n{errors or e}") from None
