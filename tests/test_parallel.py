@@ -7,6 +7,7 @@ batch in the pytest process itself, with plain modules and no process group.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import traceback
@@ -103,6 +104,9 @@ def _worker(rank: int, world: int, port: int, job: str, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
+    fault = open(Path(out) / f"fault-{rank}.txt", "w")  # Python stacks if the rank dies natively
+    faulthandler.enable(file=fault, all_threads=True)
+
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         JOBS[job](rank, world, Path(out))
@@ -125,7 +129,9 @@ def _spawn(job: str, out: Path, world: int = 2) -> None:
             # or a second crash still fails the test.
             if e.signal_name is None or list(out.glob("error-*.txt")):
                 raise
-            warnings.warn(f"{job}: rank {e.error_index} died of {e.signal_name}; retrying once")
+            stacks = (out / f"fault-{e.error_index}.txt").read_text()[-3000:]
+            warnings.warn(f"{job}: rank {e.error_index} died of {e.signal_name}; retrying once. "
+                          f"Its stacks:\n{stacks}")
             mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
     except Exception as e:
         errors = "\n".join(p.read_text() for p in sorted(out.glob("error-*.txt")))
