@@ -98,7 +98,7 @@ def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, tor
     check_step(step, keep)
     extra = dict(extra or {})
     check_part(models, objects)
-    _check_commit(config_text, extra)
+    check_commit(config_text, extra)
     tmp = begin_checkpoint(root, step, str(os.getpid()))
     try:
         files = write_part(tmp, models, objects)
@@ -141,9 +141,8 @@ def write_part(tmp: Path, models: dict[str, dict[str, torch.Tensor]], objects: d
                shard: tuple[int, int] | None = None) -> dict[str, dict]:
     """Write models (`.safetensors`) and objects (`.pt`) into `tmp`, fsynced; return their seals
     (file name -> sha256 and size) for `commit_checkpoint`. shard=(rank, world) names the files as
-    that writer's part; without it, the files hold whole state. Raises CheckpointError on bad
-    input before writing anything; OS errors pass through (the caller abandons `tmp`)."""
-    check_part(models, objects)
+    that writer's part; without it, the files hold whole state. Validate the input with
+    `check_part` first; OS errors pass through (the caller abandons `tmp`)."""
     stem = (lambda n: shard_file_stem(n, *shard)) if shard else (lambda n: n)
     files = {}
     for mname, state in models.items():
@@ -165,14 +164,13 @@ def write_part(tmp: Path, models: dict[str, dict[str, torch.Tensor]], objects: d
 def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, dict],
                       config_text: str, extra: dict | None = None, keep: int = 0) -> Path:
     """Finish a checkpoint whose parts `files` (every writer's seals) are in `tmp`: write the
-    config and manifest, rename `tmp` into place, move `latest`, prune to `keep`. On failure `tmp`
-    is removed and the previous checkpoint and pointer stay intact."""
+    config and manifest, rename `tmp` into place, move `latest`, prune to `keep`. Validate step,
+    keep, config_text and extra (`check_step`, `check_commit`) before anything is written. On
+    failure `tmp` is removed and the previous checkpoint and pointer stay intact."""
     root = Path(root)
-    check_step(step, keep)
     extra = dict(extra or {})
     final = root / step_dir_name(step)
     try:
-        _check_commit(config_text, extra)
         files = dict(files)
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
         files[CONFIG] = _seal(tmp / CONFIG)
@@ -185,9 +183,6 @@ def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, d
         _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         _fsync_dir(tmp)  # the directory entries of the files, before the rename can become durable
         _install(tmp, final)
-    except CheckpointError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(root, step, e) from e
@@ -406,7 +401,8 @@ def check_part(models: dict, objects: dict) -> None:
         _check_plain(value, f"objects[{oname!r}]", set())
 
 
-def _check_commit(config_text: Any, extra: dict) -> None:
+def check_commit(config_text: Any, extra: dict) -> None:
+    """Refuse a config text or extra manifest fields that the manifest could not hold."""
     if not isinstance(config_text, str):
         raise CheckpointError(f"config_text must be the YAML text (str), got {type(config_text).__name__}")
     clash = _RESERVED & extra.keys()

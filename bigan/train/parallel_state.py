@@ -156,18 +156,16 @@ def _load_zero(p: Prepared, name: str, engine: Any, module: nn.Module, weights: 
     with torch.no_grad():
         for key, buf in module.named_buffers():
             buf.copy_(weights[key])
-        if p.strategy == "zero3" and hasattr(params[0][1], "ds_id"):
-            # What GatheredParameters(modifier_rank=0) does, minus its broadcast: every rank holds
-            # the same full weights, and the broadcast fails on 0-dim parameters in DeepSpeed
-            # 0.19.8 (`view(torch.uint8)` of SelfAttention.gamma).
-            qs = [q for _, q in params]
-            qs[0].all_gather(param_list=qs)
-            for key, q in params:
-                q.copy_(weights[key])
-            qs[0].partition(param_list=qs, has_been_updated=True)
-        else:
-            for key, q in params:
-                q.copy_(weights[key])
+        # ZeRO-3: what GatheredParameters(modifier_rank=0) does, minus its broadcast: every rank
+        # holds the same full weights, and the broadcast fails on 0-dim parameters in DeepSpeed
+        # 0.19.8 (`view(torch.uint8)` of SelfAttention.gamma).
+        partitioned = [q for _, q in params] if p.strategy == "zero3" and hasattr(params[0][1], "ds_id") else []
+        if partitioned:
+            partitioned[0].all_gather(param_list=partitioned)
+        for key, q in params:
+            q.copy_(weights[key])
+        if partitioned:
+            partitioned[0].partition(param_list=partitioned, has_been_updated=True)
         for key, q in params:
             _set_full_hp(zero, q, weights[key].to(torch.float32))
 

@@ -51,21 +51,24 @@ def save_sharded(root: str | Path, step: int, models: dict[str, dict[str, torch.
     on every rank, or raises CheckpointError on every rank."""
     rank, world = dist.get_rank(), dist.get_world_size()
     root = Path(root)
+    extra = {**extra, "shards": world}
     ckpt.check_step(step, keep)
 
     box: list[Any] = [None]
     if rank == 0:
         try:
+            ckpt.check_commit(config_text, extra)
             box = [(True, str(ckpt.begin_checkpoint(root, step, f"{os.getpid()}")))]
+        except ckpt.CheckpointError as e:
+            box = [(False, str(e))]
         except Exception as e:
             box = [(False, str(ckpt.write_error(root, step, e)))]
-    dist.broadcast_object_list(box, src=0)
-    ok, text = box[0]
-    if not ok:
-        raise ckpt.CheckpointError(text)
-    tmp = Path(text)
+    tmp = Path(_outcome(box))
 
     try:
+        ckpt.check_part(models, objects)
+        if rank == 0:
+            ckpt.check_part(whole_models, whole_objects)
         files = ckpt.write_part(tmp, models, objects, shard=(rank, world))
         if rank == 0:
             files.update(ckpt.write_part(tmp, whole_models, whole_objects))
@@ -83,13 +86,17 @@ def save_sharded(root: str | Path, step: int, models: dict[str, dict[str, torch.
         else:
             try:
                 merged = {name: seal for files in results for name, seal in files.items()}
-                path = ckpt.commit_checkpoint(root, tmp, step, merged, config_text,
-                                              {**extra, "shards": world}, keep)
+                path = ckpt.commit_checkpoint(root, tmp, step, merged, config_text, extra, keep)
                 box = [(True, str(path))]
             except ckpt.CheckpointError as e:
                 box = [(False, str(e))]
+    return Path(_outcome(box))
+
+
+def _outcome(box: list) -> str:
+    """Rank 0's (ok, text) on every rank: the text, or CheckpointError(text) raised everywhere."""
     dist.broadcast_object_list(box, src=0)
     ok, text = box[0]
     if not ok:
         raise ckpt.CheckpointError(text)
-    return Path(text)
+    return text
