@@ -8,9 +8,11 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
      one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
      RSS of the server process (VmHWM).
+2 and 3 alternate over --rounds rounds, and each round's server rate is set against that round's
+in-process rate: a shared machine drifts by 10-20% over a minute.
 The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
 
-    python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S]
+    python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S] [--rounds R]
                             [--checkpoint CKPT [--model CKPT.onnx]]   # your own model instead
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -109,9 +112,9 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def load_server(onnx_path: Path, max_batch: int, clients_list: list[int], seconds: float,
-                num_classes: int) -> dict:
-    """Start `bigan serve`, drive it with each client count in turn, stop it."""
+@contextlib.contextmanager
+def running_server(onnx_path: Path, max_batch: int):
+    """`bigan serve` in a subprocess on a free loopback port, ready: yields (port, pid)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "bigan.cli", "serve", str(onnx_path), "--port", str(port),
            "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", "256"]
@@ -131,13 +134,7 @@ def load_server(onnx_path: Path, max_batch: int, clients_list: list[int], second
             if time.monotonic() > deadline:
                 raise RuntimeError("bigan serve was not ready within 120 s")
             time.sleep(0.2)
-        rss_idle = _peak_rss_mib(proc.pid)
-        rows = [dict(drive(port, c, seconds, num_classes), idle_peak_rss_mib=rss_idle)
-                for c in clients_list]
-        for r in rows:
-            r["server_peak_rss_mib"] = _peak_rss_mib(proc.pid)  # peak over the whole run so far
-        return {"rows": rows, "server_peak_rss_mib": _peak_rss_mib(proc.pid),
-                "server_idle_peak_rss_mib": rss_idle}
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -146,10 +143,44 @@ def load_server(onnx_path: Path, max_batch: int, clients_list: list[int], second
             proc.kill()
 
 
+def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
+                         clients_list: list[int], seconds: float, rounds: int,
+                         num_classes: int) -> tuple[dict, dict]:
+    """Rounds of (in-process onnxruntime, then the server at each client count), `seconds` each.
+    Interleaved because this machine's speed drifts by 10-20% over a minute: each round's server
+    rate is compared with the in-process rate of the same round. Returns (in_process, server)."""
+    base, per_round = [], {c: [] for c in clients_list}
+    with running_server(onnx_path, max_batch) as (port, pid):
+        rss_idle = _peak_rss_mib(pid)
+        for r in range(rounds):
+            base.append(in_process_rate(seconds))
+            print(f"  round {r + 1}/{rounds}: in-process onnxruntime at batch {max_batch}: "
+                  f"{base[-1]:.1f} img/s", flush=True)
+            for c in clients_list:
+                per_round[c].append(drive(port, c, seconds, num_classes))
+        rss_peak = _peak_rss_mib(pid)
+    rows = []
+    for c, runs in per_round.items():
+        rates = [run["img_per_sec"] for run in runs]
+        fractions = [rate / b for rate, b in zip(rates, base)]
+        lat = np.concatenate([run.pop("latencies") for run in runs])
+        rows.append({"clients": c, "requests": int(lat.size), "img_per_sec": float(np.mean(rates)),
+                     "img_per_sec_per_round": rates,
+                     "p50_ms": 1000 * float(np.percentile(lat, 50)),
+                     "p99_ms": 1000 * float(np.percentile(lat, 99)),
+                     # paired rounds: total server images/s over total in-process images/s
+                     "fraction_of_in_process": float(np.sum(rates) / np.sum(base)),
+                     "fraction_per_round": fractions})
+    in_process = {"batch": max_batch, "img_per_sec": float(np.mean(base)),
+                  "img_per_sec_per_round": base}
+    return in_process, {"rows": rows, "rounds": rounds, "seconds_per_measurement": seconds,
+                        "server_peak_rss_mib": rss_peak, "server_idle_peak_rss_mib": rss_idle}
+
+
 def drive(port: int, clients: int, seconds: float, num_classes: int) -> dict:
     """`clients` threads, each on its own keep-alive connection, sending one-image requests: a
     warm-up of seconds/4 (arena growth, batches settling), then `seconds` measured. Returns
-    images/s and latency percentiles of the requests sent in the measured window."""
+    images/s and the latencies (s) of the requests sent in the measured window."""
     start = time.perf_counter() + seconds / 4
     end = start + seconds
 
@@ -175,11 +206,10 @@ def drive(port: int, clients: int, seconds: float, num_classes: int) -> dict:
         per_client = list(pool.map(client, range(clients)))
     wall = time.perf_counter() - start  # requests sent before `end` finish after it
     lat = np.concatenate([np.asarray(x) for x in per_client])
-    row = {"clients": clients, "requests": int(lat.size), "img_per_sec": lat.size / wall,
-           "p50_ms": 1000 * float(np.percentile(lat, 50)),
-           "p99_ms": 1000 * float(np.percentile(lat, 99))}
+    row = {"clients": clients, "img_per_sec": lat.size / wall, "latencies": lat}
     print(f"  server {clients:2d} clients: {row['img_per_sec']:8.1f} img/s  p50 "
-          f"{row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms", flush=True)
+          f"{1000 * np.percentile(lat, 50):8.1f} ms  p99 {1000 * np.percentile(lat, 99):8.1f} ms",
+          flush=True)
     return row
 
 
@@ -194,6 +224,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="benchmark this checkpoint's EMA generator instead "
                                              "of a random-init BigGAN-128")
     parser.add_argument("--model", help="an existing `bigan export` of --checkpoint (skips exporting)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of in-process and server measurements")
     parser.add_argument("--seconds", type=float, default=None,
                         help="time per measurement (default 4 with --quick, 10 otherwise)")
     args = parser.parse_args()
@@ -202,6 +234,8 @@ def main() -> None:
         args.quick = True
     if args.model and not args.checkpoint:
         parser.error("--model needs the --checkpoint it was exported from (for the PyTorch baseline)")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds} must be >= 1")
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(threads)
@@ -223,36 +257,29 @@ def main() -> None:
         z = sampling.latents(range(max_batch), G.dim_z, 1.0)
         y = (np.arange(max_batch) % G.num_classes).astype(np.int64)
 
-        def in_process_rate() -> float:
+        def in_process_rate(seconds: float) -> float:
             # Total images over total time, as the server's rate is measured (a median per call
-            # would drop the slow calls the server pays for), taken before and after the server
-            # runs: on a shared machine the speed drifts by 10-20% over a minute.
+            # would drop the slow calls the server pays for).
             t = time_calls(lambda: session.run(["images"], {"z": z, "y": y}), seconds)
             return max_batch * len(t) / float(np.sum(t))
 
-        before = in_process_rate()
-        print(f"  in-process onnxruntime at batch {max_batch}: {before:.1f} img/s")
-        print("bigan serve under load (one-image requests)", flush=True)
-        server = load_server(onnx_path, max_batch, [1, 16], seconds, G.num_classes)
-        after = in_process_rate()
-        print(f"  in-process onnxruntime at batch {max_batch}, again: {after:.1f} img/s")
-        in_process = {"batch": max_batch, "img_per_sec": (before + after) / 2,
-                      "img_per_sec_before": before, "img_per_sec_after": after}
+        print(f"bigan serve under load (one-image requests), {args.rounds} rounds", flush=True)
+        in_process, server = server_vs_in_process(onnx_path, in_process_rate, max_batch, [1, 16],
+                                                  seconds, args.rounds, G.num_classes)
         onnx_mib = onnx_path.stat().st_size / 2**20
-    for r in server["rows"]:
-        r["fraction_of_in_process"] = r["img_per_sec"] / in_process["img_per_sec"]
 
-    print(f"\n{'measurement':44s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
+    print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
     for r in latency:
-        print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':44s} "
+        print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':62s} "
               f"{r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {'':>9s}")
     label = f"onnxruntime in process, batch {max_batch} (mean)"
-    print(f"{label:44s} {in_process['img_per_sec']:9.1f}   (before {in_process['img_per_sec_before']:.1f}, "
-          f"after {in_process['img_per_sec_after']:.1f})")
+    print(f"{label:62s} {in_process['img_per_sec']:9.1f}   (rounds: "
+          + ", ".join(f"{v:.1f}" for v in in_process["img_per_sec_per_round"]) + ")")
     for r in server["rows"]:
         label = (f"bigan serve, {r['clients']} client(s) "
-                 f"({r['fraction_of_in_process']:.0%} of in-process)")
-        print(f"{label:44s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+                 f"({r['fraction_of_in_process']:.0%} of in-process; rounds "
+                 + "/".join(f"{f:.0%}" for f in r["fraction_per_round"]) + ")")
+        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
     print(f"server peak RSS {server['server_peak_rss_mib']:.0f} MiB "
           f"(idle {server['server_idle_peak_rss_mib']:.0f} MiB), model file {onnx_mib:.1f} MiB"
           + (f", export {export_sec:.0f} s" if export_sec else ""))

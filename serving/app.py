@@ -78,14 +78,7 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
     app.state.engine, app.state.metrics = engine, metrics
     meta = engine.metadata
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe_request(getattr(route, "path", "unmatched"), request.method,
-                                response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull):
@@ -155,6 +148,33 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP request by route template, method and status, with its
+    latency. Plain ASGI rather than `@app.middleware("http")`, whose per-request task and body
+    streams cost about 1 ms of event-loop time per request."""
+
+    def __init__(self, app, metrics: ServingMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # unless a response starts
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:  # the router put the matched route into this same scope
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, scope["method"], status,
+                                         time.perf_counter() - start)
 
 
 def resolve_class(value: int | str, names: list[str]) -> int:

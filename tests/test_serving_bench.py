@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_onnx, tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--seconds", "0.4",
+        [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--seconds", "0.4", "--rounds", "2",
          "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -30,7 +30,9 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
     assert report["in_process"]["batch"] == 16 and report["in_process"]["img_per_sec"] > 0
     rows = report["server"]["rows"]
     assert [r["clients"] for r in rows] == [1, 16]
+    assert len(report["in_process"]["img_per_sec_per_round"]) == 2
     for r in rows:
+        assert len(r["fraction_per_round"]) == 2 and r["fraction_of_in_process"] > 0
         assert r["requests"] > 0 and r["img_per_sec"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
     assert report["server"]["server_peak_rss_mib"] >= report["server"]["server_idle_peak_rss_mib"] > 0
     assert report["model"]["precision"] == "fp32" and report["model"]["resolution"] == 32

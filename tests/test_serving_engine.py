@@ -169,6 +169,29 @@ def test_batches_fill_up_to_max_batch_and_the_rest_waits():
     assert [len(o) for o in out] == [3, 3, 3]
 
 
+def test_requests_queued_during_a_run_go_next_without_waiting():
+    # Under load the run itself is the wait: a batch that was already queued when the runtime
+    # freed up runs at once, even though it is not full and max_wait is long.
+    release, calls = threading.Event(), []
+    batcher = MicroBatcher(_blocking_run(release, calls), max_batch=2, max_wait_ms=20_000,
+                           max_queue=10)
+
+    async def main():
+        await batcher.start()
+        z = np.zeros((1, 4), np.float32)
+        full = asyncio.create_task(batcher.submit(np.zeros((2, 4), np.float32), np.zeros(2, np.int64)))
+        await asyncio.sleep(0.05)  # a full batch: runs at once, blocks in run
+        queued = asyncio.create_task(batcher.submit(z, np.zeros(1, np.int64)))
+        await asyncio.sleep(0.05)
+        assert calls == [2] and batcher.depth == 1
+        release.set()
+        await asyncio.wait_for(asyncio.gather(full, queued), 5)  # not the 20 s max_wait
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [2, 1]
+
+
 def test_a_full_queue_raises_queue_full_at_once():
     release, calls = threading.Event(), []
     batcher = MicroBatcher(_blocking_run(release, calls), max_batch=1, max_wait_ms=0, max_queue=2)
