@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import images as encode
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_TRUNCATION = 4.0  # psi above this keeps > 99.99% of N(0, 1): no truncation, likely a typo
 MIN_TRUNCATION = 0.01  # resampling needs ~1/psi rounds per value: bound the work a request can ask
 MAX_SEED = 2**63 - 1
+MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer sets its own limit
 STATIC = Path(__file__).with_name("static")
 
 
@@ -78,7 +80,8 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
     app.state.engine, app.state.metrics = engine, metrics
     meta = engine.metadata
 
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s too
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull):
@@ -148,6 +151,37 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a request body above `limit` bytes, judged by its
+    Content-Length or, when streamed without one, as it arrives: nothing larger is buffered.
+    Paths under `skip_prefix` bound their bodies themselves (the v2 infer route)."""
+
+    def __init__(self, app, limit: int, skip_prefix: str):
+        self.app, self.limit, self.skip_prefix = app, limit, skip_prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(self.skip_prefix):
+            return await self.app(scope, receive, send)
+        too_large = HTTPException(413, f"the request body is larger than this server's limit of "
+                                       f"{self.limit} bytes; a /v1/generate request is a few "
+                                       "JSON fields")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": too_large.detail}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large  # FastAPI re-raises HTTPException from body reading: a 413
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 class RequestMetrics:

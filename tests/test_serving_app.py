@@ -307,6 +307,27 @@ def test_v2_refuses_oversized_bodies_before_buffering_them(client):
     assert ok.status_code == 200
 
 
+def test_v1_refuses_oversized_bodies_before_buffering_them(client):
+    body = {"class": 1, "n": 1, "seed": 3, "format": "npy", "pad": "x" * (100 << 10)}
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 413 and "limit of 65536 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit applies while streaming
+        yield b'{"class": 1, "n": 1, "pad": "'
+        for _ in range(4):
+            yield b"x" * (32 << 10)
+        yield b'"}'
+    r = client.post("/v1/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit of" in r.json()["detail"]
+    assert client.post("/v1/generate", json={"class": 1, "format": "npy"}).status_code == 200
+    text = client.get("/metrics").text
+    # refused by Content-Length before routing, and by the streamed size inside the route
+    assert 'bigan_http_requests_total{method="POST",route="unmatched",status="413"} 1.0' in text
+    assert 'bigan_http_requests_total{method="POST",route="/v1/generate",status="413"} 1.0' in text
+    assert client.get("/no/such/page").status_code == 404
+    assert 'route="unmatched",status="404"' in client.get("/metrics").text
+
+
 # --- no torch, the command line ----------------------------------------------------------------------
 
 def test_the_server_runs_a_request_with_torch_unimportable(tiny_onnx):
