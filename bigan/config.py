@@ -33,6 +33,9 @@ BIGGAN_RESOLUTIONS = (32, 64, 128, 256, 512)
 PROGAN_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+LR_DECAYS = ("none", "linear", "cosine")
+
+
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
@@ -157,6 +160,8 @@ class OptimConfig:
     eps: float = 1e-6  # Adam epsilon (BigGAN-PyTorch uses 1e-6)
     d_steps: int = 2  # D updates per G update (BigGAN: 2)
     grad_clip: float = 0.0  # max grad norm for G and D (0 = no clipping)
+    lr_decay: str = "none"  # none | linear | cosine: both lrs fall to 0 at train.steps ...
+    lr_decay_start: float = 0.5  # ... from this fraction of train.steps on (bigan.train.lr_decay)
 
     def validate(self, prefix: str = "optim") -> None:
         _positive(f"{prefix}.g_lr", self.g_lr)
@@ -166,6 +171,9 @@ class OptimConfig:
         _positive(f"{prefix}.eps", self.eps)
         _positive(f"{prefix}.d_steps", self.d_steps)
         _positive(f"{prefix}.grad_clip", self.grad_clip, zero_ok=True)
+        _one_of(f"{prefix}.lr_decay", self.lr_decay, LR_DECAYS)
+        _require(0 <= self.lr_decay_start < 1, f"{prefix}.lr_decay_start", self.lr_decay_start,
+                 "must be in [0, 1)")
 
 
 @dataclass

@@ -44,9 +44,14 @@ def _weights(path):
 @pytest.mark.slow
 def test_resume_from_step_3_is_bit_identical_to_a_straight_run(tmp_path):
     extra = {"train.steps": 6, "train.ckpt_every": 3, "train.deterministic": "true",
-             "loss.penalty": "r1", "loss.penalty_weight": 1.0, "loss.penalty_interval": 2}
+             "loss.penalty": "r1", "loss.penalty_weight": 1.0, "loss.penalty_interval": 2,
+             "optim.lr_decay": "linear", "optim.lr_decay_start": 0.3}
     straight = train(_cfg(tmp_path / "a", **extra))
-    train(_cfg(tmp_path / "b", **{**extra, "train.steps": 3}))
+    class StopAt3(TrainHooks):  # interrupted, not shortened: the lr curve spans train.steps
+        def should_stop(self, step):
+            return step == 3
+
+    assert train(_cfg(tmp_path / "b", **extra), StopAt3()).step == 3
     resumed = train(_cfg(tmp_path / "b", **extra), resume="auto")
     assert resumed.step == 6 and resumed.cur_nimg == straight.cur_nimg
     a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
@@ -57,6 +62,10 @@ def test_resume_from_step_3_is_bit_identical_to_a_straight_run(tmp_path):
     opt_a = torch.load(straight.last_checkpoint / "opt_D.pt", weights_only=True)
     opt_b = torch.load(resumed.last_checkpoint / "opt_D.pt", weights_only=True)
     torch.testing.assert_close(opt_a["state"], opt_b["state"], rtol=0, atol=0)
+    # the last step (5 done, 6 total) ran at (6 - 5) / (6 - 1.8) of the configured lr
+    d_lr = _cfg(tmp_path / "a").optim.d_lr
+    assert opt_a["param_groups"][0]["lr"] == pytest.approx(d_lr / 4.2)
+    assert opt_b["param_groups"][0]["lr"] == opt_a["param_groups"][0]["lr"]
 
 
 def test_resume_auto_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):

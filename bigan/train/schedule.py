@@ -121,9 +121,7 @@ def apply_phase(state: PhaseState, networks: Iterable[nn.Module],
     and set the phase's learning rates on every parameter group. Idempotent: call every step."""
     for net in networks:
         net.set_phase(state.resolution, state.alpha)
-    for opt, lr in ((opt_G, state.g_lr), (opt_D, state.d_lr)):
-        for group in opt.param_groups:
-            group["lr"] = lr
+    set_lrs(opt_G, opt_D, state.g_lr, state.d_lr)
 
 
 def reset_optimizer_state(*optimizers: torch.optim.Optimizer) -> None:

@@ -24,7 +24,7 @@ from bigan.config import Config, ConfigError, config_from_dict, dump_config
 from bigan.data.feed import make_feed, merge_states, model_images
 from bigan.eval.samples import save_samples_png
 from bigan.train import checkpoint as ckpt
-from bigan.train import parallel, parallel_state, sharded_save
+from bigan.train import lr_decay, parallel, parallel_state, sharded_save
 from bigan.train.hooks import TrainHooks
 from bigan.train import schedule
 from bigan.train.step import Batch, StepState, gan_iteration
@@ -208,6 +208,10 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             ph = schedule.phase_at(cur_nimg, cfg)
             schedule.apply_phase(ph, [p.G, p.D, G_ema], p.opt_G, p.opt_D)
             batch_size = ph.batch_size
+        if cfg.optim.lr_decay != "none":  # a function of the step: resumes follow the same curve
+            scale = lr_decay.lr_scale(step, tc.steps, cfg.optim.lr_decay, cfg.optim.lr_decay_start)
+            g_lr, d_lr = (ph.g_lr, ph.d_lr) if progressive else (cfg.optim.g_lr, cfg.optim.d_lr)
+            lr_decay.set_lrs(p.opt_G, p.opt_D, scale * g_lr, scale * d_lr)
         d_batches = []
         for k in range(cfg.optim.d_steps):
             real, real_y = feed.next(batch_size)
