@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
@@ -23,13 +22,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import images as encode
 from serving.batcher import QueueFull
 from serving.engine import Engine
 from serving.kserve import add_kserve_routes
+from serving.middleware import BodyLimit, RequestMetrics
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -151,64 +150,6 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-class BodyLimit:
-    """ASGI middleware answering 413 to a request body above `limit` bytes, judged by its
-    Content-Length or, when streamed without one, as it arrives: nothing larger is buffered.
-    Paths under `skip_prefix` bound their bodies themselves (the v2 infer route)."""
-
-    def __init__(self, app, limit: int, skip_prefix: str):
-        self.app, self.limit, self.skip_prefix = app, limit, skip_prefix
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith(self.skip_prefix):
-            return await self.app(scope, receive, send)
-        too_large = HTTPException(413, f"the request body is larger than this server's limit of "
-                                       f"{self.limit} bytes; a /v1/generate request is a few "
-                                       "JSON fields")
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse({"detail": too_large.detail}, status_code=413)
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise too_large  # FastAPI re-raises HTTPException from body reading: a 413
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-class RequestMetrics:
-    """ASGI middleware counting every HTTP request by route template, method and status, with its
-    latency. Plain ASGI rather than `@app.middleware("http")`, whose per-request task and body
-    streams cost about 1 ms of event-loop time per request."""
-
-    def __init__(self, app, metrics: ServingMetrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500  # unless a response starts
-
-        async def send_and_note_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:  # the router put the matched route into this same scope
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(route, scope["method"], status,
-                                         time.perf_counter() - start)
 
 
 def resolve_class(value: int | str, names: list[str]) -> int:

@@ -1,0 +1,68 @@
+"""ASGI middleware of the HTTP app: a request body size limit and per-request metrics."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.metrics import ServingMetrics
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a request body above `limit` bytes, judged by its
+    Content-Length or, when streamed without one, as it arrives: nothing larger is buffered.
+    Paths under `skip_prefix` bound their bodies themselves (the v2 infer route)."""
+
+    def __init__(self, app, limit: int, skip_prefix: str):
+        self.app, self.limit, self.skip_prefix = app, limit, skip_prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(self.skip_prefix):
+            return await self.app(scope, receive, send)
+        too_large = HTTPException(413, f"the request body is larger than this server's limit of "
+                                       f"{self.limit} bytes; a /v1/generate request is a few "
+                                       "JSON fields")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": too_large.detail}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large  # FastAPI re-raises HTTPException from body reading: a 413
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP request by route template, method and status, with its
+    latency. Plain ASGI rather than `@app.middleware("http")`, which wraps every request in an
+    extra task and memory streams on the event loop that also feeds the batcher."""
+
+    def __init__(self, app, metrics: ServingMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # unless a response starts
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:  # the router put the matched route into this same scope
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, scope["method"], status,
+                                         time.perf_counter() - start)
