@@ -56,3 +56,15 @@ def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path):
     for model in a:
         for key in a[model]:
             assert torch.equal(a[model][key], b[model][key]), f"{model}.{key} differs after resume"
+
+
+def test_lr_decay_scales_each_phases_rates(tmp_path):
+    # ProGAN rates per resolution; the decay multiplies whichever phase is running
+    extra = {"progressive.g_lr": "{4: 0.002, 8: 0.001}", "progressive.d_lr": "{4: 0.004, 8: 0.003}",
+             "optim.lr_decay": "linear", "optim.lr_decay_start": 0.0}
+    result = train(_cfg(tmp_path / "run", **extra))
+    opt_G = torch.load(result.last_checkpoint / "opt_G.pt", weights_only=True)
+    opt_D = torch.load(result.last_checkpoint / "opt_D.pt", weights_only=True)
+    # the last of 10 steps (8 px) ran at 1/10 of the 8 px rates
+    assert opt_G["param_groups"][0]["lr"] == pytest.approx(0.001 / 10)
+    assert opt_D["param_groups"][0]["lr"] == pytest.approx(0.003 / 10)

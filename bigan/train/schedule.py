@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import PROGAN_RESOLUTIONS, Config
+from bigan.train.lr_decay import set_lrs
 
 
 @dataclass(frozen=True)
