@@ -53,9 +53,10 @@ GOALS = {"ring": (8.0, 98.0), "grid": (24.8, 95.0)}  # beat every row on both ax
 # (high-quality % of the EMA generator at 6k/12k/18k/24k steps, 8/8 or 25/25 modes throughout):
 #   3 layers, 12k, constant lr: ring seed 0 95.0/96.8, grid seed 0 92.9/96.3 (seed 1: 90.8 at 12k)
 #   ring seed 2 (the worst), 3 layers: constant lr 93.0/95.7/96.5/97.6; + decay 93.0/95.7/97.1/97.1;
-#     + decay, R1 0.01: 95.5/96.9/97.5/97.9; 4 layers + decay: 94.5/96.6/98.2/98.4
-#   grid seed 1 (the worst), 3 layers + decay: 76.0/90.8/92.2/95.6; with R1 0.01 it lost modes
-#     (22-23/25 at 6k, 12k and 24k)
+#     + decay, R1 0.01: 95.5/96.9/97.5/97.9; 4 layers + decay: 94.5/96.6/98.2/98.4;
+#     3 layers, 12k steps, decay from 6k: 96.6 at 12k
+#   grid seed 1 (the worst), 3 layers + decay: 76.0/90.8/92.2/95.6 (12k steps with decay from 6k:
+#     89.4 at 12k); with R1 0.01 it lost modes (22-23/25 at 6k, 12k and 24k)
 # Without R1 a ring run collapsed; batch 1024 or lr 2e-4 learned slower per second.
 MIXTURE_OVERRIDES = {
     kind: ["loss.penalty=r1", "loss.penalty_weight=0.1", "ema.decay=0.99", "ema.start_step=0",
