@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scaling.py --out bench/results
 	$(BIN)/python bench/data_loader.py --out bench/results
 	$(BIN)/python bench/serving.py --out bench/results
-	$(BIN)/python bench/quality.py --out bench/results
+	$(BIN)/python bench/quality.py --out bench/results/quality
 
 clean:
 	rm -rf $(VENV) runs bench/results
