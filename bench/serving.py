@@ -8,8 +8,9 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
      one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
      RSS of the server process (VmHWM).
-2 and 3 alternate over --rounds rounds, and each round's server rate is set against that round's
-in-process rate: a shared machine drifts by 10-20% over a minute.
+Each comparison alternates over --rounds rounds and is taken per round (eager against
+onnxruntime, the server against in-process onnxruntime), then the median or the total over rounds:
+a shared machine drifts by 10-20% over a minute, and eager's page-fault-bound time by up to 2x.
 The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
 
     python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S] [--rounds R]
@@ -70,9 +71,14 @@ def time_calls(fn, seconds: float, min_calls: int = 3) -> list[float]:
     return times
 
 
-def latency_rows(onnx_path: Path, G, batches: list[int], seconds: float) -> list[dict]:
+def latency_rows(onnx_path: Path, G, batches: list[int], seconds: float,
+                 rounds: int) -> tuple[list[dict], list[dict]]:
+    """Per-call latency of PyTorch eager and onnxruntime, alternating over `rounds` blocks of
+    seconds/rounds each: (a row per runtime and batch over all calls, the onnxruntime/eager ratio
+    per batch from each round's medians). Paired rounds, because eager's time on a shared VM
+    drifts by 2x over minutes with the host's page-fault cost, onnxruntime's (arena) far less."""
     session, provider = open_session(onnx_path, EngineConfig())
-    rows = []
+    rows, ratios = [], []
     for n in batches:
         z = sampling.latents(range(n), G.dim_z, 1.0)
         y = (np.arange(n) % G.num_classes).astype(np.int64)
@@ -87,15 +93,24 @@ def latency_rows(onnx_path: Path, G, batches: list[int], seconds: float) -> list
         def ort():
             session.run(["images"], {"z": z, "y": y})
 
-        for runtime, fn in (("pytorch-eager", eager), ("onnxruntime", ort)):
-            t = time_calls(fn, seconds)
-            rows.append({"runtime": runtime, "device": provider if runtime == "onnxruntime"
+        runs = {"pytorch-eager": eager, "onnxruntime": ort}
+        times: dict[str, list[list[float]]] = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                times[name].append(time_calls(fn, seconds / rounds))
+        for name, per_round in times.items():
+            t = np.concatenate(per_round)
+            rows.append({"runtime": name, "device": provider if name == "onnxruntime"
                          else str(DEVICE), "batch": n, "calls": len(t),
                          "p50_ms": 1000 * float(np.median(t)), "mean_ms": 1000 * float(np.mean(t)),
                          "img_per_sec": n / float(np.median(t))})
-            print(f"  {runtime:14s} batch {n:3d}: {rows[-1]['p50_ms']:9.1f} ms p50 "
+            print(f"  {name:14s} batch {n:3d}: {rows[-1]['p50_ms']:9.1f} ms p50 "
                   f"({rows[-1]['img_per_sec']:.1f} img/s)", flush=True)
-    return rows
+        per_round = [float(np.median(o) / np.median(e))
+                     for e, o in zip(times["pytorch-eager"], times["onnxruntime"])]
+        ratios.append({"batch": n, "ort_over_eager": float(np.median(per_round)),
+                       "ort_over_eager_per_round": per_round})
+    return rows, ratios
 
 
 def _free_port() -> int:
@@ -225,7 +240,7 @@ def main() -> None:
                                              "of a random-init BigGAN-128")
     parser.add_argument("--model", help="an existing `bigan export` of --checkpoint (skips exporting)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of in-process and server measurements")
+                        help="interleaved rounds: eager vs onnxruntime, in-process vs server")
     parser.add_argument("--seconds", type=float, default=None,
                         help="time per measurement (default 4 with --quick, 10 otherwise)")
     args = parser.parse_args()
@@ -252,7 +267,7 @@ def main() -> None:
             onnx_path = export_onnx(ckpt, Path(tmp) / "model.onnx", fp16=args.fp16).path
             export_sec = time.perf_counter() - t
         print("single-call latency (in process)", flush=True)
-        latency = latency_rows(onnx_path, G, [1, 32], seconds)
+        latency, ratios = latency_rows(onnx_path, G, [1, 32], seconds, args.rounds)
         session, provider = open_session(onnx_path, EngineConfig())
         z = sampling.latents(range(max_batch), G.dim_z, 1.0)
         y = (np.arange(max_batch) % G.num_classes).astype(np.int64)
@@ -272,6 +287,9 @@ def main() -> None:
     for r in latency:
         print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':62s} "
               f"{r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {'':>9s}")
+    for r in ratios:
+        print(f"onnxruntime / eager time, batch {r['batch']}: {r['ort_over_eager']:.2f}x (rounds "
+              + "/".join(f"{v:.2f}" for v in r["ort_over_eager_per_round"]) + ")")
     label = f"onnxruntime in process, batch {max_batch} (mean)"
     print(f"{label:62s} {in_process['img_per_sec']:9.1f}   (rounds: "
           + ", ".join(f"{v:.1f}" for v in in_process["img_per_sec_per_round"]) + ")")
@@ -292,7 +310,7 @@ def main() -> None:
                         "quick": args.quick, "resolution": G.resolution,
                         "precision": read_metadata(session, onnx_path).precision,
                         "params_G": sum(p.numel() for p in G.parameters()), "onnx_mib": onnx_mib},
-              "latency": latency, "in_process": in_process, "server": server,
+              "latency": latency, "ort_over_eager": ratios, "in_process": in_process, "server": server,
               "export_sec": export_sec}
     (out / "serving.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'serving.json'}")

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear,
-                          MinibatchStdDev, PixelNorm, SelfAttention, sn_embedding, snconv2d,
+                          MinibatchStdDev, PixelNorm, SelfAttention, attend, sn_embedding, snconv2d,
                           snlinear)
 
 
@@ -51,6 +51,14 @@ def test_self_attention_with_zero_gamma_is_identity():
     with torch.no_grad():
         attn.gamma.fill_(1.0)
     assert (attn(x) - x).abs().max() > 1e-3  # and gamma does switch the attention path on
+
+
+def test_attend_over_query_tiles_equals_the_whole_softmax():
+    torch.manual_seed(0)
+    theta, phi, g = torch.randn(2, 3, 64), torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    whole = g @ torch.softmax(theta.transpose(1, 2) @ phi, dim=-1).transpose(1, 2)  # [2, 5, 64]
+    for tile in (16 * 64, 16 * 7, 16, 1):  # one tile, 7 queries (uneven last tile), 1 query
+        torch.testing.assert_close(attend(theta, phi, g, tile), whole, rtol=1e-5, atol=1e-6)
 
 
 def test_self_attention_rejects_too_few_channels():

@@ -27,6 +27,9 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
     assert set(latency) == {(rt, n) for rt in ("pytorch-eager", "onnxruntime") for n in (1, 32)}
     assert all(r["p50_ms"] > 0 and r["calls"] >= 3 for r in latency.values())
     assert latency[("onnxruntime", 1)]["device"] == report["machine"]["provider"]
+    assert [r["batch"] for r in report["ort_over_eager"]] == [1, 32]
+    for r in report["ort_over_eager"]:
+        assert len(r["ort_over_eager_per_round"]) == 2 and r["ort_over_eager"] > 0
     assert report["in_process"]["batch"] == 16 and report["in_process"]["img_per_sec"] > 0
     rows = report["server"]["rows"]
     assert [r["clients"] for r in rows] == [1, 16]
@@ -36,4 +39,4 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
         assert r["requests"] > 0 and r["img_per_sec"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
     assert report["server"]["server_peak_rss_mib"] >= report["server"]["server_idle_peak_rss_mib"] > 0
     assert report["model"]["precision"] == "fp32" and report["model"]["resolution"] == 32
-    assert "bigan serve, 16 client(s)" in out.stdout  # the table
+    assert "bigan serve, 16 client(s)" in out.stdout and "onnxruntime / eager time, batch 32" in out.stdout
