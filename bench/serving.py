@@ -8,9 +8,10 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
      one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
      RSS of the server process (VmHWM).
-Each comparison alternates over --rounds rounds and is taken per round (eager against
-onnxruntime, the server against in-process onnxruntime), then the median or the total over rounds:
-a shared machine drifts by 10-20% over a minute, and eager's page-fault-bound time by up to 2x.
+Each comparison alternates over --rounds rounds and is taken per round: eager against
+onnxruntime, and each server measurement against the in-process ones just before and after it;
+then the median or the total over rounds. A shared machine drifts by 10-20% within a minute, and
+eager's page-fault-bound time by up to 2x.
 The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
 
     python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S] [--rounds R]
@@ -132,7 +133,7 @@ def running_server(onnx_path: Path, max_batch: int):
     """`bigan serve` in a subprocess on a free loopback port, ready: yields (port, pid)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "bigan.cli", "serve", str(onnx_path), "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", "256"]
+           "--max-batch", str(max_batch), "--max-queue", "256"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -161,9 +162,10 @@ def running_server(onnx_path: Path, max_batch: int):
 def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
                          clients_list: list[int], seconds: float, rounds: int,
                          num_classes: int) -> tuple[dict, dict]:
-    """Rounds of (in-process onnxruntime, then the server at each client count), `seconds` each.
-    Interleaved because this machine's speed drifts by 10-20% over a minute: each round's server
-    rate is compared with the in-process rate of the same round. Returns (in_process, server)."""
+    """Rounds of in-process onnxruntime, then the server at each client count, each followed by
+    in-process again, `seconds` each. This machine's speed drifts by 10-20% within a minute, so
+    each server rate is compared with the mean of the in-process rates measured just before and
+    just after it. Returns (in_process, server)."""
     base, per_round = [], {c: [] for c in clients_list}
     with running_server(onnx_path, max_batch) as (port, pid):
         rss_idle = _peak_rss_mib(pid)
@@ -172,22 +174,26 @@ def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
             print(f"  round {r + 1}/{rounds}: in-process onnxruntime at batch {max_batch}: "
                   f"{base[-1]:.1f} img/s", flush=True)
             for c in clients_list:
-                per_round[c].append(drive(port, c, seconds, num_classes))
+                run = drive(port, c, seconds, num_classes)
+                base.append(in_process_rate(seconds))
+                run["in_process"] = (base[-2] + base[-1]) / 2
+                per_round[c].append(run)
+                print(f"    then in-process again: {base[-1]:.1f} img/s", flush=True)
         rss_peak = _peak_rss_mib(pid)
     rows = []
     for c, runs in per_round.items():
         rates = [run["img_per_sec"] for run in runs]
-        fractions = [rate / b for rate, b in zip(rates, base)]
+        brackets = [run["in_process"] for run in runs]
         lat = np.concatenate([run.pop("latencies") for run in runs])
         rows.append({"clients": c, "requests": int(lat.size), "img_per_sec": float(np.mean(rates)),
                      "img_per_sec_per_round": rates,
                      "p50_ms": 1000 * float(np.percentile(lat, 50)),
                      "p99_ms": 1000 * float(np.percentile(lat, 99)),
-                     # paired rounds: total server images/s over total in-process images/s
-                     "fraction_of_in_process": float(np.sum(rates) / np.sum(base)),
-                     "fraction_per_round": fractions})
+                     # total server images/s over the total of its bracketing in-process rates
+                     "fraction_of_in_process": float(np.sum(rates) / np.sum(brackets)),
+                     "fraction_per_round": [rate / b for rate, b in zip(rates, brackets)]})
     in_process = {"batch": max_batch, "img_per_sec": float(np.mean(base)),
-                  "img_per_sec_per_round": base}
+                  "img_per_sec_per_measurement": base}
     return in_process, {"rows": rows, "rounds": rounds, "seconds_per_measurement": seconds,
                         "server_peak_rss_mib": rss_peak, "server_idle_peak_rss_mib": rss_idle}
 
@@ -291,8 +297,9 @@ def main() -> None:
         print(f"onnxruntime / eager time, batch {r['batch']}: {r['ort_over_eager']:.2f}x (rounds "
               + "/".join(f"{v:.2f}" for v in r["ort_over_eager_per_round"]) + ")")
     label = f"onnxruntime in process, batch {max_batch} (mean)"
-    print(f"{label:62s} {in_process['img_per_sec']:9.1f}   (rounds: "
-          + ", ".join(f"{v:.1f}" for v in in_process["img_per_sec_per_round"]) + ")")
+    print(f"{label:62s} {in_process['img_per_sec']:9.1f}   (range "
+          f"{min(in_process['img_per_sec_per_measurement']):.1f}-"
+          f"{max(in_process['img_per_sec_per_measurement']):.1f})")
     for r in server["rows"]:
         label = (f"bigan serve, {r['clients']} client(s) "
                  f"({r['fraction_of_in_process']:.0%} of in-process; rounds "

@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for more requests (default 5 ms)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="how long a batch that finds the runtime idle waits for more requests "
+                        "(default 5 ms on CUDA, 0 on CPU, where a larger batch saves nothing)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for a batch before 503 + Retry-After (default 64)")
     p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")

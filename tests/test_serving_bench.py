@@ -33,7 +33,7 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
     assert report["in_process"]["batch"] == 16 and report["in_process"]["img_per_sec"] > 0
     rows = report["server"]["rows"]
     assert [r["clients"] for r in rows] == [1, 16]
-    assert len(report["in_process"]["img_per_sec_per_round"]) == 2
+    assert len(report["in_process"]["img_per_sec_per_measurement"]) == 2 * (1 + 2)  # bracketing
     for r in rows:
         assert len(r["fraction_per_round"]) == 2 and r["fraction_of_in_process"] > 0
         assert r["requests"] > 0 and r["img_per_sec"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 
 from bigan import sampling  # noqa: E402
 from serving.batcher import MicroBatcher, QueueFull  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.engine import DEFAULT_WAIT_MS, Engine, EngineConfig  # noqa: E402
 from serving.metadata import ModelFileError  # noqa: E402
 
 
@@ -45,6 +45,17 @@ def test_engine_loads_a_file_or_its_directory_on_cpu(tiny_onnx, caplog):
     assert (m.family, m.num_classes, m.dim_z, m.resolution, m.channels) == ("biggan", 4, 16, 32, 3)
     images = engine.run(engine.latents([0, 1, 2], 1.0), np.array([0, 1, 3]))
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_the_wait_for_company_defaults_by_provider_and_can_be_set(tiny_onnx):
+    # CPU: a larger batch costs as much per image, so a lone request runs at once.
+    assert DEFAULT_WAIT_MS == {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0}
+    engine = Engine(tiny_onnx, EngineConfig(provider="cpu"))
+    assert engine.max_wait_ms == 0.0 and engine.batcher.max_wait_s == 0.0
+    engine = Engine(tiny_onnx, EngineConfig(provider="cpu", max_wait_ms=7))
+    assert engine.max_wait_ms == 7 and engine.batcher.max_wait_s == pytest.approx(0.007)
+    with pytest.raises(ValueError, match="max_wait_ms and threads must be >= 0"):
+        EngineConfig(max_wait_ms=-1)
 
 
 def test_arena_memory_is_given_back_at_most_every_interval(tiny_onnx):
