@@ -37,9 +37,9 @@ PROVIDERS = ("auto", "cuda", "cpu")
 
 # How long a batch that found the runtime idle waits for company, by provider. On CPU a larger
 # batch costs as much per image (9-16 ms/img at batch 1 to 32, BigGAN-128 width 8), so waiting
-# only adds latency: 5 ms cost one client 0.62-0.66x of in-process throughput against 0.90x
-# without, and 16 clients gained nothing from it (bench/serving.py). On a GPU a batch of 16 costs
-# about what one image does, so a few ms of waiting pays.
+# only adds latency: 5 ms cost one client 0.62-0.66x of in-process throughput against 0.84-0.90x
+# without, and 16 clients gained nothing from it (bench/serving.py). On a GPU, where a batch of 16
+# typically costs little more than one image, a few ms of waiting pays (not measured here).
 DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0}
 
 
