@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bigan.config import load_config  # noqa: E402
 from bigan.data.synthetic import gaussian_mixture  # noqa: E402
-from bigan.eval import grids  # noqa: E402
+from bigan import pictures  # noqa: E402
 from bigan.eval.mixtures import mixture_quality  # noqa: E402
 from bigan.train.hooks import TrainHooks  # noqa: E402
 
@@ -87,13 +87,13 @@ def _quiet_train(cfg, hooks=None, resume=None):
 
 def run_mixture(kind: str, out: Path, seeds: list[int], quick: bool) -> dict:
     """Train and score one mixture ("ring" or "grid") for every seed."""
-    from bigan.eval.samples import generate, load_ema_generator
+    from bigan.generation import generate, load_ema_generator
 
     _, _, means, std = gaussian_mixture(kind, 1)
     overrides = [f"data.source=gaussian-{kind}", "data.num_samples=100000",
                  "train.sample_every=1000000", "train.keep_ckpts=1", "train.log_every=500",
                  *MIXTURE_OVERRIDES[kind], *(QUICK_OVERRIDES if quick else [])]
-    runs, pictures = [], []
+    runs, panels = [], []
     for seed in seeds:
         t0 = time.perf_counter()
         cfg = load_config(ROOT / "configs" / "toy_2d.yaml",
@@ -106,13 +106,13 @@ def run_mixture(kind: str, out: Path, seeds: list[int], quick: bool) -> dict:
         points = generate(G, [0] * 2500, list(range(10**6, 10**6 + 2500)), None, batch_size=2500)
         q = mixture_quality(points, means, std)
         runs.append({"seed": seed, "train_sec": train_sec, "steps": res.step, **q.to_dict()})
-        pictures.append(grids.scatter_picture(points, means, size=256))
+        panels.append(pictures.scatter_picture(points, means, size=256))
         print(f"  {kind} seed {seed}: {q.modes_covered}/{q.num_modes} modes, "
               f"{100 * q.high_quality:.1f}% high quality, KL {q.kl_to_uniform:.4f} "
               f"({train_sec:.0f} s)", flush=True)
         (out / f"quality_{kind}.partial.json").write_text(json.dumps(runs, indent=2))
-    png = grids.save_png(grids.image_grid(np.stack(pictures), 1, len(pictures), pad=4),
-                         out / f"mixture_{kind}.png")
+    png = pictures.save_png(pictures.image_grid(np.stack(panels), 1, len(panels), pad=4),
+                            out / f"mixture_{kind}.png")
     modes = [r["modes_covered"] for r in runs]
     hq = [100 * r["high_quality"] for r in runs]
     goal_modes, goal_hq = GOALS[kind]
@@ -153,7 +153,7 @@ def _real_part(name: str, shards: Path, test_shards: Path | None, out: Path, tra
     from bigan.eval.classifier import train_classifier
     from bigan.eval.evaluate import class_grid_png, evaluate, interpolation_png
     from bigan.eval.features import ClassifierExtractor, InceptionExtractor, default_inception_weights
-    from bigan.eval.sampler import open_sampler
+    from bigan.generation import open_sampler
     from bigan.eval.sweep import psi_strip_png, run_sweep, save_sweep
 
     part: dict = {"shards": str(shards)}

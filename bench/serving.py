@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bigan import models, sampling  # noqa: E402
 from bigan.config import dump_config, load_config  # noqa: E402
-from bigan.eval.samples import load_ema_generator  # noqa: E402
+from bigan.generation import load_ema_generator  # noqa: E402
 from bigan.export.onnx import export_onnx  # noqa: E402
-from bigan.train.checkpoint import save_checkpoint  # noqa: E402
+from bigan.checkpoint.store import save_checkpoint  # noqa: E402
 from serving.engine import EngineConfig, open_session  # noqa: E402
-from serving.metadata import read_metadata  # noqa: E402
+from bigan.ort_session import read_metadata  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

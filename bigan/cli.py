@@ -50,7 +50,7 @@ def _parse_classes(text: str, names: list[str]) -> list[int]:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from bigan.eval.samples import load_ema_generator, save_samples_png
+    from bigan.generation import load_ema_generator, save_samples_png
 
     if args.truncation is not None and args.truncation <= 0:
         raise ConfigError(f"--truncation={args.truncation} must be > 0 (omit it for no truncation)")
@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     """`bigan serve`: the torch-free HTTP server of `serving/` (needs the `serve` extra)."""
     try:
         from serving.engine import EngineConfig
-        from serving.metadata import ModelFileError
+        from bigan.ort_session import ModelFileError
         from serving.server import ServeConfig
     except ImportError as e:
         raise ConfigError(f"bigan serve needs the serve extra ({e}): "
@@ -96,15 +96,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
     from bigan.data.sources import DataError
+    from bigan.ort_session import ModelFileError
 
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, DataError]
     try:
+        from bigan.checkpoint.store import CheckpointError
         from bigan.export.onnx import ExportError
-        from bigan.train.checkpoint import CheckpointError
         from bigan.train.trainer import TrainingDiverged
     except ImportError:
         return tuple(errors)
-    return (*errors, CheckpointError, TrainingDiverged, ExportError)
+    return (*errors, ModelFileError, CheckpointError, TrainingDiverged, ExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bigan.data.commands import add_data_commands
     from bigan.eval.commands import add_eval_commands
     from bigan.export.commands import add_export_command
-    from bigan.train.commands import add_checkpoint_commands
+    from bigan.checkpoint.commands import add_checkpoint_commands
     from launch.commands import add_launch_command  # launch/ ships beside bigan/
 
     add_data_commands(sub)

@@ -29,8 +29,26 @@ PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # see bigan/train/parallel.py
 DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid")
-BIGGAN_RESOLUTIONS = (32, 64, 128, 256, 512)
 PROGAN_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DCGAN_RESOLUTIONS = (32, 64, 128)
+# BigGAN's block tables (BigGAN-PyTorch `G_arch` / `D_arch`), by output resolution. G starts at
+# 4x4 with BIGGAN_G_WIDTHS[r][0] * ch channels and block i maps widths [i] -> [i + 1] while
+# doubling the side; D block i outputs BIGGAN_D_WIDTHS[r][i] * d_ch channels.
+BIGGAN_G_WIDTHS = {
+    32: (4, 4, 4, 4),
+    64: (16, 16, 8, 4, 2),
+    128: (16, 16, 8, 4, 2, 1),
+    256: (16, 16, 8, 8, 4, 2, 1),
+    512: (16, 16, 8, 8, 4, 2, 1, 1),
+}
+BIGGAN_D_WIDTHS = {
+    32: (4, 4, 4, 4),
+    64: (1, 2, 4, 8, 16),
+    128: (1, 2, 4, 8, 16, 16),
+    256: (1, 2, 4, 8, 8, 16, 16),
+    512: (1, 1, 2, 4, 8, 8, 16, 16),
+}
+BIGGAN_RESOLUTIONS = tuple(BIGGAN_G_WIDTHS)
 
 
 LR_DECAYS = ("none", "linear", "cosine")
@@ -78,8 +96,7 @@ class ModelConfig:
         if self.arch == "biggan":
             _one_of(f"{prefix}.resolution", self.resolution, BIGGAN_RESOLUTIONS)
         elif self.arch == "dcgan":
-            _require(self.resolution in (32, 64, 128), f"{prefix}.resolution", self.resolution,
-                     "dcgan supports 32, 64 or 128")
+            _one_of(f"{prefix}.resolution", self.resolution, DCGAN_RESOLUTIONS)
         elif self.arch == "progan":
             _one_of(f"{prefix}.resolution", self.resolution, PROGAN_RESOLUTIONS)
             _require(self.start_resolution in PROGAN_RESOLUTIONS

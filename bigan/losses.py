@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSS_KINDS = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
+from bigan.config import LOSSES as LOSS_KINDS
+
 # Losses with a target label per sample; smoothing and noise change those targets.
 PROBABILISTIC_KINDS = ("nonsaturating", "minimax", "lsgan")
 

@@ -16,9 +16,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from bigan.config import PENALTIES
+
 Discriminator = Callable[[Tensor, Tensor], Tensor]
 
-PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 
 
 def _input_gradients(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:

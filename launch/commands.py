@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bigan.config import load_config
+from bigan.config import STRATEGIES, load_config
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -40,7 +40,7 @@ def add_launch_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
     p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (default 0: CPU)")
     p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (default 1)")
-    p.add_argument("--strategy", choices=["ddp", "zero1", "zero2", "zero3"], default=None,
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
                    help="data-parallel strategy (default: the config's train.strategy)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="group restarts after a worker failure before giving up (-1: unlimited)")

@@ -1,7 +1,7 @@
 """The inference engine: one onnxruntime session of an exported generator, behind a micro-batcher.
 
 `Engine(path, EngineConfig())` opens the file (or the one .onnx in a directory), refuses to start
-when its metadata or graph break the contract (`serving.metadata`), picks the CUDA execution
+when its metadata or graph break the contract (`bigan.ort_session`), picks the CUDA execution
 provider when a GPU is usable and the CPU provider otherwise (and logs which), and bounds
 onnxruntime's memory arenas: the CUDA arena grows by what is requested, not by powers of two, and
 every `shrink_arena_every_s` seconds a run ends by giving the arenas' unused memory back
@@ -15,9 +15,7 @@ batching, so an image depends on its (class, seed, psi) only, exactly as in `big
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +23,14 @@ from typing import Sequence
 
 import numpy as np
 
-from bigan import sampling
-from bigan.export.metadata import ModelMetadata
+from bigan import ort_session, sampling
+from bigan.onnx_metadata import ModelMetadata
 from serving.batcher import BatchHook, MicroBatcher
-from serving.metadata import ModelFileError, read_metadata, resolve_model_path
+from serving.metadata import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("auto", "cuda", "cpu")
+PROVIDERS = ort_session.PROVIDERS
 
 
 # How long a batch that found the runtime idle waits for company, by provider. On CPU a larger
@@ -74,7 +72,7 @@ class Engine:
         self.path = resolve_model_path(path)
         self.name = name or self.path.stem
         self.session, self.provider = open_session(self.path, self.config)
-        self.metadata: ModelMetadata = read_metadata(self.session, self.path)
+        self.metadata: ModelMetadata = ort_session.read_metadata(self.session, self.path)
         self._plain_run = ort_run_options(self.provider, shrink=False)
         self._shrink_run = ort_run_options(self.provider, shrink=True)
         self._last_shrink = time.monotonic()
@@ -125,42 +123,10 @@ class Engine:
 
 
 def open_session(path: Path, config: EngineConfig):
-    """(onnxruntime.InferenceSession, name of the provider it runs on). Raises ModelFileError
-    naming the file when onnxruntime cannot load it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    options.log_severity_level = 3  # errors only; the provider used is logged by the Engine
-    providers: list = ["CPUExecutionProvider"]
-    want_cuda = config.provider == "cuda" or (config.provider == "auto" and cuda_usable())
-    if want_cuda:
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ModelFileError("provider 'cuda' was asked for but this onnxruntime has no CUDA "
-                                 "provider; install onnxruntime-gpu or use --provider cpu")
-        providers.insert(0, ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}))
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own types for corrupt or foreign files
-        raise ModelFileError(f"{path}: onnxruntime cannot load this file ({type(e).__name__}: "
-                             f"{str(e).strip()[:300]}); is it an ONNX file written by "
-                             "`bigan export`? Re-export it") from e
-    provider = session.get_providers()[0]
-    if want_cuda and provider != "CUDAExecutionProvider":
-        log.warning("CUDA provider failed to initialise (driver/CUDA libraries?); running on %s",
-                    provider)
-    return session, provider
-
-
-def cuda_usable() -> bool:
-    """True when the CUDA driver loads and sees at least one GPU. Asked of the driver directly:
-    the onnxruntime-gpu wheel lists its CUDA provider even on machines without a GPU."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count = ctypes.c_int(0)
-    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    """(onnxruntime.InferenceSession, name of the provider it runs on), through the shared
+    `bigan.ort_session` with the server's CUDA arena bound. Raises ModelFileError naming the file."""
+    return ort_session.open_session(path, config.provider, config.threads,
+                                    cuda_options={"arena_extend_strategy": "kSameAsRequested"})
 
 
 def ort_run_options(provider: str, shrink: bool):

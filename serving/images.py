@@ -1,6 +1,6 @@
 """Encoding generated images for HTTP responses: PNG files, grids, .npy arrays, base64.
 
-Grids are laid out by `bigan.eval.grids.image_grid` (NumPy only), the same function `bigan sample`
+Grids are laid out by `bigan.pictures.image_grid` (NumPy only), the same function `bigan sample`
 uses, so a server grid and a CLI grid of the same images are the same pixels.
 """
 
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from bigan.eval.grids import image_grid
+from bigan.pictures import image_grid
 
 
 def png_bytes(picture: np.ndarray) -> bytes:

@@ -12,8 +12,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from bigan.train import checkpoint as ckpt
-from bigan.train.checkpoint import (CheckpointError, find_resume, list_checkpoints, load_checkpoint,
+from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.store import (CheckpointError, find_resume, list_checkpoints, load_checkpoint,
                                     save_checkpoint, verify_checkpoint)
 
 CONFIG_TEXT = "model:\n  ch: 8\n"
@@ -152,7 +152,7 @@ def test_corrupt_newest_is_refused_and_skipped_by_auto(tmp_path, caplog):
         load_checkpoint(second)
     with pytest.raises(CheckpointError, match="G.safetensors"):
         find_resume(tmp_path, str(tmp_path))  # an explicit path is never silently replaced
-    with caplog.at_level(logging.WARNING, logger="bigan.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="bigan.checkpoint.store"):
         with pytest.warns(ckpt.CheckpointWarning, match="step-00000002.*G.safetensors"):
             assert find_resume(tmp_path, "auto") == first
     assert any("step-00000002" in r.getMessage() and "G.safetensors" in r.getMessage()
@@ -269,7 +269,7 @@ def test_every_allowed_object_type_loads_back(tmp_path):
             assert loaded[k] == v and type(loaded[k]) is type(v), k
 
 
-# --- parts written by several writers (train/sharded_save.py runs this across ranks) -------------
+# --- parts written by several writers (checkpoint/sharded.py runs this across ranks) -------------
 
 def _parts(state: dict, world: int) -> list[tuple[dict, dict]]:
     """Split `_state`'s G, G_ema and opt_G the way the trainer's ranks do."""

@@ -1,4 +1,4 @@
-"""`bigan checkpoint list|verify|consolidate` and the consolidated weights file (train/weights.py)."""
+"""`bigan checkpoint list|verify|consolidate` and the consolidated weights file (checkpoint/weights.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from bigan.cli import main
-from bigan.train import checkpoint as ckpt
-from bigan.train.weights import consolidate, read_weights
+from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.weights import consolidate, read_weights
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_consolidated_file_holds_the_checkpoint_weights_and_manifest(tiny_checkp
 
 
 def test_generator_from_the_file_draws_what_the_checkpoint_draws(tiny_checkpoint, consolidated):
-    from bigan.eval.samples import generate, load_ema_generator
+    from bigan.generation import generate, load_ema_generator
 
     G_dir, names_dir, _ = load_ema_generator(tiny_checkpoint)
     G_file, names_file, path = load_ema_generator(consolidated)
@@ -47,7 +47,7 @@ def test_generator_from_the_file_draws_what_the_checkpoint_draws(tiny_checkpoint
 
 
 def test_export_accepts_the_consolidated_file(tiny_checkpoint, consolidated, tiny_onnx, tmp_path):
-    from bigan.export.metadata import ModelMetadata
+    from bigan.onnx_metadata import ModelMetadata
     from bigan.export.onnx import export_onnx
 
     onnx = pytest.importorskip("onnx")

@@ -16,7 +16,7 @@ from PIL import Image
 from bigan.cli import main
 from bigan.eval import sweep
 from bigan.eval.errors import EvalError
-from bigan.eval.sampler import open_sampler
+from bigan.generation import open_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from bigan.export.metadata import VERSION, MetadataError, ModelMetadata
+from bigan.onnx_metadata import VERSION, MetadataError, ModelMetadata
 from tests.conftest import tiny_overrides
 
 SHA = "ab" * 32
@@ -67,7 +67,7 @@ def test_metadata_rejects_bad_values_naming_the_key(key, raw, why):
 
 
 def test_metadata_and_command_modules_import_neither_torch_nor_onnx():
-    code = ("import sys, bigan.export.metadata, bigan.export.commands; "
+    code = ("import sys, bigan.onnx_metadata, bigan.export.commands; "
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -127,8 +127,8 @@ def test_export_is_one_self_contained_file(biggan_export):
 def test_onnxruntime_matches_pytorch_at_two_batch_sizes(biggan_ckpt, biggan_export):
     import torch
 
-    from bigan.eval.grids import to_uint8
-    from bigan.eval.samples import load_ema_generator
+    from bigan.pictures import to_uint8
+    from bigan.generation import load_ema_generator
     from bigan.export.onnx import ServingGenerator
 
     G, _, _ = load_ema_generator(biggan_ckpt)
@@ -148,13 +148,13 @@ def test_onnxruntime_matches_pytorch_at_two_batch_sizes(biggan_ckpt, biggan_expo
         assert images.shape == (n, 32, 32, 3) and images.dtype == np.uint8
         torch.testing.assert_close(torch.from_numpy(images_float), ref_float, atol=1e-4, rtol=0)
         assert np.abs(images.astype(int) - ref_images.numpy().astype(int)).max() <= 1
-        # The uint8 output is the float output quantised as bigan.eval.grids.to_uint8 does.
+        # The uint8 output is the float output quantised as bigan.pictures.to_uint8 does.
         assert np.abs(images.astype(int) - to_uint8(images_float).astype(int)).max() <= 1
 
 
 def test_image_for_class_seed_psi_matches_generate(biggan_ckpt, biggan_export):
     from bigan import sampling
-    from bigan.eval.samples import generate, load_ema_generator
+    from bigan.generation import generate, load_ema_generator
 
     G, _, _ = load_ema_generator(biggan_ckpt)
     classes, seeds, psi = [0, 3, 1], [7, 11, 7], 0.7
@@ -182,7 +182,7 @@ def test_folding_leaves_the_original_untouched(biggan_ckpt, mode):
     from torch.nn.utils import parametrize
 
     from bigan.config import config_from_dict
-    from bigan.eval.samples import load_ema_generator
+    from bigan.generation import load_ema_generator
     from bigan.export.onnx import fold_spectral_norm
 
     G, _, path = load_ema_generator(biggan_ckpt)
@@ -346,7 +346,7 @@ def progan_ckpt(tmp_path_factory):
 def test_progan_exports_its_final_phase(progan_ckpt, tmp_path):
     import torch
 
-    from bigan.eval.samples import load_ema_generator
+    from bigan.generation import load_ema_generator
     from bigan.export.onnx import ServingGenerator, export_onnx
 
     report = export_onnx(progan_ckpt, tmp_path / "progan.onnx", parity_batch=3)
@@ -364,7 +364,7 @@ def test_progan_exports_its_final_phase(progan_ckpt, tmp_path):
 
 
 def test_progan_export_refuses_an_earlier_phase(progan_ckpt, tmp_path, monkeypatch):
-    from bigan.eval import samples
+    from bigan import generation as samples
     from bigan.export.onnx import ExportError, export_onnx
 
     real_build = samples.ema_generator

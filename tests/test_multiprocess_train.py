@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigan.config import dump_config, load_config
-from bigan.train.checkpoint import load_checkpoint
+from bigan.checkpoint.store import load_checkpoint
 from bigan.train.trainer import train
 from tests.conftest import tiny_overrides
 

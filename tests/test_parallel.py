@@ -203,7 +203,8 @@ def _save(p, out: Path, tag: str, rank: int, world: int) -> None:
 def _load_and_check(out: Path, tag: str, strategy: str, world: int) -> None:
     """Load out/tag's parts, merged as `load_checkpoint` merges them, into a fresh `strategy`
     pair; the loaded state must equal the saved full state exactly."""
-    from bigan.train import checkpoint, parallel_state
+    from bigan.checkpoint import store as checkpoint
+    from bigan.train import parallel_state
 
     p = _prepared(strategy, world, seed=1)  # other initial weights: the load must replace them
     want = torch.load(out / f"{tag}.full.pt")
@@ -221,7 +222,8 @@ def _one_process_writes(rank: int, world: int, out: Path) -> None:
 def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
     """Both ranks write their part of step 1; at step 2 rank 1 fails, so every rank must raise
     and step 1 must stay the newest, intact checkpoint."""
-    from bigan.train import checkpoint, sharded_save
+    from bigan.checkpoint import sharded as sharded_save
+    from bigan.checkpoint import store as checkpoint
 
     root = out / "protocol"
     assert sharded_save.shares_directory(root)

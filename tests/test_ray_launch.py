@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("ray.train")
 psutil = pytest.importorskip("psutil")
 
-from bigan.train import checkpoint as ckpt  # noqa: E402
+from bigan.checkpoint import store as ckpt  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BIN = Path(sys.executable).parent

@@ -33,7 +33,7 @@ def client(tiny_onnx):
 
 @pytest.fixture(scope="module")
 def torch_G(tiny_checkpoint):
-    from bigan.eval.samples import load_ema_generator
+    from bigan.generation import load_ema_generator
 
     G, names, _ = load_ema_generator(tiny_checkpoint)
     return G, names
@@ -59,8 +59,8 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 @pytest.mark.parametrize("psi", [0.5, 1.3])
 def test_generate_equals_bigan_sample_for_class_seed_psi(client, torch_G, psi):
-    from bigan.eval.grids import to_uint8
-    from bigan.eval.samples import class_grid, generate
+    from bigan.pictures import to_uint8
+    from bigan.generation import class_grid, generate
 
     G, names = torch_G
     body = {"class": names[2], "n": 5, "truncation": psi, "seed": 7}
@@ -78,8 +78,8 @@ def test_generate_equals_bigan_sample_for_class_seed_psi(client, torch_G, psi):
 
 
 def test_truncation_defaults_to_the_models_recommendation_and_null_disables_it(client, torch_G):
-    from bigan.eval.grids import to_uint8
-    from bigan.eval.samples import generate
+    from bigan.pictures import to_uint8
+    from bigan.generation import generate
 
     G, _ = torch_G
     recommended = client.get("/v1/models").json()["models"][0]["metadata"]["recommended_truncation"]
@@ -348,7 +348,7 @@ def test_the_server_runs_a_request_with_torch_unimportable(tiny_onnx):
                 {{"name": "y", "datatype": "INT64", "shape": [1], "data": [0]}}]}}).status_code == 200
         from bigan.cli import build_parser  # `bigan serve` itself must start without torch
         assert build_parser().parse_args(["serve", "m.onnx"]).func.__name__ == "_serve"
-        heavy = [m for m in ("torch", "onnx", "onnxscript", "bigan.train.trainer", "bigan.train.checkpoint", "bigan.models")
+        heavy = [m for m in ("torch", "onnx", "onnxscript", "bigan.train.trainer", "bigan.checkpoint.store", "bigan.models")
                  if sys.modules.get(m) is not None]
         assert not heavy, heavy
         print("ok")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigan.config import ConfigError, load_config
-from bigan.train import checkpoint as ckpt
+from bigan.checkpoint import store as ckpt
 from bigan.train.hooks import TrainHooks
 from bigan.train.trainer import TrainingDiverged, train
 from tests.conftest import png_bytes, tiny_overrides, write_pack

@@ -312,7 +312,7 @@ def inspect(path: str | Path, out_png: str | Path | None = None, per_class: int 
     """
     from PIL import Image
 
-    from bigan.eval.grids import image_grid, save_png
+    from bigan.pictures import image_grid, save_png
 
     index = read_index(path)
     root = index_file(path).parent

@@ -95,7 +95,8 @@ def _extractors(args: argparse.Namespace, single: bool = False) -> list:
 
 def run_eval(args: argparse.Namespace) -> int:
     from bigan.eval.errors import EvalError
-    from bigan.export.metadata import MetadataError
+    from bigan.onnx_metadata import MetadataError
+    from bigan.ort_session import ModelFileError
 
     try:
         if args.model == "train-classifier":
@@ -103,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.shards is not None:
             raise ConfigError(f"unexpected argument {args.shards!r}; usage:\n{EVAL_USAGE}")
         return _evaluate(args)
-    except (EvalError, MetadataError) as e:
+    except (EvalError, MetadataError, ModelFileError) as e:
         raise _user_error(e) from e
 
 
@@ -122,7 +123,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bigan.eval.evaluate import class_grid_png, evaluate, interpolation_png, print_table
-    from bigan.eval.sampler import open_sampler
+    from bigan.generation import open_sampler
 
     if not args.data:
         raise ConfigError("bigan eval MODEL needs --data SHARDS (the real images to compare with)")
@@ -151,17 +152,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def run_truncation_sweep(args: argparse.Namespace) -> int:
     from bigan.eval.errors import EvalError
-    from bigan.export.metadata import MetadataError
+    from bigan.onnx_metadata import MetadataError
+    from bigan.ort_session import ModelFileError
 
     try:
         return _sweep(args)
-    except (EvalError, MetadataError) as e:
+    except (EvalError, MetadataError, ModelFileError) as e:
         raise _user_error(e) from e
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from bigan.eval import sweep
-    from bigan.eval.sampler import open_sampler
+    from bigan.generation import open_sampler
 
     psis = sweep.parse_psi(args.psi)
     if args.n < 4:

@@ -16,10 +16,11 @@ from typing import Callable
 import numpy as np
 
 from bigan import sampling
-from bigan.eval import grids, metrics
+from bigan import pictures
+from bigan.eval import metrics
 from bigan.eval.errors import EvalError
 from bigan.eval.real_data import cached_real_features, dataset_sha256
-from bigan.eval.sampler import ImageSampler
+from bigan.generation import ImageSampler
 
 
 def balanced_classes(n: int, num_classes: int) -> np.ndarray:
@@ -50,7 +51,7 @@ def generated_features(sampler: ImageSampler, extractors: list, n: int, psi: flo
     with tqdm(total=n, desc=f"generate psi={psi}", unit="img", leave=False) as bar:
         for i in range(0, n, chunk):
             y = labels[i:i + chunk]
-            images = grids.to_uint8(sampler.images(y, range(seed + i, seed + i + len(y)), psi))
+            images = pictures.to_uint8(sampler.images(y, range(seed + i, seed + i + len(y)), psi))
             for e in extractors:
                 parts[e.name].append(e.extract(images, desc=e.name))
             bar.update(len(y))
@@ -119,8 +120,8 @@ def class_grid_png(sampler: ImageSampler, path: str | Path, per_class: int = 8, 
     classes = list(range(min(max_classes, sampler.num_classes)))
     labels = sampling.class_grid(classes, per_class)
     seeds = [seed + j for _ in classes for j in range(per_class)]
-    images = grids.to_uint8(sampler.images(labels, seeds, psi))
-    return grids.save_png(grids.image_grid(images, len(classes), per_class), path, min_side=256)
+    images = pictures.to_uint8(sampler.images(labels, seeds, psi))
+    return pictures.save_png(pictures.image_grid(images, len(classes), per_class), path, min_side=256)
 
 
 def interpolation_png(sampler: ImageSampler, path: str | Path, seeds: tuple[int, int] = (0, 1),
@@ -132,8 +133,8 @@ def interpolation_png(sampler: ImageSampler, path: str | Path, seeds: tuple[int,
         for method in ("linear", "spherical"):
             rows.append(sampling.interpolate(z0, z1, steps, method))
             labels += [c] * steps
-    images = grids.to_uint8(sampler.images_from_latents(np.concatenate(rows), labels))
-    return grids.save_png(grids.image_grid(images, len(rows), steps), path, min_side=256)
+    images = pictures.to_uint8(sampler.images_from_latents(np.concatenate(rows), labels))
+    return pictures.save_png(pictures.image_grid(images, len(rows), steps), path, min_side=256)
 
 
 def print_table(results: dict) -> None:

@@ -19,11 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from bigan.eval import grids
+from bigan import pictures
 from bigan.eval.errors import EvalError
 from bigan.eval.evaluate import generated_features, score
 from bigan.eval.real_data import cached_real_features
-from bigan.eval.sampler import ImageSampler
+from bigan.generation import ImageSampler
 
 COLUMNS = ("psi", "fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
 
@@ -126,8 +126,8 @@ def psi_strip_png(sampler: ImageSampler, psis: list[float], path: str | Path, cl
     picked = psis if len(psis) <= max_columns else [psis[int(i)] for i in
                                                      np.linspace(0, len(psis) - 1, max_columns)]
     rows = list(range(min(classes, sampler.num_classes)))
-    images = [grids.to_uint8(sampler.images([c], [seed], psi)) for c in rows for psi in picked]
-    return grids.save_png(grids.image_grid(np.concatenate(images), len(rows), len(picked)), path,
+    images = [pictures.to_uint8(sampler.images([c], [seed], psi)) for c in rows for psi in picked]
+    return pictures.save_png(pictures.image_grid(np.concatenate(images), len(rows), len(picked)), path,
                           min_side=256)
 
 
@@ -135,7 +135,7 @@ def write_truncation(onnx_path: str | Path, psi: float) -> None:
     """Set `recommended_truncation` in an exported ONNX file's metadata (atomic replace)."""
     import onnx
 
-    from bigan.export.metadata import ModelMetadata
+    from bigan.onnx_metadata import ModelMetadata
 
     path = Path(onnx_path)
     model = onnx.load(str(path), load_external_data=False)

@@ -1,11 +1,11 @@
 """Export a checkpoint's EMA generator to one self-contained ONNX file, checked against PyTorch.
 
 `export_onnx` loads the EMA generator of a checkpoint or consolidated weights file
-(`bigan.train.weights.read_weights`; a ProGAN one must
+(`bigan.checkpoint.weights.read_weights`; a ProGAN one must
 be at its final phase, full resolution with alpha 1), folds spectral norm into plain weights
 (`fold_spectral_norm`), wraps it in `ServingGenerator` (uint8 NHWC images
 plus the float output), exports it with the torch.export-based ("dynamo") exporter with a dynamic
-batch axis, writes the `bigan.export.metadata` contract into the file's `metadata_props`, runs
+batch axis, writes the `bigan.onnx_metadata` contract into the file's `metadata_props`, runs
 `onnx.checker`, and finally runs the same inputs through onnxruntime and through the original,
 unfolded PyTorch generator at batch 1 and `parity_batch`. Everything is written under a temporary
 name next to the target and moved into place only once every check has passed, so a failed export
@@ -41,9 +41,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from bigan import sampling
+from bigan import ort_session, sampling
 from bigan.config import ModelConfig
-from bigan.export.metadata import FAMILIES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from bigan.onnx_metadata import FAMILIES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from bigan.ort_session import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ServingGenerator(nn.Module):
     in [-1, 1]).
 
     images = clamp(floor((x + 1) * 127.5 + 0.5), 0, 255) with x = G(z, y): rounding half up, the
-    same as `bigan.eval.grids.to_uint8`, so the server's PNGs equal `bigan sample`'s. z is cast to
+    same as `bigan.pictures.to_uint8`, so the server's PNGs equal `bigan sample`'s. z is cast to
     G's parameter dtype (fp16 exports) and x back to float32, so the interface does not depend on
     the precision. G must be in eval mode; the wrapper holds a reference and never changes it.
     """
@@ -147,9 +148,9 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
     if parity_batch < 1:
         raise ValueError(f"parity_batch={parity_batch} must be >= 1")
     start = time.perf_counter()
+    from bigan.checkpoint.weights import read_weights
     from bigan.config import config_from_dict
-    from bigan.eval.samples import ema_generator
-    from bigan.train.weights import read_weights
+    from bigan.generation import ema_generator
 
     w = read_weights(checkpoint_path)  # a checkpoint or a consolidated weights file
     G, class_names = ema_generator(w)
@@ -255,17 +256,19 @@ def check_parity(onnx_path: str | Path, G: nn.Module, num_classes: int, batches:
 
 
 def make_session(onnx_path: str | Path):
-    """An onnxruntime session on CUDA when a GPU is usable (TF32 off, so fp32 results stay within
-    1e-4 of PyTorch's), else on the CPU, using as many threads as torch (OMP_NUM_THREADS)."""
-    _, ort = _import_export_deps()
-    providers: list[Any] = ["CPUExecutionProvider"]
-    # The onnxruntime-gpu wheel lists CUDA even without a GPU; asking for it then only logs errors.
-    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3  # errors only: the provider used is reported instead
-    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    """An onnxruntime session of the exported file on CUDA when torch and onnxruntime both have a
+    usable GPU (TF32 off, so fp32 results stay within 1e-4 of PyTorch's), else on the CPU, using
+    as many threads as torch. The file's metadata is checked against its graph on the way
+    (`bigan.ort_session`, as the server does), so an export the server would refuse fails here."""
+    _import_export_deps()
+    try:
+        session, _, _ = ort_session.open_model(
+            onnx_path, "auto" if torch.cuda.is_available() else "cpu", torch.get_num_threads(),
+            cuda_options={"use_tf32": "0"})
+    except ModelFileError as e:
+        raise ExportError(f"the exported file breaks the serving contract ({e}); report this as "
+                          "a bug") from e
+    return session
 
 
 def _to_onnx(model: nn.Module, dim_z: int, opset: int | None):

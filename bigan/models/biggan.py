@@ -17,35 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigan.config import ModelConfig
+from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
 from bigan.layers import ConditionalBatchNorm2d, SelfAttention, sn_embedding, snconv2d, snlinear
 
-# Channel multipliers of ch: G starts at 4x4 with G_WIDTHS[r][0] * ch and block i maps
-# G_WIDTHS[r][i] -> G_WIDTHS[r][i + 1] while doubling the side (BigGAN-PyTorch `G_arch`).
-G_WIDTHS = {
-    32: [4, 4, 4, 4],
-    64: [16, 16, 8, 4, 2],
-    128: [16, 16, 8, 4, 2, 1],
-    256: [16, 16, 8, 8, 4, 2, 1],
-    512: [16, 16, 8, 8, 4, 2, 1, 1],
-}
-# D block i outputs D_WIDTHS[r][i] * d_ch and halves the side when D_DOWN[r][i] (`D_arch`).
-D_WIDTHS = {
-    32: [4, 4, 4, 4],
-    64: [1, 2, 4, 8, 16],
-    128: [1, 2, 4, 8, 16, 16],
-    256: [1, 2, 4, 8, 8, 16, 16],
-    512: [1, 1, 2, 4, 8, 8, 16, 16],
-}
-D_DOWN = {r: [True] * (len(w) - 1) + [False] for r, w in D_WIDTHS.items()}
+# The width tables live in bigan.config, beside the resolutions they define.
+# D block i halves the side when D_DOWN[r][i] (BigGAN-PyTorch `D_arch`).
+D_DOWN = {r: [True] * (len(w) - 1) + [False] for r, w in BIGGAN_D_WIDTHS.items()}
 D_DOWN[32] = [True, True, False, False]
 BOTTOM = 4  # G's initial side in pixels
 
 
 def _check_resolution(cfg: ModelConfig) -> None:
-    if cfg.resolution not in G_WIDTHS:
+    if cfg.resolution not in BIGGAN_G_WIDTHS:
         raise ValueError(f"biggan has no architecture for resolution {cfg.resolution}; "
-                         f"use one of {', '.join(map(str, G_WIDTHS))}")
+                         f"use one of {', '.join(map(str, BIGGAN_G_WIDTHS))}")
 
 
 def z_chunks(dim_z: int, n_blocks: int, hier: bool) -> list[int]:
@@ -97,7 +82,7 @@ class Generator(nn.Module):
         _check_resolution(cfg)
         self.dim_z, self.num_classes = cfg.dim_z, cfg.num_classes
         self.resolution, self.img_channels = cfg.resolution, cfg.img_channels
-        widths = [m * cfg.ch for m in G_WIDTHS[cfg.resolution]]
+        widths = [m * cfg.ch for m in BIGGAN_G_WIDTHS[cfg.resolution]]
         n_blocks = len(widths) - 1
         self.chunks = z_chunks(cfg.dim_z, n_blocks, cfg.hier)
         self.hier = cfg.hier
@@ -176,7 +161,7 @@ class Discriminator(nn.Module):
         _check_resolution(cfg)
         self.num_classes, self.resolution = cfg.num_classes, cfg.resolution
         sn = dict(use_sn=cfg.spectral_norm, sn_eps=cfg.sn_eps)
-        widths = [m * cfg.d_ch for m in D_WIDTHS[cfg.resolution]]
+        widths = [m * cfg.d_ch for m in BIGGAN_D_WIDTHS[cfg.resolution]]
         ins = [cfg.img_channels] + widths[:-1]
         self.blocks = nn.ModuleList()
         self.block_res, res = [], cfg.resolution

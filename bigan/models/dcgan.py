@@ -16,10 +16,10 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from bigan.config import DCGAN_RESOLUTIONS as RESOLUTIONS
 from bigan.config import ModelConfig
 from bigan.layers import sn_embedding, snconv2d, snlinear
 
-RESOLUTIONS = (32, 64, 128)
 dcgan_init = functools.partial(nn.init.normal_, mean=0.0, std=0.02)
 
 

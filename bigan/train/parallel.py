@@ -44,11 +44,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bigan.config import STRATEGIES
 from bigan.train.step import StepRuntime
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 
 
@@ -228,6 +228,17 @@ def prepare(strategy: str, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimi
 
 
 # --- ddp: plain modules, gradients all-reduced after each backward --------------------------------
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any (collective; `flag` itself with one process).
+    For decisions every rank must take together, such as stopping: one rank leaving the loop
+    alone would leave the others waiting in the next collective."""
+    if _world() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
 
 def average_gradients(module: nn.Module) -> None:
     """All-reduce and average the gradients of `module`'s parameters in one flat buffer.

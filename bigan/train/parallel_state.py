@@ -2,7 +2,7 @@
 
 `state_dicts(p)` reads G and D weights (with buffers) and their optimizer states in torch's own
 `Optimizer.state_dict()` format; with `part=(rank, world)` only the entries that `owners` gives to
-`rank`, so each rank writes about 1/world of a checkpoint (`train/sharded_save.py`) and the parts
+`rank`, so each rank writes about 1/world of a checkpoint (`checkpoint/sharded.py`) and the parts
 merge back into the full state on load. `load_full_state(p, state)` puts that state into any
 strategy on any world size: DDP -> ZeRO-2, 2 -> 1 and 1 -> 2 processes all go through it, and
 `bigan checkpoint consolidate` writes it as one file. ZeRO optimizer states are read and written

@@ -1,6 +1,6 @@
 """Checkpoints that every rank of a training job writes at once, each its own part.
 
-`save_sharded` runs the collective protocol over `train/checkpoint.py`'s pieces: rank 0 opens the
+`save_sharded` runs the collective protocol over `checkpoint/store.py`'s pieces: rank 0 opens the
 temporary step directory, every rank writes its part (`<name>-RRRRR-of-WWWWW.*`, about 1/world of
 the bytes, chosen by `parallel_state.owners`), the seals are gathered, and rank 0 commits the
 manifest and renames the directory into place. A failure on any rank abandons the directory and
@@ -9,7 +9,7 @@ rank hangs in a collective. Parts merge back on load, whatever world size reads 
 
 Every rank must see the same checkpoint directory (one machine, or a shared file system);
 `shares_directory` probes that at start-up, and a job whose ranks do not share it has rank 0
-gather and write the whole state instead (`parallel_state.full_state_dicts`).
+gather and write the whole state instead (`save_gathered`, with the same all-ranks outcome).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bigan.train import checkpoint as ckpt
+from bigan.checkpoint import store as ckpt
 
 
 def shares_directory(root: str | Path) -> bool:
@@ -90,6 +90,27 @@ def save_sharded(root: str | Path, step: int, models: dict[str, dict[str, torch.
                 box = [(True, str(path))]
             except ckpt.CheckpointError as e:
                 box = [(False, str(e))]
+    return Path(_outcome(box))
+
+
+def save_gathered(root: str | Path, step: int, models: dict[str, dict[str, torch.Tensor]] | None,
+                  objects: dict[str, Any] | None, *, config_text: str, extra: dict,
+                  keep: int) -> Path:
+    """Rank 0 writes the whole checkpoint (`models`, `objects`: the gathered state, None on the
+    other ranks) with `store.save_checkpoint`. Collective: returns the checkpoint path on every
+    rank, or raises the same CheckpointError on every rank, so no rank waits for a save that
+    failed. Without a process group it is `save_checkpoint`."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return ckpt.save_checkpoint(root, step, models, objects, config_text=config_text,
+                                    extra=extra, keep=keep)
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, str(ckpt.save_checkpoint(root, step, models, objects,
+                                                   config_text=config_text, extra=extra,
+                                                   keep=keep)))]
+        except Exception as e:
+            box = [(False, str(e))]
     return Path(_outcome(box))
 
 

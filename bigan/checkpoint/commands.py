@@ -49,7 +49,7 @@ def _root(path: str) -> Path:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from bigan.train import checkpoint as ckpt
+    from bigan.checkpoint import store as ckpt
 
     found = ckpt.list_checkpoints(_root(args.root))
     if not found:
@@ -65,7 +65,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from bigan.train import checkpoint as ckpt
+    from bigan.checkpoint import store as ckpt
 
     path = Path(args.checkpoint)
     if not (path / ckpt.MANIFEST).is_file():
@@ -76,7 +76,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _consolidate(args: argparse.Namespace) -> int:
-    from bigan.train.weights import consolidate, read_weights
+    from bigan.checkpoint.weights import consolidate, read_weights
 
     if not args.out.endswith(".safetensors"):
         from bigan.config import ConfigError

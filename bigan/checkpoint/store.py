@@ -14,7 +14,7 @@ directory with `shard=(rank, world)`, naming their files `<name>-RRRRR-of-WWWWW.
 them commits with every writer's file seals. `load_checkpoint` merges a name's shards back into
 one state dict (or one nested dict of objects), so readers never see the sharding and a checkpoint
 written by W writers loads onto any number of processes. This module knows nothing of the trainer,
-Accelerate or processes: callers hand it state dicts and seals (`train/sharded_save.py` runs the
+Accelerate or processes: callers hand it state dicts and seals (`checkpoint/sharded.py` runs the
 collective protocol).
 """
 

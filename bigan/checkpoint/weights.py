@@ -1,7 +1,7 @@
 """Consolidated weights: one safetensors file with G, EMA G and D of a checkpoint, for export,
 evaluation and sharing (`bigan checkpoint consolidate CKPT OUT`).
 
-A checkpoint directory (`train/checkpoint.py`) holds full weights whatever strategy and world
+A checkpoint directory (`checkpoint/store.py`) holds full weights whatever strategy and world
 size wrote it (possibly split by whole tensors into one part per rank, merged on load), plus the
 optimizer states, RNG and data position needed to resume. The consolidated file keeps only what
 inference and evaluation need: tensors under `G/<key>`, `G_ema/<key>`, `D/<key>`, and the source
@@ -23,7 +23,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from bigan.train import checkpoint as ckpt
+from bigan.checkpoint import store as ckpt
 
 FORMAT = "bigan-weights"
 VERSION = 1

@@ -1,0 +1,202 @@
+"""Drawing images from a trained generator, whatever holds it: the one generation interface.
+
+`open_sampler(path)` takes a checkpoint (a step directory, a checkpoints root or run directory:
+its newest checkpoint; or a consolidated `.safetensors` file) or an exported `.onnx` file and
+returns an `ImageSampler`; `TorchSampler(G)` wraps a generator already in memory (the trainer's
+EMA copy). Every sampler follows one contract, shared with `bigan sample` and the server: the
+image for (class c, seed s, psi) uses `sampling.latents([s], dim_z, psi)[0]`, i.e. its own seeded
+NumPy generator, and G in eval mode, so it is the same whatever batch it is computed in, and a
+checkpoint and its export give the same images (within the export's parity tolerance). In a
+class grid the image in column j uses seed `seed + j` (the same latent down each column, one
+class per row).
+
+Importing this module loads neither torch nor onnxruntime: each sampler imports what it runs on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from bigan import pictures, sampling
+from bigan.ort_session import ModelFileError, open_model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from bigan.checkpoint.weights import Weights
+
+
+class ImageSampler:
+    """Draws float32 NCHW images in [-1, 1] (2-D points [N, 2] for a point generator);
+    subclasses implement `_images(z, y)`."""
+
+    kind: str  # "torch" | "checkpoint" | "onnx"
+    path: Path | None
+    class_names: list[str]
+    dim_z: int
+    resolution: int | None  # None for a 2-D point generator
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "classes": self.num_classes,
+                "dim_z": self.dim_z, "resolution": self.resolution}
+
+    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def images(self, classes: Sequence[int], seeds: Sequence[int], psi: float | None = None,
+               batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """float32 [N, C, R, R] for pairs (classes[i], seeds[i]) at truncation psi."""
+        if len(classes) != len(seeds):
+            raise ValueError(f"{len(classes)} classes but {len(seeds)} seeds")
+        y = np.asarray(classes, dtype=np.int64)
+        outs = []
+        for i in range(0, len(y), batch_size):
+            z = sampling.latents(list(seeds[i:i + batch_size]), self.dim_z, psi)
+            outs.append(self._images(z, y[i:i + batch_size]))
+            if progress is not None:
+                progress(len(z))
+        if outs:
+            return np.concatenate(outs)
+        return np.zeros((0, 3, self.resolution or 1, self.resolution or 1), np.float32)
+
+    def images_from_latents(self, z: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+        """float32 [N, C, R, R] for explicit latents (interpolation paths)."""
+        return self._images(np.asarray(z, np.float32), np.asarray(classes, dtype=np.int64))
+
+    def class_grid(self, classes: Sequence[int], per_class: int, seed: int,
+                   psi: float | None = None) -> np.ndarray:
+        """uint8 HWC grid: one row per class, column j from seed `seed + j`."""
+        labels = sampling.class_grid(np.asarray(classes), per_class)
+        seeds = [seed + j for _ in classes for j in range(per_class)]
+        images = pictures.to_uint8(self.images(labels, seeds, psi))
+        return pictures.image_grid(images, rows=len(classes), cols=per_class)
+
+
+class TorchSampler(ImageSampler):
+    """A PyTorch generator in memory (any device). It runs in eval mode without gradients and is
+    left in the mode it came in, so the trainer can draw from its EMA copy between steps."""
+
+    kind = "torch"
+
+    def __init__(self, G: "nn.Module", class_names: Sequence[str] | None = None,
+                 path: Path | None = None):
+        import torch
+
+        self._torch, self.G, self.path = torch, G, path
+        self.class_names = list(class_names) if class_names is not None else [
+            str(k) for k in range(max(int(G.num_classes), 1))]
+        self.dim_z = int(G.dim_z)
+        res = getattr(G, "resolution", None)
+        self.resolution = None if res is None else int(res)
+
+    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        torch, G = self._torch, self.G
+        device = next(G.parameters()).device
+        was_training = G.training
+        G.eval()
+        try:
+            with torch.no_grad():
+                out = G(torch.from_numpy(z).to(device), torch.from_numpy(y).to(device))
+        finally:
+            G.train(was_training)
+        return out.float().cpu().numpy()
+
+
+class OnnxSampler(ImageSampler):
+    """An exported `.onnx` file through onnxruntime (CPU; no torch code path)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.session, self.provider, self.meta = open_model(self.path, provider="cpu")
+        self.class_names, self.dim_z = list(self.meta.class_names), self.meta.dim_z
+        self.resolution = self.meta.resolution
+
+    def describe(self) -> dict:
+        return {**super().describe(), "training_step": self.meta.training_step,
+                "recommended_truncation": self.meta.recommended_truncation}
+
+    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(["images_float"], {"z": z, "y": y})
+        return out
+
+
+def open_sampler(path: str | Path) -> ImageSampler:
+    """An image sampler for an `.onnx` file or a checkpoint / run directory / weights file.
+    Raises ModelFileError when the path is missing or holds a 2-D point generator."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model {str(path)!r} does not exist: pass a checkpoint directory, a "
+                             "run directory or an exported .onnx file")
+    if path.suffix == ".onnx":
+        return OnnxSampler(path)
+    G, names, resolved = load_ema_generator(path)
+    sampler = TorchSampler(G, names, resolved)
+    sampler.kind = "checkpoint"
+    if sampler.resolution is None:
+        raise ModelFileError(f"{resolved} holds a 2-D point generator, not an image generator; "
+                             "evaluate it with bench/quality.py's mixture metrics")
+    return sampler
+
+
+def load_ema_generator(path: str | Path) -> tuple["nn.Module", list[str], Path]:
+    """The EMA generator of a checkpoint (a step directory, the newest one under a checkpoints
+    root or run directory, or a consolidated .safetensors file from `bigan checkpoint consolidate`).
+
+    Returns (G in eval mode, class names, checkpoint path). The model is rebuilt from the config
+    stored in the manifest, so no code or pickled object comes from the file.
+    """
+    from bigan.checkpoint.weights import read_weights
+
+    w = read_weights(path)
+    G, names = ema_generator(w)
+    return G, names, w.path
+
+
+def ema_generator(w: "Weights") -> tuple["nn.Module", list[str]]:
+    """(G in eval mode with the EMA weights of `w`, class names)."""
+    from bigan import models
+    from bigan.checkpoint.store import CheckpointError
+    from bigan.config import config_from_dict
+
+    if "G_ema" not in w.models:
+        raise CheckpointError(f"{w.path} holds no EMA generator weights (G_ema)")
+    cfg = config_from_dict(w.manifest["config"])
+    G, _ = models.build(cfg.model)
+    G.load_state_dict(w.models["G_ema"])
+    names = w.manifest.get("class_names") or [str(k) for k in range(cfg.model.num_classes)]
+    return G.eval().requires_grad_(False), names
+
+
+def generate(G: "nn.Module", classes: Sequence[int], seeds: Sequence[int], psi: float | None = None,
+             batch_size: int = 64) -> np.ndarray:
+    """G's float32 outputs for pairs (classes[i], seeds[i]) (`TorchSampler(G).images`)."""
+    return TorchSampler(G).images(classes, seeds, psi, batch_size)
+
+
+def class_grid(G: "nn.Module", classes: Sequence[int], per_class: int, seed: int,
+               psi: float | None = None) -> np.ndarray:
+    """uint8 HWC grid of G: one row per class, column j from seed `seed + j`."""
+    return TorchSampler(G).class_grid(classes, per_class, seed, psi)
+
+
+def save_samples_png(G: Any, path: str | Path, classes: Sequence[int], per_class: int,
+                     seed: int, psi: float | None = None,
+                     reference: np.ndarray | None = None) -> Path:
+    """A class grid for image generators; a scatter of 2,500 points for 2-D generators.
+    G: a torch generator or any ImageSampler."""
+    sampler = G if isinstance(G, ImageSampler) else TorchSampler(G)
+    if sampler.resolution is None:
+        n = 2500
+        labels = np.arange(n) % max(sampler.num_classes, 1)
+        points = sampler.images(labels, [seed + i for i in range(n)], psi, batch_size=n)
+        return pictures.save_png(pictures.scatter_picture(points, reference), path)
+    return pictures.save_png(sampler.class_grid(classes, per_class, seed, psi), path, min_side=256)

@@ -1,0 +1,49 @@
+"""The inputs of one GAN iteration, keyed by position: real images from the feed and the latents
+and classes of G's samples, drawn from RNGs seeded by (seed, step, sub-step).
+
+Noise depends on where it is used, never on history or rank: every worker draws the whole global
+batch's latents and keeps its own slice, so 1 process and W processes see the same numbers and a
+resume continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bigan.config import Config
+from bigan.data.feed import model_images
+from bigan.train.step import Batch
+
+
+def step_generator(seed: int, step: int, sub: int) -> torch.Generator:
+    """An RNG keyed by (seed, step, sub-step): noise depends on the position, not on history."""
+    state = np.random.SeedSequence([seed, step, sub]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def fake_inputs(cfg: Config, b: int, gen: torch.Generator, rank: int,
+                world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's slice of the global batch's (b) latents and classes (same for any world size)."""
+    z = torch.randn(b, cfg.model.dim_z, generator=gen)
+    y = torch.randint(0, cfg.model.num_classes, (b,), generator=gen)
+    per = b // world
+    return z[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+
+
+def draw_batches(cfg: Config, feed, prepare_reals, step: int, batch_size: int, rank: int,
+                 world: int, device: torch.device) -> tuple[list[Batch], Batch]:
+    """(one Batch per D update, the G update's Batch) of global batch `batch_size`.
+    `prepare_reals` maps the model-range real images to what D sees (ProGAN's phase resolution)."""
+    rows = (rank * (batch_size // world), batch_size)  # this worker's rows of the global batch
+    d_batches = []
+    for k in range(cfg.optim.d_steps):
+        real, real_y = feed.next(batch_size)
+        real = prepare_reals(model_images(real.to(device)))
+        gen = step_generator(cfg.train.seed, step, k)
+        z, y = fake_inputs(cfg, batch_size, gen, rank, world)
+        d_batches.append(Batch(z=z.to(device), fake_y=y.to(device), generator=gen,
+                               real=real, real_y=real_y.to(device), rows=rows))
+    gen = step_generator(cfg.train.seed, step, cfg.optim.d_steps)
+    z, y = fake_inputs(cfg, batch_size, gen, rank, world)
+    return d_batches, Batch(z=z.to(device), fake_y=y.to(device), generator=gen, rows=rows)

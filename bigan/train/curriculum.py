@@ -1,0 +1,101 @@
+"""What changes as training goes on, behind one interface the loop calls every step: the batch
+size, the learning rates (`optim.lr_decay`) and, for ProGAN, the phase (resolution, fade-in
+alpha, per-phase batch and lrs; `schedule.py`).
+
+`curriculum(cfg, networks, opt_G, opt_D)` returns a `Fixed` or a `Progressive` one. Everything is
+a function of (step, cur_nimg), never of history, so a resume continues the same curve.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from bigan.config import Config
+from bigan.train import lr_decay, schedule
+
+
+class Fixed:
+    """One resolution and batch size for the whole run; only the lrs may decay."""
+
+    def __init__(self, cfg: Config, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer):
+        self.cfg, self.opt_G, self.opt_D = cfg, opt_G, opt_D
+
+    def begin_step(self, step: int, cur_nimg: int) -> int:
+        """Set this step's lrs; return its global batch size."""
+        self._decay(step, self.cfg.optim.g_lr, self.cfg.optim.d_lr)
+        return self.cfg.train.batch_size
+
+    def _decay(self, step: int, g_lr: float, d_lr: float) -> None:
+        o = self.cfg.optim
+        if o.lr_decay != "none":  # a function of the step: resumes follow the same curve
+            scale = lr_decay.lr_scale(step, self.cfg.train.steps, o.lr_decay, o.lr_decay_start)
+            lr_decay.set_lrs(self.opt_G, self.opt_D, scale * g_lr, scale * d_lr)
+
+    def prepare_reals(self, real: Tensor) -> Tensor:
+        return real
+
+    def grid_name(self, prev_nimg: int, cur_nimg: int, last: bool) -> str | None:
+        """The file name of a grid due after this step, or None (only ProGAN draws per phase)."""
+        return None
+
+    def end_step(self, prev_nimg: int, cur_nimg: int) -> None:
+        """Move on after a step that took cur_nimg from prev_nimg."""
+
+    def manifest(self) -> dict:
+        """What a checkpoint records of the curriculum."""
+        return {}
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+class Progressive(Fixed):
+    """ProGAN: resolution, alpha, batch and lrs follow cur_nimg (`schedule.py`)."""
+
+    def __init__(self, cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
+                 opt_D: torch.optim.Optimizer, cur_nimg: int):
+        super().__init__(cfg, opt_G, opt_D)
+        self.networks = list(networks)
+        self.ph = schedule.phase_at(cur_nimg, cfg)
+
+    def begin_step(self, step: int, cur_nimg: int) -> int:
+        self.ph = schedule.phase_at(cur_nimg, self.cfg)
+        schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
+        self._decay(step, self.ph.g_lr, self.ph.d_lr)
+        return self.ph.batch_size
+
+    def prepare_reals(self, real: Tensor) -> Tensor:
+        return schedule.phase_reals(real, self.ph.resolution, self.ph.alpha)
+
+    def grid_name(self, prev_nimg: int, cur_nimg: int, last: bool) -> str | None:
+        """A grid per phase, at its end (and at the end of training), named after the phase."""
+        if not (last or schedule.entered_new_phase(prev_nimg, cur_nimg, self.cfg)):
+            return None
+        kind = "fade" if self.ph.phase.fading else "stable"
+        return f"phase-{self.ph.index:02d}-{self.ph.resolution}px-{kind}.png"
+
+    def end_step(self, prev_nimg: int, cur_nimg: int) -> None:
+        if schedule.entered_new_phase(prev_nimg, cur_nimg, self.cfg):
+            if self.cfg.progressive.reset_optimizer:
+                schedule.reset_optimizer_state(self.opt_G, self.opt_D)
+            # checkpoints and grids from here on show the phase the next step trains
+            self.ph = schedule.phase_at(cur_nimg, self.cfg)
+            schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
+
+    def manifest(self) -> dict:
+        return {"phase": {"index": self.ph.index, "resolution": self.ph.resolution,
+                          "alpha": self.ph.alpha}}
+
+    def metrics(self) -> dict[str, float]:
+        return {"progress/resolution": float(self.ph.resolution), "progress/alpha": self.ph.alpha}
+
+
+def curriculum(cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
+               opt_D: torch.optim.Optimizer, cur_nimg: int) -> Fixed:
+    """The curriculum of `cfg`: Progressive for ProGAN, Fixed otherwise."""
+    if cfg.model.arch == "progan":
+        return Progressive(cfg, networks, opt_G, opt_D, cur_nimg)
+    return Fixed(cfg, opt_G, opt_D)

@@ -1,0 +1,109 @@
+"""What a run shows while it trains: the progress bar, scalars in TensorBoard and
+`metrics.jsonl`, the non-finite check, and sample grids of the EMA generator.
+
+Only the main process writes (`RunLog(main=False)` keeps the counters and writes nothing), so
+the loop calls the same methods on every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigan import ema
+from bigan.config import Config
+from bigan.generation import save_samples_png
+from bigan.train.batches import step_generator
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+class RunLog:
+    """tqdm bar, TensorBoard writer and metrics.jsonl of the run directory; images/s between logs."""
+
+    def __init__(self, run_dir: Path, steps: int, step: int, main: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.main = main
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None) if main else None
+        self.file = (run_dir / "metrics.jsonl").open("a") if main else None
+        # `disable` only where it must be True: passed explicitly it would override TQDM_DISABLE=1.
+        self.bar = tqdm(total=steps, initial=step, desc="train", unit="it", dynamic_ncols=True,
+                        **({} if main else {"disable": True}))
+        self.t0, self.images = time.perf_counter(), 0
+
+    def count(self, images: int) -> None:
+        """One step done, having shown D `images` real images."""
+        self.images += images
+        self.bar.update(1)
+
+    @staticmethod
+    def finite(metrics: dict, step: int, last_checkpoint: Path | None) -> dict[str, float]:
+        """The metrics as floats; TrainingDiverged when one is NaN or infinite. Converting syncs
+        the GPU, so the loop calls it only at log and checkpoint steps, before any checkpoint
+        could save diverged weights."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(
+                f"{', '.join(bad)} became non-finite by step {step}; the last good checkpoint "
+                f"is {last_checkpoint or 'none'}. Lower optim.d_lr/g_lr, enable a gradient penalty "
+                "(loss.penalty) or train in fp32, then resume with --resume auto.")
+        return metrics
+
+    def write(self, step: int, metrics: dict[str, float], cur_nimg: int) -> dict[str, float]:
+        """Add throughput and progress to `metrics` and write them (main process); return them."""
+        metrics["speed/img_per_sec"] = self.images / (time.perf_counter() - self.t0)
+        metrics["progress/kimg"] = cur_nimg / 1000
+        self.t0, self.images = time.perf_counter(), 0
+        if self.main:
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v, step)
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+            self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}"
+                                  for k in ("loss/D", "loss/G") if k in metrics})
+        return metrics
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.main:
+            self.writer.close()
+            self.file.close()
+
+
+class SampleGrids:
+    """Per-class grids of the EMA generator in RUN/grids/ (`latest.png` always the newest), with
+    fixed latents so grids compare across steps."""
+
+    def __init__(self, cfg: Config, G_ema: nn.Module, run_dir: Path, device: torch.device,
+                 reference: np.ndarray | None = None):
+        self.cfg, self.G_ema, self.dir, self.device = cfg, G_ema, run_dir / "grids", device
+        self.rows = list(range(min(cfg.train.grid_classes, cfg.model.num_classes)))
+        self.reference = reference  # 2-D data sets: the real points under the samples
+
+    def draw(self, step: int, name: str | None = None) -> Path:
+        cfg, model = self.cfg, self.G_ema
+        if cfg.ema.standing_stats_batches:  # BigGAN's standing statistics, on a copy
+            model = copy.deepcopy(self.G_ema)
+            n = min(cfg.train.batch_size, 256)
+            gen = step_generator(cfg.train.seed, step, 1 << 20)
+            ema.standing_stats(model, lambda: (
+                torch.randn(n, cfg.model.dim_z, generator=gen).to(self.device),
+                torch.randint(0, cfg.model.num_classes, (n,), generator=gen).to(self.device)),
+                cfg.ema.standing_stats_batches)
+        path = save_samples_png(model, self.dir / (name or f"step-{step:08d}.png"), self.rows,
+                                cfg.train.grid_per_class, cfg.train.grid_seed,
+                                reference=self.reference)
+        (self.dir / "latest.png").write_bytes(path.read_bytes())
+        return path

@@ -1,0 +1,111 @@
+"""The training state in and out of checkpoints: what `train()` saves at a checkpoint step and
+restores on resume, over the checkpoint format of `bigan.checkpoint`.
+
+A checkpoint holds full (consolidated) weights and optimizer states, so it loads onto any world
+size and strategy (2 -> 1, 1 -> 2 processes, ddp -> zero2, ...). Saving is collective: every rank
+calls `save` and gets the same path back (or the same CheckpointError). When the ranks share the
+checkpoint directory each writes its own part (`checkpoint/sharded.py`); otherwise (node-local
+run directories) rank 0 gathers the state and writes it alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bigan.checkpoint import sharded
+from bigan.checkpoint import store as ckpt
+from bigan.config import Config, ConfigError, config_from_dict, dump_config
+from bigan.data.feed import merge_states
+from bigan.train import parallel_state
+from bigan.train.parallel import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where a run stands: the start of a fresh run, or what a checkpoint recorded."""
+    step: int = 0  # G steps completed
+    cur_nimg: int = 0  # real images shown to D so far
+    d_updates: int = 0  # D updates so far (lazy-regularization cadence)
+    data_state: Any = None  # the loader's exactly-once position (bigan.data.position)
+    checkpoint: Path | None = None  # the checkpoint resumed from
+
+
+class TrainCheckpoints:
+    """Saving and restoring `train()`'s state under `root` for rank `rank` of `world`."""
+
+    def __init__(self, cfg: Config, root: Path, p: Prepared, G_ema: nn.Module, rank: int,
+                 world: int, strategy: str):
+        self.cfg, self.root, self.p, self.G_ema = cfg, root, p, G_ema
+        self.rank, self.world, self.strategy = rank, world, strategy
+        self.sharded = world > 1 and sharded.shares_directory(root)  # collective
+        if world > 1 and not self.sharded and rank == 0:
+            log.warning("the ranks do not share %s: rank 0 gathers the state and writes each "
+                        "checkpoint alone (put train.out_dir on a shared file system to write in "
+                        "parallel)", root)
+
+    def restore(self, resume: str | None) -> Position:
+        """Load the checkpoint `resume` names ("auto": the newest valid one, else start fresh)
+        into the models, optimizers and torch RNG; return the position it recorded."""
+        path = ckpt.find_resume(self.root, resume) if resume else None
+        if path is None:
+            return Position()
+        c = ckpt.load_checkpoint(path)
+        _check_resumable(self.cfg, c.manifest["config"])
+        parallel_state.load_full_state(self.p, {"G": c.models["G"], "D": c.models["D"],
+                                                "opt_G": c.objects["opt_G"],
+                                                "opt_D": c.objects["opt_D"]})
+        self.G_ema.load_state_dict(c.models["G_ema"])
+        torch.set_rng_state(c.objects["rng"]["torch"])
+        m = c.manifest
+        if self.rank == 0:
+            log.info("resumed from %s at step %d (%d images; written by %d %s workers, now %d %s)",
+                     path, m["step"], m["cur_nimg"], m.get("world_size", 1),
+                     m.get("strategy", "ddp"), self.world, self.strategy)
+        return Position(m["step"], m["cur_nimg"], m["d_updates"], m["data_position"], path)
+
+    def save(self, step: int, cur_nimg: int, d_updates: int, feed, manifest: dict) -> Path:
+        """Write checkpoint `step` (collective); the path on every rank. `manifest`: further
+        fields for the manifest (the curriculum's phase)."""
+        data_position = feed.state()
+        if self.world > 1:  # each rank knows only its own streams' progress
+            states = [None] * self.world
+            torch.distributed.all_gather_object(states, data_position)
+            data_position = merge_states(states)
+        extra = {"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": d_updates,
+                 **manifest, "world_size": self.world, "strategy": self.strategy,
+                 "class_names": feed.class_names, "config": self.cfg.to_dict()}
+        rng = {"torch": torch.get_rng_state()}
+        common = {"config_text": dump_config(self.cfg), "extra": extra,
+                  "keep": self.cfg.train.keep_ckpts}
+        if self.sharded:  # each rank's part is about 1/world of the bytes
+            shard = (self.rank, self.world)
+            part = parallel_state.state_dicts(self.p, shard)
+            return sharded.save_sharded(
+                self.root, step,
+                models={"G": part["G"], "G_ema": parallel_state.part_of(self.G_ema.state_dict(), shard),
+                        "D": part["D"]},
+                objects={"opt_G": part["opt_G"], "opt_D": part["opt_D"]},
+                whole_models={}, whole_objects={"rng": rng}, **common)
+        full = parallel_state.full_state_dicts(self.p)  # collective: ZeRO partitions are gathered
+        main = self.rank == 0
+        return sharded.save_gathered(
+            self.root, step,
+            {"G": full["G"], "G_ema": self.G_ema.state_dict(), "D": full["D"]} if main else None,
+            {"opt_G": full["opt_G"], "opt_D": full["opt_D"], "rng": rng} if main else None,
+            **common)
+
+
+def _check_resumable(cfg: Config, manifest_config: dict) -> None:
+    old = config_from_dict(manifest_config)
+    if old.model != cfg.model:
+        diff = [k for k, v in cfg.model.__dict__.items() if old.model.__dict__[k] != v]
+        raise ConfigError(f"cannot resume: the checkpoint's model differs in model.{', model.'.join(diff)}; "
+                          "resume with the checkpoint's model settings or start a new run directory")

@@ -1,0 +1,118 @@
+"""The package layers of ../shared/DESIGN.md ("Layers"): every package imports only the ones below
+it (or beside it, without a cycle), and only the CLI composes everything.
+
+The graph is read from the source with `ast` (every `import`, including those inside functions,
+which is where the lazy ones live), so the test sees what a reader sees, without importing torch.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lowest first. A unit is a top-level module of `bigan` or a subpackage, or one of the
+# composing packages beside it.
+LAYERS: list[set[str]] = [
+    {"bigan", "bigan.config", "bigan.layers", "bigan.losses", "bigan.regularizers", "bigan.ema",
+     "bigan.sampling", "bigan.pictures", "bigan.onnx_metadata", "bigan.ort_session"},
+    {"bigan.models", "bigan.data"},
+    {"bigan.checkpoint", "bigan.generation"},
+    {"bigan.train", "bigan.export"},
+    {"bigan.eval"},
+    {"bigan.cli", "launch", "serving"},
+]
+LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+# What the torch-free server may import of bigan (DESIGN.md, layer 5).
+SERVING_MAY_IMPORT = {"bigan", "bigan.config", "bigan.sampling", "bigan.pictures",
+                      "bigan.onnx_metadata", "bigan.ort_session"}
+
+
+def unit_of(module: str) -> str | None:
+    """`bigan.train.trainer` -> `bigan.train`; `bigan.losses` -> itself; others -> None."""
+    parts = module.split(".")
+    if parts[0] in ("launch", "serving"):
+        return parts[0]
+    if parts[0] != "bigan":
+        return None
+    return ".".join(parts[:2])
+
+
+def _from_target(module: str, name: str) -> str:
+    """`from bigan import pictures` imports the module bigan.pictures; `from bigan import
+    __version__` imports from the package itself."""
+    if module == "bigan" and ((ROOT / "bigan" / f"{name}.py").exists()
+                              or (ROOT / "bigan" / name).is_dir()):
+        return f"bigan.{name}"
+    return module
+
+
+def import_edges() -> dict[tuple[str, str], list[str]]:
+    """(importing unit, imported unit) -> the files where that import is written."""
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for top in ("bigan", "serving", "launch"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+            src = unit_of(module)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [_from_target(node.module, a.name) for a in node.names]
+                else:
+                    continue
+                for dst in filter(None, map(unit_of, names)):
+                    if dst != src:
+                        edges[(src, dst)].append(str(rel))
+    return edges
+
+
+def test_every_unit_has_a_layer():
+    units = {unit for edge in import_edges() for unit in edge}
+    missing = sorted(u for u in units if u not in LAYER_OF)
+    assert not missing, f"add these to LAYERS (and to DESIGN.md's table): {missing}"
+
+
+def test_no_package_imports_upward():
+    upward = {f"{a} (layer {LAYER_OF[a]}) imports {b} (layer {LAYER_OF[b]}) in {sorted(set(files))}"
+              for (a, b), files in import_edges().items()
+              if a in LAYER_OF and b in LAYER_OF and LAYER_OF[b] > LAYER_OF[a]}
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_no_package_cycles():
+    graph: dict[str, set[str]] = defaultdict(set)
+    for a, b in import_edges():
+        graph[a].add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph[start]:
+            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
+                return True
+        return False
+
+    cycles = sorted({tuple(sorted((a, b))) for a, b in list(import_edges()) if reaches(b, a, set())})
+    assert not cycles, f"package cycles through: {cycles}"
+
+
+def test_only_the_cli_composes_everything():
+    composers = {a for (a, b) in import_edges() if b in ("serving", "launch") and a not in (b,)}
+    assert composers <= {"bigan.cli", "serving", "launch"}, composers
+    serving_uses = {b for (a, b) in import_edges() if a == "serving" and b.startswith("bigan")}
+    assert serving_uses <= SERVING_MAY_IMPORT, f"serving imports {serving_uses - SERVING_MAY_IMPORT}"
+
+
+def test_the_graph_is_read():
+    """The graph is not vacuous: known edges, lazy imports inside functions included, are found."""
+    edges = import_edges()
+    assert ("bigan.train", "bigan.checkpoint") in edges
+    assert ("bigan.eval", "bigan.generation") in edges
+    assert ("serving", "bigan.ort_session") in edges
+    assert ("bigan.cli", "launch") in edges
