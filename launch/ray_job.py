@@ -58,10 +58,12 @@ class _RayHooks(TrainHooks):
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.metrics = {"step": step, **metrics}
 
-    def on_checkpoint(self, path: Path | None, step: int) -> None:
+    def on_checkpoint(self, path: Path, step: int) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if path else None
+        # Every rank gets the same (whole) checkpoint directory; one upload of it is enough.
+        first = ray.train.get_context().get_world_rank() == 0
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if first else None
         ray.train.report({**self.metrics, "step": step}, checkpoint=checkpoint,
                          checkpoint_dir_name=f"step-{step:08d}")
 

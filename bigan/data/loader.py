@@ -72,7 +72,7 @@ SKIP_CAUSES = (
     "label_out_of_range",  # `cls` outside 0 .. len(class_names) - 1
     "truncated_shard",  # samples dataset.json lists that the tar file did not yield (cut, gone)
 )
-_IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # sample keys holding an image (eval reads them too)
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF")
 
 
@@ -158,7 +158,7 @@ def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     for task in tasks:
         epoch, shard = task["epoch"], task["shard"]
         status = TarStatus()
-        samples = tar_samples(task["path"], status, any_of=_IMAGE_KEYS)
+        samples = tar_samples(task["path"], status, any_of=IMAGE_KEYS)
         rng = random.Random(f"bigan/{plan.seed}/{epoch}/{shard}")
         read = 0
         for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
@@ -211,7 +211,7 @@ def _decode_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
         label, cause = _label(event, plan.num_classes)
         image = None
         if cause is None:
-            data = next((event[k] for k in _IMAGE_KEYS if k in event), None)
+            data = next((event[k] for k in IMAGE_KEYS if k in event), None)
             flip = plan.flip and flip_coin(plan.seed, *pos)
             image, cause = ((None, "missing_image") if data is None
                             else decode_image(data, plan.resolution, flip))

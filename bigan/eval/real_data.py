@@ -33,7 +33,7 @@ def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 [n', R, R, 3] images, int64 [n'] labels, class names) of samples skip..skip+n-1
     in shard order; n' < n only when the set is smaller. Undecodable samples are left out."""
-    from bigan.data.loader import _IMAGE_KEYS, decode_image
+    from bigan.data.loader import IMAGE_KEYS, decode_image
     from bigan.data.tar_samples import TarStatus, tar_samples
 
     index = read_index(path)
@@ -41,14 +41,14 @@ def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
     num_classes = len(index["class_names"])
     images, labels, seen = [], [], 0
     for shard in index["shards"]:
-        for sample in tar_samples(str(root / shard["name"]), TarStatus(), any_of=_IMAGE_KEYS):
+        for sample in tar_samples(str(root / shard["name"]), TarStatus(), any_of=IMAGE_KEYS):
             if len(images) >= n:
                 break
             try:
                 label = int(sample["cls"].decode("ascii").strip())
             except (KeyError, UnicodeDecodeError, ValueError, AttributeError):
                 continue
-            data = next((sample[k] for k in _IMAGE_KEYS if k in sample), None)
+            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             if data is None or not 0 <= label < num_classes:
                 continue
             image, cause = decode_image(data, resolution)

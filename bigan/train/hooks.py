@@ -16,8 +16,11 @@ class TrainHooks:
         """Scalars logged at `train.log_every` (losses, images/s, data position)."""
 
     def on_checkpoint(self, path: Path, step: int) -> None:
-        """A complete checkpoint was written (already atomic and verified-on-read)."""
+        """A complete checkpoint was written (already atomic and verified-on-read); every rank
+        gets the same path."""
 
     def should_stop(self, step: int) -> bool:
-        """Return True to stop after this step; the trainer then writes a final checkpoint."""
+        """Return True to stop after this step; the trainer then writes a final checkpoint. The
+        answers are agreed across ranks (any rank saying True stops them all at this step), so
+        one rank never leaves the others waiting in the next collective."""
         return False
