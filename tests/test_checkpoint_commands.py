@@ -15,6 +15,8 @@ from bigan.cli import main
 from bigan.checkpoint import store as ckpt
 from bigan.checkpoint.weights import consolidate, read_weights
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def consolidated(tiny_checkpoint, tmp_path_factory):
