@@ -113,7 +113,7 @@ def test_resume_with_a_different_model_is_refused_naming_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    {"train.precision": "bf16"},
+    pytest.param({"train.precision": "bf16"}, marks=pytest.mark.slow),  # bf16 is emulated on most CPUs
     {"loss.kind": "nonsaturating", "loss.penalty": "wgan-gp", "optim.grad_clip": 1.0},
     {"loss.kind": "wasserstein", "loss.penalty": "dragan", "ema.standing_stats_batches": 2},
     {"model.arch": "dcgan", "model.attention": "[]", "loss.kind": "lsgan", "loss.ortho_weight": 1e-4},
