@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -27,25 +26,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bigan import models  # noqa: E402
 from bigan.config import load_config  # noqa: E402
 from bigan.train import parallel  # noqa: E402
-from bigan.train.step import Batch, StepState, gan_iteration  # noqa: E402
+from bigan.train.optimizers import build_optimizers  # noqa: E402
+from bigan.train.step import StepState, gan_iteration  # noqa: E402
+from tests.process_group import spawn  # noqa: E402
 
-from train_step import CASES as ALL_CASES  # noqa: E402  (bench/ is on sys.path as a script)
+from train_step import CASES as ALL_CASES, random_batch  # noqa: E402  (bench/ is on sys.path as a script)
 
 # BigGAN-PyTorch's CIFAR setting (32 px, ch 64) and the 64 px config: real layer shapes at sizes
 # that keep a CPU iteration in seconds.
 CASES = {name: ALL_CASES[name] for name in ("biggan-32", "biggan-64")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _allreduce_seconds(numels: list[int], device: torch.device, repeats: int) -> float:
@@ -63,78 +57,64 @@ def _allreduce_seconds(numels: list[int], device: torch.device, repeats: int) ->
     return sorted(times)[len(times) // 2]
 
 
-def _worker(rank: int, world: int, port: int, case: str, strategy: str, batch: int, iters: int,
+def _worker(rank: int, world: int, case: str, strategy: str, batch: int, iters: int,
             out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+    """One rank of a case, in the process group tests.process_group.spawn has set up."""
     device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dist.init_process_group(parallel.backend_for(device), rank=rank, world_size=world)
-    try:
-        path, overrides = CASES[case]
-        cfg = load_config(path, overrides + [f"train.batch_size={batch * world}"])
-        torch.manual_seed(0)
-        G, D = (m.to(device) for m in models.build(cfg.model))
-        opt_G = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.999))
-        opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
-        p = parallel.prepare(strategy, G, D, opt_G, opt_D, cfg.optim.grad_clip, device,
-                             batch_per_worker=batch)
-        comm = [0.0]
-        if strategy == "ddp":  # time DDP's all-reduces where they happen
-            inner = parallel.average_gradients
+    path, overrides = CASES[case]
+    cfg = load_config(path, overrides + [f"train.batch_size={batch * world}"])
+    torch.manual_seed(0)
+    G, D = (m.to(device) for m in models.build(cfg.model))
+    opt_G, opt_D = build_optimizers(G, D, cfg.optim)
+    p = parallel.prepare(strategy, G, D, opt_G, opt_D, cfg.optim.grad_clip, device,
+                         batch_per_worker=batch)
+    comm = [0.0]
+    if strategy == "ddp":  # time DDP's all-reduces where they happen
+        inner = parallel.average_gradients
 
-            def timed(module):
-                t = time.perf_counter()
-                inner(module)
-                comm[0] += time.perf_counter() - t
-            parallel.average_gradients = timed
-        m = cfg.model
-        gen = torch.Generator().manual_seed(rank)
-        dev = {"device": device}
+        def timed(module):
+            t = time.perf_counter()
+            inner(module)
+            comm[0] += time.perf_counter() - t
+        parallel.average_gradients = timed
+    gen = torch.Generator().manual_seed(rank)
 
-        def batch_() -> Batch:
-            return Batch(z=torch.randn(batch, m.dim_z, **dev),
-                         fake_y=torch.randint(0, m.num_classes, (batch,), **dev), generator=gen,
-                         real=torch.rand(batch, 3, m.resolution, m.resolution, **dev) * 2 - 1,
-                         real_y=torch.randint(0, m.num_classes, (batch,), **dev),
-                         rows=(rank * batch, batch * world))
+    def one() -> None:
+        batches = [random_batch(cfg.model, batch, device, gen, rows=(rank * batch, batch * world))
+                   for _ in range(cfg.optim.d_steps + 1)]
+        gan_iteration(p.G, p.D, p.opt_G, p.opt_D, batches[:-1], batches[-1], cfg.loss, StepState(),
+                      p.d_runtime, g_runtime=p.g_runtime)
 
-        def one() -> None:
-            gan_iteration(p.G, p.D, p.opt_G, p.opt_D, [batch_() for _ in range(cfg.optim.d_steps)],
-                          batch_(), cfg.loss, StepState(), p.d_runtime, g_runtime=p.g_runtime)
-
-        one()  # warm-up: allocator, DeepSpeed buffers
-        dist.barrier()
-        comm[0] = 0.0
-        t = time.perf_counter()
-        for _ in range(iters):
-            one()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dist.barrier()
-        sec = (time.perf_counter() - t) / iters
-        n_g = sum(q.numel() for q in G.parameters())
-        n_d = sum(q.numel() for q in D.parameters())
-        volume = [n_d] * cfg.optim.d_steps + [n_g]
-        standalone = _allreduce_seconds(volume, device, 5) if world > 1 else 0.0
-        if rank == 0:
-            row = {"case": case, "strategy": strategy, "processes": world, "batch_per_worker": batch,
-                   "d_steps": cfg.optim.d_steps, "params_G": n_g, "params_D": n_d,
-                   "sec_per_iter": sec,
-                   "img_per_sec": world * batch * (cfg.optim.d_steps + 1) / sec,
-                   "grad_mib_per_iter": sum(volume) * 4 / 2**20,
-                   "comm_sec_in_training": comm[0] / iters if strategy == "ddp" else None,
-                   "comm_sec_standalone": standalone}
-            Path(out).write_text(json.dumps(row))
-    finally:
-        dist.destroy_process_group()
+    one()  # warm-up: allocator, DeepSpeed buffers
+    dist.barrier()
+    comm[0] = 0.0
+    t = time.perf_counter()
+    for _ in range(iters):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+    sec = (time.perf_counter() - t) / iters
+    n_g = sum(q.numel() for q in G.parameters())
+    n_d = sum(q.numel() for q in D.parameters())
+    volume = [n_d] * cfg.optim.d_steps + [n_g]
+    standalone = _allreduce_seconds(volume, device, 5) if world > 1 else 0.0
+    if rank == 0:
+        row = {"case": case, "strategy": strategy, "processes": world, "batch_per_worker": batch,
+               "d_steps": cfg.optim.d_steps, "params_G": n_g, "params_D": n_d,
+               "sec_per_iter": sec,
+               "img_per_sec": world * batch * (cfg.optim.d_steps + 1) / sec,
+               "grad_mib_per_iter": sum(volume) * 4 / 2**20,
+               "comm_sec_in_training": comm[0] / iters if strategy == "ddp" else None,
+               "comm_sec_standalone": standalone}
+        Path(out).write_text(json.dumps(row))
 
 
 def run_case(case: str, strategy: str, world: int, batch: int, iters: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
-        mp.spawn(_worker, args=(world, _free_port(), case, strategy, batch, iters, str(out)),
-                 nprocs=world, join=True)
+        backend = parallel.backend_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        spawn(_worker, (case, strategy, batch, iters, str(out)), world, backend)
         return json.loads(out.read_text())
 
 

@@ -27,8 +27,6 @@ import http.client
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ from bigan.export.onnx import export_onnx  # noqa: E402
 from bigan.checkpoint.store import save_checkpoint  # noqa: E402
 from serving.engine import EngineConfig, open_session  # noqa: E402
 from bigan.ort_session import read_metadata  # noqa: E402
+from serving.client import started_server  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -114,12 +113,6 @@ def latency_rows(onnx_path: Path, G, batches: list[int], seconds: float,
     return rows, ratios
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size so far (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -130,33 +123,12 @@ def _peak_rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def running_server(onnx_path: Path, max_batch: int):
-    """`bigan serve` in a subprocess on a free loopback port, ready: yields (port, pid)."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "bigan.cli", "serve", str(onnx_path), "--port", str(port),
-           "--max-batch", str(max_batch), "--max-queue", "256"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bigan serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("bigan serve was not ready within 120 s")
-            time.sleep(0.2)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """`bigan serve` in a subprocess on a free loopback port, ready: yields (port, pid). Its log
+    goes to a temporary file, quoted if the server does not come up."""
+    with tempfile.NamedTemporaryFile("wb", prefix="bigan-serve-", suffix=".log") as log, \
+            started_server(onnx_path, "--max-batch", str(max_batch), "--max-queue", "256",
+                           output=log, cwd=ROOT) as server:
+        yield server.port, server.process.pid
 
 
 def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,

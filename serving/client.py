@@ -3,11 +3,16 @@ ends with: start `bigan serve` on a free loopback port, fetch one grid over HTTP
 
     python -m serving.client --url http://127.0.0.1:8000 --class 3 --n 16 --out grid.png
     python -m serving.client --start runs/demo/model.onnx --out runs/demo/served.png
+
+`free_port` and `started_server` are also how the tests and benches pick a port and start a real
+server: they start it the way `make demo` does, and there is one copy of the wait-until-ready
+and stop-it-for-sure logic (here, because `--start` is product code and the rest only reuses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -16,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO, Iterator, NamedTuple
 
 
 def wait_ready(url: str, timeout_s: float, server: subprocess.Popen | None = None) -> None:
@@ -49,10 +55,50 @@ def generate(url: str, cls: int | str, n: int, seed: int, truncation: float | No
         raise RuntimeError(f"{e.code}: {e.read().decode(errors='replace')}") from e
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it; another process may take it before
+    it is bound again, which on a test machine's loopback does not happen in practice)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class StartedServer(NamedTuple):
+    url: str  # http://HOST:PORT
+    port: int
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def started_server(model: str | Path, *serve_args: str, host: str = "127.0.0.1",
+                   timeout_s: float = 120, output: IO | None = None,
+                   cwd: str | Path | None = None) -> Iterator[StartedServer]:
+    """`bigan serve MODEL --host HOST --port <free> *serve_args` in a subprocess, ready (/readyz
+    answers 200) when this yields; terminated (killed after 30 s) on exit. The server's stdout
+    and stderr go to `output` (a file opened for writing; None: this process's own), and when it
+    exits early or is not ready in `timeout_s` the RuntimeError/TimeoutError quotes the end of
+    that file. `cwd`: where it runs (a checkout, to serve its own code with `python -m`)."""
+    port = free_port(host)
+    url = f"http://{host}:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "bigan.cli", "serve", str(model), "--host", host,
+                                "--port", str(port), *serve_args],
+                               stdout=output, stderr=subprocess.STDOUT if output else None, cwd=cwd)
+    try:
+        try:
+            wait_ready(url, timeout_s, process)
+        except (RuntimeError, TimeoutError) as e:
+            if output is None:
+                raise
+            output.flush()
+            raise type(e)(f"{e}; its output ends:\n{Path(output.name).read_text()[-4000:]}") from None
+        yield StartedServer(url, port, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,26 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server")
     args = p.parse_args(argv)
     cls = int(args.cls) if args.cls.isdigit() else args.cls
-    server, url = None, args.url
-    if args.start:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "bigan.cli", "serve", args.start,
-                                   "--host", "127.0.0.1", "--port", str(port)])
     try:
-        wait_ready(url, args.timeout, server)
-        t = time.perf_counter()
-        png = generate(url, cls, args.n, args.seed, args.truncation)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_bytes(png)
-        print(f"{args.n} images of class {cls!r} from {url} in {time.perf_counter() - t:.2f} s -> {args.out}")
+        with contextlib.ExitStack() as stack:
+            if args.start:
+                url = stack.enter_context(started_server(args.start, timeout_s=args.timeout)).url
+            else:
+                url = args.url
+                wait_ready(url, args.timeout)
+            t = time.perf_counter()
+            png = generate(url, cls, args.n, args.seed, args.truncation)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_bytes(png)
+            print(f"{args.n} images of class {cls!r} from {url} in {time.perf_counter() - t:.2f} s "
+                  f"-> {args.out}")
     except (RuntimeError, TimeoutError) as e:
         print(f"serving.client: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
     return 0
 
 

@@ -1,75 +1,51 @@
-"""Shared fixtures: tiny configs that train in a second on CPU."""
+"""Fixtures (tiny configs, checkpoints, ONNX exports and shards that build in seconds on CPU) and
+the rules on test groups: every test carries exactly one group marker of GROUPS, or collection
+fails naming it; tests marked `gpu` are skipped, with the reason, where CUDA is not available.
+The functions tests call themselves live in tests/helpers.py; nothing imports this file."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
-import tarfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from bigan.config import Config, load_config
+from tests.helpers import tiny_overrides
+
+# What a test needs to run, one marker each (described in pyproject.toml and tests/README.md):
+# `pytest -m unit` is the quick loop, `-m dist` / `-m ray` / `-m serving` / `-m e2e` the rest.
+GROUPS = ("unit", "dist", "ray", "serving", "e2e")
 
 
-def tiny_overrides(out_dir, **extra) -> list[str]:
-    """A BigGAN at 32 px with width 8 on 8 synthetic classes: ~0.1 s per step on one core."""
-    base = {
-        "model.arch": "biggan", "model.resolution": 32, "model.num_classes": 4, "model.ch": 8,
-        "model.d_ch": 8, "model.dim_z": 16, "model.shared_dim": 8, "model.attention": "[16]",
-        "data.source": "synthetic", "data.num_samples": 64, "train.batch_size": 8,
-        "train.steps": 4, "train.log_every": 2, "train.sample_every": 4, "train.ckpt_every": 2,
-        "train.grid_per_class": 2, "optim.d_steps": 2, "ema.start_step": 1,
-        "ema.decay": 0.9, "train.out_dir": str(out_dir),
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked test must not slip through
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        groups = sorted({m.name for m in item.iter_markers()} & set(GROUPS))
+        if len(groups) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(groups) if groups else 'no group marker'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one group marker of {', '.join(GROUPS)}; set "
+            "`pytestmark = pytest.mark.unit` (or another group) at module level, or mark the test "
+            "itself where a module mixes groups (tests/README.md):\n" + "\n".join(wrong))
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu); torch.cuda.is_available() "
+                                           "is False here")
+            for item in gpu_tests:
+                item.add_marker(skip)
 
 
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
     return load_config(None, tiny_overrides(tmp_path / "run"))
-
-
-def png_bytes(value: int) -> bytes:
-    """A flat 8x8 RGB PNG of grey level `value`."""
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]],
-              fmt: int = tarfile.USTAR_FORMAT) -> None:
-    """A tar of `key.ext` members, written by hand so tests can put anything in it."""
-    with tarfile.open(path, "w", format=fmt) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
-def write_pack(out: Path, shards: list[list[tuple[str, dict[str, bytes]]]], classes: int = 3) -> None:
-    """A shard directory with a matching dataset.json (8 px, `classes` classes)."""
-    out.mkdir(parents=True)
-    entries = []
-    for i, samples in enumerate(shards):
-        path = out / f"shard-{i:06d}.tar"
-        write_tar(path, samples)
-        raw = path.read_bytes()
-        entries.append({"name": path.name, "num_samples": len(samples), "bytes": len(raw),
-                        "sha256": hashlib.sha256(raw).hexdigest()})
-    index = {"format": "bigan-shards", "version": 1, "resolution": 8, "image_format": "png",
-             "num_samples": sum(e["num_samples"] for e in entries),
-             "class_names": [str(k) for k in range(classes)], "class_counts": [0] * classes,
-             "shards": entries, "source": {"kind": "test"}}
-    (out / "dataset.json").write_text(json.dumps(index))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from bigan.checkpoint import store as ckpt
 from bigan.checkpoint.store import (CheckpointError, find_resume, list_checkpoints, load_checkpoint,
                                     save_checkpoint, verify_checkpoint)
 
+pytestmark = pytest.mark.unit
+
 CONFIG_TEXT = "model:\n  ch: 8\n"
 
 

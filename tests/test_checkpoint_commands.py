@@ -15,6 +15,8 @@ from bigan.cli import main
 from bigan.checkpoint import store as ckpt
 from bigan.checkpoint.weights import consolidate, read_weights
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def consolidated(tiny_checkpoint, tmp_path_factory):
@@ -46,6 +48,7 @@ def test_generator_from_the_file_draws_what_the_checkpoint_draws(tiny_checkpoint
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # an ONNX export, and the tiny_onnx one to compare with
 def test_export_accepts_the_consolidated_file(tiny_checkpoint, consolidated, tiny_onnx, tmp_path):
     from bigan.onnx_metadata import ModelMetadata
     from bigan.export.onnx import export_onnx

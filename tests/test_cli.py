@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from bigan.cli import main
-from tests.conftest import tiny_overrides
+from tests.helpers import CONFIGS, tiny_overrides
+
+pytestmark = pytest.mark.e2e
+
+DEMO = str(CONFIGS / "demo.yaml")
 
 
 def test_help_needs_no_torch():
@@ -25,13 +29,13 @@ def test_help_needs_no_torch():
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
-    assert main(["train", "configs/demo.yaml", "model.ch=40", "--dry-run"]) == 0
+    assert main(["train", DEMO, "model.ch=40", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "ch: 40" in out and "source: shards" in out
 
 
 def test_bad_override_is_one_line_naming_the_field(capsys):
-    assert main(["train", "configs/demo.yaml", "train.batch_size=-1"]) == 2
+    assert main(["train", DEMO, "train.batch_size=-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.batch_size=-1" in err and "Traceback" not in err
 
@@ -39,7 +43,7 @@ def test_bad_override_is_one_line_naming_the_field(capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "configs/demo.yaml", *tiny_overrides(run, **{"train.steps": 2}), "--out", str(run)]) == 0
+    assert main(["train", DEMO, *tiny_overrides(run, **{"train.steps": 2}), "--out", str(run)]) == 0
     return run
 
 
@@ -72,7 +76,7 @@ def test_sample_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_overrides_may_follow_options(capsys):
-    assert main(["train", "configs/demo.yaml", "--dry-run", "model.ch=24", "train.steps=5"]) == 0
+    assert main(["train", DEMO, "--dry-run", "model.ch=24", "train.steps=5"]) == 0
     out = capsys.readouterr().out
     assert "ch: 24" in out and "steps: 5" in out
     with pytest.raises(SystemExit):

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bigan.config import ConfigError, config_from_dict, dump_config, load_config, parse_overrides
+from tests.helpers import CONFIGS
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+pytestmark = pytest.mark.unit
+
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+DEMO = CONFIGS / "demo.yaml"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert config_from_dict(cfg.to_dict()) == cfg  # the dump round-trips
 
 
 def test_overrides_change_fields_and_parse_types():
-    cfg = load_config("configs/demo.yaml", ["model.ch=48", "optim.betas=[0.5, 0.9]",
-                                            "train.precision=bf16", "optim.g_lr=1e-3"])
+    cfg = load_config(DEMO, ["model.ch=48", "optim.betas=[0.5, 0.9]",
+                             "train.precision=bf16", "optim.g_lr=1e-3"])
     assert cfg.model.ch == 48 and cfg.optim.betas == [0.5, 0.9]
     assert cfg.train.precision == "bf16" and cfg.optim.g_lr == pytest.approx(1e-3)
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
@@ -41,7 +43,7 @@ def test_overrides_change_fields_and_parse_types():
 ])
 def test_bad_values_name_the_field(override, field, words):
     with pytest.raises(ConfigError) as err:
-        load_config("configs/demo.yaml", [override] + (["data.source=digits"] if "num_classes" in override else []))
+        load_config(DEMO, [override] + (["data.source=digits"] if "num_classes" in override else []))
     assert field in str(err.value) and words in str(err.value)
 
 
@@ -56,13 +58,13 @@ def test_unknown_keys_are_errors_with_a_suggestion(tmp_path):
 
 def test_malformed_files_and_overrides():
     with pytest.raises(ConfigError, match="not found"):
-        load_config("configs/nope.yaml")
+        load_config(CONFIGS / "nope.yaml")
     with pytest.raises(ConfigError, match="section.field=value"):
         load_config(None, ["train.steps"])
 
 
 def test_dump_is_yaml_that_loads_back(tmp_path):
-    cfg = load_config("configs/toy_2d.yaml", ["train.steps=7"])
+    cfg = load_config(CONFIGS / "toy_2d.yaml", ["train.steps=7"])
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg

@@ -9,6 +9,9 @@ import torch
 from bigan.config import load_config
 from bigan.data import synthetic
 from bigan.data.memory import ArraySet, IndexedSampler, build_dataset
+from tests.helpers import CONFIGS
+
+pytestmark = pytest.mark.unit
 
 
 def test_digits_are_the_real_sklearn_digits():
@@ -60,7 +63,7 @@ def test_world_size_only_splits_the_global_batch():
 
 
 def test_images_are_scaled_to_minus_one_one_and_flips_are_reproducible():
-    cfg = load_config("configs/demo.yaml", ["data.source=digits", "data.flip=true"])
+    cfg = load_config(CONFIGS / "demo.yaml", ["data.source=digits", "data.flip=true"])
     data = build_dataset(cfg)
     x, y = IndexedSampler(data, seed=0, flip=True).batch(0, 16)
     assert x.shape == (16, 3, 32, 32) and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.int64

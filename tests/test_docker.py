@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.e2e
+
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile.*"))
 ACCELERATE_CONFIGS = sorted((ROOT / "launch" / "accelerate").glob("*.yaml"))
 # Written separately from the training image: compose may name it before it exists.

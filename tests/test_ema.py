@@ -13,6 +13,8 @@ from torch.testing import assert_close
 
 from bigan import ema
 
+pytestmark = pytest.mark.unit
+
 DIM_Z, HIDDEN, CLASSES = 4, 6, 3
 
 

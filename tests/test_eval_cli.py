@@ -18,7 +18,8 @@ from bigan.eval import sweep
 from bigan.eval.errors import EvalError
 from bigan.generation import open_sampler
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 
 
 def _inception_file(path):

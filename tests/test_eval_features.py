@@ -19,7 +19,8 @@ from bigan.eval.errors import EvalError
 from bigan.eval.real_data import cached_real_features, read_shard_images
 
 # torch.jit.script is deprecated, but TorchScript is the format the FID weights ship in.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.unit,
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 
 
 class _TinyInception(nn.Module):

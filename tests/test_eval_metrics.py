@@ -11,6 +11,8 @@ import pytest
 from bigan.eval import metrics
 from bigan.eval.mixtures import mixture_quality
 
+pytestmark = pytest.mark.unit
+
 
 def test_fid_of_a_set_with_itself_is_zero():
     x = np.random.default_rng(0).normal(size=(500, 16))

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from bigan.onnx_metadata import VERSION, MetadataError, ModelMetadata
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
+
+pytestmark = pytest.mark.unit
 
 SHA = "ab" * 32
 

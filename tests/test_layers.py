@@ -15,6 +15,8 @@ from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLine
                           MinibatchStdDev, PixelNorm, SelfAttention, attend, sn_embedding, snconv2d,
                           snlinear)
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("training", [True, False])
 def test_conditional_bn_with_zero_projections_is_plain_bn(training):

@@ -17,7 +17,9 @@ from bigan.data.feed import model_images
 from bigan.data.loader import ShardLoader, shard_sample_order, stream_work
 from bigan.data.position import LoaderPosition, SkipCounter
 from bigan.data.shards import DataError, make_synthetic
-from tests.conftest import png_bytes, write_pack
+from tests.helpers import png_bytes, write_pack
+
+pytestmark = pytest.mark.unit
 
 N, SHARDS = 96, 8  # 8 shards of 12 samples, 8 px, 4 classes
 

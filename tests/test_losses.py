@@ -10,6 +10,8 @@ from torch.testing import assert_close
 
 from bigan import config, losses
 
+pytestmark = pytest.mark.unit
+
 
 def t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)

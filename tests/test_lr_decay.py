@@ -7,6 +7,8 @@ import pytest
 from bigan.config import ConfigError, load_config
 from bigan.train.lr_decay import lr_scale
 
+pytestmark = pytest.mark.unit
+
 
 def test_no_decay_keeps_the_lr():
     assert [lr_scale(s, 10, "none", 0.5) for s in (0, 5, 9, 10)] == [1.0] * 4

@@ -13,6 +13,8 @@ from bigan import models
 from bigan.config import ModelConfig
 from bigan.models import biggan
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(num_classes=4, ch=8, d_ch=8, dim_z=16, shared_dim=8, attention=[16])
 CASES = {
     "biggan-32": ModelConfig(arch="biggan", resolution=32, **TINY),

@@ -29,10 +29,9 @@ from safetensors.torch import load_file
 from bigan.config import dump_config, load_config
 from bigan.checkpoint.store import load_checkpoint
 from bigan.train.trainer import train
-from tests.conftest import tiny_overrides
+from tests.helpers import ROOT, tiny_overrides
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.dist
 TOL = 1e-4
 EXTRA = {"train.steps": 4, "train.ckpt_every": 2, "train.sample_every": 100, "loss.penalty": "r1",
          "loss.penalty_weight": 1.0, "train.keep_ckpts": 0, "optim.eps": 1e-3}

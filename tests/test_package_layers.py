@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
+
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A unit is a top-level module of `bigan` or a subpackage, or one of the
 # composing packages beside it.

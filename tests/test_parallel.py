@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import socket
 import traceback
 import warnings
 from pathlib import Path
@@ -21,10 +20,13 @@ import torch
 import torch.multiprocessing as mp
 
 from bigan import models
-from bigan.config import LossConfig, ModelConfig
+from bigan.config import LossConfig, ModelConfig, OptimConfig
+from bigan.train.optimizers import build_optimizers
 from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration
+from tests.helpers import ROOT
+from tests.process_group import spawn
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = pytest.mark.dist
 
 GLOBAL_BATCH = 8
 ITERATIONS = 3
@@ -49,8 +51,8 @@ def _build(seed: int = 0, adam: bool = False):
     torch.manual_seed(seed)
     G, D = models.build(_model_cfg())
     if adam:
-        return (G, D, torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.999), eps=1e-6),
-                torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.0, 0.999), eps=1e-6))
+        return (G, D, *build_optimizers(G, D, OptimConfig(g_lr=1e-3, d_lr=2e-3, betas=[0.0, 0.999],
+                                                          eps=1e-6)))
     return (G, D, torch.optim.SGD(G.parameters(), lr=0.02, momentum=0.9),
             torch.optim.SGD(D.parameters(), lr=0.05, momentum=0.9))
 
@@ -92,36 +94,22 @@ def _reference(loss: LossConfig) -> dict[str, dict[str, torch.Tensor]]:
 
 # --- worker processes ---------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, job: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
+def _job(rank: int, world: int, job: str, out: str) -> None:
+    """One rank of JOBS[job] (tests.process_group.spawn has joined it to the gloo group)."""
     fault = open(Path(out) / f"fault-{rank}.txt", "w")  # Python stacks if the rank dies natively
     faulthandler.enable(file=fault, all_threads=True)
-
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         JOBS[job](rank, world, Path(out))
     except BaseException:
         (Path(out) / f"error-{rank}.txt").write_text(traceback.format_exc())
         raise
-    finally:
-        dist.destroy_process_group()
 
 
 def _spawn(job: str, out: Path, world: int = 2) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         try:
-            mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+            spawn(_job, (job, str(out)), world)
         except mp.ProcessExitedException as e:
             # A worker killed by a signal, not a failed check: once in about ten runs on a loaded
             # 2-core machine a rank aborted natively ("terminate called without an active
@@ -132,7 +120,7 @@ def _spawn(job: str, out: Path, world: int = 2) -> None:
             stacks = (out / f"fault-{e.error_index}.txt").read_text()[-3000:]
             warnings.warn(f"{job}: rank {e.error_index} died of {e.signal_name}; retrying once. "
                           f"Its stacks:\n{stacks}")
-            mp.spawn(_worker, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+            spawn(_job, (job, str(out)), world)
     except Exception as e:
         errors = "\n".join(p.read_text() for p in sorted(out.glob("error-*.txt")))
         raise AssertionError(f"worker failed:\n{errors or e}") from None
@@ -319,5 +307,5 @@ def test_launch_deepspeed_files_match_the_generated_config(stage):
 
     from bigan.train.parallel import deepspeed_config
 
-    path = Path(__file__).parents[1] / "launch" / "deepspeed" / f"zero{stage}.json"
+    path = ROOT / "launch" / "deepspeed" / f"zero{stage}.json"
     assert json.loads(path.read_text()) == deepspeed_config(stage, 0.0, batch_per_worker=32)

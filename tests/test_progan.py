@@ -15,6 +15,8 @@ from bigan import models, regularizers
 from bigan.config import ModelConfig
 from bigan.models import progan
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(arch="progan", num_classes=3, dim_z=8, shared_dim=4, fmap_base=64, fmap_max=8,
             spectral_norm=False)
 
@@ -185,13 +187,13 @@ def test_gradient_penalties_through_d_at_a_fade_in(penalty, sn):
 
 
 def test_adam_over_all_parameters_leaves_unused_blocks_untouched():
-    from bigan.config import LossConfig
+    from bigan.config import LossConfig, OptimConfig
+    from bigan.train.optimizers import build_optimizers
     from bigan.train.step import Batch, StepState, gan_iteration
 
     G, D = build(resolution=16)
     G.set_phase(8, 0.5), D.set_phase(8, 0.5)
-    opt_G = torch.optim.Adam(G.parameters(), lr=1e-2, betas=(0.0, 0.99), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=1e-2, betas=(0.0, 0.99), eps=1e-8)
+    opt_G, opt_D = build_optimizers(G, D, OptimConfig(g_lr=1e-2, d_lr=1e-2, betas=[0.0, 0.99], eps=1e-8))
     before = {id(m): copy.deepcopy(m.state_dict()) for m in (G, D)}
     z, y, x = inputs(res=8)
     gen = torch.Generator().manual_seed(0)

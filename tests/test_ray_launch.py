@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,11 @@ pytest.importorskip("ray.train")
 psutil = pytest.importorskip("psutil")
 
 from bigan.checkpoint import store as ckpt  # noqa: E402
+from serving.client import free_port  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
 HEAD, NODE = "127.0.0.2", "127.0.0.3"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _kill_cluster(temp_dir: str, address: str) -> None:
@@ -69,7 +63,7 @@ def ray_env() -> dict[str, str]:
 @pytest.fixture
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="bigan-ray-", dir="/tmp")  # short: unix socket paths
-    port = _free_port(HEAD)
+    port = free_port(HEAD)
     address = f"{HEAD}:{port}"
     env = ray_env()
     common = ["--num-cpus=1", "--disable-usage-stats"]

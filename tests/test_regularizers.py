@@ -11,6 +11,8 @@ from torch.testing import assert_close
 
 from bigan import config, regularizers
 
+pytestmark = pytest.mark.unit
+
 SHAPE = (5, 2, 3, 3)  # N, C, H, W
 
 

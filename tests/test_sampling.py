@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy import stats
 
 from bigan import sampling
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.unit
 
 N = 20_000
 
@@ -140,7 +142,6 @@ def test_interpolate_refuses_bad_arguments():
 
 
 def test_importing_sampling_does_not_import_torch():
-    root = Path(__file__).resolve().parents[1]
     code = "import bigan.sampling, sys; assert 'torch' not in sys.modules, 'torch was imported'"
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

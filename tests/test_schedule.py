@@ -5,7 +5,6 @@ cross-fade, and the shipped ProGAN configs."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,10 @@ import torch.nn.functional as F
 from bigan import models
 from bigan.config import ConfigError, load_config
 from bigan.train import schedule
+from tests.helpers import CONFIGS
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+pytestmark = pytest.mark.unit
+
 
 
 def cfg_with(*overrides: str):

@@ -23,6 +23,8 @@ from serving.app import create_app  # noqa: E402
 from serving.batcher import QueueFull  # noqa: E402
 from serving.engine import Engine, EngineConfig  # noqa: E402
 
+pytestmark = pytest.mark.serving
+
 
 @pytest.fixture
 def client(tiny_onnx):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.serving
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

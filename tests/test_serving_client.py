@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 
 def test_client_starts_a_server_fetches_a_grid_and_stops_it(tiny_onnx, tmp_path):

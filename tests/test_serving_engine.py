@@ -16,6 +16,8 @@ from serving.batcher import MicroBatcher, QueueFull  # noqa: E402
 from serving.engine import DEFAULT_WAIT_MS, Engine, EngineConfig  # noqa: E402
 from serving.metadata import ModelFileError  # noqa: E402
 
+pytestmark = pytest.mark.serving
+
 
 def _rewrite(src, dst, **changes):
     """A copy of the ONNX file `src` at `dst` with metadata keys changed (None deletes a key)."""

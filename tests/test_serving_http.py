@@ -8,24 +8,19 @@ import concurrent.futures
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving.client import started_server
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.serving
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -39,36 +34,14 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def server(tiny_onnx, tmp_path_factory):
     """`bigan serve` in a subprocess on a free port of 127.0.0.1; yields its base URL."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "bigan.cli", "serve", str(tiny_onnx.parent), "--host",
-           "127.0.0.1", "--port", str(port), "--max-batch", "16", "--max-wait-ms", "50",
-           "--max-images", "16"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[1])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bigan serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if _get(f"{url}/readyz", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bigan serve was not ready after 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with started_server(tiny_onnx.parent, "--max-batch", "16", "--max-wait-ms", "50",
+                                "--max-images", "16", timeout_s=60, output=out, cwd=ROOT) as s:
+                yield s.url
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"bigan serve did not come up: {e}")
     assert "on CPUExecutionProvider" in log.read_text()  # the provider choice is logged
 
 

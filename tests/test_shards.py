@@ -20,6 +20,8 @@ from bigan.data.loader import ShardLoader
 from bigan.data.shards import DataError, make_synthetic, pack, read_index, verify_shards
 from bigan.data.sources import square_resize
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real image sets not present at {DATA}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ import torch
 from bigan import models
 from bigan.config import LossConfig, ModelConfig
 from bigan.train.step import Batch, StepRuntime, StepState, d_update, g_update, gan_iteration
+
+pytestmark = pytest.mark.unit
 
 
 def _setup(seed=0):

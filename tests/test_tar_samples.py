@@ -9,7 +9,9 @@ import tarfile
 import pytest
 
 from bigan.data.tar_samples import TarStatus, tar_samples
-from tests.conftest import png_bytes, write_tar
+from tests.helpers import png_bytes, write_tar
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])

@@ -12,7 +12,9 @@ from bigan.config import ConfigError, load_config
 from bigan.checkpoint import store as ckpt
 from bigan.train.hooks import TrainHooks
 from bigan.train.trainer import TrainingDiverged, train
-from tests.conftest import png_bytes, tiny_overrides, write_pack
+from tests.helpers import CONFIGS, png_bytes, tiny_overrides, write_pack
+
+pytestmark = pytest.mark.unit
 
 
 def _cfg(out, **extra):
@@ -111,7 +113,7 @@ def test_resume_with_a_different_model_is_refused_naming_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    {"train.precision": "bf16"},
+    pytest.param({"train.precision": "bf16"}, marks=pytest.mark.slow),  # bf16 is emulated on most CPUs
     {"loss.kind": "nonsaturating", "loss.penalty": "wgan-gp", "optim.grad_clip": 1.0},
     {"loss.kind": "wasserstein", "loss.penalty": "dragan", "ema.standing_stats_batches": 2},
     {"model.arch": "dcgan", "model.attention": "[]", "loss.kind": "lsgan", "loss.ortho_weight": 1e-4},
@@ -122,8 +124,8 @@ def test_variants_train_with_finite_losses(tmp_path, extra):
 
 
 def test_toy_2d_config_trains_and_plots(tmp_path):
-    cfg = load_config("configs/toy_2d.yaml", ["train.steps=20", "train.sample_every=20",
-                                              f"train.out_dir={tmp_path}/toy", "data.num_samples=1000"])
+    cfg = load_config(CONFIGS / "toy_2d.yaml", ["train.steps=20", "train.sample_every=20",
+                                                 f"train.out_dir={tmp_path}/toy", "data.num_samples=1000"])
     result = train(cfg)
     assert result.step == 20 and (tmp_path / "toy" / "grids" / "step-00000020.png").exists()
 

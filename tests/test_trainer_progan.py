@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from bigan.config import load_config
 from bigan.train.trainer import train
 
+pytestmark = pytest.mark.unit
+
 # 4 px for 16 images (4 steps of 4), fade in 8 px over 8 images (steps 5-8 at the new batch 2),
 # then 8 px stable: 10 steps cross both boundaries; step 6 is in the middle of the fade-in.
 PROGAN = {
