@@ -76,7 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
         engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                               max_queue=args.max_queue, provider=args.provider)
         cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
-                          workers=args.workers, max_images=args.max_images, engine=engine)
+                          workers=args.workers, max_images=args.max_images,
+                          body_timeout_s=args.body_timeout,
+                          shutdown_timeout_s=args.shutdown_timeout, engine=engine)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     try:
@@ -157,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
                    help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
     p.add_argument("--name", default=None, help="model name in URLs (default: the file's stem)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive before 408 (default 30; 0: none)")
+    p.add_argument("--shutdown-timeout", type=float, default=15.0,
+                   help="on SIGTERM, seconds open requests get before they are cancelled "
+                        "(default 15)")
     p.add_argument("--ray", action="store_true",
                    help="run as Ray Serve replicas (needs ray[serve])")
     p.set_defaults(func=_serve)

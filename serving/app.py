@@ -18,25 +18,30 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
+import math
+
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION
 from serving import images as encode
 from serving.batcher import QueueFull
 from serving.engine import Engine
 from serving.kserve import add_kserve_routes
-from serving.middleware import BodyLimit, RequestMetrics
+from serving.middleware import BodyDeadline, BodyLimit, RequestMetrics
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 
-MAX_TRUNCATION = 4.0  # psi above this keeps > 99.99% of N(0, 1): no truncation, likely a typo
-MIN_TRUNCATION = 0.01  # resampling needs ~1/psi rounds per value: bound the work a request can ask
 MAX_SEED = 2**63 - 1
 MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer sets its own limit
+BODY_TIMEOUT_S = 30.0  # a whole request body must arrive within this (slow clients get 408)
+_SHOWN_CHARS = 80  # longer strings in error messages are cut: a 5,000-digit "class" is not echoed
 STATIC = Path(__file__).with_name("static")
 
 
@@ -46,7 +51,7 @@ class GenerateRequest(BaseModel):
     class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
     n: int = Field(1, ge=1, description="number of images; image i uses seed + i")
     truncation: float | None = Field(
-        None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION,
+        None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
         description="truncation psi in [0.01, 4]; omitted: the model's recommended psi; null: none")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of image 0 (default random)")
     format: Literal["png", "npy", "json"] = Field(
@@ -58,11 +63,13 @@ class BadRequest(ValueError):
     """Input that passes the schema but not the model (unknown class, too many images)."""
 
 
-def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
+def create_app(engine: Engine, max_images: int = 64,
+               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The app serving `engine`; the engine's batcher starts and stops with the app's lifespan.
-    `max_images` bounds n on /v1/generate and N on /v2 infer."""
+    `max_images` bounds n on /v1/generate and N on /v2 infer; a request body must arrive within
+    `body_timeout_s` (0: no limit)."""
     metrics = ServingMetrics()
-    metrics.track_queue(lambda: engine.batcher.depth)
+    metrics.track_queue(lambda: engine.batcher.depth, lambda: engine.batcher.queued_images)
     engine.batcher.on_batch = metrics.observe_batch  # one engine, one app: count its batches
 
     @asynccontextmanager
@@ -80,7 +87,15 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
     meta = engine.metadata
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
+    app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each bad input; JSON has no NaN or Infinity, so a request
+        # with truncation=NaN made that echo fail with a 500. Echo a JSON-safe, bounded form.
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))},
+                            status_code=422)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull):
@@ -152,6 +167,24 @@ def create_app(engine: Engine, max_images: int = 64) -> FastAPI:
     return app
 
 
+def json_safe(value):
+    """`value` (parsed JSON) with non-finite floats as strings ("nan", "inf") and long strings cut
+    to _SHOWN_CHARS, so it can be sent back in an error body."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return shorten(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
+
+
 def resolve_class(value: int | str, names: list[str]) -> int:
     """A class id from an id or a name (names win for strings, then decimal ids)."""
     if isinstance(value, str):
@@ -160,7 +193,9 @@ def resolve_class(value: int | str, names: list[str]) -> int:
         digits = value.strip()
         if not (digits.isascii() and digits.isdigit()):
             shown = names if len(names) <= 20 else [*names[:20], "..."]
-            raise BadRequest(f"unknown class name {value!r}; classes: {shown}")
+            raise BadRequest(f"unknown class name {shorten(value)!r}; classes: {shown}")
+        if len(digits.lstrip("0")) > len(str(len(names))):  # clear of Python's int-string limit
+            raise BadRequest(f"class id {shorten(digits)} is outside 0..{len(names) - 1}")
         value = int(digits)
     if not 0 <= value < len(names):
         raise BadRequest(f"class id {value} is outside 0..{len(names) - 1}")

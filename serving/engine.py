@@ -42,6 +42,24 @@ DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0}
 
 
 @dataclass
+class RequestStats:
+    """Requests through `Engine.submit`: how many succeeded and failed and the seconds they took
+    (queue plus run), and when the last one ended (ms since the epoch; 0: none yet)."""
+    success: int = 0
+    success_seconds: float = 0.0
+    fail: int = 0
+    fail_seconds: float = 0.0
+    last_ms: int = 0
+
+    def note(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.success, self.success_seconds = self.success + 1, self.success_seconds + seconds
+        else:
+            self.fail, self.fail_seconds = self.fail + 1, self.fail_seconds + seconds
+        self.last_ms = int(time.time() * 1000)
+
+
+@dataclass
 class EngineConfig:
     max_batch: int = 32          # images per onnxruntime run; larger requests run in chunks
     max_wait_ms: float | None = None  # how long a batch that found the runtime idle waits for
@@ -80,6 +98,7 @@ class Engine:
                             if self.config.max_wait_ms is None else self.config.max_wait_ms)
         self.batcher = MicroBatcher(self.run, self.config.max_batch, self.max_wait_ms,
                                     self.config.max_queue, on_batch)
+        self.stats = RequestStats()
         log.info("serving %s (%s, %d classes, %dx%d) on %s, batches of up to %d waiting up to "
                  "%g ms", self.path, self.metadata.family, self.metadata.num_classes,
                  self.metadata.resolution, self.metadata.resolution, self.provider,
@@ -109,7 +128,14 @@ class Engine:
 
     async def submit(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """`run` through the micro-batcher (merged with concurrent requests)."""
-        return await self.batcher.submit(z, y)
+        start = time.perf_counter()
+        try:
+            images = await self.batcher.submit(z, y)
+        except Exception:
+            self.stats.note(False, time.perf_counter() - start)
+            raise
+        self.stats.note(True, time.perf_counter() - start)
+        return images
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bigan
 from serving.batcher import QueueFull
@@ -25,6 +27,7 @@ from serving.engine import Engine
 
 VERSION = "1"  # an exported file is one model version
 _DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "UINT8": np.dtype("u1")}
+_RANKS = {"z": 2, "y": 1}
 _JSON_KINDS = {"FP32": "fiu", "INT64": "iu"}  # numpy kinds accepted in JSON data, before the cast
 _INFER_BODY_SCHEMA = {
     "type": "object",
@@ -49,9 +52,9 @@ _INFER_BODY_SCHEMA = {
 class InferError(ValueError):
     """A request the protocol rejects; `status` is its HTTP status (4xx)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def model_metadata(engine: Engine) -> dict[str, Any]:
@@ -65,14 +68,56 @@ def model_metadata(engine: Engine) -> dict[str, Any]:
     }
 
 
+def model_config(engine: Engine, max_images: int) -> dict[str, Any]:
+    """The model's configuration in Triton's JSON form (`tritonclient`'s `get_model_config`):
+    batching models declare dims without the batch dimension, and y is one id per image."""
+    m = engine.metadata
+    return {
+        "name": engine.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "max_batch_size": max_images,
+        "input": [{"name": "z", "data_type": "TYPE_FP32", "dims": [m.dim_z]},
+                  {"name": "y", "data_type": "TYPE_INT64", "dims": [1],
+                   "reshape": {"shape": []}}],
+        "output": [{"name": "images", "data_type": "TYPE_UINT8",
+                    "dims": [m.resolution, m.resolution, m.channels]}],
+        "dynamic_batching": {"preferred_batch_size": [engine.config.max_batch],
+                             "max_queue_delay_microseconds": int(engine.max_wait_ms * 1000)},
+        "parameters": {"class_names": {"string_value": json.dumps(m.class_names)},
+                       "recommended_truncation": {
+                           "string_value": json.dumps(m.recommended_truncation)}},
+    }
+
+
+def model_statistics(engine: Engine) -> dict[str, Any]:
+    """One entry of Triton's statistics extension (`get_inference_statistics`); durations in ns."""
+    b, r = engine.batcher, engine.stats
+
+    def stat(count: int, seconds: float) -> dict[str, int]:
+        return {"count": count, "ns": int(seconds * 1e9)}
+
+    return {"name": engine.name, "version": VERSION, "last_inference": r.last_ms,
+            "inference_count": b.run_images, "execution_count": b.runs,
+            "inference_stats": {"success": stat(r.success, r.success_seconds),
+                                "fail": stat(r.fail, r.fail_seconds),
+                                "queue": stat(b.queued_requests, b.queue_seconds),
+                                "compute_input": stat(0, 0.0),
+                                "compute_infer": stat(b.runs, b.run_seconds),
+                                "compute_output": stat(0, 0.0),
+                                "cache_hit": stat(0, 0.0), "cache_miss": stat(0, 0.0)},
+            "batch_stats": []}
+
+
 def parse_infer_request(body: bytes, header_length: str | None, engine: Engine,
                         max_images: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any], bool]:
     """(z, y, the request's JSON, whether outputs go back as binary) from a v2 infer body."""
     header, binary = _split_body(body, header_length)
     try:
         request = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InferError(f"the request body is not JSON ({e})") from e
+    except RecursionError:
+        raise InferError("the request body nests JSON too deeply to parse") from None
+    except ValueError as e:  # also UnicodeDecodeError, and ints past Python's int-string limit
+        raise InferError(f"the request body is not JSON this server can read ({str(e)[:200]})"
+                         ) from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InferError("the request must be a JSON object with an 'inputs' list")
     tensors, offset = {}, 0
@@ -122,6 +167,16 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
     def error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def v2_errors(request: Request, exc: StarletteHTTPException):
+        # Triton's clients parse {"error": ...} from any failed /v2 call; FastAPI's default body
+        # is {"detail": ...}, which tritonclient cannot read. Other paths keep FastAPI's form.
+        if request.url.path.startswith("/v2"):
+            message = (f"{request.method} {request.url.path}: this server has no such endpoint"
+                       if exc.status_code in (404, 405) else str(exc.detail))
+            return error(message, exc.status_code, getattr(exc, "headers", None))
+        return await http_exception_handler(request, exc)
+
     def unknown(name: str, version: str | None) -> JSONResponse | None:
         if name != engine.name:
             return error(f"unknown model {name!r}; this server serves {engine.name!r}", 404)
@@ -141,10 +196,30 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
     def ready():
         return {"ready": True} if engine.ready else error("the model is not loaded yet", 503)
 
+    @app.get("/v2/models/stats", tags=["kserve-v2"])  # before /v2/models/{name} claims "stats"
+    def all_statistics():
+        return {"model_stats": [model_statistics(engine)]}
+
     @app.get("/v2/models/{name}", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["kserve-v2"])
     def metadata(name: str, version: str | None = None):
         return unknown(name, version) or model_metadata(engine)
+
+    @app.get("/v2/models/{name}/config", tags=["kserve-v2"])
+    @app.get("/v2/models/{name}/versions/{version}/config", tags=["kserve-v2"])
+    def config(name: str, version: str | None = None):
+        return unknown(name, version) or model_config(engine, max_images)
+
+    @app.get("/v2/models/{name}/stats", tags=["kserve-v2"])
+    @app.get("/v2/models/{name}/versions/{version}/stats", tags=["kserve-v2"])
+    def statistics(name: str, version: str | None = None):
+        return unknown(name, version) or {"model_stats": [model_statistics(engine)]}
+
+    @app.post("/v2/repository/index", tags=["kserve-v2"])
+    def repository_index():
+        state = {"state": "READY"} if engine.ready else {"state": "UNAVAILABLE",
+                                                         "reason": "not started"}
+        return [{"name": engine.name, "version": VERSION, **state}]
 
     @app.get("/v2/models/{name}/ready", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["kserve-v2"])
@@ -171,7 +246,7 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
                 engine, max_images)
             images = await engine.submit(z, y)
         except InferError as e:
-            return error(str(e), e.status)
+            return error(str(e), e.status, e.headers)
         except QueueFull as e:
             return error(str(e), 503, {"Retry-After": str(e.retry_after_s)})
         return encode_infer_response(engine, images, body, binary)
@@ -185,10 +260,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except StarletteHTTPException as e:  # the body deadline (408) of serving.middleware
+        raise InferError(str(e.detail), e.status_code, e.headers) from None
     return bytes(body)
 
 
@@ -211,12 +289,16 @@ def _read_input(item: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray,
     name, dtype_name, shape = item["name"], item.get("datatype"), item.get("shape")
     expected = {"z": "FP32", "y": "INT64"}.get(name)
     if expected is None:
-        raise InferError(f"unknown input {name!r}; the inputs are 'z' (FP32) and 'y' (INT64)")
+        raise InferError(f"unknown input {name[:80]!r}; the inputs are 'z' (FP32) and 'y' (INT64)")
     if dtype_name != expected:
-        raise InferError(f"input {name!r} must have datatype {expected}, got {dtype_name!r}")
+        raise InferError(f"input {name!r} must have datatype {expected}, got {str(dtype_name)[:80]!r}")
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
                                                and d >= 0 for d in shape)):
         raise InferError(f"input {name!r}: shape must be a list of non-negative integers")
+    rank = _RANKS[name]
+    if len(shape) != rank:  # also keeps NumPy's 64-dimension limit out of reach
+        raise InferError(f"input {name!r} must have {rank} dimension{'s' * (rank > 1)} "
+                         f"({'[N, dim_z]' if name == 'z' else '[N]'}), got {len(shape)}")
     count = math.prod(shape)
     if count > 2**24:
         raise InferError(f"input {name!r}: shape {shape} is far too large")
@@ -237,8 +319,8 @@ def _read_input(item: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray,
         raise InferError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     try:
         raw = np.asarray(item["data"])
-    except (ValueError, TypeError) as e:
-        raise InferError(f"input {name!r}: data is not a rectangular array of numbers") from e
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise InferError(f"input {name!r}: data is not a rectangular array of numbers") from None
     if raw.dtype.kind not in _JSON_KINDS[expected] or raw.size != count:
         raise InferError(f"input {name!r}: data must hold {count} {expected} numbers for shape "
                          f"{shape}, got {raw.size} of numpy kind {raw.dtype.kind!r}")

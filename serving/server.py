@@ -32,6 +32,9 @@ class ServeConfig:
     port: int = 8000
     workers: int = 1             # uvicorn processes (or Ray Serve replicas), each with its own session
     max_images: int = 64         # n per /v1/generate request, N per /v2 infer request
+    body_timeout_s: float = 30.0  # a request body must arrive within this, else 408 (0: no limit)
+    shutdown_timeout_s: float = 15.0  # on SIGTERM, requests still open after this are cancelled
+                                      # (under Kubernetes' default 30 s grace period)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -41,6 +44,9 @@ class ServeConfig:
             raise ValueError(f"workers={self.workers} and max_images={self.max_images} must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} must be in 0..65535")
+        if self.body_timeout_s < 0 or self.shutdown_timeout_s <= 0:
+            raise ValueError(f"body_timeout_s={self.body_timeout_s} must be >= 0 and "
+                             f"shutdown_timeout_s={self.shutdown_timeout_s} > 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -52,7 +58,7 @@ class ServeConfig:
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the model (raises ModelFileError for a bad file) and wrap it in the HTTP app."""
-    return create_app(Engine(cfg.model, cfg.engine, cfg.name), cfg.max_images)
+    return create_app(Engine(cfg.model, cfg.engine, cfg.name), cfg.max_images, cfg.body_timeout_s)
 
 
 def app_from_env() -> FastAPI:
@@ -69,10 +75,13 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     app = build_app(cfg)  # fails here, before binding, for a bad model file
+    # Without a graceful-shutdown bound uvicorn waits on SIGTERM for every open request, however
+    # slowly its client sends; after it, open requests are cancelled and the process exits.
+    options = dict(host=cfg.host, port=cfg.port, log_level="info",
+                   timeout_graceful_shutdown=cfg.shutdown_timeout_s)
     if cfg.workers == 1:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+        uvicorn.run(app, **options)
         return
     del app  # each worker process loads its own session
     os.environ[CONFIG_ENV] = cfg.to_json()
-    uvicorn.run("serving.server:app_from_env", factory=True, host=cfg.host, port=cfg.port,
-                workers=cfg.workers, log_level="info")
+    uvicorn.run("serving.server:app_from_env", factory=True, workers=cfg.workers, **options)
