@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
                               max_queue=args.max_queue, provider=args.provider)
         cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
                           workers=args.workers, max_images=args.max_images,
-                          body_timeout_s=args.body_timeout,
+                          body_timeout_s=args.body_timeout, cache_mb=args.cache_mb,
                           shutdown_timeout_s=args.shutdown_timeout, engine=engine)
     except ValueError as e:
         raise ConfigError(str(e)) from e
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
                    help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
     p.add_argument("--name", default=None, help="model name in URLs (default: the file's stem)")
+    p.add_argument("--cache-mb", type=float, default=64.0,
+                   help="MiB of /v1 responses kept for repeated (class, seed, psi) requests "
+                        "(default 64; 0 turns the cache off)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive before 408 (default 30; 0: none)")
     p.add_argument("--shutdown-timeout", type=float, default=15.0,

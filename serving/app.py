@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import secrets
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION
 from serving import images as encode
 from serving.batcher import QueueFull
+from serving.cache import CachedResponse, CacheKey, ResponseCache
 from serving.engine import Engine
 from serving.kserve import add_kserve_routes
 from serving.middleware import BodyDeadline, BodyLimit, RequestMetrics
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
 MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer sets its own limit
+CACHE_MB = 64.0  # response cache: ~500 PNG grids of 16 128-px images, small beside the model
 BODY_TIMEOUT_S = 30.0  # a whole request body must arrive within this (slow clients get 408)
 _SHOWN_CHARS = 80  # longer strings in error messages are cut: a 5,000-digit "class" is not echoed
 STATIC = Path(__file__).with_name("static")
@@ -63,12 +66,17 @@ class BadRequest(ValueError):
     """Input that passes the schema but not the model (unknown class, too many images)."""
 
 
-def create_app(engine: Engine, max_images: int = 64,
-               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+def create_app(engine: Engine, max_images: int = 64, body_timeout_s: float = BODY_TIMEOUT_S,
+               cache_mb: float = CACHE_MB) -> FastAPI:
     """The app serving `engine`; the engine's batcher starts and stops with the app's lifespan.
     `max_images` bounds n on /v1/generate and N on /v2 infer; a request body must arrive within
-    `body_timeout_s` (0: no limit)."""
+    `body_timeout_s` (0: no limit); /v1 responses are cached in up to `cache_mb` MiB (0: off)."""
+    if cache_mb < 0:
+        raise ValueError(f"cache_mb={cache_mb} must be >= 0 (0 turns the cache off)")
     metrics = ServingMetrics()
+    cache = ResponseCache(int(cache_mb * (1 << 20))) if cache_mb > 0 else None
+    if cache is not None:
+        metrics.track_cache(cache)
     metrics.track_queue(lambda: engine.batcher.depth, lambda: engine.batcher.queued_images)
     engine.batcher.on_batch = metrics.observe_batch  # one engine, one app: count its batches
 
@@ -83,7 +91,7 @@ def create_app(engine: Engine, max_images: int = 64,
     app = FastAPI(title="bigan generator", version="1",
                   description="Class-conditional images from an exported bigan generator",
                   lifespan=lifespan)
-    app.state.engine, app.state.metrics = engine, metrics
+    app.state.engine, app.state.metrics, app.state.cache = engine, metrics, cache
     meta = engine.metadata
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
@@ -118,21 +126,24 @@ def create_app(engine: Engine, max_images: int = 64,
         seeds = [seed + i for i in range(req.n)]
         if seeds[-1] > MAX_SEED:
             raise BadRequest(f"seed + n - 1 must stay <= {MAX_SEED}")
+        key = None
+        if cache is not None and req.seed is not None:  # a drawn seed is never asked for again
+            key = CacheKey(engine.sha256, engine.name, class_id, seed, psi, req.format, req.n,
+                           req.columns)
+            hit = cache.get(key)
+            metrics.observe_cache(engine.name, hit is not None)
+            if hit is not None:
+                return Response(hit.body, media_type=hit.media_type,
+                                headers={**hit.headers, "X-Cache": "hit"})
         z = await asyncio.to_thread(engine.latents, seeds, psi)  # small psi resamples a while
         images = await engine.submit(z, np.full(req.n, class_id, dtype=np.int64))
-        headers = {"X-Seed": str(seed), "X-Truncation": "none" if psi is None else repr(psi),
-                   "X-Class-Id": str(class_id)}
-        if req.format == "png":
-            return Response(encode.grid_png(images, req.columns), media_type="image/png",
-                            headers=headers)
-        if req.format == "npy":
-            headers["Content-Disposition"] = f'attachment; filename="{engine.name}-{seed}.npy"'
-            return Response(encode.npy_bytes(images), media_type="application/octet-stream",
-                            headers=headers)
-        return JSONResponse({"model": engine.name, "class_id": class_id,
-                             "class_name": meta.class_names[class_id], "truncation": psi,
-                             "seeds": seeds, "shape": list(images.shape),
-                             "images": encode.base64_pngs(images)}, headers=headers)
+        answer = encode_answer(req, images, engine.name, class_id, meta.class_names[class_id],
+                               seed, seeds, psi)
+        headers = dict(answer.headers)
+        if key is not None:
+            cache.put(key, answer)
+            headers["X-Cache"] = "miss"
+        return Response(answer.body, media_type=answer.media_type, headers=headers)
 
     @app.get("/v1/models", tags=["v1"])
     def models():
@@ -165,6 +176,23 @@ def create_app(engine: Engine, max_images: int = 64,
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def encode_answer(req: GenerateRequest, images: np.ndarray, model: str, class_id: int,
+                  class_name: str, seed: int, seeds: list[int], psi: float | None
+                  ) -> CachedResponse:
+    """The /v1/generate response body in the requested format, with its headers."""
+    headers = {"X-Seed": str(seed), "X-Truncation": "none" if psi is None else repr(psi),
+               "X-Class-Id": str(class_id)}
+    if req.format == "png":
+        return CachedResponse(encode.grid_png(images, req.columns), "image/png", headers)
+    if req.format == "npy":
+        headers["Content-Disposition"] = f'attachment; filename="{model}-{seed}.npy"'
+        return CachedResponse(encode.npy_bytes(images), "application/octet-stream", headers)
+    body = {"model": model, "class_id": class_id, "class_name": class_name, "truncation": psi,
+            "seeds": seeds, "shape": list(images.shape), "images": encode.base64_pngs(images)}
+    return CachedResponse(json.dumps(body, separators=(",", ":")).encode(), "application/json",
+                          headers)
 
 
 def json_safe(value):

@@ -15,6 +15,7 @@ batching, so an image depends on its (class, seed, psi) only, exactly as in `big
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.path = resolve_model_path(path)
         self.name = name or self.path.stem
+        with open(self.path, "rb") as f:  # keys the response cache: a new file, new images
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.session, self.provider = open_session(self.path, self.config)
         self.metadata: ModelMetadata = ort_session.read_metadata(self.session, self.path)
         self._plain_run = ort_run_options(self.provider, shrink=False)

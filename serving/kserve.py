@@ -88,9 +88,11 @@ def model_config(engine: Engine, max_images: int) -> dict[str, Any]:
     }
 
 
-def model_statistics(engine: Engine) -> dict[str, Any]:
-    """One entry of Triton's statistics extension (`get_inference_statistics`); durations in ns."""
+def model_statistics(engine: Engine, cache: Any = None) -> dict[str, Any]:
+    """One entry of Triton's statistics extension (`get_inference_statistics`); durations in ns.
+    Cache hits and misses are those of /v1 (`serving.cache`); their durations are not measured."""
     b, r = engine.batcher, engine.stats
+    hits, misses = (0, 0) if cache is None else (cache.hits[engine.name], cache.misses[engine.name])
 
     def stat(count: int, seconds: float) -> dict[str, int]:
         return {"count": count, "ns": int(seconds * 1e9)}
@@ -103,7 +105,7 @@ def model_statistics(engine: Engine) -> dict[str, Any]:
                                 "compute_input": stat(0, 0.0),
                                 "compute_infer": stat(b.runs, b.run_seconds),
                                 "compute_output": stat(0, 0.0),
-                                "cache_hit": stat(0, 0.0), "cache_miss": stat(0, 0.0)},
+                                "cache_hit": stat(hits, 0.0), "cache_miss": stat(misses, 0.0)},
             "batch_stats": []}
 
 
@@ -198,7 +200,7 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
 
     @app.get("/v2/models/stats", tags=["kserve-v2"])  # before /v2/models/{name} claims "stats"
     def all_statistics():
-        return {"model_stats": [model_statistics(engine)]}
+        return {"model_stats": [model_statistics(engine, app.state.cache)]}
 
     @app.get("/v2/models/{name}", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["kserve-v2"])
@@ -213,7 +215,7 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
     @app.get("/v2/models/{name}/stats", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/stats", tags=["kserve-v2"])
     def statistics(name: str, version: str | None = None):
-        return unknown(name, version) or {"model_stats": [model_statistics(engine)]}
+        return unknown(name, version) or {"model_stats": [model_statistics(engine, app.state.cache)]}
 
     @app.post("/v2/repository/index", tags=["kserve-v2"])
     def repository_index():

@@ -38,6 +38,22 @@ class ServingMetrics:
         self.queue_images = Gauge("bigan_queue_images", "images waiting or being drawn",
                                   registry=r)
 
+    def track_cache(self, cache) -> None:
+        """Counters and gauges of a `serving.cache.ResponseCache`."""
+        r = self.registry
+        self.cache_hits = Counter("bigan_cache_hits_total", "/v1 responses served from the cache",
+                                  ["model"], registry=r)
+        self.cache_misses = Counter("bigan_cache_misses_total",
+                                    "cacheable /v1 requests the cache did not hold", ["model"],
+                                    registry=r)
+        Gauge("bigan_cache_bytes", "bytes held by the response cache",
+              registry=r).set_function(lambda: cache.bytes)
+        Gauge("bigan_cache_entries", "responses held by the response cache",
+              registry=r).set_function(lambda: len(cache))
+
+    def observe_cache(self, model: str, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).labels(model).inc()
+
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_images.observe(images)
         self.batch_seconds.observe(seconds)

@@ -32,6 +32,7 @@ class ServeConfig:
     port: int = 8000
     workers: int = 1             # uvicorn processes (or Ray Serve replicas), each with its own session
     max_images: int = 64         # n per /v1/generate request, N per /v2 infer request
+    cache_mb: float = 64.0       # /v1 response cache in MiB (serving.cache); 0 turns it off
     body_timeout_s: float = 30.0  # a request body must arrive within this, else 408 (0: no limit)
     shutdown_timeout_s: float = 15.0  # on SIGTERM, requests still open after this are cancelled
                                       # (under Kubernetes' default 30 s grace period)
@@ -44,6 +45,8 @@ class ServeConfig:
             raise ValueError(f"workers={self.workers} and max_images={self.max_images} must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} must be in 0..65535")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb={self.cache_mb} must be >= 0 (0 turns the cache off)")
         if self.body_timeout_s < 0 or self.shutdown_timeout_s <= 0:
             raise ValueError(f"body_timeout_s={self.body_timeout_s} must be >= 0 and "
                              f"shutdown_timeout_s={self.shutdown_timeout_s} > 0")
@@ -58,7 +61,8 @@ class ServeConfig:
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the model (raises ModelFileError for a bad file) and wrap it in the HTTP app."""
-    return create_app(Engine(cfg.model, cfg.engine, cfg.name), cfg.max_images, cfg.body_timeout_s)
+    return create_app(Engine(cfg.model, cfg.engine, cfg.name), cfg.max_images, cfg.body_timeout_s,
+                      cfg.cache_mb)
 
 
 def app_from_env() -> FastAPI:
