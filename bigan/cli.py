@@ -140,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("serve", help="serve an exported ONNX generator over HTTP (no torch needed)",
-                       description="Serve MODEL (.onnx, or a directory holding one) with onnxruntime: "
+                       description="Serve MODEL (.onnx, or a repository of models) with onnxruntime: "
                                    "POST /v1/generate, the KServe v2 protocol under /v2, /metrics, "
                                    "/healthz, /readyz and a web page at /. Concurrent requests are "
                                    "merged into batches of up to --max-batch images.")
-    p.add_argument("model", help="exported .onnx file (`bigan export`), or a directory with one")
+    p.add_argument("model", help="exported .onnx file (`bigan export`), or a model repository: a "
+                                 "directory of NAME.onnx files and/or NAME/VERSION/model.onnx")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes, or Ray Serve replicas with --ray (default 1)")
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
                    help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
-    p.add_argument("--name", default=None, help="model name in URLs (default: the file's stem)")
+    p.add_argument("--name", default=None,
+                   help="model name in URLs when one model is served (default: the file's stem)")
     p.add_argument("--cache-mb", type=float, default=64.0,
                    help="MiB of /v1 responses kept for repeated (class, seed, psi) requests "
                         "(default 64; 0 turns the cache off)")

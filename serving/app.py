@@ -1,11 +1,13 @@
-"""The HTTP app: `create_app(engine)` -> FastAPI with the v1 API, KServe v2, metrics and a web page.
+"""The HTTP app: `create_app(models)` -> FastAPI with the v1 API, KServe v2, metrics and a web page.
 
-v1 (`POST /v1/generate`) is the convenient API: a class (id or name), n images, a truncation psi
-(default: the model's recommended one) and a seed; image i uses seed + i, drawn exactly as
-`bigan sample` draws it, so the same (class, seed, psi) gives the same picture from the CLI, the
-server and the web page. `GET /v1/models` describes the model; `/healthz` says the process is up,
-`/readyz` that the model is loaded and batching; `/metrics` is Prometheus text. Bad input is
-answered with a 4xx and a message, a full queue with 503 and Retry-After, never with a 5xx.
+`models` is one `Engine` or a `ModelRepository` of several (each version with its own engine and
+batcher). v1 (`POST /v1/generate`) is the convenient API: a model (optional when there is one), a
+class (id or name), n images, a truncation psi (default: the model's recommended one) and a seed;
+image i uses seed + i, drawn exactly as `bigan sample` draws it, so the same (class, seed, psi)
+gives the same picture from the CLI, the server and the web page. `GET /v1/models` describes the
+models; `/healthz` says the process is up, `/readyz` that every model is loaded and batching;
+`/metrics` is Prometheus text. Bad input is answered with a 4xx and a message, a full queue with
+503 and Retry-After, never with a 5xx.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
-
-import math
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -37,6 +38,7 @@ from serving.engine import Engine
 from serving.kserve import add_kserve_routes
 from serving.middleware import BodyDeadline, BodyLimit, RequestMetrics
 from serving.metrics import ServingMetrics
+from serving.repository import ModelRepository, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,11 @@ STATIC = Path(__file__).with_name("static")
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
+    model: str | None = Field(None, description="model name from /v1/models (default: the only "
+                                                "one)")
+    version: str | None = Field(None, description="model version (default: its highest)")
     class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
     n: int = Field(1, ge=1, description="number of images; image i uses seed + i")
     truncation: float | None = Field(
@@ -66,33 +71,40 @@ class BadRequest(ValueError):
     """Input that passes the schema but not the model (unknown class, too many images)."""
 
 
-def create_app(engine: Engine, max_images: int = 64, body_timeout_s: float = BODY_TIMEOUT_S,
-               cache_mb: float = CACHE_MB) -> FastAPI:
-    """The app serving `engine`; the engine's batcher starts and stops with the app's lifespan.
+def create_app(models: Engine | ModelRepository, max_images: int = 64,
+               body_timeout_s: float = BODY_TIMEOUT_S, cache_mb: float = CACHE_MB) -> FastAPI:
+    """The app serving `models`; the engines' batchers start and stop with the app's lifespan.
     `max_images` bounds n on /v1/generate and N on /v2 infer; a request body must arrive within
     `body_timeout_s` (0: no limit); /v1 responses are cached in up to `cache_mb` MiB (0: off)."""
     if cache_mb < 0:
         raise ValueError(f"cache_mb={cache_mb} must be >= 0 (0 turns the cache off)")
+    repo = models if isinstance(models, ModelRepository) else ModelRepository([models])
     metrics = ServingMetrics()
     cache = ResponseCache(int(cache_mb * (1 << 20))) if cache_mb > 0 else None
     if cache is not None:
         metrics.track_cache(cache)
-    metrics.track_queue(lambda: engine.batcher.depth, lambda: engine.batcher.queued_images)
-    engine.batcher.on_batch = metrics.observe_batch  # one engine, one app: count its batches
+    metrics.track_queue(lambda: sum(e.batcher.depth for e in repo.engines()),
+                        lambda: sum(e.batcher.queued_images for e in repo.engines()))
+
+    def count_batches(engine: Engine) -> None:  # every engine, also those a reload opens
+        engine.batcher.on_batch = metrics.observe_batch
+    repo.on_engine = count_batches
+    for engine in repo.engines():
+        count_batches(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await engine.start()
+        await repo.start()
         try:
             yield
         finally:
-            await engine.stop()
+            await repo.stop()
 
     app = FastAPI(title="bigan generator", version="1",
-                  description="Class-conditional images from an exported bigan generator",
+                  description="Class-conditional images from exported bigan generators",
                   lifespan=lifespan)
-    app.state.engine, app.state.metrics, app.state.cache = engine, metrics, cache
-    meta = engine.metadata
+    app.state.repository, app.state.metrics, app.state.cache = repo, metrics, cache
+    app.state.engine = repo.engines()[0]  # the (first) model's engine, for a one-model server
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
@@ -114,10 +126,22 @@ def create_app(engine: Engine, max_images: int = 64, body_timeout_s: float = BOD
     async def bad_request(_: Request, exc: BadRequest):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(_: Request, exc: UnknownModel):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
     @app.post("/v1/generate", tags=["v1"], response_class=Response,
               responses={200: {"content": {"image/png": {}, "application/octet-stream": {},
                                            "application/json": {}}}})
     async def generate(req: GenerateRequest):
+        if req.model is None and len(repo.models) != 1:
+            raise BadRequest(f"this server holds {len(repo.models)} models "
+                             f"({', '.join(map(repr, sorted(repo.models)))}); name one in 'model'")
+        with repo.use(req.model, req.version) as engine:  # a reload waits for this request
+            return await _generate(req, engine)
+
+    async def _generate(req: GenerateRequest, engine: Engine) -> Response:
+        meta = engine.metadata
         class_id = resolve_class(req.class_, meta.class_names)
         if req.n > max_images:
             raise BadRequest(f"n={req.n} is above this server's limit of {max_images} images")
@@ -146,12 +170,16 @@ def create_app(engine: Engine, max_images: int = 64, body_timeout_s: float = BOD
         return Response(answer.body, media_type=answer.media_type, headers=headers)
 
     @app.get("/v1/models", tags=["v1"])
-    def models():
-        cfg = engine.config
-        return {"models": [{"name": engine.name, "file": engine.path.name,
-                            "provider": engine.provider, "max_batch": cfg.max_batch,
-                            "max_images": max_images,
-                            "metadata": dataclasses.asdict(meta)}]}
+    def list_models():
+        listed = []
+        for name in sorted(repo.models):
+            engine = repo.get(name)
+            listed.append({"name": name, "version": engine.version,
+                           "versions": repo.versions(name), "file": engine.path.name,
+                           "provider": engine.provider, "max_batch": engine.config.max_batch,
+                           "max_images": max_images,
+                           "metadata": dataclasses.asdict(engine.metadata)})
+        return {"models": listed}
 
     @app.get("/healthz", tags=["ops"])
     def healthz():
@@ -159,16 +187,18 @@ def create_app(engine: Engine, max_images: int = 64, body_timeout_s: float = BOD
 
     @app.get("/readyz", tags=["ops"])
     def readyz():
-        if engine.ready:
-            return {"status": "ready", "model": engine.name}
-        return JSONResponse({"status": "loading"}, status_code=503)
+        if not repo.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        if len(repo.models) == 1:
+            return {"status": "ready", "model": next(iter(repo.models))}
+        return {"status": "ready", "models": sorted(repo.models)}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def prometheus():
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    add_kserve_routes(app, engine, max_images)
+    add_kserve_routes(app, repo, max_images)
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -86,10 +86,11 @@ class Engine:
     (batched, async; needs `start()` on the serving event loop)."""
 
     def __init__(self, path: str | Path, config: EngineConfig | None = None,
-                 name: str | None = None, on_batch: BatchHook | None = None):
+                 name: str | None = None, on_batch: BatchHook | None = None, version: str = "1"):
         self.config = config or EngineConfig()
         self.path = resolve_model_path(path)
-        self.name = name or self.path.stem
+        self.name, self.version = name or self.path.stem, version
+        self.users = 0  # requests holding this engine (serving.repository drains on reload)
         with open(self.path, "rb") as f:  # keys the response cache: a new file, new images
             self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.session, self.provider = open_session(self.path, self.config)

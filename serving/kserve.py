@@ -1,8 +1,11 @@
 """The KServe v2 / Triton HTTP inference protocol for the exported generator.
 
 Routes (added to an app by `add_kserve_routes`): `GET /v2`, `/v2/health/live`, `/v2/health/ready`,
-`/v2/models/{name}[/versions/1]`, `.../ready`, and `POST .../infer` with inputs `z` FP32 [N, dim_z]
-and `y` INT64 [N] and the output `images` UINT8 [N, H, W, C]. Tensor data travels as JSON or with
+`/v2/models/{name}[/versions/{version}]` (no version: the model's highest), `.../ready`,
+`.../config` and `.../stats` (Triton's extensions, which `tritonclient` asks for), `POST
+/v2/repository/index` and `/v2/repository/models/{name}/load|unload` (Triton's repository
+extension: load re-reads a model's files, see `serving.repository`), and `POST .../infer` with
+inputs `z` FP32 [N, dim_z] and `y` INT64 [N] and the output `images` UINT8 [N, H, W, C]. Tensor data travels as JSON or with
 Triton's binary tensor extension (a JSON header of `Inference-Header-Content-Length` bytes followed
 by the raw little-endian tensors), which is what `tritonclient.http` sends by default, so the
 official client works unchanged. Errors are `{"error": message}` with a 4xx status, the shape the
@@ -23,9 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bigan
 from serving.batcher import QueueFull
+from bigan.ort_session import ModelFileError
 from serving.engine import Engine
+from serving.repository import ModelRepository, UnknownModel
 
-VERSION = "1"  # an exported file is one model version
 _DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "UINT8": np.dtype("u1")}
 _RANKS = {"z": 2, "y": 1}
 _JSON_KINDS = {"FP32": "fiu", "INT64": "iu"}  # numpy kinds accepted in JSON data, before the cast
@@ -57,10 +61,10 @@ class InferError(ValueError):
         self.status, self.headers = status, headers
 
 
-def model_metadata(engine: Engine) -> dict[str, Any]:
+def model_metadata(engine: Engine, repo: ModelRepository) -> dict[str, Any]:
     m = engine.metadata
     return {
-        "name": engine.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+        "name": engine.name, "versions": repo.versions(engine.name), "platform": "onnxruntime_onnx",
         "inputs": [{"name": "z", "datatype": "FP32", "shape": [-1, m.dim_z]},
                    {"name": "y", "datatype": "INT64", "shape": [-1]}],
         "outputs": [{"name": "images", "datatype": "UINT8",
@@ -97,7 +101,7 @@ def model_statistics(engine: Engine, cache: Any = None) -> dict[str, Any]:
     def stat(count: int, seconds: float) -> dict[str, int]:
         return {"count": count, "ns": int(seconds * 1e9)}
 
-    return {"name": engine.name, "version": VERSION, "last_inference": r.last_ms,
+    return {"name": engine.name, "version": engine.version, "last_inference": r.last_ms,
             "inference_count": b.run_images, "execution_count": b.runs,
             "inference_stats": {"success": stat(r.success, r.success_seconds),
                                 "fail": stat(r.fail, r.fail_seconds),
@@ -154,7 +158,7 @@ def encode_infer_response(engine: Engine, images: np.ndarray, request: dict[str,
         output["parameters"] = {"binary_data_size": images.nbytes}
     else:
         output["data"] = images.reshape(-1).tolist()
-    result: dict[str, Any] = {"model_name": engine.name, "model_version": VERSION,
+    result: dict[str, Any] = {"model_name": engine.name, "model_version": engine.version,
                               "outputs": [output]}
     if isinstance(request.get("id"), str):
         result["id"] = request["id"]
@@ -165,7 +169,7 @@ def encode_infer_response(engine: Engine, images: np.ndarray, request: dict[str,
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
+def add_kserve_routes(app: FastAPI, repo: ModelRepository, max_images: int) -> None:
     def error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -179,12 +183,14 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
             return error(message, exc.status_code, getattr(exc, "headers", None))
         return await http_exception_handler(request, exc)
 
-    def unknown(name: str, version: str | None) -> JSONResponse | None:
-        if name != engine.name:
-            return error(f"unknown model {name!r}; this server serves {engine.name!r}", 404)
-        if version is not None and version != VERSION:
-            return error(f"model {name!r} has only version {VERSION}, not {version!r}", 404)
-        return None
+    def lookup(name: str, version: str | None) -> Engine | JSONResponse:
+        try:
+            return repo.get(name, version)
+        except UnknownModel as e:
+            return error(str(e), 404)
+
+    def stats(engines: list[Engine]) -> dict[str, Any]:
+        return {"model_stats": [model_statistics(e, app.state.cache) for e in engines]}
 
     @app.get("/v2", tags=["kserve-v2"])
     def server_metadata():
@@ -196,43 +202,62 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
 
     @app.get("/v2/health/ready", tags=["kserve-v2"])
     def ready():
-        return {"ready": True} if engine.ready else error("the model is not loaded yet", 503)
+        return {"ready": True} if repo.ready else error("the models are not loaded yet", 503)
 
     @app.get("/v2/models/stats", tags=["kserve-v2"])  # before /v2/models/{name} claims "stats"
     def all_statistics():
-        return {"model_stats": [model_statistics(engine, app.state.cache)]}
+        return stats(repo.engines())
 
     @app.get("/v2/models/{name}", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["kserve-v2"])
     def metadata(name: str, version: str | None = None):
-        return unknown(name, version) or model_metadata(engine)
+        found = lookup(name, version)
+        return found if isinstance(found, JSONResponse) else model_metadata(found, repo)
 
     @app.get("/v2/models/{name}/config", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/config", tags=["kserve-v2"])
     def config(name: str, version: str | None = None):
-        return unknown(name, version) or model_config(engine, max_images)
+        found = lookup(name, version)
+        return found if isinstance(found, JSONResponse) else model_config(found, max_images)
 
     @app.get("/v2/models/{name}/stats", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/stats", tags=["kserve-v2"])
     def statistics(name: str, version: str | None = None):
-        return unknown(name, version) or {"model_stats": [model_statistics(engine, app.state.cache)]}
-
-    @app.post("/v2/repository/index", tags=["kserve-v2"])
-    def repository_index():
-        state = {"state": "READY"} if engine.ready else {"state": "UNAVAILABLE",
-                                                         "reason": "not started"}
-        return [{"name": engine.name, "version": VERSION, **state}]
+        found = lookup(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        return stats([found] if version is not None else list(repo.models[name].values()))
 
     @app.get("/v2/models/{name}/ready", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["kserve-v2"])
     def model_ready(name: str, version: str | None = None):
-        if (missing := unknown(name, version)) is not None:
-            return missing
-        return {"name": name, "ready": True} if engine.ready else error("not ready", 503)
+        found = lookup(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        return {"name": name, "ready": True} if found.ready else error("not ready", 503)
 
-    # The largest valid request is max_images rows of z written out as JSON text (up to ~25
-    # characters a float) plus y; anything much larger is refused before it is buffered whole.
-    body_limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
+    @app.post("/v2/repository/index", tags=["kserve-v2"])
+    def repository_index():
+        return repo.index()
+
+    @app.post("/v2/repository/models/{name}/load", tags=["kserve-v2"])
+    async def load(name: str):
+        try:
+            await repo.load(name)
+        except UnknownModel as e:
+            return error(str(e), 404)
+        except ModelFileError as e:
+            return error(str(e), 400)
+        return {}
+
+    @app.post("/v2/repository/models/{name}/unload", tags=["kserve-v2"])
+    async def unload(name: str):
+        try:
+            await repo.unload(name)
+        except UnknownModel as e:
+            return error(str(e), 404)
+        return {}
+
     openapi = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": _INFER_BODY_SCHEMA}}}}
 
@@ -240,13 +265,18 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["kserve-v2"],
               openapi_extra=openapi)
     async def infer(name: str, request: Request, version: str | None = None):
-        if (missing := unknown(name, version)) is not None:
-            return missing
         try:
-            z, y, body, binary = parse_infer_request(
-                await read_body(request, body_limit), request.headers.get("inference-header-content-length"),
-                engine, max_images)
-            images = await engine.submit(z, y)
+            with repo.use(name, version) as engine:  # a reload waits for this request
+                # The largest valid request is max_images rows of z written out as JSON text (up
+                # to ~25 characters a float) plus y; anything much larger is refused before it
+                # is buffered whole.
+                limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
+                z, y, body, binary = parse_infer_request(
+                    await read_body(request, limit),
+                    request.headers.get("inference-header-content-length"), engine, max_images)
+                images = await engine.submit(z, y)
+        except UnknownModel as e:
+            return error(str(e), 404)
         except InferError as e:
             return error(str(e), e.status, e.headers)
         except QueueFull as e:

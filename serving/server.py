@@ -1,6 +1,6 @@
 """Running the app: `ServeConfig` and `serve(cfg)` (what `bigan serve` calls), under uvicorn.
 
-The model is loaded and checked before the port is bound, so a bad file stops `bigan serve` with a
+The models are loaded and checked before the port is bound, so a bad file stops `bigan serve` with a
 message instead of a server that answers 500. With `workers > 1` uvicorn starts that many processes,
 each with its own session and batcher; they build their app from the config in `$BIGAN_SERVE_CONFIG`
 through `app_from_env`, the same factory Ray Serve replicas use (`serving.ray_serve`).
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from serving.app import create_app
-from serving.engine import Engine, EngineConfig
+from serving.engine import EngineConfig
+from serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ CONFIG_ENV = "BIGAN_SERVE_CONFIG"
 
 @dataclass
 class ServeConfig:
-    model: str                   # .onnx file, or a directory holding exactly one
-    name: str | None = None      # model name in URLs (/v2/models/NAME); default: the file's stem
+    model: str                   # .onnx file, or a repository directory (serving.repository)
+    name: str | None = None      # model name in URLs (/v2/models/NAME) of a one-model repository;
+                                 # default: the file's stem
     host: str = "127.0.0.1"      # bind address; 0.0.0.0 to accept outside connections
     port: int = 8000
     workers: int = 1             # uvicorn processes (or Ray Serve replicas), each with its own session
@@ -60,9 +62,9 @@ class ServeConfig:
 
 
 def build_app(cfg: ServeConfig) -> FastAPI:
-    """Load the model (raises ModelFileError for a bad file) and wrap it in the HTTP app."""
-    return create_app(Engine(cfg.model, cfg.engine, cfg.name), cfg.max_images, cfg.body_timeout_s,
-                      cfg.cache_mb)
+    """Load the models (raises ModelFileError naming a bad file) and wrap them in the HTTP app."""
+    return create_app(ModelRepository.open(cfg.model, cfg.engine, cfg.name), cfg.max_images,
+                      cfg.body_timeout_s, cfg.cache_mb)
 
 
 def app_from_env() -> FastAPI:
