@@ -76,11 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
         engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                               max_queue=args.max_queue, provider=args.provider)
         cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
+                          grpc_port=args.grpc_port,
                           workers=args.workers, max_images=args.max_images,
                           body_timeout_s=args.body_timeout, cache_mb=args.cache_mb,
                           shutdown_timeout_s=args.shutdown_timeout, engine=engine)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if args.ray and args.grpc_port is not None:
+        raise ConfigError("--grpc-port is served by `bigan serve` itself, not by Ray Serve "
+                          "replicas; drop --ray or --grpc-port")
     try:
         if args.ray:
             from serving.ray_serve import serve_forever
@@ -148,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "directory of NAME.onnx files and/or NAME/VERSION/model.onnx")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve KServe v2 over gRPC on this port, as tritonclient.grpc calls "
+                        "it (Triton uses 8001; needs tritonclient[grpc]; default: off)")
     p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="how long a batch that finds the runtime idle waits for more requests "

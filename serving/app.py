@@ -72,10 +72,13 @@ class BadRequest(ValueError):
 
 
 def create_app(models: Engine | ModelRepository, max_images: int = 64,
-               body_timeout_s: float = BODY_TIMEOUT_S, cache_mb: float = CACHE_MB) -> FastAPI:
+               body_timeout_s: float = BODY_TIMEOUT_S, cache_mb: float = CACHE_MB,
+               grpc_port: int | None = None, grpc_host: str = "127.0.0.1") -> FastAPI:
     """The app serving `models`; the engines' batchers start and stop with the app's lifespan.
     `max_images` bounds n on /v1/generate and N on /v2 infer; a request body must arrive within
-    `body_timeout_s` (0: no limit); /v1 responses are cached in up to `cache_mb` MiB (0: off)."""
+    `body_timeout_s` (0: no limit); /v1 responses are cached in up to `cache_mb` MiB (0: off).
+    With `grpc_port` (0: any free port, then `app.state.grpc_port`), the lifespan also runs the
+    KServe v2 gRPC service (`serving.grpc_service`) over the same engines."""
     if cache_mb < 0:
         raise ValueError(f"cache_mb={cache_mb} must be >= 0 (0 turns the cache off)")
     repo = models if isinstance(models, ModelRepository) else ModelRepository([models])
@@ -93,11 +96,19 @@ def create_app(models: Engine | ModelRepository, max_images: int = 64,
         count_batches(engine)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         await repo.start()
+        grpc_server = None
+        if grpc_port is not None:
+            from serving.grpc_service import start_grpc
+
+            grpc_server = await start_grpc(repo, grpc_port, max_images, cache, grpc_host)
+            app.state.grpc_port = grpc_server.bound_port
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             await repo.stop()
 
     app = FastAPI(title="bigan generator", version="1",

@@ -32,6 +32,7 @@ class ServeConfig:
                                  # default: the file's stem
     host: str = "127.0.0.1"      # bind address; 0.0.0.0 to accept outside connections
     port: int = 8000
+    grpc_port: int | None = None  # KServe v2 over gRPC on this port too (Triton's is 8001)
     workers: int = 1             # uvicorn processes (or Ray Serve replicas), each with its own session
     max_images: int = 64         # n per /v1/generate request, N per /v2 infer request
     cache_mb: float = 64.0       # /v1 response cache in MiB (serving.cache); 0 turns it off
@@ -45,8 +46,9 @@ class ServeConfig:
             self.engine = EngineConfig(**self.engine)
         if self.workers < 1 or self.max_images < 1:
             raise ValueError(f"workers={self.workers} and max_images={self.max_images} must be >= 1")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port={self.port} must be in 0..65535")
+        for name in ("port", "grpc_port"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name}={getattr(self, name)} must be in 0..65535")
         if self.cache_mb < 0:
             raise ValueError(f"cache_mb={self.cache_mb} must be >= 0 (0 turns the cache off)")
         if self.body_timeout_s < 0 or self.shutdown_timeout_s <= 0:
@@ -64,7 +66,7 @@ class ServeConfig:
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the models (raises ModelFileError naming a bad file) and wrap them in the HTTP app."""
     return create_app(ModelRepository.open(cfg.model, cfg.engine, cfg.name), cfg.max_images,
-                      cfg.body_timeout_s, cfg.cache_mb)
+                      cfg.body_timeout_s, cfg.cache_mb, cfg.grpc_port, cfg.host)
 
 
 def app_from_env() -> FastAPI:
