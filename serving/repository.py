@@ -188,20 +188,26 @@ class ModelRepository:
                 raise UnknownModel(f"no model {name[:80]!r} in the repository {str(self.root)!r}")
             current = self.models.get(name, {})
             fresh: dict[str, Engine] = {}
-            for f in files:
-                old = current.get(f.version)
-                if old is not None and old.path == f.path and (
-                        await asyncio.to_thread(file_sha256, f.path)) == old.sha256:
-                    fresh[f.version] = old
-                    continue
-                engine = await asyncio.to_thread(Engine, f.path, self.config, f.name,
-                                                 version=f.version)
-                if self.on_engine is not None:
-                    self.on_engine(engine)
-                await engine.start()
-                fresh[f.version] = engine
-                log.info("%s model %s version %s from %s", "reloaded" if old else "loaded",
-                         name, f.version, f.path)
+            try:
+                for f in files:
+                    old = current.get(f.version)
+                    if old is not None and old.path == f.path and (
+                            await asyncio.to_thread(file_sha256, f.path)) == old.sha256:
+                        fresh[f.version] = old
+                        continue
+                    engine = await asyncio.to_thread(Engine, f.path, self.config, f.name,
+                                                     version=f.version)
+                    if self.on_engine is not None:
+                        self.on_engine(engine)
+                    await engine.start()
+                    fresh[f.version] = engine
+                    log.info("%s model %s version %s from %s", "reloaded" if old else "loaded",
+                             name, f.version, f.path)
+            except BaseException:  # one bad file: the model keeps serving what it served
+                for engine in fresh.values():
+                    if engine not in current.values():
+                        await engine.stop()
+                raise
             self.models[name] = fresh
             self._drain([e for v, e in current.items() if fresh.get(v) is not e])
 

@@ -172,6 +172,11 @@ def test_a_replaced_file_is_picked_up_on_reload_and_unchanged_versions_keep_thei
             break
         time.sleep(0.05)
     assert not b2.ready and b1.ready
+    (repo_dir / "b" / "1" / "model.onnx").write_bytes(b"broken")  # a bad file: the load fails,
+    r = client.post("/v2/repository/models/b/load")  # and b keeps serving what it served
+    assert r.status_code == 400 and "b/1/model.onnx" in r.json()["error"]
+    assert repo.get("b", "1") is b1 and b1.ready
+    assert client.post("/v1/generate", json={**body, "version": "1"}).status_code == 200
 
 
 def test_a_reload_does_not_fail_requests_in_flight(repo_dir, tiny_onnx):
