@@ -5,9 +5,9 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   1. latency of one generator call at batch 1 and 32: PyTorch eager (the EMA generator as
      `bigan sample` runs it) against onnxruntime (the session `bigan serve` opens), same inputs;
   2. in-process onnxruntime throughput at the server's max batch: the ceiling for the server;
-  3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
-     one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
-     RSS of the server process (VmHWM);
+  3. `bigan serve --cache-mb 0` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients,
+     each sending one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency,
+     and the peak RSS of the server process (VmHWM);
   4. the response cache: two servers side by side, `--cache-mb 0` and the default cache, under
      the same repeating workload (one-image PNG requests whose (class, seed) follow a Zipf law
      over --cache-keys pairs, the same sequence for both): hit rate, images/s, p50/p99 latency.
@@ -171,7 +171,9 @@ def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
     each server rate is compared with the mean of the in-process rates measured just before and
     just after it. Returns (in_process, server)."""
     base, per_round = [], {c: [] for c in clients_list}
-    with running_server(onnx_path, max_batch) as (port, pid):
+    # Without the response cache: every round sends the same (class, seed) sequence, which a
+    # cache would answer from the second round on. This measures the generator's path.
+    with running_server(onnx_path, max_batch, "--cache-mb", "0") as (port, pid):
         rss_idle = _peak_rss_mib(pid)
         for r in range(rounds):
             base.append(in_process_rate(seconds))
