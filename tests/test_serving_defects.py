@@ -207,11 +207,12 @@ def _start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen
         time.sleep(0.2)
 
 
-def _trickle(port: int, stop: threading.Event, answers: list) -> None:
-    """A client sending a 1000-byte /v1 body one byte every 0.2 s, until told to stop or cut off."""
+def _trickle(port: int, stop: threading.Event, answers: list,
+             path: bytes = b"/v1/generate") -> None:
+    """A client sending a 1000-byte body one byte every 0.2 s, until told to stop or cut off."""
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n{")
+        s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 1000\r\n\r\n{")
         s.settimeout(0.2)
         while not stop.is_set():
             try:
@@ -231,12 +232,19 @@ def test_sigterm_with_trickling_clients_exits_and_slow_bodies_get_408(tiny_onnx,
     proc, port = _start_server(tiny_onnx, tmp_path / "server.log", "--body-timeout", "2",
                                "--shutdown-timeout", "2")
     try:
-        stop, answers = threading.Event(), []
+        stop, answers, v2_answers = threading.Event(), [], []
         slow = threading.Thread(target=_trickle, args=(port, stop, answers))
+        slow_v2 = threading.Thread(target=_trickle, args=(port, stop, v2_answers,
+                                                          b"/v2/models/model/infer"))
         slow.start()
+        slow_v2.start()
         slow.join(timeout=15)  # the body deadline answers it and closes the connection
-        assert not slow.is_alive() and answers and answers[0].startswith(b"HTTP/1.1 408"), answers
-        assert b"did not arrive within 2 s" in answers[0]
+        slow_v2.join(timeout=15)
+        v1, v2 = b"".join(answers), b"".join(v2_answers)
+        assert not slow.is_alive() and v1.startswith(b"HTTP/1.1 408"), v1
+        assert b'{"detail":"the request body did not arrive within 2 s' in v1
+        assert not slow_v2.is_alive() and v2.startswith(b"HTTP/1.1 408"), v2
+        assert b'{"error":"the request body did not arrive within 2 s' in v2
         proc.terminate()
         proc.wait(timeout=10)
     finally:
