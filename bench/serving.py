@@ -5,12 +5,16 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   1. latency of one generator call at batch 1 and 32: PyTorch eager (the EMA generator as
      `bigan sample` runs it) against onnxruntime (the session `bigan serve` opens), same inputs;
   2. in-process onnxruntime throughput at the server's max batch: the ceiling for the server;
-  3. `bigan serve` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients, each sending
-     one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency, and the peak
-     RSS of the server process (VmHWM).
+  3. `bigan serve --cache-mb 0` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients,
+     each sending one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency,
+     and the peak RSS of the server process (VmHWM);
+  4. the response cache: two servers side by side, `--cache-mb 0` and the default cache, under
+     the same repeating workload (one-image PNG requests whose (class, seed) follow a Zipf law
+     over --cache-keys pairs, the same sequence for both): hit rate, images/s, p50/p99 latency.
 Each comparison alternates over --rounds rounds and is taken per round: eager against
-onnxruntime, and each server measurement against the in-process ones just before and after it;
-then the median or the total over rounds. A shared machine drifts by 10-20% within a minute, and
+onnxruntime, each server measurement against the in-process ones just before and after it, and
+the cached server against the uncached one (their order swapped every round); then the median or
+the total over rounds. A shared machine drifts by 10-20% within a minute, and
 eager's page-fault-bound time by up to 2x.
 The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
 
@@ -122,12 +126,12 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def running_server(onnx_path: Path, max_batch: int):
+def running_server(onnx_path: Path, max_batch: int, *options: str):
     """`bigan serve` in a subprocess on a free loopback port, ready: yields (port, pid). Its log
     goes to a temporary file, quoted if the server does not come up."""
     with tempfile.NamedTemporaryFile("wb", prefix="bigan-serve-", suffix=".log") as log, \
             started_server(onnx_path, "--max-batch", str(max_batch), "--max-queue", "256",
-                           output=log, cwd=ROOT) as server:
+                           *options, output=log, cwd=ROOT) as server:
         yield server.port, server.process.pid
 
 
@@ -139,7 +143,9 @@ def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
     each server rate is compared with the mean of the in-process rates measured just before and
     just after it. Returns (in_process, server)."""
     base, per_round = [], {c: [] for c in clients_list}
-    with running_server(onnx_path, max_batch) as (port, pid):
+    # Without the response cache: every round sends the same (class, seed) sequence, which a
+    # cache would answer from the second round on. This measures the generator's path.
+    with running_server(onnx_path, max_batch, "--cache-mb", "0") as (port, pid):
         rss_idle = _peak_rss_mib(pid)
         for r in range(rounds):
             base.append(in_process_rate(seconds))
@@ -170,21 +176,45 @@ def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
                         "server_peak_rss_mib": rss_peak, "server_idle_peak_rss_mib": rss_idle}
 
 
-def drive(port: int, clients: int, seconds: float, num_classes: int) -> dict:
-    """`clients` threads, each on its own keep-alive connection, sending one-image requests: a
-    warm-up of seconds/4 (arena growth, batches settling), then a window of `seconds`. Returns
-    images/s, counted as the requests completed within the window (steady state: the drain after
-    it, about one latency, would bias a sent-in-window count down), and the latencies (s) of the
-    requests sent within it."""
+def unique_requests(num_classes: int):
+    """Request i of client k: a (class, seed) no other request asks for; npy, as a program would."""
+    def request(k: int, i: int) -> dict:
+        return {"class": (k + i) % num_classes, "n": 1, "seed": 1000 * k + i, "format": "npy"}
+    return request
+
+
+def zipf_requests(num_classes: int, keys: int, s: float = 1.1, seed: int = 0):
+    """Request i of client k: pair j of `keys` (class, seed) pairs with probability ~ 1/(j+1)^s,
+    drawn from a generator keyed by (seed, k), so every server gets the same sequence; PNG, as
+    the web page asks. A few pairs are asked for often, most rarely: what a cache faces."""
+    weights = 1.0 / np.arange(1, keys + 1) ** s
+    cdf = np.cumsum(weights / weights.sum())
+    draws: dict[int, np.ndarray] = {}
+
+    def request(k: int, i: int) -> dict:
+        if k not in draws or i >= len(draws[k]):
+            rng = np.random.default_rng([seed, k])
+            draws[k] = np.searchsorted(cdf, rng.random(max(4 * i, 4096)))
+        j = int(draws[k][i])
+        return {"class": j % num_classes, "n": 1, "seed": j, "truncation": 1.0, "format": "png"}
+    return request
+
+
+def drive(port: int, clients: int, seconds: float, num_classes: int, requests=None) -> dict:
+    """`clients` threads, each on its own keep-alive connection, sending one-image requests
+    (`requests(k, i)`, default `unique_requests`): a warm-up of seconds/4 (arena growth, batches
+    settling), then a window of `seconds`. Returns images/s, counted as the requests completed
+    within the window (steady state: the drain after it, about one latency, would bias a
+    sent-in-window count down), and the latencies (s) of the requests sent within it."""
     start = time.perf_counter() + seconds / 4
     end = start + seconds
+    requests = requests or unique_requests(num_classes)
 
     def client(k: int) -> tuple[list[float], int]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         latencies, completed, i = [], 0, 0
         while time.perf_counter() < end:
-            body = json.dumps({"class": (k + i) % num_classes, "n": 1, "seed": 1000 * k + i,
-                               "format": "npy"})
+            body = json.dumps(requests(k, i))
             t = time.perf_counter()
             conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
@@ -210,6 +240,56 @@ def drive(port: int, clients: int, seconds: float, num_classes: int) -> dict:
     return row
 
 
+def cache_counts(port: int) -> tuple[float, float]:
+    """(hits, misses) of the server's response cache, from /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{"))
+    return total("bigan_cache_hits_total"), total("bigan_cache_misses_total")
+
+
+def cache_comparison(onnx_path: Path, max_batch: int, clients_list: list[int], seconds: float,
+                     rounds: int, num_classes: int, keys: int) -> dict:
+    """The same Zipf workload against a server without and one with the response cache, both
+    running throughout; per round and client count, each is driven once, in swapped order every
+    round. The cached server keeps its cache across rounds, as a server in service would."""
+    runs = {(c, cache): [] for c in clients_list for cache in ("off", "on")}
+    hit_rates = {c: [] for c in clients_list}
+    with running_server(onnx_path, max_batch, "--cache-mb", "0") as (off_port, _), \
+            running_server(onnx_path, max_batch) as (on_port, _):
+        for r in range(rounds):
+            for c in clients_list:
+                order = [("off", off_port), ("on", on_port)][::1 if r % 2 == 0 else -1]
+                for cache, port in order:
+                    before = cache_counts(port)
+                    print(f"  round {r + 1}/{rounds}, cache {cache}:", end="", flush=True)
+                    run = drive(port, c, seconds, num_classes, zipf_requests(num_classes, keys))
+                    hits, misses = (a - b for a, b in zip(cache_counts(port), before))
+                    run["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+                    runs[(c, cache)].append(run)
+                hit_rates[c].append(runs[(c, "on")][-1]["hit_rate"])
+    rows = []
+    for (c, cache), per_round in runs.items():
+        lat = np.concatenate([run.pop("latencies") for run in per_round])
+        rates = [run["img_per_sec"] for run in per_round]
+        rows.append({"clients": c, "cache": cache, "requests": int(lat.size),
+                     "img_per_sec": float(np.mean(rates)), "img_per_sec_per_round": rates,
+                     "p50_ms": 1000 * float(np.percentile(lat, 50)),
+                     "p99_ms": 1000 * float(np.percentile(lat, 99)),
+                     "hit_rate_per_round": [run["hit_rate"] for run in per_round]})
+    speedups = {c: [on["img_per_sec"] / off["img_per_sec"]
+                    for off, on in zip(runs[(c, "off")], runs[(c, "on")])] for c in clients_list}
+    return {"keys": keys, "zipf_s": 1.1, "format": "png", "rows": rows,
+            "hit_rate_per_round": {str(c): v for c, v in hit_rates.items()},
+            "speedup_per_round": {str(c): v for c, v in speedups.items()},
+            "speedup_median": {str(c): float(np.median(v)) for c, v in speedups.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -223,6 +303,8 @@ def main() -> None:
     parser.add_argument("--model", help="an existing `bigan export` of --checkpoint (skips exporting)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds: eager vs onnxruntime, in-process vs server")
+    parser.add_argument("--cache-keys", type=int, default=1000,
+                        help="distinct (class, seed) pairs of the cache workload (default 1000)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="time per measurement (default 4 with --quick, 10 otherwise)")
     args = parser.parse_args()
@@ -263,6 +345,10 @@ def main() -> None:
         print(f"bigan serve under load (one-image requests), {args.rounds} rounds", flush=True)
         in_process, server = server_vs_in_process(onnx_path, in_process_rate, max_batch, [1, 16],
                                                   seconds, args.rounds, G.num_classes)
+        print(f"response cache: Zipf(1.1) over {args.cache_keys} (class, seed) pairs, "
+              f"{args.rounds} rounds", flush=True)
+        cache = cache_comparison(onnx_path, max_batch, [1, 16], seconds, args.rounds,
+                                 G.num_classes, args.cache_keys)
         onnx_mib = onnx_path.stat().st_size / 2**20
 
     print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
@@ -281,6 +367,14 @@ def main() -> None:
                  f"({r['fraction_of_in_process']:.0%} of in-process; rounds "
                  + "/".join(f"{f:.0%}" for f in r["fraction_per_round"]) + ")")
         print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+    for r in cache["rows"]:
+        label = (f"bigan serve, {r['clients']} client(s), Zipf PNGs, cache {r['cache']}"
+                 + (" (hits " + "/".join(f"{h:.0%}" for h in r["hit_rate_per_round"]) + ")"
+                    if r["cache"] == "on" else ""))
+        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+    for c, v in cache["speedup_per_round"].items():
+        print(f"cache on / off images/s, {c} client(s): {cache['speedup_median'][c]:.2f}x (rounds "
+              + "/".join(f"{x:.2f}" for x in v) + ")")
     print(f"server peak RSS {server['server_peak_rss_mib']:.0f} MiB "
           f"(idle {server['server_idle_peak_rss_mib']:.0f} MiB), model file {onnx_mib:.1f} MiB"
           + (f", export {export_sec:.0f} s" if export_sec else ""))
@@ -294,7 +388,7 @@ def main() -> None:
                         "precision": read_metadata(session, onnx_path).precision,
                         "params_G": sum(p.numel() for p in G.parameters()), "onnx_mib": onnx_mib},
               "latency": latency, "ort_over_eager": ratios, "in_process": in_process, "server": server,
-              "export_sec": export_sec}
+              "cache": cache, "export_sec": export_sec}
     (out / "serving.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'serving.json'}")
 

@@ -76,9 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
         engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                               max_queue=args.max_queue, provider=args.provider)
         cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
-                          workers=args.workers, max_images=args.max_images, engine=engine)
+                          grpc_port=args.grpc_port,
+                          workers=args.workers, max_images=args.max_images,
+                          body_timeout_s=args.body_timeout, cache_mb=args.cache_mb,
+                          shutdown_timeout_s=args.shutdown_timeout, engine=engine)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if args.ray and args.grpc_port is not None:
+        raise ConfigError("--grpc-port is served by `bigan serve` itself, not by Ray Serve "
+                          "replicas; drop --ray or --grpc-port")
     try:
         if args.ray:
             from serving.ray_serve import serve_forever
@@ -138,13 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("serve", help="serve an exported ONNX generator over HTTP (no torch needed)",
-                       description="Serve MODEL (.onnx, or a directory holding one) with onnxruntime: "
+                       description="Serve MODEL (.onnx, or a repository of models) with onnxruntime: "
                                    "POST /v1/generate, the KServe v2 protocol under /v2, /metrics, "
                                    "/healthz, /readyz and a web page at /. Concurrent requests are "
                                    "merged into batches of up to --max-batch images.")
-    p.add_argument("model", help="exported .onnx file (`bigan export`), or a directory with one")
+    p.add_argument("model", help="exported .onnx file (`bigan export`), or a model repository: a "
+                                 "directory of NAME.onnx files and/or NAME/VERSION/model.onnx")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve KServe v2 over gRPC on this port, as tritonclient.grpc calls "
+                        "it (Triton uses 8001; needs tritonclient[grpc]; default: off)")
     p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="how long a batch that finds the runtime idle waits for more requests "
@@ -156,7 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes, or Ray Serve replicas with --ray (default 1)")
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
                    help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
-    p.add_argument("--name", default=None, help="model name in URLs (default: the file's stem)")
+    p.add_argument("--name", default=None,
+                   help="model name in URLs when one model is served (default: the file's stem)")
+    p.add_argument("--cache-mb", type=float, default=64.0,
+                   help="MiB of /v1 responses kept for repeated (class, seed, psi) requests "
+                        "(default 64; 0 turns the cache off)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive before 408 (default 30; 0: none)")
+    p.add_argument("--shutdown-timeout", type=float, default=15.0,
+                   help="on SIGTERM, seconds open requests get before they are cancelled "
+                        "(default 15)")
     p.add_argument("--ray", action="store_true",
                    help="run as Ray Serve replicas (needs ray[serve])")
     p.set_defaults(func=_serve)

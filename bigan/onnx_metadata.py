@@ -31,6 +31,12 @@ OUTPUT_LAYOUT = "uint8 NHWC"
 INPUT_NAMES = ("z", "y")
 OUTPUT_NAMES = ("images", "images_float")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The truncation psi a server accepts in a request, and so the range a file's recommended psi
+# must lie in (a recommendation the server would refuse as a request is a broken default).
+# Below MIN, resampling needs ~1/psi rounds per value: a bound on the work one request can ask.
+# Above MAX, truncation keeps > 99.99% of N(0, 1): no truncation at all, most likely a typo.
+MIN_TRUNCATION = 0.01
+MAX_TRUNCATION = 4.0
 
 
 class MetadataError(ValueError):
@@ -47,7 +53,8 @@ class ModelMetadata:
     channels: int                   # image channels (3 = RGB)
     training_step: int              # G steps of the checkpoint the weights come from
     source_checkpoint_sha256: str   # sha256 (hex) of that checkpoint's manifest.json
-    recommended_truncation: float | None = 1.0  # psi for `latents`; None = no truncation
+    recommended_truncation: float | None = 1.0  # psi for `latents` in [MIN_TRUNCATION,
+                                                # MAX_TRUNCATION]; None = no truncation
     precision: str = "fp32"         # weights and compute inside the graph: fp32 | fp16
     exported_at: str = field(       # UTC time of the export, ISO 8601
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -85,8 +92,10 @@ class ModelMetadata:
                  "must be 64 lowercase hex digits")
         psi = self.recommended_truncation
         if psi is not None and (isinstance(psi, bool) or not isinstance(psi, (int, float))
-                                or not math.isfinite(psi) or psi <= 0):
-            _bad("recommended_truncation", psi, "must be a number > 0 or null")
+                                or not math.isfinite(psi)
+                                or not MIN_TRUNCATION <= psi <= MAX_TRUNCATION):
+            _bad("recommended_truncation", psi, f"must be a number in [{MIN_TRUNCATION}, "
+                 f"{MAX_TRUNCATION}] (the psi a request may ask for) or null")
         if self.precision not in PRECISIONS:
             _bad("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         if self.output != OUTPUT_LAYOUT:

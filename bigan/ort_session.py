@@ -89,14 +89,16 @@ def open_session(path: str | Path, provider: str = "auto", threads: int = 0,
 def read_metadata(session: Any, path: str | Path) -> ModelMetadata:
     """The validated `ModelMetadata` of an onnxruntime session opened from `path`.
 
-    Raises ModelFileError (naming `path`) when the metadata is missing or malformed, or when the
-    graph's inputs and outputs disagree with it (names, element types, dim_z, image shape).
+    Raises ModelFileError (naming `path`) when the metadata is missing or malformed, when the
+    graph's inputs and outputs disagree with it (names, element types, dim_z, image shape), or when
+    the graph cannot draw the last class the metadata names (`_check_classes`).
     """
     try:
         meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
     except MetadataError as e:
         raise ModelFileError(f"{path}: {e}") from e
     _check_signature(session, meta, Path(path))
+    _check_classes(session, meta, Path(path))
     return meta
 
 
@@ -129,6 +131,30 @@ def _check_signature(session: Any, meta: ModelMetadata, path: Path) -> None:
                     f"{path}: graph {kind} {name!r} is {arg.type} {arg.shape}, but the metadata "
                     f"says {dtype} {['N' if d is None else d for d in shape]}; the file's "
                     "metadata does not describe its graph: re-export the model")
+
+
+def _check_classes(session: Any, meta: ModelMetadata, path: Path) -> None:
+    """One image of class num_classes - 1, the largest id the server will accept. The class count
+    lives in the graph's initializers (an embedding table), which onnxruntime does not expose and
+    the `onnx` package is too heavy to read for the server; a run is the one torch-free way to ask.
+    A Gather past the table's end raises in onnxruntime, so metadata claiming more classes than
+    the embedding holds stops here instead of failing every batch that holds such a request.
+    Graphs that condition through a one-hot (no table) accept any id, and cannot be told apart."""
+    import numpy as np
+
+    z = np.zeros((1, meta.dim_z), np.float32)
+    y = np.array([meta.num_classes - 1], np.int64)
+    try:
+        (images,) = session.run(["images"], {"z": z, "y": y})
+    except Exception as e:  # onnxruntime's own error types
+        raise ModelFileError(
+            f"{path}: the metadata names {meta.num_classes} classes but the graph cannot draw "
+            f"class {meta.num_classes - 1} ({type(e).__name__}: {str(e).strip()[:200]}); the "
+            "metadata does not describe this graph: re-export the model") from e
+    expected = (1, meta.resolution, meta.resolution, meta.channels)
+    if tuple(images.shape) != expected:
+        raise ModelFileError(f"{path}: the graph drew an image of shape {list(images.shape)}, the "
+                             f"metadata says {list(expected)}; re-export the model")
 
 
 def _shape_matches(actual: list, expected: list) -> bool:

@@ -6,7 +6,13 @@ requests were already queued as the previous run ended: work-conserving under lo
 the merged batch in a worker thread (`asyncio.to_thread`), so the event loop keeps accepting
 requests while the session computes: that is what lets the next batch form. A request larger than `max_batch` runs
 alone (the run function splits it). A full queue raises `QueueFull` at once rather than letting
-latency grow without bound; the HTTP layer turns it into 503 with Retry-After.
+latency grow without bound; the HTTP layer turns it into 503 with Retry-After, which is the time
+the images already queued take at the measured rate (seconds per image, a moving average of the
+runs), so a client backs off for as long as the backlog really lasts.
+
+A run that fails fails alone: when a merged batch raises, each request in it is run again by
+itself, so one bad request (or one the graph cannot draw) gets its error and its batch-mates get
+their images, instead of every user sharing the batch getting a 500.
 
 Batching never changes which image a request gets: every latent is drawn from its own seeded
 generator before it reaches the queue, and the generator has no cross-sample operations in eval
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,13 +34,25 @@ RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BatchHook = Callable[[int, float], None]  # (images in the batch, seconds the run took)
 
 
+MAX_RETRY_AFTER_S = 600  # a Retry-After longer than this says "overloaded" no better
+
+
 class QueueFull(RuntimeError):
     """Too many requests are already waiting; retry after `retry_after_s` seconds."""
 
-    def __init__(self, depth: int, retry_after_s: int = 1):
-        super().__init__(f"{depth} requests are already waiting for the generator; retry in "
-                         f"{retry_after_s} s or lower the request rate")
+    def __init__(self, depth: int, retry_after_s: int = 1, images: int | None = None):
+        held = "" if images is None else f" ({images} images with the batch being drawn)"
+        super().__init__(f"{depth} requests are already waiting for the generator{held}; retry "
+                         f"in {retry_after_s} s or lower the request rate")
         self.retry_after_s = retry_after_s
+
+
+def retry_after_s(queued_images: int, seconds_per_image: float | None) -> int:
+    """Whole seconds until `queued_images` are drawn at `seconds_per_image` (1 when no run has
+    been measured yet), in 1..MAX_RETRY_AFTER_S: the Retry-After of a 503."""
+    if seconds_per_image is None:
+        return 1
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queued_images * seconds_per_image)))
 
 
 @dataclass
@@ -41,6 +60,7 @@ class _Job:
     z: np.ndarray                      # float32 [n, dim_z]
     y: np.ndarray                      # int64 [n]
     future: asyncio.Future = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)  # when submit queued it
 
     def __len__(self) -> int:
         return len(self.y)
@@ -59,11 +79,22 @@ class MicroBatcher:
         self._jobs: collections.deque[_Job] = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self.seconds_per_image: float | None = None  # moving average over runs; None: no run yet
+        self._running_images = 0  # images of the batch being computed
+        # Totals since start, for the v2 statistics extension: successful runs, their images and
+        # seconds, and the seconds requests waited in the queue before their run began.
+        self.runs, self.run_images, self.run_seconds = 0, 0, 0.0
+        self.queued_requests, self.queue_seconds = 0, 0.0
 
     @property
     def depth(self) -> int:
         """Requests waiting for a batch (not counting the batch being computed)."""
         return len(self._jobs)
+
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for a batch plus those of the batch being computed."""
+        return sum(len(job) for job in self._jobs) + self._running_images
 
     @property
     def running(self) -> bool:
@@ -94,7 +125,8 @@ class MicroBatcher:
         # Hosts that skip the ASGI lifespan, or run each request on a fresh loop, start it here.
         await self.start()
         if len(self._jobs) >= self.max_queue:
-            raise QueueFull(len(self._jobs))
+            images = self.queued_images
+            raise QueueFull(len(self._jobs), retry_after_s(images, self.seconds_per_image), images)
         job = _Job(z, y, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._arrived.set()
@@ -137,20 +169,47 @@ class MicroBatcher:
         return [job for job in batch if not job.future.done()]  # drop cancelled clients
 
     async def _execute(self, batch: list[_Job]) -> None:
+        now = time.perf_counter()
+        self.queued_requests += len(batch)
+        self.queue_seconds += sum(now - job.queued_at for job in batch)
         z = np.concatenate([job.z for job in batch])
         y = np.concatenate([job.y for job in batch])
-        start = time.perf_counter()
+        self._running_images = len(y)
         try:
-            images = await asyncio.to_thread(self._run, z, y)
-        except Exception as e:  # every waiting request learns why; the loop keeps serving
+            images = await self._timed_run(z, y)
+        except Exception as e:
+            if len(batch) == 1:  # the request learns why; the loop keeps serving
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(e)
+                return
+            # Some request broke the merged run: run each alone, so only the guilty ones fail.
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(e)
+                if job.future.done():
+                    continue
+                try:
+                    job.future.set_result(await self._timed_run(job.z, job.y))
+                except Exception as alone:
+                    job.future.set_exception(alone)
             return
-        if self.on_batch is not None:
-            self.on_batch(len(y), time.perf_counter() - start)
+        finally:
+            self._running_images = 0
         offset = 0
         for job in batch:
             if not job.future.done():
                 job.future.set_result(images[offset:offset + len(job)])
             offset += len(job)
+
+    async def _timed_run(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """`run` in a worker thread; a successful run updates the rate and calls on_batch."""
+        start = time.perf_counter()
+        images = await asyncio.to_thread(self._run, z, y)
+        seconds = time.perf_counter() - start
+        per_image = seconds / max(len(y), 1)
+        # Moving average: follows a change of load in ~10 runs, ignores one slow run.
+        self.seconds_per_image = (per_image if self.seconds_per_image is None
+                                  else 0.8 * self.seconds_per_image + 0.2 * per_image)
+        self.runs, self.run_images, self.run_seconds = (self.runs + 1, self.run_images + len(y),
+                                                        self.run_seconds + seconds)
+        if self.on_batch is not None:
+            self.on_batch(len(y), seconds)
+        return images

@@ -15,6 +15,7 @@ batching, so an image depends on its (class, seed, psi) only, exactly as in `big
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +40,24 @@ PROVIDERS = ort_session.PROVIDERS
 # without, and 16 clients gained nothing from it (bench/serving.py). On a GPU, where a batch of 16
 # typically costs little more than one image, a few ms of waiting pays (not measured here).
 DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0}
+
+
+@dataclass
+class RequestStats:
+    """Requests through `Engine.submit`: how many succeeded and failed and the seconds they took
+    (queue plus run), and when the last one ended (ms since the epoch; 0: none yet)."""
+    success: int = 0
+    success_seconds: float = 0.0
+    fail: int = 0
+    fail_seconds: float = 0.0
+    last_ms: int = 0
+
+    def note(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.success, self.success_seconds = self.success + 1, self.success_seconds + seconds
+        else:
+            self.fail, self.fail_seconds = self.fail + 1, self.fail_seconds + seconds
+        self.last_ms = int(time.time() * 1000)
 
 
 @dataclass
@@ -67,10 +86,13 @@ class Engine:
     (batched, async; needs `start()` on the serving event loop)."""
 
     def __init__(self, path: str | Path, config: EngineConfig | None = None,
-                 name: str | None = None, on_batch: BatchHook | None = None):
+                 name: str | None = None, on_batch: BatchHook | None = None, version: str = "1"):
         self.config = config or EngineConfig()
         self.path = resolve_model_path(path)
-        self.name = name or self.path.stem
+        self.name, self.version = name or self.path.stem, version
+        self.users = 0  # requests holding this engine (serving.repository drains on reload)
+        with open(self.path, "rb") as f:  # keys the response cache: a new file, new images
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.session, self.provider = open_session(self.path, self.config)
         self.metadata: ModelMetadata = ort_session.read_metadata(self.session, self.path)
         self._plain_run = ort_run_options(self.provider, shrink=False)
@@ -80,6 +102,7 @@ class Engine:
                             if self.config.max_wait_ms is None else self.config.max_wait_ms)
         self.batcher = MicroBatcher(self.run, self.config.max_batch, self.max_wait_ms,
                                     self.config.max_queue, on_batch)
+        self.stats = RequestStats()
         log.info("serving %s (%s, %d classes, %dx%d) on %s, batches of up to %d waiting up to "
                  "%g ms", self.path, self.metadata.family, self.metadata.num_classes,
                  self.metadata.resolution, self.metadata.resolution, self.provider,
@@ -109,7 +132,14 @@ class Engine:
 
     async def submit(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """`run` through the micro-batcher (merged with concurrent requests)."""
-        return await self.batcher.submit(z, y)
+        start = time.perf_counter()
+        try:
+            images = await self.batcher.submit(z, y)
+        except Exception:
+            self.stats.note(False, time.perf_counter() - start)
+            raise
+        self.stats.note(True, time.perf_counter() - start)
+        return images
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -1,31 +1,37 @@
 """The KServe v2 / Triton HTTP inference protocol for the exported generator.
 
 Routes (added to an app by `add_kserve_routes`): `GET /v2`, `/v2/health/live`, `/v2/health/ready`,
-`/v2/models/{name}[/versions/1]`, `.../ready`, and `POST .../infer` with inputs `z` FP32 [N, dim_z]
-and `y` INT64 [N] and the output `images` UINT8 [N, H, W, C]. Tensor data travels as JSON or with
-Triton's binary tensor extension (a JSON header of `Inference-Header-Content-Length` bytes followed
-by the raw little-endian tensors), which is what `tritonclient.http` sends by default, so the
-official client works unchanged. Errors are `{"error": message}` with a 4xx status, the shape the
+`/v2/models/{name}[/versions/{version}]` (no version: the model's highest), `.../ready`,
+`.../config` and `.../stats` (Triton's extensions, which `tritonclient` asks for), `POST
+/v2/repository/index` and `/v2/repository/models/{name}/load|unload` (Triton's repository
+extension: load re-reads a model's files, see `serving.repository`), and `POST .../infer` with
+inputs `z` FP32 [N, dim_z] and `y` INT64 [N] and the output `images` UINT8 [N, H, W, C] (read
+and checked by `serving.v2_protocol`). Tensor data travels as JSON or with Triton's binary tensor
+extension (a JSON header of `Inference-Header-Content-Length` bytes followed by the raw
+little-endian tensors), which is what `tritonclient.http` sends by default, so the official
+client works unchanged. Errors are `{"error": message}` with a 4xx status, the shape the
 client reads. Here z is whatever the client sends: seeds and truncation are the v1 API's business.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bigan
+from bigan.ort_session import ModelFileError
 from serving.batcher import QueueFull
 from serving.engine import Engine
+from serving.repository import ModelRepository, UnknownModel
+from serving.v2_protocol import (InferError, model_config, model_metadata, model_statistics,
+                                 read_inputs)
 
-VERSION = "1"  # an exported file is one model version
-_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "UINT8": np.dtype("u1")}
-_JSON_KINDS = {"FP32": "fiu", "INT64": "iu"}  # numpy kinds accepted in JSON data, before the cast
 _INFER_BODY_SCHEMA = {
     "type": "object",
     "required": ["inputs"],
@@ -46,57 +52,20 @@ _INFER_BODY_SCHEMA = {
 }
 
 
-class InferError(ValueError):
-    """A request the protocol rejects; `status` is its HTTP status (4xx)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def model_metadata(engine: Engine) -> dict[str, Any]:
-    m = engine.metadata
-    return {
-        "name": engine.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "z", "datatype": "FP32", "shape": [-1, m.dim_z]},
-                   {"name": "y", "datatype": "INT64", "shape": [-1]}],
-        "outputs": [{"name": "images", "datatype": "UINT8",
-                     "shape": [-1, m.resolution, m.resolution, m.channels]}],
-    }
-
-
 def parse_infer_request(body: bytes, header_length: str | None, engine: Engine,
                         max_images: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any], bool]:
     """(z, y, the request's JSON, whether outputs go back as binary) from a v2 infer body."""
     header, binary = _split_body(body, header_length)
     try:
         request = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InferError(f"the request body is not JSON ({e})") from e
+    except RecursionError:
+        raise InferError("the request body nests JSON too deeply to parse") from None
+    except ValueError as e:  # also UnicodeDecodeError, and ints past Python's int-string limit
+        raise InferError(f"the request body is not JSON this server can read ({str(e)[:200]})"
+                         ) from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InferError("the request must be a JSON object with an 'inputs' list")
-    tensors, offset = {}, 0
-    for item in request["inputs"]:
-        name, array, offset = _read_input(item, binary, offset)
-        if name in tensors:
-            raise InferError(f"input {name!r} is given twice")
-        tensors[name] = array
-    if offset != len(binary):
-        raise InferError(f"{len(binary) - offset} bytes of binary data follow the tensors the "
-                         "header describes")
-    if set(tensors) != {"z", "y"}:
-        raise InferError(f"inputs must be exactly 'z' and 'y', got {sorted(tensors)}")
-    z, y = tensors["z"], tensors["y"]
-    meta = engine.metadata
-    if z.ndim != 2 or z.shape[1] != meta.dim_z or y.ndim != 1 or len(y) != len(z):
-        raise InferError(f"shapes z {list(z.shape)}, y {list(y.shape)} do not fit z [N, "
-                         f"{meta.dim_z}], y [N]")
-    if not 1 <= len(y) <= max_images:
-        raise InferError(f"batch N={len(y)} must be in 1..{max_images}")
-    if not np.isfinite(z).all():
-        raise InferError("z holds NaN or infinite values")
-    if y.min() < 0 or y.max() >= meta.num_classes:
-        raise InferError(f"class ids in y must lie in 0..{meta.num_classes - 1}")
+    z, y = read_inputs(request["inputs"], binary, engine, max_images)
     return z, y, request, _binary_output(request)
 
 
@@ -107,7 +76,7 @@ def encode_infer_response(engine: Engine, images: np.ndarray, request: dict[str,
         output["parameters"] = {"binary_data_size": images.nbytes}
     else:
         output["data"] = images.reshape(-1).tolist()
-    result: dict[str, Any] = {"model_name": engine.name, "model_version": VERSION,
+    result: dict[str, Any] = {"model_name": engine.name, "model_version": engine.version,
                               "outputs": [output]}
     if isinstance(request.get("id"), str):
         result["id"] = request["id"]
@@ -118,16 +87,28 @@ def encode_infer_response(engine: Engine, images: np.ndarray, request: dict[str,
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
+def add_kserve_routes(app: FastAPI, repo: ModelRepository, max_images: int) -> None:
     def error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def unknown(name: str, version: str | None) -> JSONResponse | None:
-        if name != engine.name:
-            return error(f"unknown model {name!r}; this server serves {engine.name!r}", 404)
-        if version is not None and version != VERSION:
-            return error(f"model {name!r} has only version {VERSION}, not {version!r}", 404)
-        return None
+    @app.exception_handler(StarletteHTTPException)
+    async def v2_errors(request: Request, exc: StarletteHTTPException):
+        # Triton's clients parse {"error": ...} from any failed /v2 call; FastAPI's default body
+        # is {"detail": ...}, which tritonclient cannot read. Other paths keep FastAPI's form.
+        if request.url.path.startswith("/v2"):
+            message = (f"{request.method} {request.url.path}: this server has no such endpoint"
+                       if exc.status_code in (404, 405) else str(exc.detail))
+            return error(message, exc.status_code, getattr(exc, "headers", None))
+        return await http_exception_handler(request, exc)
+
+    def lookup(name: str, version: str | None) -> Engine | JSONResponse:
+        try:
+            return repo.get(name, version)
+        except UnknownModel as e:
+            return error(str(e), 404)
+
+    def stats(engines: list[Engine]) -> dict[str, Any]:
+        return {"model_stats": [model_statistics(e, app.state.cache) for e in engines]}
 
     @app.get("/v2", tags=["kserve-v2"])
     def server_metadata():
@@ -139,23 +120,62 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
 
     @app.get("/v2/health/ready", tags=["kserve-v2"])
     def ready():
-        return {"ready": True} if engine.ready else error("the model is not loaded yet", 503)
+        return {"ready": True} if repo.ready else error("the models are not loaded yet", 503)
+
+    @app.get("/v2/models/stats", tags=["kserve-v2"])  # before /v2/models/{name} claims "stats"
+    def all_statistics():
+        return stats(repo.engines())
 
     @app.get("/v2/models/{name}", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}", tags=["kserve-v2"])
     def metadata(name: str, version: str | None = None):
-        return unknown(name, version) or model_metadata(engine)
+        found = lookup(name, version)
+        return found if isinstance(found, JSONResponse) else model_metadata(found, repo)
+
+    @app.get("/v2/models/{name}/config", tags=["kserve-v2"])
+    @app.get("/v2/models/{name}/versions/{version}/config", tags=["kserve-v2"])
+    def config(name: str, version: str | None = None):
+        found = lookup(name, version)
+        return found if isinstance(found, JSONResponse) else model_config(found, max_images)
+
+    @app.get("/v2/models/{name}/stats", tags=["kserve-v2"])
+    @app.get("/v2/models/{name}/versions/{version}/stats", tags=["kserve-v2"])
+    def statistics(name: str, version: str | None = None):
+        found = lookup(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        return stats([found] if version is not None else list(repo.models[name].values()))
 
     @app.get("/v2/models/{name}/ready", tags=["kserve-v2"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["kserve-v2"])
     def model_ready(name: str, version: str | None = None):
-        if (missing := unknown(name, version)) is not None:
-            return missing
-        return {"name": name, "ready": True} if engine.ready else error("not ready", 503)
+        found = lookup(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        return {"name": name, "ready": True} if found.ready else error("not ready", 503)
 
-    # The largest valid request is max_images rows of z written out as JSON text (up to ~25
-    # characters a float) plus y; anything much larger is refused before it is buffered whole.
-    body_limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
+    @app.post("/v2/repository/index", tags=["kserve-v2"])
+    def repository_index():
+        return repo.index()
+
+    @app.post("/v2/repository/models/{name}/load", tags=["kserve-v2"])
+    async def load(name: str):
+        try:
+            await repo.load(name)
+        except UnknownModel as e:
+            return error(str(e), 404)
+        except ModelFileError as e:
+            return error(str(e), 400)
+        return {}
+
+    @app.post("/v2/repository/models/{name}/unload", tags=["kserve-v2"])
+    async def unload(name: str):
+        try:
+            await repo.unload(name)
+        except UnknownModel as e:
+            return error(str(e), 404)
+        return {}
+
     openapi = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": _INFER_BODY_SCHEMA}}}}
 
@@ -163,15 +183,20 @@ def add_kserve_routes(app: FastAPI, engine: Engine, max_images: int) -> None:
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["kserve-v2"],
               openapi_extra=openapi)
     async def infer(name: str, request: Request, version: str | None = None):
-        if (missing := unknown(name, version)) is not None:
-            return missing
         try:
-            z, y, body, binary = parse_infer_request(
-                await read_body(request, body_limit), request.headers.get("inference-header-content-length"),
-                engine, max_images)
-            images = await engine.submit(z, y)
+            with repo.use(name, version) as engine:  # a reload waits for this request
+                # The largest valid request is max_images rows of z written out as JSON text (up
+                # to ~25 characters a float) plus y; anything much larger is refused before it
+                # is buffered whole.
+                limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
+                z, y, body, binary = parse_infer_request(
+                    await read_body(request, limit),
+                    request.headers.get("inference-header-content-length"), engine, max_images)
+                images = await engine.submit(z, y)
+        except UnknownModel as e:
+            return error(str(e), 404)
         except InferError as e:
-            return error(str(e), e.status)
+            return error(str(e), e.status, e.headers)
         except QueueFull as e:
             return error(str(e), 503, {"Retry-After": str(e.retry_after_s)})
         return encode_infer_response(engine, images, body, binary)
@@ -185,10 +210,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except StarletteHTTPException as e:  # the body deadline (408) of serving.middleware
+        raise InferError(str(e.detail), e.status_code, e.headers) from None
     return bytes(body)
 
 
@@ -202,47 +230,6 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if not 0 < n <= len(body):
         raise InferError(f"Inference-Header-Content-Length {n} does not fit a {len(body)}-byte body")
     return body[:n], body[n:]
-
-
-def _read_input(item: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
-    """(name, array, new offset into the binary section) of one entry of 'inputs'."""
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise InferError("each input must be an object with a 'name'")
-    name, dtype_name, shape = item["name"], item.get("datatype"), item.get("shape")
-    expected = {"z": "FP32", "y": "INT64"}.get(name)
-    if expected is None:
-        raise InferError(f"unknown input {name!r}; the inputs are 'z' (FP32) and 'y' (INT64)")
-    if dtype_name != expected:
-        raise InferError(f"input {name!r} must have datatype {expected}, got {dtype_name!r}")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                               and d >= 0 for d in shape)):
-        raise InferError(f"input {name!r}: shape must be a list of non-negative integers")
-    count = math.prod(shape)
-    if count > 2**24:
-        raise InferError(f"input {name!r}: shape {shape} is far too large")
-    params = item.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InferError(f"input {name!r}: parameters must be an object")
-    dtype = _DTYPES[expected]
-    size = params.get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
-            raise InferError(f"input {name!r}: binary_data_size {size!r} does not match shape "
-                             f"{shape} of {expected} ({count * dtype.itemsize} bytes)")
-        if offset + size > len(binary):
-            raise InferError(f"input {name!r}: the body ends before its {size} bytes of data")
-        array = np.frombuffer(binary, dtype, count, offset).astype(dtype.newbyteorder("="))
-        return name, array.reshape(shape), offset + size
-    if "data" not in item:
-        raise InferError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    try:
-        raw = np.asarray(item["data"])
-    except (ValueError, TypeError) as e:
-        raise InferError(f"input {name!r}: data is not a rectangular array of numbers") from e
-    if raw.dtype.kind not in _JSON_KINDS[expected] or raw.size != count:
-        raise InferError(f"input {name!r}: data must hold {count} {expected} numbers for shape "
-                         f"{shape}, got {raw.size} of numpy kind {raw.dtype.kind!r}")
-    return name, raw.astype(dtype).reshape(shape), offset
 
 
 def _binary_output(request: dict[str, Any]) -> bool:

@@ -1,7 +1,9 @@
-"""ASGI middleware of the HTTP app: a request body size limit and per-request metrics."""
+"""ASGI middleware of the HTTP app: a request body size limit, a deadline for reading a body, and
+per-request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi.responses import JSONResponse
@@ -39,6 +41,38 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class BodyDeadline:
+    """ASGI middleware answering 408 when a request body has not fully arrived `timeout_s` after
+    the request started. A client trickling a byte a second otherwise holds its connection (and a
+    graceful shutdown, which waits for open requests) forever; uvicorn bounds idle keep-alive
+    connections and headers but not bodies."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.timeout_s <= 0:
+            return await self.app(scope, receive, send)
+        deadline = time.monotonic() + self.timeout_s
+        body_done = False
+
+        async def receive_before_deadline():
+            nonlocal body_done
+            if body_done:  # later receives wait for a disconnect: no deadline on those
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                # Connection: close, or uvicorn goes on reading (and discarding) the trickle.
+                raise HTTPException(408, f"the request body did not arrive within "
+                                         f"{self.timeout_s:g} s; send it at once",
+                                    headers={"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_before_deadline, send)
 
 
 class RequestMetrics:

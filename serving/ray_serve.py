@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from serving.engine import Engine
+from serving.repository import ModelRepository
 from serving.server import CONFIG_ENV, ServeConfig, app_from_env
 
 
@@ -42,7 +42,7 @@ def serve_forever(cfg: ServeConfig, replicas: int | None = None) -> None:
     from ray import serve
 
     # Refuse a bad file here, with the file named, rather than in every replica's log.
-    Engine(cfg.model, dataclasses.replace(cfg.engine, provider="cpu"), cfg.name)
+    ModelRepository.open(cfg.model, dataclasses.replace(cfg.engine, provider="cpu"), cfg.name)
     ray.init(ignore_reinit_error=True)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     app = deployment(cfg, replicas, num_gpus=gpus)

@@ -57,7 +57,9 @@ def test_metadata_names_the_missing_key(key):
     ("version", str(VERSION + 1), "upgrade"),
     ("format", "other", "not a bigan export"),
     ("precision", "int8", "must be one of"),
-    ("recommended_truncation", "-1", "> 0 or null"),
+    ("recommended_truncation", "-1", r"in \[0.01, 4.0\] \(the psi a request may ask for\) or null"),
+    ("recommended_truncation", "0.001", r"in \[0.01, 4.0\]"),  # below what a request may ask
+    ("recommended_truncation", "NaN", r"in \[0.01, 4.0\]"),
     ("source_checkpoint_sha256", "xyz", "64 lowercase hex"),
     ("class_names", "[cat", "not JSON"),
 ])

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_onnx, tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--seconds", "0.4", "--rounds", "2",
-         "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path)],
+         "--cache-keys", "50", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "serving.json").read_text())
@@ -42,3 +42,12 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
     assert report["server"]["server_peak_rss_mib"] >= report["server"]["server_idle_peak_rss_mib"] > 0
     assert report["model"]["precision"] == "fp32" and report["model"]["resolution"] == 32
     assert "bigan serve, 16 client(s)" in out.stdout and "onnxruntime / eager time, batch 32" in out.stdout
+    cache = report["cache"]
+    assert {(r["clients"], r["cache"]) for r in cache["rows"]} == {
+        (c, on) for c in (1, 16) for on in ("off", "on")}
+    for r in cache["rows"]:
+        assert len(r["img_per_sec_per_round"]) == 2 and 0 < r["p50_ms"] <= r["p99_ms"]
+        rates = r["hit_rate_per_round"]
+        assert all(h == 0 for h in rates) if r["cache"] == "off" else all(0 < h <= 1 for h in rates)
+    assert len(cache["speedup_per_round"]["16"]) == 2 and cache["speedup_median"]["1"] > 0
+    assert "cache on / off images/s, 16 client(s)" in out.stdout

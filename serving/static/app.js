@@ -1,22 +1,37 @@
-// The web page: pick a class by name, a truncation psi, a seed and a grid size; the server's
-// POST /v1/generate returns one grid PNG. Query parameters (?class=&psi=&seed=&size=&auto=1)
-// preset the form, and auto=1 generates on load (used by the headless-browser test).
+// The web page: pick a model (when the server holds several), a class by name, a truncation psi,
+// a seed and a grid size; the server's POST /v1/generate returns one grid PNG. Query parameters
+// (?model=&class=&psi=&seed=&size=&auto=1) preset the form, and auto=1 generates on load (used by
+// the headless-browser test).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(window.location.search);
 let maxImages = 64;
+let models = [];
 
 function setStatus(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
 }
 
-async function loadModel() {
+async function loadModels() {
   const response = await fetch("/v1/models");
   if (!response.ok) throw new Error(`GET /v1/models: HTTP ${response.status}`);
-  const model = (await response.json()).models[0];
+  models = (await response.json()).models;
+  models.forEach((model) => {
+    const option = document.createElement("option");
+    option.value = option.textContent = model.name;
+    $("pick").appendChild(option);
+  });
+  $("pick-label").hidden = models.length < 2;
+  if (params.has("model")) $("pick").value = params.get("model");
+  showModel();
+}
+
+function showModel() {
+  const model = models.find((m) => m.name === $("pick").value) || models[0];
   const meta = model.metadata;
+  $("class").replaceChildren();
   maxImages = model.max_images;
   $("model").textContent = `${model.name}: ${meta.family}, ${meta.num_classes} classes, ` +
     `${meta.resolution}×${meta.resolution}, step ${meta.training_step}, ${model.provider}`;
@@ -40,7 +55,7 @@ async function loadModel() {
 async function generate(event) {
   if (event) event.preventDefault();
   const size = Math.min(Number($("size").value) || 1, Math.floor(Math.sqrt(maxImages)));
-  const body = { class: Number($("class").value), n: size * size, columns: size,
+  const body = { model: $("pick").value || undefined, class: Number($("class").value), n: size * size, columns: size,
                  truncation: Number($("psi").value), seed: Number($("seed").value) || 0,
                  format: "png" };
   setStatus("generating…");
@@ -77,6 +92,7 @@ async function generate(event) {
 
 $("psi").addEventListener("input", () => { $("psi-value").textContent = $("psi").value; });
 $("controls").addEventListener("submit", generate);
-loadModel()
+$("pick").addEventListener("change", showModel);
+loadModels()
   .then(() => { if (params.get("auto") === "1") return generate(); })
   .catch((error) => setStatus(String(error.message || error), true));

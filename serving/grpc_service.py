@@ -1,0 +1,173 @@
+"""The KServe v2 gRPC protocol (Triton's `inference.GRPCInferenceService`), so `tritonclient.grpc`
+works unchanged: live/ready, server and model metadata, model config, infer (raw tensor contents,
+as the client sends them, or typed contents), statistics and the repository extension.
+
+`start_grpc(repo, port, max_images, cache)` runs a `grpc.aio` server on the event loop the HTTP app
+runs on (the app's lifespan starts and stops it), so both transports share the repository, its
+engines and their micro-batchers: a gRPC request and an HTTP request can land in the same batch.
+Requests are read and checked by `serving.v2_protocol`, the code the HTTP routes use, with the same
+limits; errors map to status codes: malformed input INVALID_ARGUMENT, unknown model or version
+NOT_FOUND, a full queue UNAVAILABLE (its message says when to retry).
+
+The message classes are the ones generated from Triton's own .proto files, shipped with
+`tritonclient[grpc]`; grpc and those are imported only when a gRPC port is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bigan.ort_session import ModelFileError
+from serving.batcher import QueueFull
+from serving.repository import ModelRepository, UnknownModel
+from serving.v2_protocol import (InferError, model_config, model_metadata, model_statistics,
+                                 read_inputs)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 << 20  # requests are small; answers of 64 images of 512 px are ~50 MB
+
+
+def _modules():
+    try:
+        import grpc
+        from google.protobuf import json_format
+        from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+    except ImportError as e:
+        raise RuntimeError(f"--grpc-port needs grpcio and Triton's protocol messages ({e}): "
+                           "pip install 'tritonclient[grpc]' -c constraints.txt") from e
+    return grpc, json_format, model_config_pb2, service_pb2, service_pb2_grpc
+
+
+async def start_grpc(repo: ModelRepository, port: int, max_images: int, cache: Any = None,
+                     host: str = "127.0.0.1"):
+    """A started `grpc.aio.Server` on host:port (0: a free port, see `.bound_port`)."""
+    grpc, json_format, config_pb2, pb2, pb2_grpc = _modules()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    servicer = _service(grpc, json_format, config_pb2, pb2, pb2_grpc)(repo, max_images, cache)
+    pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.bound_port = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("KServe v2 gRPC on %s:%d", host, server.bound_port)
+    return server
+
+
+def _service(grpc, json_format, config_pb2, pb2, pb2_grpc):
+    """The servicer class, built once the generated modules are imported."""
+    import bigan
+
+    Code = grpc.StatusCode
+
+    class Service(pb2_grpc.GRPCInferenceServiceServicer):
+        def __init__(self, repo: ModelRepository, max_images: int, cache: Any):
+            self.repo, self.max_images, self.cache = repo, max_images, cache
+
+        async def _engine(self, context, name: str, version: str):
+            try:
+                return self.repo.get(name, version or None)
+            except UnknownModel as e:
+                await context.abort(Code.NOT_FOUND, str(e))
+
+        async def ServerLive(self, request, context):
+            return pb2.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request, context):
+            return pb2.ServerReadyResponse(ready=self.repo.ready)
+
+        async def ModelReady(self, request, context):
+            try:
+                engine = self.repo.get(request.name, request.version or None)
+            except UnknownModel:
+                return pb2.ModelReadyResponse(ready=False)
+            return pb2.ModelReadyResponse(ready=engine.ready)
+
+        async def ServerMetadata(self, request, context):
+            return pb2.ServerMetadataResponse(name="bigan", version=bigan.__version__,
+                                              extensions=["model_repository", "statistics"])
+
+        async def ModelMetadata(self, request, context):
+            engine = await self._engine(context, request.name, request.version)
+            return json_format.ParseDict(model_metadata(engine, self.repo),
+                                         pb2.ModelMetadataResponse())
+
+        async def ModelConfig(self, request, context):
+            engine = await self._engine(context, request.name, request.version)
+            config = json_format.ParseDict(model_config(engine, self.max_images),
+                                           config_pb2.ModelConfig())
+            return pb2.ModelConfigResponse(config=config)
+
+        async def ModelStatistics(self, request, context):
+            if request.name:
+                engine = await self._engine(context, request.name, request.version)
+                engines = ([engine] if request.version
+                           else list(self.repo.models[request.name].values()))
+            else:
+                engines = self.repo.engines()
+            stats = {"model_stats": [model_statistics(e, self.cache) for e in engines]}
+            return json_format.ParseDict(stats, pb2.ModelStatisticsResponse())
+
+        async def RepositoryIndex(self, request, context):
+            models = [m for m in self.repo.index() if not request.ready or m["state"] == "READY"]
+            return json_format.ParseDict({"models": models}, pb2.RepositoryIndexResponse())
+
+        async def RepositoryModelLoad(self, request, context):
+            try:
+                await self.repo.load(request.model_name)
+            except UnknownModel as e:
+                await context.abort(Code.NOT_FOUND, str(e))
+            except ModelFileError as e:
+                await context.abort(Code.INVALID_ARGUMENT, str(e))
+            return pb2.RepositoryModelLoadResponse()
+
+        async def RepositoryModelUnload(self, request, context):
+            try:
+                await self.repo.unload(request.model_name)
+            except UnknownModel as e:
+                await context.abort(Code.NOT_FOUND, str(e))
+            return pb2.RepositoryModelUnloadResponse()
+
+        async def ModelInfer(self, request, context):
+            try:
+                with self.repo.use(request.model_name, request.model_version or None) as engine:
+                    z, y = read_inputs(*_as_v2_inputs(request), engine, self.max_images)
+                    for out in request.outputs:
+                        if out.name != "images":
+                            raise InferError("the only output is 'images' (UINT8 [N, H, W, C])")
+                    images = await engine.submit(z, y)
+            except UnknownModel as e:
+                await context.abort(Code.NOT_FOUND, str(e))
+            except InferError as e:
+                await context.abort(Code.INVALID_ARGUMENT, str(e))
+            except QueueFull as e:
+                await context.abort(Code.UNAVAILABLE, str(e))
+            output = pb2.ModelInferResponse.InferOutputTensor(
+                name="images", datatype="UINT8", shape=list(images.shape))
+            return pb2.ModelInferResponse(model_name=engine.name, model_version=engine.version,
+                                          id=request.id, outputs=[output],
+                                          raw_output_contents=[images.tobytes()])
+
+    return Service
+
+
+def _as_v2_inputs(request) -> tuple[list[dict], bytes]:
+    """A gRPC ModelInferRequest's inputs as the HTTP form's `inputs` entries and binary section,
+    for `v2_protocol.read_inputs`: raw contents become binary_data_size parameters (in order),
+    typed contents become `data`."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InferError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give "
+                         "one per input, or none and typed contents")
+    items = []
+    for i, tensor in enumerate(request.inputs):
+        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                "shape": list(tensor.shape)}
+        if raw:
+            item["parameters"] = {"binary_data_size": len(raw[i])}
+        elif tensor.datatype == "FP32":
+            item["data"] = list(tensor.contents.fp32_contents)
+        elif tensor.datatype == "INT64":
+            item["data"] = list(tensor.contents.int64_contents)
+        items.append(item)
+    return items, b"".join(raw)
