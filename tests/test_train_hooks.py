@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from bigan.config import load_config
 from bigan.train.hooks import TrainHooks
+from serving.client import free_port
 
 pytestmark = pytest.mark.dist
 
@@ -34,6 +34,8 @@ class _StopOnRankOne(TrainHooks):
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
+    # Not tests.process_group.spawn: Accelerate must set up the group itself, from the
+    # environment a launcher gives each rank, as in a real run.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       OMP_NUM_THREADS="1")
@@ -47,15 +49,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     (Path(out) / f"result-{rank}.json").write_text(json.dumps({"step": result.step}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_rank_stopping_stops_both_with_one_checkpoint(tmp_path):
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
