@@ -75,6 +75,16 @@ class RunLog:
                                   for k in ("loss/D", "loss/G") if k in metrics})
         return metrics
 
+    def write_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """An evaluation's results at the step of the checkpoint it scored (which is usually
+        behind the training step by the time the evaluator is done); main process only."""
+        if self.main:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+            self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.file.flush()
+
     def close(self) -> None:
         self.bar.close()
         if self.main:
