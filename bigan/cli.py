@@ -38,7 +38,13 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  tensorboard  tensorboard --logdir {run / 'tb'}")
     print(f"  metrics      {run / 'metrics.jsonl'}")
     if evaluator is not None:
+        from bigan.checkpoint.best import read_best
+
         print(f"  evaluation   {run / 'eval' / 'history.jsonl'}, {run / 'eval' / 'metrics.png'}")
+        best = read_best(run / "checkpoints")
+        if best:
+            print(f"  best         {run / 'checkpoints' / best['checkpoint']} "
+                  f"({best['metric']} = {best['value']:.4g})")
     return 0
 
 

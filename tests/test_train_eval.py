@@ -10,6 +10,7 @@ same numbers, because both run `RunScorer.record` on the same checkpoint files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import torch
 
 from bigan.checkpoint import best as best_pointer
 from bigan.checkpoint import store
+from bigan.cli import main
 from bigan.config import ConfigError, load_config
 from bigan.eval.run_evaluator import (BlockingEvaluator, ProcessEvaluator, make_evaluator,
                                       read_history)
@@ -105,8 +107,9 @@ def test_pruning_keeps_the_best_and_held_checkpoints(tmp_path):
     assert [p.name for p in store.list_checkpoints(root)] == ["step-00000001", "step-00000005"]
 
 
+@pytest.mark.slow
 def test_blocking_and_process_evaluators_give_the_same_numbers(
-        tmp_path, tiny_eval_shards, tiny_classifier):
+        tmp_path, tiny_eval_shards, tiny_classifier, capsys):
     histories = {}
     for mode in ("blocking", "process"):
         run = tmp_path / mode
@@ -138,6 +141,27 @@ def test_blocking_and_process_evaluators_give_the_same_numbers(
     for a, b in zip(histories["blocking"], histories["process"]):
         torch.testing.assert_close(a["metrics"], b["metrics"], rtol=0, atol=0)
 
+    # `bigan checkpoint list` marks it; `bigan export RUN --best` exports it
+    capsys.readouterr()
+    assert main(["checkpoint", "list", str(run)]) == 0
+    listed = capsys.readouterr().out
+    best_line = next(line for line in listed.splitlines() if line.startswith(best["checkpoint"]))
+    assert "best" in best_line and f"best: {best['checkpoint']} by eval/fid" in listed
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert main(["export", str(run), "--best", "--out", str(tmp_path / "best.onnx")]) == 0
+        assert f"best checkpoint: {run / 'checkpoints' / best['checkpoint']}" in capsys.readouterr().out
+
+
+def test_train_and_export_fail_in_one_line_without_extractor_or_best(tmp_path, tiny_eval_shards, capsys):
+    code = main(["train", "configs/demo.yaml", "--out", str(tmp_path / "run"),
+                 f"data.path={tiny_eval_shards}", "eval.every_kimg=1",
+                 f"eval.extractor={tmp_path / 'missing.safetensors'}"])
+    assert code == 2 and "eval.extractor=" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert main(["export", str(tmp_path / "run"), "--best"]) == 2
+    assert "no readable best pointer" in capsys.readouterr().err
+
 
 class _Raising:
     def submit(self, job):
@@ -150,6 +174,7 @@ class _Raising:
         raise RuntimeError("evaluator on fire")
 
 
+@pytest.mark.slow
 def test_an_evaluator_that_raises_does_not_stop_training(
         tmp_path, tiny_eval_shards, tiny_classifier, caplog):
     cfg = _cfg(tmp_path / "run", tiny_eval_shards, tiny_classifier, tmp_path / "cache")
@@ -173,6 +198,7 @@ def test_an_evaluator_that_raises_does_not_stop_training(
     assert read_history(tmp_path / "run2") == []
 
 
+@pytest.mark.slow
 def test_resume_continues_the_history(tmp_path, tiny_eval_shards, tiny_classifier):
     run = tmp_path / "run"
     cfg = _cfg(run, tiny_eval_shards, tiny_classifier, tmp_path / "cache",
