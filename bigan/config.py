@@ -52,6 +52,9 @@ BIGGAN_RESOLUTIONS = tuple(BIGGAN_G_WIDTHS)
 
 
 LR_DECAYS = ("none", "linear", "cosine")
+# Experiment trackers, by Accelerate's names (accelerate.tracking.LOGGER_TYPE_TO_CLASS).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab",
+            "trackio")
 # Metrics of the evaluation beside training (bigan/eval/run_evaluator.py) and which way is better.
 EVAL_METRICS = {"fid": "min", "kid": "min", "intra_fid": "min", "precision": "max",
                 "recall": "max", "class_accuracy": "max", "is": "max"}
@@ -225,6 +228,7 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
     strategy: str = "ddp"  # data parallelism with several processes: ddp | zero1 | zero2 | zero3
     out_dir: str = "runs/default"  # run directory: checkpoints/, tb/, grids/, config.yaml
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers beside metrics.jsonl: tensorboard (RUN/tb) and, through Accelerate, wandb | mlflow | aim | comet_ml | clearml | dvclive | swanlab | trackio (installed ones)
 
     def validate(self, prefix: str = "train") -> None:
         for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every",
@@ -233,6 +237,10 @@ class TrainConfig:
         _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
         _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
         _one_of(f"{prefix}.strategy", self.strategy, STRATEGIES)
+        for name in self.log_with:
+            _one_of(f"{prefix}.log_with", name, TRACKERS)
+        _require(len(set(self.log_with)) == len(self.log_with), f"{prefix}.log_with",
+                 self.log_with, "names a tracker twice")
 
 
 @dataclass

@@ -225,3 +225,18 @@ def test_resume_continues_the_history(tmp_path, tiny_eval_shards, tiny_classifie
     best = best_pointer.read_best(root)
     assert best["value"] == min(r["metrics"]["eval/fid"] for r in history)
     assert best_pointer.held(root) == []
+
+
+def test_trackers_are_checked_and_tensorboard_can_be_left_out(tmp_path):
+    assert load_config(None, []).train.log_with == ["tensorboard"]
+    with pytest.raises(ConfigError, match=r"train\.log_with"):
+        load_config(None, ["train.log_with=[tensorboard,nope]"])
+    from accelerate.tracking import get_available_trackers
+
+    if "wandb" not in {str(t) for t in get_available_trackers()}:  # not installed: one clear error
+        cfg = load_config(None, tiny_overrides(tmp_path / "w", **{"train.log_with": "[wandb]"}))
+        with pytest.raises(ConfigError, match=r"train\.log_with.*wandb is not installed"):
+            train(cfg)
+    run = tmp_path / "quiet"
+    train(load_config(None, tiny_overrides(run, **{"train.log_with": "[]", "train.steps": 2})))
+    assert not (run / "tb").exists() and (run / "metrics.jsonl").stat().st_size > 0

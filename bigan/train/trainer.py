@@ -27,7 +27,7 @@ from bigan.train.curriculum import curriculum
 from bigan.train.evaluation import Evaluator, TrainEvaluation
 from bigan.train.hooks import TrainHooks
 from bigan.train.optimizers import build_optimizers
-from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged
+from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged, accelerate_trackers
 from bigan.train.step import StepState, gan_iteration
 from bigan.train.train_state import TrainCheckpoints
 
@@ -52,7 +52,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     from accelerate import Accelerator
 
     hooks, tc, run_dir = hooks or TrainHooks(), cfg.train, Path(cfg.train.out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(run_dir),
+                              log_with=accelerate_trackers(tc.log_with))
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     strategy = _strategy(cfg, world)
@@ -78,7 +79,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-    run_log = RunLog(run_dir, tc.steps, step, main)
+    run_log = RunLog(run_dir, tc.steps, step, main, tc.log_with, accelerator, cfg.to_dict())
     grids = SampleGrids(cfg, G_ema, run_dir, device, feed.reference)
     evaluation = TrainEvaluation(cfg, evaluator, checkpoints.root, run_log.write_eval, main)
     if at.checkpoint is not None:
