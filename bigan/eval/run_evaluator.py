@@ -105,8 +105,12 @@ class RunScorer:
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.dir / HISTORY, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            self._offer_best(root, record)
-            self._draw()
+            for after in (lambda: self._offer_best(root, record), self._draw):
+                try:  # the numbers are recorded: they still go back to the trainer
+                    after()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("after scoring %s: %s: %s", record["checkpoint"],
+                                type(exc).__name__, exc)
             return {k: record[k] for k in ("step", "kimg", "metrics")}
         except Exception as exc:  # noqa: BLE001 - reported to the trainer, which logs it
             log.debug("evaluation of %s failed:\n%s", job.checkpoint, traceback.format_exc())
@@ -130,7 +134,7 @@ class RunScorer:
                 {k: [(r["kimg"], r["metrics"][k]) for r in history if k in r["metrics"]]
                  for k in history[-1]["metrics"]},
                 self.dir / CURVES, best=best and (best["metric"], best["kimg"], best["value"]))
-        except ImportError as e:  # matplotlib is in the eval extra; the numbers matter more
+        except ImportError as e:  # matplotlib is in the eval extra
             log.warning("no %s (%s): pip install 'bigan[eval]'", self.dir / CURVES, e)
 
 
