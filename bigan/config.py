@@ -258,7 +258,7 @@ class EvalConfig:
     psi: list[float | None] = field(default_factory=lambda: [None])  # truncation values to score at (null = none); best_metric is read at the first
     best_metric: str = "fid"  # the metric that picks checkpoints/best (one of `metrics`)
     best_direction: str = ""  # min | max ("" = the metric's own: min for fid, kid, intra_fid; max for the rest)
-    mode: str = "process"  # process: beside training in its own process | blocking: inside the loop (single-core machines)
+    mode: str = "process"  # process: beside training in its own process (`bigan launch`: a Ray actor) | blocking: inside the loop (single-core machines)
     threads: int = 1  # torch threads of the evaluator process
     seed: int = 0  # seed of the first generated sample (sample i: class i mod K, seed + i)
     cache_dir: str = ""  # real-feature cache ("" = $BIGAN_CACHE_DIR or ~/.cache/bigan/real-features)
