@@ -22,15 +22,29 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0
+    from bigan.eval.errors import EvalError
+    from bigan.eval.run_evaluator import make_evaluator
     from bigan.train.trainer import train
 
-    result = train(cfg, resume=args.resume)
+    try:  # checked before training starts: a missing extractor file fails now, not at kimg 500
+        evaluator = make_evaluator(cfg)
+    except EvalError as e:
+        raise ConfigError(str(e)) from e
+    result = train(cfg, resume=args.resume, evaluator=evaluator)
     run = result.run_dir
     print(f"trained {result.step} steps ({result.cur_nimg / 1000:.1f} kimg)")
     print(f"  checkpoint   {result.last_checkpoint}")
     print(f"  grid         {run / 'grids' / 'latest.png'}")
     print(f"  tensorboard  tensorboard --logdir {run / 'tb'}")
     print(f"  metrics      {run / 'metrics.jsonl'}")
+    if evaluator is not None:
+        from bigan.checkpoint.best import read_best
+
+        print(f"  evaluation   {run / 'eval' / 'history.jsonl'}, {run / 'eval' / 'metrics.png'}")
+        best = read_best(run / "checkpoints")
+        if best:
+            print(f"  best         {run / 'checkpoints' / best['checkpoint']} "
+                  f"({best['metric']} = {best['value']:.4g})")
     return 0
 
 

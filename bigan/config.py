@@ -52,6 +52,13 @@ BIGGAN_RESOLUTIONS = tuple(BIGGAN_G_WIDTHS)
 
 
 LR_DECAYS = ("none", "linear", "cosine")
+# Experiment trackers, by Accelerate's names (accelerate.tracking.LOGGER_TYPE_TO_CLASS).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab",
+            "trackio")
+# Metrics of the evaluation beside training (bigan/eval/run_evaluator.py) and which way is better.
+EVAL_METRICS = {"fid": "min", "kid": "min", "intra_fid": "min", "precision": "max",
+                "recall": "max", "class_accuracy": "max", "is": "max"}
+EVAL_MODES = ("process", "blocking")  # beside training in its own process | inside the loop
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -221,6 +228,7 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
     strategy: str = "ddp"  # data parallelism with several processes: ddp | zero1 | zero2 | zero3
     out_dir: str = "runs/default"  # run directory: checkpoints/, tb/, grids/, config.yaml
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers beside metrics.jsonl: tensorboard (RUN/tb) and, through Accelerate, wandb | mlflow | aim | comet_ml | clearml | dvclive | swanlab | trackio (installed ones)
 
     def validate(self, prefix: str = "train") -> None:
         for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every",
@@ -229,6 +237,85 @@ class TrainConfig:
         _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
         _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
         _one_of(f"{prefix}.strategy", self.strategy, STRATEGIES)
+        for name in self.log_with:
+            _one_of(f"{prefix}.log_with", name, TRACKERS)
+        _require(len(set(self.log_with)) == len(self.log_with), f"{prefix}.log_with",
+                 self.log_with, "names a tracker twice")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation while training (`bigan/train/evaluation.py` + `bigan/eval/run_evaluator.py`):
+    at every `every_kimg` the trainer writes a checkpoint and hands it to an evaluator, which
+    scores its EMA generator and writes the results back at that step; `checkpoints/best` names
+    the best one by `best_metric`."""
+
+    every_kimg: float = 0.0  # thousands of real images between evaluations (0 = off); always also at the end
+    n: int = 1000  # generated (and real) images per evaluation; FID is biased upwards at small N
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid | kid | precision | recall | class_accuracy | is | intra_fid
+    extractor: str = "inception"  # inception (the FID network) | path to a domain classifier .safetensors | a TorchScript Inception .pt
+    data: str = ""  # real shards to compare with ("" = data.path when data.source=shards)
+    psi: list[float | None] = field(default_factory=lambda: [None])  # truncation values to score at (null = none); best_metric is read at the first
+    best_metric: str = "fid"  # the metric that picks checkpoints/best (one of `metrics`)
+    best_direction: str = ""  # min | max ("" = the metric's own: min for fid, kid, intra_fid; max for the rest)
+    mode: str = "process"  # process: beside training in its own process (`bigan launch`: a Ray actor) | blocking: inside the loop (single-core machines)
+    threads: int = 1  # torch threads of the evaluator process
+    seed: int = 0  # seed of the first generated sample (sample i: class i mod K, seed + i)
+    cache_dir: str = ""  # real-feature cache ("" = $BIGAN_CACHE_DIR or ~/.cache/bigan/real-features)
+
+    def validate(self, prefix: str = "eval") -> None:
+        _positive(f"{prefix}.every_kimg", self.every_kimg, zero_ok=True)
+        _require(self.n >= 4, f"{prefix}.n", self.n, "must be >= 4 (precision/recall use k=3 neighbours)")
+        _require(bool(self.metrics), f"{prefix}.metrics", self.metrics, "name at least one metric")
+        for m in self.metrics:
+            _one_of(f"{prefix}.metrics", m, tuple(EVAL_METRICS))
+        _require(len(set(self.metrics)) == len(self.metrics), f"{prefix}.metrics", self.metrics,
+                 "lists a metric twice")
+        classifier = self.extractor.endswith(".safetensors")
+        _require(self.extractor == "inception" or classifier or self.extractor.endswith(".pt"),
+                 f"{prefix}.extractor", self.extractor, "must be 'inception', a domain classifier "
+                 "file (.safetensors, `bigan eval train-classifier`) or a TorchScript Inception (.pt)")
+        _require(classifier or "class_accuracy" not in self.metrics, f"{prefix}.metrics",
+                 self.metrics, "class_accuracy needs a domain classifier as eval.extractor")
+        _require(self.extractor != "inception" or "is" not in self.metrics, f"{prefix}.metrics",
+                 self.metrics, "is (Inception Score) needs logits; the default Inception FID "
+                 "network has none: use a classifier or an Inception .pt with a logits output")
+        _require(bool(self.psi), f"{prefix}.psi", self.psi, "name at least one value (null = none)")
+        for v in self.psi:
+            _require(v is None or v > 0, f"{prefix}.psi", self.psi, "each value must be > 0 or null")
+        _require(len(set(self.psi)) == len(self.psi), f"{prefix}.psi", self.psi, "lists a value twice")
+        _require(self.best_metric in self.metrics, f"{prefix}.best_metric", self.best_metric,
+                 f"must be one of eval.metrics ({', '.join(self.metrics)})")
+        _one_of(f"{prefix}.best_direction", self.best_direction, ("", "min", "max"))
+        natural = EVAL_METRICS.get(self.best_metric)
+        _require(self.best_direction in ("", natural), f"{prefix}.best_direction",
+                 self.best_direction, f"{self.best_metric} is better when "
+                 f"{'lower' if natural == 'min' else 'higher'}: use {natural} (or leave it empty)")
+        _one_of(f"{prefix}.mode", self.mode, EVAL_MODES)
+        _positive(f"{prefix}.threads", self.threads)
+
+    @property
+    def direction(self) -> str:
+        """min or max: which way `best_metric` improves."""
+        return self.best_direction or EVAL_METRICS[self.best_metric]
+
+    def check_against(self, model: ModelConfig, data: DataConfig, prefix: str = "eval") -> None:
+        """Cross-section checks, only when evaluation is on: real shards to compare with, an
+        image model, classes for the per-class metrics."""
+        if not self.every_kimg:
+            return
+        _require(bool(self.data) or data.source == "shards", f"{prefix}.data", self.data,
+                 f"evaluation compares with real shards: set eval.data (`bigan data pack`), or "
+                 f"train on shards (data.source={data.source!r} is in memory)")
+        _require(model.arch != "mlp", f"{prefix}.every_kimg", self.every_kimg,
+                 "image metrics need an image model; the 2-D mlp is scored by bench/quality.py")
+        for m in ("class_accuracy", "intra_fid"):
+            _require(m not in self.metrics or model.num_classes > 1, f"{prefix}.metrics",
+                     self.metrics, f"{m} needs a class-conditional model (model.num_classes > 1)")
+
+    def real_shards(self, data: DataConfig) -> str:
+        """The shard directory the evaluation compares with."""
+        return self.data or data.path
 
 
 @dataclass
@@ -282,6 +369,7 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -292,6 +380,7 @@ class Config:
                  + ("arch 'mlp'" if gaussian else "an image arch (biggan, dcgan or progan)"))
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
+        self.eval.check_against(self.model, self.data)
         if self.data.source == "digits":
             _require(self.model.num_classes in (1, 10), "model.num_classes",
                      self.model.num_classes, "the digits set has 10 classes (or 1: unconditional)")

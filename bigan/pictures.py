@@ -1,6 +1,7 @@
-"""Pictures a person looks at: image grids and 2-D scatter plots, written as PNG.
+"""Pictures a person looks at: image grids, 2-D scatter plots and metric curves, written as PNG.
 
-NumPy and Pillow only; callers convert tensors with `.cpu().numpy()` first.
+NumPy and Pillow; the curves use matplotlib (the `eval` extra), imported only when drawn.
+Callers convert tensors with `.cpu().numpy()` first.
 """
 
 from __future__ import annotations
@@ -67,3 +68,37 @@ def scatter_picture(points: np.ndarray, reference: np.ndarray | None = None, siz
         draw(ref, (220, 40, 40), 3)
     draw(pts, (240, 240, 240), 0)
     return canvas
+
+
+def metric_curves_png(series: dict[str, list[tuple[float, float]]], path: str | Path,
+                      best: tuple[str, float, float] | None = None, xlabel: str = "kimg") -> Path:
+    """One panel per metric: its (x, y) points as a line with markers; `best` = (metric, x, y)
+    is ringed in its panel. Written atomically (a viewer polling the file never sees half a PNG).
+    ImportError when matplotlib is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # no pyplot: no global figure state in a trainer
+
+    names = [k for k, pts in series.items() if pts]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        xs, ys = zip(*sorted(series[name]))
+        ax.plot(xs, ys, marker="o", markersize=3)
+        if best is not None and best[0] == name:
+            ax.scatter([best[1]], [best[2]], s=90, facecolors="none", edgecolors="red",
+                       label=f"best {best[2]:.4g} @ {best[1]:g} {xlabel}")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
+    return path

@@ -18,7 +18,8 @@ def _launch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     lc = LaunchConfig(address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                       cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
-                      storage=args.storage, spread=args.spread, name=args.name)
+                      storage=args.storage, spread=args.spread, name=args.name,
+                      eval_cpus=args.eval_cpus, eval_gpus=args.eval_gpus)
     result = launch(cfg, lc, resume=args.resume)
     print(f"finished: {result.metrics.get('step', '?')} steps on {args.workers} workers")
     print(f"  checkpoint   {result.checkpoint.path if result.checkpoint else 'none'}")
@@ -46,6 +47,9 @@ def add_launch_command(sub: argparse._SubParsersAction) -> None:
                    help="group restarts after a worker failure before giving up (-1: unlimited)")
     p.add_argument("--storage", default=None, help="persistent checkpoint storage (default RUN/ray)")
     p.add_argument("--spread", action="store_true", help="one worker per node (STRICT_SPREAD)")
+    p.add_argument("--eval-cpus", type=float, default=1,
+                   help="CPUs of the evaluator actor beside the workers (eval.every_kimg > 0; default 1)")
+    p.add_argument("--eval-gpus", type=float, default=0, help="GPUs of the evaluator actor (default 0)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
     p.add_argument("--resume", help="'auto' or a checkpoint directory, for the first attempt")
     p.add_argument("--name", default="bigan", help="Ray run name (default bigan)")

@@ -39,6 +39,8 @@ class LaunchConfig:
     storage: str | None = None  # persistent checkpoint storage (shared path or URI); default RUN/ray
     spread: bool = False  # place workers on different nodes (STRICT_SPREAD), e.g. one per node
     name: str = "bigan"
+    eval_cpus: float = 1.0  # CPUs of the evaluator actor (eval.every_kimg > 0, eval.mode=process)
+    eval_gpus: float = 0.0  # GPUs of the evaluator actor
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -47,6 +49,8 @@ class LaunchConfig:
             raise ConfigError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
         if self.max_failures < -1:
             raise ConfigError(f"--max-failures={self.max_failures} must be >= -1 (-1 = unlimited)")
+        if self.eval_cpus <= 0 or self.eval_gpus < 0:
+            raise ConfigError("--eval-cpus must be > 0 and --eval-gpus >= 0")
 
 
 class _RayHooks(TrainHooks):
@@ -83,6 +87,19 @@ def _record_worker(run_dir: Path, rank: int, resumed_from: str | None) -> None:
     path.write_text(json.dumps(info) + "\n")
 
 
+def _evaluator(cfg: Config, config: dict[str, Any], rank: int):
+    """Rank 0's evaluator: a Ray actor with its own resources (blocking: inside rank 0's loop)."""
+    if rank != 0 or not cfg.eval.every_kimg:
+        return None
+    if cfg.eval.mode == "blocking":
+        from bigan.eval.run_evaluator import BlockingEvaluator
+
+        return BlockingEvaluator(cfg, cfg.train.out_dir)
+    from launch.ray_eval import RayEvaluator
+
+    return RayEvaluator(cfg, cfg.train.out_dir, config.get("eval_cpus", 1.0), config.get("eval_gpus", 0.0))
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Runs in every Ray worker: resume from Ray's newest checkpoint if any, else as asked."""
     import ray.train
@@ -95,13 +112,14 @@ def worker_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         _record_worker(Path(cfg.train.out_dir), rank, config.get("resume"))
-        train(cfg, hooks=_RayHooks(), resume=config.get("resume"))
+        train(cfg, hooks=_RayHooks(), resume=config.get("resume"),
+              evaluator=_evaluator(cfg, config, rank))
         return
     with checkpoint.as_directory() as path:  # a restart after a failure: the newest reported one
         _record_worker(Path(cfg.train.out_dir), rank, str(path))
         if rank == 0:
             log.warning("restarting from Ray checkpoint %s", path)
-        train(cfg, hooks=_RayHooks(), resume=str(path))
+        train(cfg, hooks=_RayHooks(), resume=str(path), evaluator=_evaluator(cfg, config, rank))
 
 
 def launch(cfg: Config, lc: LaunchConfig, resume: str | None = None):
@@ -120,11 +138,14 @@ def launch(cfg: Config, lc: LaunchConfig, resume: str | None = None):
         storage = str(Path(storage).resolve())
     if not ray.is_initialized():
         ray.init(address=lc.address, log_to_driver=True)
+    if cfg.eval.every_kimg and cfg.eval.mode == "process":
+        _check_eval_resources(lc, ray.cluster_resources())
     use_gpu = lc.gpus_per_worker > 0
     resources = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "resume": resume},
+        train_loop_config={"cfg": cfg.to_dict(), "resume": resume, "eval_cpus": lc.eval_cpus,
+                           "eval_gpus": lc.eval_gpus},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=lc.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources,
@@ -133,3 +154,15 @@ def launch(cfg: Config, lc: LaunchConfig, resume: str | None = None):
                              failure_config=FailureConfig(max_failures=lc.max_failures)),
     )
     return trainer.fit()
+
+
+def _check_eval_resources(lc: LaunchConfig, cluster: dict) -> None:
+    """The evaluator actor needs resources beside the workers; without them it would wait for
+    ever (and the end of training with it), so refuse before starting."""
+    for kind, per_worker, extra, flag in (("CPU", lc.cpus_per_worker, lc.eval_cpus, "--eval-cpus"),
+                                          ("GPU", lc.gpus_per_worker, lc.eval_gpus, "--eval-gpus")):
+        need = lc.workers * per_worker + extra
+        if extra and cluster.get(kind, 0) < need:
+            raise ConfigError(f"{flag}={extra:g}: the cluster has {cluster.get(kind, 0):g} {kind}s, "
+                              f"the {lc.workers} workers take {lc.workers * per_worker:g}; lower "
+                              f"{flag}, add nodes, or use eval.mode=blocking")

@@ -129,3 +129,18 @@ def test_mixture_quality_counts_modes_high_quality_and_kl():
     assert q.kl_to_uniform == pytest.approx(np.sum(p * np.log(p * 4)))
     uniform = mixture_quality(np.repeat(means, 3, axis=0), means, std)
     assert uniform.kl_to_uniform == pytest.approx(0.0) and uniform.modes_covered == 4
+
+
+def test_intra_class_fid_is_the_mean_of_per_class_fids():
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(0, 1, (40, 3)), rng.normal(3, 1, (40, 3))])
+    fake = np.concatenate([rng.normal(0.5, 1, (30, 3)), rng.normal(3, 2, (30, 3)), rng.normal(9, 1, (1, 3))])
+    real_y = np.repeat([0, 1], 40)
+    fake_y = np.concatenate([np.repeat([0, 1], 30), [2]])  # class 2: one sample, no covariance
+    expected = np.mean([metrics.fid_from_features(real[:40], fake[:30]),
+                        metrics.fid_from_features(real[40:], fake[30:60])])
+    assert metrics.intra_class_fid(real, real_y, fake, fake_y) == pytest.approx(expected, rel=1e-12)
+    # mixing the classes up must change it: it is not the whole-set FID
+    assert metrics.intra_class_fid(real, real_y, fake, fake_y[::-1].copy()) > expected + 1
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.intra_class_fid(real, real_y[:3], fake, fake_y)

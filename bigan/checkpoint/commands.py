@@ -17,7 +17,8 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("list", help="the complete checkpoints of a run, oldest first",
                        description="One line per complete step-* directory: step, images seen, "
-                                   "the world size and strategy that wrote it, ProGAN phase.")
+                                   "the world size and strategy that wrote it, ProGAN phase, and "
+                                   "which ones `latest` and `best` (the best evaluated) name.")
     q.add_argument("root", help="run directory or its checkpoints/ directory")
     q.set_defaults(func=_list)
 
@@ -54,13 +55,25 @@ def _list(args: argparse.Namespace) -> int:
     found = ckpt.list_checkpoints(_root(args.root))
     if not found:
         raise ckpt.CheckpointError(f"{args.root} holds no complete checkpoint")
-    print(f"{'checkpoint':<16} {'step':>8} {'images':>10} {'world':>5} {'strategy':<8} phase")
+    from bigan.checkpoint.best import read_best
+
+    root = _root(args.root)
+    best = read_best(root)
+    latest = (root / ckpt.LATEST).read_text().strip() if (root / ckpt.LATEST).is_file() else None
+    print(f"{'checkpoint':<16} {'step':>8} {'images':>10} {'world':>5} {'strategy':<8} "
+          f"{'phase':<18} pointers")
     for path in found:
         m = json.loads((path / ckpt.MANIFEST).read_text())
         ph = m.get("phase")
         phase = f"{ph['resolution']}px alpha {ph['alpha']:.3f}" if ph else "-"
+        marks = [name for name, hit in (("latest", path.name == latest),
+                                        ("best", best and path.name == best["checkpoint"])) if hit]
         print(f"{path.name:<16} {m['step']:>8} {m.get('cur_nimg', 0):>10} "
-              f"{m.get('world_size', 1):>5} {m.get('strategy', '-'):<8} {phase}")
+              f"{m.get('world_size', 1):>5} {m.get('strategy', '-'):<8} {phase:<18} "
+              f"{','.join(marks) or '-'}")
+    if best:
+        print(f"best: {best['checkpoint']} by {best['metric']} = {best['value']:.6g} "
+              f"({best.get('direction', '?')}imum, at {best.get('kimg', 0):g} kimg)")
     return 0
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from bigan.checkpoint.best import protected
+
 log = logging.getLogger(__name__)
 
 FORMAT = "bigan-checkpoint"
@@ -499,9 +501,13 @@ def _clean_leftovers(root: Path) -> None:
 
 
 def _prune(root: Path, keep: int, current: Path) -> None:
-    """Delete all but the `keep` newest complete checkpoints, never `current`."""
+    """Delete all but the `keep` newest complete checkpoints, never `current`, the one `best`
+    names or one somebody holds (`checkpoint/best.py`)."""
+    keep_names = protected(root)
     others = [p for p in reversed(list_checkpoints(root)) if p != current]
     for p in others[keep - 1:]:
+        if p.name in keep_names:
+            continue
         try:
             # Rename first: a half-deleted directory must never look like a complete checkpoint.
             doomed = p.with_name(f"{p.name}.tmp-del-{os.getpid()}")

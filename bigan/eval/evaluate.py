@@ -64,23 +64,47 @@ def generated_features(sampler: ImageSampler, extractors: list, n: int, psi: flo
     return out
 
 
-def score(real: dict, fake: dict, extractor, kid_subsets: int = 100) -> dict:
-    """One extractor's metrics of generated vs real features (see `bigan.eval.metrics`)."""
+def score(real: dict, fake: dict, extractor, kid_subsets: int = 100,
+          which: set[str] | None = None) -> dict:
+    """One extractor's metrics of generated vs real features (see `bigan.eval.metrics`).
+    which: the subset of fid, kid, precision, recall, is, class_accuracy, intra_fid to compute
+    (None: all but intra_fid); KID and precision/recall cost the most at large N."""
+    which = {"fid", "kid", "precision", "recall", "is", "class_accuracy"} if which is None else which
     r, f = real["features"], fake["features"]
-    kid, kid_std = metrics.kernel_inception_distance(r, f, subsets=kid_subsets)
-    precision, recall = metrics.precision_recall(r, f, k=3)
-    out = {**extractor.describe(), "n_real": int(len(r)), "n_generated": int(len(f)),
-           "fid": metrics.fid_from_features(r, f), "kid": kid, "kid_std": kid_std,
-           "precision": precision, "recall": recall, "pr_k": 3}
+    out = {**extractor.describe(), "n_real": int(len(r)), "n_generated": int(len(f))}
+    if "fid" in which:
+        out["fid"] = metrics.fid_from_features(r, f)
+    if "kid" in which:
+        out["kid"], out["kid_std"] = metrics.kernel_inception_distance(r, f, subsets=kid_subsets)
+    if {"precision", "recall"} & which:
+        out["precision"], out["recall"] = metrics.precision_recall(r, f, k=3)
+        out["pr_k"] = 3
+    if "intra_fid" in which:
+        out["intra_fid"] = metrics.intra_class_fid(r, real["labels"], f, fake["labels"])
     if fake.get("logits") is not None:
-        out["inception_score" if extractor.comparable_to_published else "domain_inception_score"] = (
-            metrics.inception_score(fake["logits"])[0])
+        if "is" in which:
+            out["inception_score" if extractor.comparable_to_published else "domain_inception_score"] = (
+                metrics.inception_score(fake["logits"])[0])
         names = getattr(extractor, "class_names", None)
-        if names is not None:
+        if names is not None and "class_accuracy" in which:
             out["class_accuracy"] = metrics.class_accuracy(fake["logits"], fake["labels"])
             if real.get("logits") is not None:
                 out["real_class_accuracy"] = metrics.class_accuracy(real["logits"], real["labels"])
     return out
+
+
+def protocol(data: str | Path, extractor, n_real: int, n_generated: int, psi: float | None,
+             seed: int = 0) -> dict:
+    """What an FID (KID, PR) depends on besides the model, to be written beside every one: the
+    reference set and its N, the generated N, the extractor and its weights' sha256, how images
+    are resized on the way in, the truncation and the first sample seed."""
+    d = extractor.describe()
+    return {"reference": {"path": str(data), "dataset_sha256": dataset_sha256(data), "n": int(n_real),
+                          "images": "the first N usable samples in shard order (bigan.eval.real_data)"},
+            "generated": {"n": int(n_generated), "classes": "sample i: class i mod K, seed seed + i",
+                          "seed": seed, "psi": psi},
+            "extractor": d["extractor"], "weights_sha256": d["weights_sha256"],
+            "resize": extractor.resize}
 
 
 def real_baseline(data: str | Path, extractor, n: int, real: dict, cache_dir=None,
@@ -107,6 +131,7 @@ def evaluate(sampler: ImageSampler, data: str | Path, extractors: list, n: int,
             log(f"note: {data} holds {real['n']} usable images, fewer than --n {n}: "
                 f"real N is {real['n']}")
         results[e.name] = score(real, fake[e.name], e)
+        results[e.name]["protocol"] = protocol(data, e, real["n"], n, psi, seed)
         if baseline:
             results[e.name]["real_vs_real"] = real_baseline(data, e, real["n"], real, cache_dir, log)
     return {"model": sampler.describe(), "data": {"path": str(data), "dataset_sha256": dataset_sha256(data)},

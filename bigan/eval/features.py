@@ -76,6 +76,7 @@ def _batches(extract_batch, images: np.ndarray, batch_size: int, desc: str):
 class InceptionExtractor:
     name = "inception-v3-fid"
     comparable_to_published = True  # given N and the same image pipeline; see the README
+    resize = "uint8 -> float, bilinear to 299x299 (align_corners=False, no antialias), (x - 128) / 128"
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32):
         path = Path(weights) if weights is not None else default_inception_weights()
@@ -127,6 +128,8 @@ class ClassifierExtractor:
         self.model, self.class_names, self.resolution = c.model, c.class_names, c.resolution
         self.file, self.path, self.batch_size = c, Path(path), batch_size
         self.identity = f"{self.name}:{c.sha256}"
+        self.resize = (f"uint8 -> [-1, 1], bilinear to {self.resolution}x{self.resolution} "
+                       "(align_corners=False, antialiased when shrinking)")
 
     def describe(self) -> dict:
         return {"extractor": self.name, "weights": str(self.path), "weights_sha256": self.file.sha256,

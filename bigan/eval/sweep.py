@@ -21,7 +21,7 @@ import numpy as np
 
 from bigan import pictures
 from bigan.eval.errors import EvalError
-from bigan.eval.evaluate import generated_features, score
+from bigan.eval.evaluate import generated_features, protocol, score
 from bigan.eval.real_data import cached_real_features
 from bigan.generation import ImageSampler
 
@@ -70,7 +70,8 @@ def run_sweep(sampler: ImageSampler, data: str | Path, psis: list[float], extrac
     for psi in psis:
         fake = generated_features(sampler, [extractor], n, psi, seed)[extractor.name]
         s = score(real, fake, extractor, kid_subsets=50)
-        row = {"psi": psi, **{k: s.get(k, float("nan")) for k in COLUMNS[1:]}}
+        row = {"psi": psi, **{k: s.get(k, float("nan")) for k in COLUMNS[1:]},
+               "protocol": protocol(data, extractor, real["n"], n, psi, seed)}
         rows.append(row)
         log(f"psi {psi:5.2f}  FID {row['fid']:9.3f}  P {row['precision']:.3f}  "
             f"R {row['recall']:.3f}  class acc {row['class_accuracy']:.3f}")

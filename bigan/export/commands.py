@@ -25,6 +25,10 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("checkpoint", help="checkpoint directory, a run/checkpoints directory "
                                       "(uses its latest checkpoint), or a consolidated .safetensors "
                                       "file (`bigan checkpoint consolidate`)")
+    p.add_argument("--best", action="store_true",
+                   help="export the checkpoint that `checkpoints/best` names (the best by the "
+                        "evaluation during training); CHECKPOINT is then the run or checkpoints "
+                        "directory")
     p.add_argument("--out", default="model.onnx", help="output .onnx file (default model.onnx)")
     p.add_argument("--fp16", action="store_true",
                    help="store weights and compute in float16 (inputs and outputs keep their "
@@ -46,7 +50,11 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--opset={args.opset} must be a positive ONNX opset version")
     from bigan.export.onnx import export_onnx
 
-    report = export_onnx(args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
+    checkpoint = args.checkpoint
+    if args.best:
+        checkpoint = _best(checkpoint)
+        print(f"best checkpoint: {checkpoint}")
+    report = export_onnx(checkpoint, args.out, fp16=args.fp16, opset=args.opset,
                          parity_batch=args.parity_batch)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -65,3 +73,19 @@ def run_export(args: argparse.Namespace) -> int:
               f"{report.provider})")
     print(f"  time        {report.seconds:.1f} s")
     return 0
+
+
+def _best(path: str) -> str:
+    """The checkpoint `best` names under a run or checkpoints directory (ConfigError if none)."""
+    from pathlib import Path
+
+    from bigan.checkpoint.best import BestPointerError, best_checkpoint
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"--best needs a run or checkpoints directory; {path!r} is not one")
+    root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    try:
+        return str(best_checkpoint(root))
+    except BestPointerError as e:
+        raise ConfigError(str(e)) from e

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bigan import ema
-from bigan.config import Config
+from bigan.config import Config, ConfigError
 from bigan.generation import save_samples_png
 from bigan.train.batches import step_generator
 
@@ -27,15 +27,38 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the message names the step and the last checkpoint."""
 
 
-class RunLog:
-    """tqdm bar, TensorBoard writer and metrics.jsonl of the run directory; images/s between logs."""
+def accelerate_trackers(log_with: list[str]) -> list[str] | None:
+    """The trackers of `train.log_with` that Accelerate runs (all but tensorboard, which the run
+    log writes itself to keep RUN/tb and purge the steps a resume repeats); ConfigError naming
+    the field for one that is not installed, before anything starts."""
+    from accelerate.tracking import get_available_trackers
 
-    def __init__(self, run_dir: Path, steps: int, step: int, main: bool):
+    others = [t for t in log_with if t != "tensorboard"]
+    available = {str(t) for t in get_available_trackers()}
+    missing = [t for t in others if t not in available]
+    if missing:
+        raise ConfigError(f"train.log_with={log_with!r}: {', '.join(missing)} is not installed "
+                          "here; install it or leave it out of train.log_with")
+    return others or None
+
+
+class RunLog:
+    """tqdm bar, trackers (TensorBoard, Accelerate's) and metrics.jsonl of the run directory;
+    images/s between logs. `accelerator`: the run's Accelerator when train.log_with names
+    trackers beyond tensorboard (see `accelerate_trackers`); `hparams`: the config they record."""
+
+    def __init__(self, run_dir: Path, steps: int, step: int, main: bool,
+                 log_with: tuple[str, ...] = ("tensorboard",), accelerator=None,
+                 hparams: dict | None = None):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
         self.main = main
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step or None) if main else None
+        self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+                       if main and "tensorboard" in log_with else None)
+        self.accelerator = accelerator if main and accelerate_trackers(list(log_with)) else None
+        if self.accelerator is not None:
+            self.accelerator.init_trackers(run_dir.name, config=hparams)
         self.file = (run_dir / "metrics.jsonl").open("a") if main else None
         # `disable` only where it must be True: passed explicitly it would override TQDM_DISABLE=1.
         self.bar = tqdm(total=steps, initial=step, desc="train", unit="it", dynamic_ncols=True,
@@ -67,18 +90,37 @@ class RunLog:
         metrics["progress/kimg"] = cur_nimg / 1000
         self.t0, self.images = time.perf_counter(), 0
         if self.main:
-            for k, v in metrics.items():
-                self.writer.add_scalar(k, v, step)
+            self._track(step, metrics)
             self.file.write(json.dumps({"step": step, **metrics}) + "\n")
             self.file.flush()
             self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}"
                                   for k in ("loss/D", "loss/G") if k in metrics})
         return metrics
 
+    def write_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """An evaluation's results at the step of the checkpoint it scored (which is usually
+        behind the training step by the time the evaluator is done); main process only."""
+        if self.main:
+            self._track(step, scalars)
+            if self.writer is not None:
+                self.writer.flush()
+            self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.file.flush()
+
+    def _track(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+        if self.accelerator is not None:
+            self.accelerator.log(scalars, step=step)
+
     def close(self) -> None:
         self.bar.close()
         if self.main:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
+            if self.accelerator is not None:
+                self.accelerator.end_training()
             self.file.close()
 
 

@@ -4,7 +4,8 @@ Setup (Accelerate, models, optimizers, data parallelism, resume), then per G ste
 curriculum sets the batch size and lrs (ProGAN phases, lr decay; `curriculum.py`), the batches
 are drawn keyed by global position (`batches.py`), `gan_iteration` updates D and G (`step.py`),
 the EMA generator follows, and the run logs (`run_log.py`), draws grids, checkpoints
-(`train_state.py`) and asks the hooks whether to stop. The same function runs single-process (the
+(`train_state.py`), hands evaluation checkpoints to the evaluator beside it (`evaluation.py`) and
+asks the hooks whether to stop. The same function runs single-process (the
 embedded default), under `accelerate launch` and inside each Ray worker; only the launcher differs.
 """
 
@@ -23,9 +24,10 @@ from bigan.data.feed import make_feed
 from bigan.train import parallel
 from bigan.train.batches import draw_batches
 from bigan.train.curriculum import curriculum
+from bigan.train.evaluation import Evaluator, TrainEvaluation
 from bigan.train.hooks import TrainHooks
 from bigan.train.optimizers import build_optimizers
-from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged
+from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged, accelerate_trackers
 from bigan.train.step import StepState, gan_iteration
 from bigan.train.train_state import TrainCheckpoints
 
@@ -43,12 +45,15 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = None) -> TrainResult:
-    """Train `cfg` to `cfg.train.steps` G steps, resuming from `resume` ("auto" or a path)."""
+def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = None,
+          evaluator: Evaluator | None = None) -> TrainResult:
+    """Train `cfg` to `cfg.train.steps` G steps, resuming from `resume` ("auto" or a path);
+    `evaluator` scores the checkpoints of the eval.every_kimg cadence (bigan.eval.run_evaluator)."""
     from accelerate import Accelerator
 
     hooks, tc, run_dir = hooks or TrainHooks(), cfg.train, Path(cfg.train.out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(run_dir),
+                              log_with=accelerate_trackers(tc.log_with))
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     strategy = _strategy(cfg, world)
@@ -74,8 +79,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-    run_log = RunLog(run_dir, tc.steps, step, main)
+    run_log = RunLog(run_dir, tc.steps, step, main, tc.log_with, accelerator, cfg.to_dict())
     grids = SampleGrids(cfg, G_ema, run_dir, device, feed.reference)
+    evaluation = TrainEvaluation(cfg, evaluator, checkpoints.root, run_log.write_eval, main)
+    if at.checkpoint is not None:
+        evaluation.resubmit_held()
 
     # --- the loop -------------------------------------------------------------------------------
     last_ckpt, metrics = at.checkpoint, {}
@@ -96,7 +104,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         course.end_step(prev_nimg, cur_nimg)
 
         stop = parallel.any_rank(hooks.should_stop(step), device)  # every rank stops together
-        is_ckpt_step = step % tc.ckpt_every == 0 or step == tc.steps or stop
+        is_eval_step = evaluation.due(prev_nimg, cur_nimg, last=step == tc.steps)
+        is_ckpt_step = step % tc.ckpt_every == 0 or step == tc.steps or stop or is_eval_step
         is_log_step = step % tc.log_every == 0 or step == tc.steps
         if is_log_step or is_ckpt_step:
             metrics = run_log.finite(metrics, step, last_ckpt)
@@ -104,13 +113,17 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
             metrics.update(course.metrics())
             metrics.update({f"data/skipped_{k}": float(v) for k, v in feed.skipped().items()})
             hooks.on_metrics(step, run_log.write(step, metrics, cur_nimg))
+            evaluation.collect()
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             grids.draw(step)
         if is_ckpt_step:
             last_ckpt = checkpoints.save(step, cur_nimg, state.d_updates, feed, course.manifest())
             hooks.on_checkpoint(last_ckpt, step)
+            if is_eval_step:  # the EMA weights are on disk: the evaluator reads them from there
+                evaluation.hand_over(last_ckpt, step, cur_nimg)
         if stop:
             break
+    evaluation.finish()  # the last evaluation is waited for and recorded
     run_log.close()
     return TrainResult(run_dir, step, cur_nimg, last_ckpt, {k: float(v) for k, v in metrics.items()})
 
