@@ -65,3 +65,18 @@ def write_pack(out: Path, shards: list[list[tuple[str, dict[str, bytes]]]], clas
              "class_names": [str(k) for k in range(classes)], "class_counts": [0] * classes,
              "shards": entries, "source": {"kind": "test"}}
     (out / "dataset.json").write_text(json.dumps(index))
+
+
+# Every metric the in-training evaluator computes (tests/test_train_eval.py, test_ray_eval.py).
+EVAL_METRICS = "[fid,kid,precision,recall,class_accuracy,is,intra_fid]"
+
+
+def eval_run_config(run, shards, classifier, cache, **extra):
+    """4 steps of 16 images; evaluation every 32 images (steps 2 and 4) at N = 16."""
+    over = {"data.source": "shards", "data.path": str(shards), "data.num_workers": 0,
+            "train.keep_ckpts": 1, "train.ckpt_every": 100, "eval.every_kimg": 0.032,
+            "eval.n": 16, "eval.metrics": EVAL_METRICS, "eval.extractor": str(classifier),
+            "eval.cache_dir": str(cache), "eval.psi": "[null,0.8]", **extra}
+    from bigan.config import load_config
+
+    return load_config(None, tiny_overrides(run, **over))

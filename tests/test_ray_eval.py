@@ -19,7 +19,7 @@ from bigan.train.evaluation import EvalJob  # noqa: E402
 from bigan.train.trainer import train  # noqa: E402
 from launch.ray_eval import RayEvaluator  # noqa: E402
 from launch.ray_job import LaunchConfig, _check_eval_resources  # noqa: E402
-from test_train_eval import _cfg  # noqa: E402
+from tests.helpers import eval_run_config as _cfg  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

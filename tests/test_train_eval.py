@@ -26,20 +26,11 @@ from bigan.eval.run_evaluator import (BlockingEvaluator, ProcessEvaluator, make_
                                       read_history)
 from bigan.train.evaluation import HOLDER
 from bigan.train.trainer import train
-from conftest import tiny_overrides
+from tests.helpers import eval_run_config as _cfg
+from tests.helpers import tiny_overrides
 
 pytestmark = pytest.mark.unit
 
-METRICS = "[fid,kid,precision,recall,class_accuracy,is,intra_fid]"
-
-
-def _cfg(run, shards, classifier, cache, **extra):
-    """4 steps of 16 images; evaluation every 32 images (steps 2 and 4) at N = 16."""
-    over = {"data.source": "shards", "data.path": str(shards), "data.num_workers": 0,
-            "train.keep_ckpts": 1, "train.ckpt_every": 100, "eval.every_kimg": 0.032,
-            "eval.n": 16, "eval.metrics": METRICS, "eval.extractor": str(classifier),
-            "eval.cache_dir": str(cache), "eval.psi": "[null,0.8]", **extra}
-    return load_config(None, tiny_overrides(run, **over))
 
 
 def _eval_lines(run):
