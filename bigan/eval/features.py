@@ -75,7 +75,7 @@ def _batches(extract_batch, images: np.ndarray, batch_size: int, desc: str):
 
 class InceptionExtractor:
     name = "inception-v3-fid"
-    comparable_to_published = True  # given N and the same image pipeline; see the README
+    comparable_to_published = True  # given N and the same image pipeline; see docs/evaluation.md
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32):
         path = Path(weights) if weights is not None else default_inception_weights()
