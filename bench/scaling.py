@@ -8,7 +8,7 @@ over 1 process, and scaling efficiency. Communication per iteration is measured 
 same process group: the time DDP spends inside its gradient all-reduces during training, and a
 stand-alone all-reduce of the iteration's gradient volume (D's gradients once per D step, G's
 once), which is also what ZeRO-2's reduce-scatter + all-gather moves. The compute/communication
-ratio is what the README's scaling paragraph extrapolates from.
+ratio is what docs/benchmarks.md's scaling paragraph extrapolates from.
 
     python bench/scaling.py [--quick] [--out bench/results]
 """

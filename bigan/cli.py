@@ -1,4 +1,11 @@
-"""The `bigan` command: `bigan data`, `train`, `sample`, `export` (more join as they land).
+"""The `bigan` command: data, train, launch, checkpoint, sample, export, serve, eval, truncation-sweep.
+
+`data` (pack, make-digits, make-synthetic, inspect) makes and checks shards; `train` runs one
+process (or each process of `accelerate launch`), `launch` the same run on a Ray cluster;
+`checkpoint` (list, verify, consolidate) works on a run's checkpoints; `sample` draws a grid from
+a checkpoint, `export` writes the ONNX file that `serve` serves; `eval` (and `eval
+train-classifier`) and `truncation-sweep` score a generator. Only this module composes every
+package (docs/design.md).
 
 Errors the user can fix (bad config, missing checkpoint, divergence) become one readable line
 on stderr and exit code 2; anything else is a bug and keeps its traceback.

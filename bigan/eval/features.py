@@ -75,7 +75,7 @@ def _batches(extract_batch, images: np.ndarray, batch_size: int, desc: str):
 
 class InceptionExtractor:
     name = "inception-v3-fid"
-    comparable_to_published = True  # given N and the same image pipeline; see the README
+    comparable_to_published = True  # given N and the same image pipeline; see docs/evaluation.md
     resize = "uint8 -> float, bilinear to 299x299 (align_corners=False, no antialias), (x - 128) / 128"
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32):
