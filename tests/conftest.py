@@ -43,6 +43,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """Real-feature caches and Inception ONNX copies go to a temporary directory, never into
+    the user's ~/.cache (tests build throwaway networks whose copies would pile up there)."""
+    old = os.environ.get("BIGAN_CACHE_DIR")
+    os.environ["BIGAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("bigan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BIGAN_CACHE_DIR", None)
+    else:
+        os.environ["BIGAN_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path) -> Config:
     return load_config(None, tiny_overrides(tmp_path / "run"))
