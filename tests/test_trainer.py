@@ -162,3 +162,27 @@ def test_shard_class_count_mismatch_is_a_clear_error(tmp_path):
     make_synthetic(tmp_path / "shards", classes=3, resolution=16, n=24, min_shards=2)
     with pytest.raises(DataError, match="model.num_classes=4.*3 classes"):
         train(_shard_cfg(tmp_path / "run", tmp_path / "shards"))
+
+
+def test_resume_applies_the_configs_new_optimizer_settings(tmp_path, caplog):
+    # The divergence message says "lower optim.d_lr/g_lr ... then resume": the new values must
+    # reach the restored optimizers (moments kept), and config.yaml and the manifest agree.
+    run = tmp_path / "run"
+    first = train(_cfg(run, **{"train.steps": 2}))
+    before = torch.load(first.last_checkpoint / "opt_G.pt", weights_only=True)
+    assert before["param_groups"][0]["lr"] == 1e-4
+    new = {"optim.g_lr": 2.5e-5, "optim.d_lr": 5e-5, "optim.betas": "[0.5,0.9]", "optim.eps": 1e-8}
+    with caplog.at_level("INFO", logger="bigan.train.train_state"):
+        resumed = train(_cfg(run, **{"train.steps": 3, "train.ckpt_every": 3, **new}),
+                        resume="auto")
+    assert "optim.g_lr 0.0001 -> 2.5e-05" in caplog.text and "optim.betas" in caplog.text
+    for name, lr in (("opt_G", 2.5e-5), ("opt_D", 5e-5)):
+        saved = torch.load(resumed.last_checkpoint / f"{name}.pt", weights_only=True)
+        group = saved["param_groups"][0]
+        assert (group["lr"], tuple(group["betas"]), group["eps"]) == (lr, (0.5, 0.9), 1e-8)
+        first_state = torch.load(first.last_checkpoint / f"{name}.pt", weights_only=True)
+        # Adam continued its moments: step counts went on from the checkpoint's, not from 0.
+        assert saved["state"][0]["step"] > first_state["state"][0]["step"]
+    manifest = json.loads((resumed.last_checkpoint / "manifest.json").read_text())
+    assert manifest["config"]["optim"]["g_lr"] == 2.5e-5
+    assert load_config(run / "config.yaml", []).optim.d_lr == 5e-5

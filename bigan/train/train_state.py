@@ -23,6 +23,7 @@ from bigan.checkpoint import store as ckpt
 from bigan.config import Config, ConfigError, config_from_dict, dump_config
 from bigan.data.feed import merge_states
 from bigan.train import parallel_state
+from bigan.train.optimizers import apply_settings, changed_settings
 from bigan.train.parallel import Prepared
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class TrainCheckpoints:
         parallel_state.load_full_state(self.p, {"G": c.models["G"], "D": c.models["D"],
                                                 "opt_G": c.objects["opt_G"],
                                                 "opt_D": c.objects["opt_D"]})
+        # The config's lrs, betas and eps win over the checkpoint's (optimizers.py says why).
+        apply_settings(self.p.opt_G, self.p.opt_D, self.cfg.optim)
+        changed = changed_settings(config_from_dict(c.manifest["config"]).optim, self.cfg.optim)
+        if changed and self.rank == 0:
+            log.info("resuming with new optimizer settings (%s), applied to the restored "
+                     "optimizers; Adam's moments and step counts are kept", ", ".join(changed))
         self.G_ema.load_state_dict(c.models["G_ema"])
         torch.set_rng_state(c.objects["rng"]["torch"])
         m = c.manifest
