@@ -224,6 +224,7 @@ def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
     and step 1 must stay the newest, intact checkpoint."""
     from bigan.checkpoint import sharded as sharded_save
     from bigan.checkpoint import store as checkpoint
+    from bigan.checkpoint.resume import find_resume
 
     root = out / "protocol"
     assert sharded_save.shares_directory(root)
@@ -237,7 +238,7 @@ def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="rank 1: CheckpointError"):
         sharded_save.save_sharded(root, 2, bad, {}, **common)
     torch.distributed.barrier()
-    c = checkpoint.load_checkpoint(checkpoint.find_resume(root, "auto"))
+    c = checkpoint.load_checkpoint(find_resume(root, "auto"))
     assert c.manifest["step"] == 1 and c.manifest["shards"] == world
     assert sorted(c.models["G"]) == [f"k{r}" for r in range(world)]
     assert c.objects["opt"] == {"state": {r: r for r in range(world)}} and c.objects["rng"] == {"r": 1}
