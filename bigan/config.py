@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -391,6 +392,21 @@ class Config:
 
 # --- loading ------------------------------------------------------------------------------------
 
+# Training runs in float32: a float field outside its range would become inf (or 0) in a tensor
+# and fail mid-run, far from the setting that caused it.
+_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max
+_FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32; below it precision is lost
+_INT64 = 1 << 63
+
+
+def _float32(name: str, value: float) -> float:
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX or 0 < abs(value) < _FLOAT32_TINY:
+        raise ConfigError(f"{name}={value!r} is invalid: must be a finite number that float32 "
+                          f"holds (0, or 1.2e-38 <= |value| <= 3.4e38), as training computes "
+                          f"in float32")
+    return value
+
+
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Check a YAML value against a dataclass field type; ints are accepted for floats."""
     origin = typing.get_origin(typ)
@@ -420,12 +436,17 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
                 return None
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return _float32(name, float(value))
     if typ is float and isinstance(value, str):
         try:  # YAML 1.1 reads `1e-3` (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if typ is float and isinstance(value, float):
+        return _float32(name, value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool) \
+            and not -_INT64 <= value < _INT64:
+        raise ConfigError(f"{name}={value!r} is invalid: must fit in a 64-bit integer")
     if typ is bool and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} is invalid: must be true or false")
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):

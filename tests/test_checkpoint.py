@@ -13,7 +13,8 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint import store as ckpt
-from bigan.checkpoint.store import (CheckpointError, find_resume, list_checkpoints, load_checkpoint,
+from bigan.checkpoint.resume import find_resume
+from bigan.checkpoint.store import (CheckpointError, list_checkpoints, load_checkpoint,
                                     save_checkpoint, verify_checkpoint)
 
 pytestmark = pytest.mark.unit
@@ -154,7 +155,7 @@ def test_corrupt_newest_is_refused_and_skipped_by_auto(tmp_path, caplog):
         load_checkpoint(second)
     with pytest.raises(CheckpointError, match="G.safetensors"):
         find_resume(tmp_path, str(tmp_path))  # an explicit path is never silently replaced
-    with caplog.at_level(logging.WARNING, logger="bigan.checkpoint.store"):
+    with caplog.at_level(logging.WARNING, logger="bigan.checkpoint.resume"):
         with pytest.warns(ckpt.CheckpointWarning, match="step-00000002.*G.safetensors"):
             assert find_resume(tmp_path, "auto") == first
     assert any("step-00000002" in r.getMessage() and "G.safetensors" in r.getMessage()
@@ -190,7 +191,9 @@ def test_manifestless_directory_is_ignored(tmp_path):
     bare.mkdir()
     (bare / "G.safetensors").write_bytes(b"x")
     assert list_checkpoints(tmp_path) == [first]
-    assert find_resume(tmp_path, "auto") == first
+    # Never resumed from, but not in silence: it may be an older checkpoint the user wants.
+    with pytest.warns(ckpt.CheckpointWarning, match="step-00000005 has no manifest.json"):
+        assert find_resume(tmp_path, "auto") == first
     with pytest.raises(CheckpointError, match="no manifest.json"):
         verify_checkpoint(bare)
 
@@ -339,3 +342,134 @@ def test_owners_split_bytes_evenly_and_deterministically():
     assert load == [750, 750]
     assert set(owners(sizes, 1).values()) == {0}
     assert set(owners(sizes, 8).values()) == set(range(8))  # one entry each
+
+
+# --- trust: what --resume auto skips -------------------------------------------------------------
+
+def _reseal(path: Path, fname: str) -> None:
+    """Rewrite the manifest entry of `fname` so its checksum matches the file as it is now."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / fname).read_bytes()
+    manifest["files"][fname] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+class _NotPlain:
+    """A harmless class: torch.load(weights_only=True) still refuses it (not allow-listed)."""
+
+
+def test_auto_skips_a_pt_that_weights_only_refuses_without_unsafe_advice(tmp_path, caplog):
+    first = _save(tmp_path, 1)
+    second = _save(tmp_path, 2)
+    torch.save({"state": _NotPlain()}, second / "opt_G.pt")
+    _reseal(second, "opt_G.pt")
+    verify_checkpoint(second)  # its checksum passes: only the load can tell
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(second)
+    message = str(info.value)
+    assert "opt_G.pt was refused by torch.load(weights_only=True)" in message
+    assert "_NotPlain" in message and "\n" not in message
+    for unsafe in ("weights_only=False", "weights_only` set to `False`", "add_safe_globals",
+                   "allowlist"):
+        assert unsafe not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with caplog.at_level(logging.WARNING, logger="bigan.checkpoint.resume"):
+        with pytest.warns(ckpt.CheckpointWarning, match="skipping checkpoint .*step-00000002.*"
+                                                        "opt_G.pt was refused"):
+            assert find_resume(tmp_path, "auto") == first
+    # The choice is worded for what happened: step-2, named in latest, was passed over.
+    assert "resuming from step-00000001, older than step-00000002 named in" in caplog.text
+    assert "newer than" not in caplog.text
+
+
+def test_auto_skips_a_non_finite_checkpoint_and_an_explicit_one_is_refused(tmp_path):
+    from bigan.checkpoint.resume import load_resume
+
+    first = _save(tmp_path, 1)
+    s = _state(2)
+    s["models"]["G"]["0.weight"][0, 0] = float("nan")
+    s["objects"]["opt_G"]["state"][0]["exp_avg_sq"][0, 1] = float("inf")
+    second = save_checkpoint(tmp_path, 2, s["models"], s["objects"], CONFIG_TEXT)
+    with pytest.warns(ckpt.CheckpointWarning, match="step-00000002 holds NaN or infinite values "
+                                                    r"\(G/0.weight, .*opt_G/state/0/exp_avg_sq"):
+        c = load_resume(tmp_path, "auto")
+    assert c.path == first
+    with pytest.raises(CheckpointError, match="NaN or infinite.*earlier checkpoint"):
+        load_resume(tmp_path, str(second))
+
+
+def test_latest_that_is_not_utf8_is_ignored_with_a_warning(tmp_path, caplog):
+    _save(tmp_path, 1)
+    second = _save(tmp_path, 2)
+    (tmp_path / "latest").write_bytes(b"step-\xff\xfe\x00")
+    with caplog.at_level(logging.WARNING, logger="bigan.checkpoint.resume"):
+        assert find_resume(tmp_path, "auto") == second
+        assert find_resume(tmp_path, str(tmp_path)) == second
+    assert "latest is not UTF-8 text" in caplog.text
+
+
+def test_newer_than_latest_is_worded_as_newer(tmp_path, caplog):
+    _save(tmp_path, 1)
+    second = _save(tmp_path, 2)
+    (tmp_path / "latest").write_text("step-00000001\n")
+    with caplog.at_level(logging.INFO, logger="bigan.checkpoint.resume"):
+        assert find_resume(tmp_path, "auto") == second
+    assert "resuming from step-00000002, newer than step-00000001 named in" in caplog.text
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+
+class _FullDisk:
+    """A file object that fails like a full disk after `room` bytes."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_full_disk_is_named_not_torchs_unexpected_pos(tmp_path):
+    try:  # torch's zip writer turns the OSError into 'unexpected pos', the OSError as context
+        torch.save({"w": torch.zeros(10_000)}, _FullDisk(600))
+    except Exception as e:
+        raised = e
+    assert ckpt.no_space(raised)
+    message = str(ckpt.write_error(tmp_path, 3, raised))
+    assert "could not write checkpoint" in message and "step-00000003: no space left on device" in message
+    assert "unexpected pos" not in message and "MiB free there" in message
+    assert not ckpt.no_space(RuntimeError("permission denied"))
+    # Other ranks report their failure as text (checkpoint/sharded.py).
+    assert ckpt.failure_text(RuntimeError("rank 1: no space left on device")) == \
+        "no space left on device"
+
+
+def test_a_real_full_disk(tmp_path):
+    """A 256 KiB tmpfs: the save fails naming the full disk, and the previous checkpoint and
+    `latest` stay intact. Needs permission to mount (root in a container); skipped otherwise."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        small = {"G": {"w": torch.zeros(1000)}}
+        first = save_checkpoint(disk, 1, small, {"opt": {"m": torch.zeros(1000)}}, CONFIG_TEXT)
+        for models, objects in (({"G": {"w": torch.zeros(10)}}, {"opt": {"m": torch.zeros(200_000)}}),
+                                ({"G": {"w": torch.zeros(200_000)}}, {})):  # torch, safetensors
+            with pytest.raises(CheckpointError) as info:
+                save_checkpoint(disk, 2, models, objects, CONFIG_TEXT)
+            assert "step-00000002: no space left on device" in str(info.value)
+            assert "unexpected pos" not in str(info.value)
+            assert find_resume(disk, "auto") == first
+            assert (disk / "latest").read_text().strip() == "step-00000001"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

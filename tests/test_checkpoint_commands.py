@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import shutil
@@ -98,3 +99,60 @@ def test_read_weights_refuses_foreign_and_truncated_files(consolidated, tmp_path
         read_weights(truncated)
     with pytest.raises(FileNotFoundError):
         read_weights(tmp_path / "missing.safetensors")
+
+
+def _copy(tiny_checkpoint, tmp_path):
+    copy = tmp_path / "checkpoints" / tiny_checkpoint.name
+    shutil.copytree(tiny_checkpoint, copy)
+    return copy
+
+
+def _reseal(path, fname):
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / fname).read_bytes()
+    manifest["files"][fname] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_cli_verify_loads_what_it_verifies(tiny_checkpoint, tmp_path, capsys):
+    copy = _copy(tiny_checkpoint, tmp_path)
+    assert main(["checkpoint", "verify", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "loaded G, G_ema, D" in out and "all finite" in out
+    # Checksums that match files torch.load(weights_only=True) refuses: verify must say so.
+    torch.save({"state": collections.deque([1])}, copy / "opt_D.pt")
+    _reseal(copy, "opt_D.pt")
+    assert main(["checkpoint", "verify", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "opt_D.pt was refused by torch.load(weights_only=True)" in err
+    assert "collections.deque" in err and "weights_only=False" not in err
+
+
+def test_cli_verify_finds_non_finite_weights(tiny_checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    copy = _copy(tiny_checkpoint, tmp_path)
+    weights = load_file(str(copy / "G_ema.safetensors"))
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first].view(-1)[0] = float("nan")
+    save_file(weights, str(copy / "G_ema.safetensors"))
+    _reseal(copy, "G_ema.safetensors")
+    assert main(["checkpoint", "verify", str(copy)]) == 2
+    assert f"NaN or infinite values (G_ema/{first})" in capsys.readouterr().err
+
+
+def test_cli_verify_and_list_on_a_step_without_manifest(tiny_checkpoint, tmp_path, capsys):
+    copy = _copy(tiny_checkpoint, tmp_path)
+    bare = copy.with_name("step-00000007")
+    shutil.copytree(copy, bare)
+    (bare / "manifest.json").unlink()
+    assert main(["checkpoint", "verify", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bare} is not a complete checkpoint (no manifest.json)" in err
+    assert "holds no checkpoint" not in err
+    assert main(["checkpoint", "list", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "step-00000001" in captured.out and "step-00000007" not in captured.out
+    assert "step-00000007 has no manifest.json" in captured.err

@@ -56,6 +56,31 @@ def test_unknown_keys_are_errors_with_a_suggestion(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize("override, field", [
+    ("optim.g_lr=1e39", "optim.g_lr"),  # beyond float32: inf in every tensor it touches
+    ("optim.d_lr=1.0e+39", "optim.d_lr"),
+    ("optim.eps=1e-50", "optim.eps"),  # below float32: 0, a division by zero in Adam
+    ("optim.g_lr=.nan", "optim.g_lr"),
+    ("loss.penalty_weight=.inf", "loss.penalty_weight"),
+    ("optim.betas=[0.0, 1e39]", "optim.betas[1]"),
+    ("progressive.g_lr.8=1e39", "progressive.g_lr.8"),
+    ("train.steps=99999999999999999999", "train.steps"),
+])
+def test_numbers_out_of_float32_or_int64_range_name_the_field(override, field, tmp_path):
+    from bigan.cli import main
+
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/demo.yaml", [override])
+    message = str(err.value)
+    assert message.startswith(f"{field}=") and "\n" not in message
+    assert "float32" in message or "64-bit" in message
+    edge = load_config("configs/demo.yaml", ["optim.g_lr=3.4e38", "optim.eps=1.2e-38",
+                                              "loss.drift_weight=0"])
+    assert (edge.optim.g_lr, edge.optim.eps, edge.loss.drift_weight) == (3.4e38, 1.2e-38, 0)
+    # The CLI: one line naming the field, exit code 2, no traceback.
+    assert main(["train", "configs/demo.yaml", "--dry-run", override]) == 2
+
+
 def test_malformed_files_and_overrides():
     with pytest.raises(ConfigError, match="not found"):
         load_config(CONFIGS / "nope.yaml")

@@ -352,6 +352,6 @@ def test_real_imagenette_full_pack_at_64px(tmp_path):
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     assert index["num_samples"] == 3925
     assert index["class_counts"] == [len(list(d.iterdir())) for d in folders]
-    assert index["class_names"][0] == "tench" and index["source"]["num_skipped"] == 0
+    assert index["class_names"][0] == "tench" and index["source"]["num_left_out"] == 0
     report = shards.inspect(tmp_path / "out")
     assert report["ok"] and report["class_counts_read"] == index["class_counts"]

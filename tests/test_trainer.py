@@ -164,3 +164,73 @@ def test_shard_class_count_mismatch_is_a_clear_error(tmp_path):
     make_synthetic(tmp_path / "shards", classes=3, resolution=16, n=24, min_shards=2)
     with pytest.raises(DataError, match="model.num_classes=4.*3 classes"):
         train(_shard_cfg(tmp_path / "run", tmp_path / "shards"))
+
+
+def test_resume_applies_the_configs_new_optimizer_settings(tmp_path, caplog):
+    # The divergence message says "lower optim.d_lr/g_lr ... then resume": the new values must
+    # reach the restored optimizers (moments kept), and config.yaml and the manifest agree.
+    run = tmp_path / "run"
+    first = train(_cfg(run, **{"train.steps": 2}))
+    before = torch.load(first.last_checkpoint / "opt_G.pt", weights_only=True)
+    assert before["param_groups"][0]["lr"] == 1e-4
+    new = {"optim.g_lr": 2.5e-5, "optim.d_lr": 5e-5, "optim.betas": "[0.5,0.9]", "optim.eps": 1e-8}
+    with caplog.at_level("INFO", logger="bigan.train.train_state"):
+        resumed = train(_cfg(run, **{"train.steps": 3, "train.ckpt_every": 3, **new}),
+                        resume="auto")
+    assert "optim.g_lr 0.0001 -> 2.5e-05" in caplog.text and "optim.betas" in caplog.text
+    for name, lr in (("opt_G", 2.5e-5), ("opt_D", 5e-5)):
+        saved = torch.load(resumed.last_checkpoint / f"{name}.pt", weights_only=True)
+        group = saved["param_groups"][0]
+        assert (group["lr"], tuple(group["betas"]), group["eps"]) == (lr, (0.5, 0.9), 1e-8)
+        first_state = torch.load(first.last_checkpoint / f"{name}.pt", weights_only=True)
+        # Adam continued its moments: step counts went on from the checkpoint's, not from 0.
+        assert saved["state"][0]["step"] > first_state["state"][0]["step"]
+    manifest = json.loads((resumed.last_checkpoint / "manifest.json").read_text())
+    assert manifest["config"]["optim"]["g_lr"] == 2.5e-5
+    assert load_config(run / "config.yaml", []).optim.d_lr == 5e-5
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # the grid
+def test_weights_that_turn_non_finite_are_never_checkpointed(tmp_path, monkeypatch):
+    # The update of step 4 (a checkpoint step) puts inf into G while the losses of that step,
+    # computed before the update, are finite: the loss check cannot see it, the save must.
+    from bigan.train import trainer
+
+    real = trainer.gan_iteration
+    calls = []
+
+    def poisoned(G, *args, **kwargs):
+        metrics = real(G, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                next(G.parameters()).view(-1)[0] = float("inf")
+        return metrics
+
+    monkeypatch.setattr(trainer, "gan_iteration", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as info:
+        train(_cfg(run))
+    message = str(info.value)
+    assert "non-finite by step 4 (G/" in message and "step-00000004 was not written" in message
+    assert "last good checkpoint is" in message and message.count("step-00000002") == 1
+    assert "new settings apply to the restored optimizers" in message
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step-00000002"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    assert not list((run / "checkpoints").glob("step-00000004*"))
+
+
+def test_metrics_jsonl_holds_one_line_per_step_after_resumes(tmp_path):
+    run = tmp_path / "run"
+    extra = {"train.log_every": 1}
+    train(_cfg(run, **extra))  # steps 1-4 logged; checkpoints at 2 and 4
+    # Interrupted after step 4's metrics but before its checkpoint was usable: resume from 2.
+    newest = run / "checkpoints" / "step-00000004"
+    (newest / "manifest.json").unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss/D": 1.')  # a line torn by the kill
+    with pytest.warns(UserWarning, match="step-00000004 has no manifest.json"):
+        train(_cfg(run, **{**extra, "train.steps": 6}), resume="auto")
+    steps = [json.loads(s)["step"] for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert not (run / "metrics.jsonl.tmp").exists()

@@ -1,7 +1,8 @@
 """The checkpoint format, read by train, eval, export and the CLI.
 
 `store.py` writes and reads one atomic, checksummed step directory (`manifest.json`, the `latest`
-pointer, pruning, resume lookup) and merges sharded parts back; `sharded.py` runs the collective
+pointer, pruning) and merges sharded parts back; `resume.py` chooses the checkpoint to resume
+from and refuses one that does not load or is not finite; `sharded.py` runs the collective
 protocol by which every rank of a job writes its own part; `weights.py` reads just the model
 weights of a checkpoint or of a consolidated `.safetensors` file; `commands.py` is
 `bigan checkpoint list|verify|consolidate`. Nothing here knows about the training loop.

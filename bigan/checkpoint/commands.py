@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -22,9 +23,11 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("root", help="run directory or its checkpoints/ directory")
     q.set_defaults(func=_list)
 
-    q = sub.add_parser("verify", help="check a checkpoint's files against its manifest's sha256s",
+    q = sub.add_parser("verify", help="check a checkpoint's files and load them",
                        description="Exit 0 when every file listed in the manifest is present, of "
-                                   "the recorded size and sha256; else exit 2 naming the file.")
+                                   "the recorded size and sha256, loads (weights as safetensors, "
+                                   "other state with torch.load(weights_only=True)) and holds "
+                                   "only finite numbers; else exit 2 naming the file.")
     q.add_argument("checkpoint", help="a step-* directory, or a root (its latest checkpoint)")
     q.set_defaults(func=_verify)
 
@@ -52,7 +55,12 @@ def _root(path: str) -> Path:
 def _list(args: argparse.Namespace) -> int:
     from bigan.checkpoint import store as ckpt
 
-    found = ckpt.list_checkpoints(_root(args.root))
+    root = _root(args.root)
+    found = ckpt.list_checkpoints(root)
+    for path in ckpt.incomplete_step_dirs(root):
+        print(f"warning: {path} has no {ckpt.MANIFEST} (an interrupted save, or written by a "
+              "version without manifests); it is not listed and never resumed from",
+              file=sys.stderr)
     if not found:
         raise ckpt.CheckpointError(f"{args.root} holds no complete checkpoint")
     from bigan.checkpoint.best import read_best
@@ -78,13 +86,19 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from bigan.checkpoint import store as ckpt
+    from bigan.checkpoint.resume import find_resume, load_trusted
 
     path = Path(args.checkpoint)
-    if not (path / ckpt.MANIFEST).is_file():
-        path = ckpt.find_resume(_root(args.checkpoint), str(_root(args.checkpoint)))
-    manifest = ckpt.verify_checkpoint(path)
-    print(f"{path}: ok ({len(manifest['files'])} files, step {manifest['step']})")
+    if not path.exists():
+        raise FileNotFoundError(f"{args.checkpoint!r} does not exist")
+    # A step-* directory is checked as given (one without a manifest is reported as such); a
+    # run directory or checkpoints root stands for its latest checkpoint.
+    if not (path / "manifest.json").is_file() and not path.name.startswith("step-"):
+        path = find_resume(_root(args.checkpoint), str(_root(args.checkpoint)))
+    c = load_trusted(path)  # sha256 of every file, weights_only loads, finite values
+    tensors = sum(len(sd) for sd in c.models.values())
+    print(f"{path}: ok ({len(c.manifest['files'])} files, step {c.manifest['step']}; loaded "
+          f"{', '.join(c.models)} ({tensors} tensors) and {', '.join(c.objects)}, all finite)")
     return 0
 
 

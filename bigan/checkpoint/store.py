@@ -20,13 +20,13 @@ collective protocol).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,7 +45,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 LATEST = "latest"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<rank>\d{5})-of-(?P<world>\d{5})$")
@@ -61,7 +61,7 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointWarning(UserWarning):
-    """`find_resume(..., "auto")` skipped a checkpoint that failed verification."""
+    """`--resume auto` (`bigan.checkpoint.resume`) skipped a checkpoint it cannot trust."""
 
 
 @dataclass
@@ -114,10 +114,40 @@ def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, tor
 
 
 def write_error(root: Path, step: int, e: BaseException) -> CheckpointError:
-    return CheckpointError(f"could not write checkpoint {root / step_dir_name(step)}: "
-                           f"{type(e).__name__}: {e}. The previous checkpoint and {root / LATEST} "
-                           "are intact; fix the cause (disk space, permissions) and rerun the same "
-                           "command to resume")
+    if no_space(e):
+        try:
+            free = f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free there now that the " \
+                   "partial save is removed)"
+        except OSError:
+            free = ""
+        what, fix = f"no space left on device{free}", ("free disk space or keep fewer "
+                                                          "checkpoints (train.keep_ckpts)")
+    else:
+        what, fix = f"{type(e).__name__}: {e}", "fix the cause (disk space, permissions)"
+    return CheckpointError(f"could not write checkpoint {root / step_dir_name(step)}: {what}. The "
+                           f"previous checkpoint and {root / LATEST} are intact; {fix} and rerun "
+                           "the same command to resume")
+
+
+def no_space(e: BaseException | None) -> bool:
+    """Whether a write failed for lack of space (ENOSPC, EDQUOT), anywhere in its chain: torch's
+    zip writer reports a full disk as 'unexpected pos' with the OSError only as its context, and
+    safetensors (Rust) and other ranks report it as text."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).lower()
+        if ((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+                or "no space left on device" in text or "os error 28" in text):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def failure_text(e: BaseException) -> str:
+    """One line for a failed write: 'no space left on device', else the exception's type and
+    message."""
+    return "no space left on device" if no_space(e) else f"{type(e).__name__}: {e}"
 
 
 def check_step(step: Any, keep: Any = 0) -> None:
@@ -233,7 +263,7 @@ def verify_checkpoint(path: str | Path) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or CONFIG not in files:
         raise CheckpointError(f"{mpath} lists no files or no {CONFIG}; the checkpoint is damaged")
-    m = _STEP_DIR.match(path.name)
+    m = STEP_DIR.match(path.name)
     if m and manifest.get("step") != int(m.group(1)):
         raise CheckpointError(f"{mpath} says step {manifest.get('step')!r} but the directory is "
                               f"{path.name}; the checkpoint was mixed up with another")
@@ -289,11 +319,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
             try:
                 part = torch.load(fpath, map_location=map_location, weights_only=True)
             except Exception as e:
+                # `from None`: torch's own message advises weights_only=False or allow-listing
+                # the class, both of which run whatever code the file holds.
                 raise CheckpointError(
-                    f"{fpath} holds something other than tensors and plain containers, so it was "
-                    f"refused (weights_only load): {e}. It was not written by bigan's "
-                    "save_checkpoint or it was tampered with; do not load it by other means unless "
-                    "you trust where it came from") from e
+                    f"{fpath} was refused by torch.load(weights_only=True) ({_refusal(e)}): it "
+                    "holds something other than tensors and plain containers, so it was not "
+                    "written by bigan's save_checkpoint or it was altered; resume from another "
+                    "checkpoint and load this file only if you trust where it came from") from None
             _merge_into(objects, name, part, fpath)
     for key, (world, ranks) in shards.items():
         if ranks != set(range(world)):
@@ -303,6 +335,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     config_text = (path / CONFIG).read_text(encoding="utf-8")
     return Checkpoint(path=path, manifest=manifest, models=models, objects=objects,
                       config_text=config_text)
+
+
+def _refusal(e: BaseException) -> str:
+    """torch's reason for refusing a weights_only load ('Unsupported global: GLOBAL x.Foo'),
+    without the advice around it."""
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+was not an allowed global|\s+Please use|"
+                  r"\n\n|$)", str(e), re.DOTALL)
+    if m and m.group(1).strip():
+        return m.group(1).strip()
+    first = (str(e).strip().splitlines() or [""])[0]
+    return first if first and "weights_only" not in first else type(e).__name__
 
 
 def _merge_into(group: dict, name: str, part: Any, fpath: Path) -> None:
@@ -337,53 +380,20 @@ def list_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
+        m = STEP_DIR.match(p.name)
         if m and p.is_dir() and (p / MANIFEST).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
 
-def find_resume(root: str | Path, spec: str | None) -> Path | None:
-    """The checkpoint to resume from: None for a fresh start.
-
-    spec None: None. spec "auto": the newest checkpoint under root that verifies (the one named in
-    `latest` when it is the newest; a newer complete one wins, e.g. after a crash between the
-    directory rename and the pointer update); corrupt ones are skipped with a CheckpointWarning;
-    None if none exists. Any other spec is a checkpoint directory, or a root whose `latest` (else
-    newest checkpoint) is used; it must verify, else CheckpointError.
-    """
-    if not spec:
-        return None
-    if spec == "auto":
-        root = Path(root)
-        named = _read_latest(root)
-        if named is not None and not (root / named / MANIFEST).is_file():
-            log.warning("%s names %s, which is missing or incomplete; looking for another checkpoint",
-                        root / LATEST, named)
-        for path in reversed(list_checkpoints(root)):
-            try:
-                verify_checkpoint(path)
-            except CheckpointError as e:
-                # Both: the warning reaches an interactive user and tests, the log line the run's log.
-                warnings.warn(f"skipping checkpoint {path}: {e}", CheckpointWarning, stacklevel=2)
-                log.warning("skipping checkpoint %s: %s", path, e)
-                continue
-            if named is not None and path.name != named:
-                log.info("resuming from %s, newer than %s named in %s", path.name, named, root / LATEST)
-            return path
-        return None
-    path = Path(spec)
-    if not (path / MANIFEST).is_file() and path.is_dir():
-        named = _read_latest(path)
-        if named is not None:
-            path = path / named
-        elif found := list_checkpoints(path):
-            path = found[-1]
-        else:
-            raise CheckpointError(f"{path} holds no checkpoint (no {MANIFEST}, no {LATEST}, no "
-                                  "complete step-* directory); pass a checkpoint directory or 'auto'")
-    verify_checkpoint(path)
-    return path
+def incomplete_step_dirs(root: str | Path) -> list[Path]:
+    """`step-*` directories under root without a manifest (an interrupted save renamed by hand,
+    or a checkpoint from a writer without manifests): never resumed from, worth a warning."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if STEP_DIR.match(p.name) and p.is_dir() and not (p / MANIFEST).is_file())
 
 
 def check_part(models: dict, objects: dict) -> None:
@@ -516,14 +526,3 @@ def _prune(root: Path, keep: int, current: Path) -> None:
             log.info("pruned checkpoint %s", p)
         except OSError as e:
             log.warning("could not prune checkpoint %s (%s); delete it by hand to free space", p, e)
-
-
-def _read_latest(root: Path) -> str | None:
-    try:
-        name = (root / LATEST).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not _STEP_DIR.match(name):
-        log.warning("%s holds %r, not a step-* directory name; ignoring it", root / LATEST, name)
-        return None
-    return name

@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.resume import find_resume
 
 FORMAT = "bigan-weights"
 VERSION = 1
@@ -111,4 +112,4 @@ def _resolve(path: str | Path) -> Path:
         raise FileNotFoundError(f"checkpoint {str(root)!r} does not exist")
     if (root / "checkpoints").is_dir() and not (root / ckpt.MANIFEST).exists():
         root = root / "checkpoints"  # a run directory
-    return ckpt.find_resume(root, str(root))
+    return find_resume(root, str(root))

@@ -11,7 +11,7 @@ import argparse
 import json
 import re
 
-from bigan.data.shards import FORMATS, DataError
+from bigan.data.shards import FORMATS, NOTES, DataError
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -40,12 +40,14 @@ def _summary(index: dict, out: str) -> None:
     print(f"packed {index['num_samples']} images in {len(index['class_names'])} classes into "
           f"{len(index['shards'])} shards ({_human(total)}), {index['resolution']} px "
           f"{index['image_format']}")
-    notes = [f"{src[k]} {k.replace('_', ' ')}" for k in ("copied_as_is", "upscaled", "cropped",
-                                                        "converted_to_rgb") if src.get(k)]
-    if src.get("num_skipped"):
-        notes.append(f"{src['num_skipped']} unreadable inputs left out (listed in dataset.json)")
+    notes = [f"{src[k]} {k.replace('_', ' ')}" for k in NOTES if src.get(k)]
     if notes:
         print("  " + "; ".join(notes))
+    by_cause = src.get("left_out_by_cause") or {}
+    if by_cause:
+        causes = ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in by_cause.items())
+        print(f"  {src['num_left_out']} files left out: {causes} (listed in dataset.json "
+              "source.left_out)")
     print(f"  index  {out}/dataset.json")
 
 

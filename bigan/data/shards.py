@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bigan.data.sources import DataError, ImageSource, read_source, square_resize
+from bigan.data.sources import (FOLDER_CAUSES, DataError, ImageSource, read_source,
+                                square_resize)
 
 __all__ = ["DataError", "pack", "make_digits", "make_synthetic", "read_index", "verify_shards",
            "inspect", "missing_shards", "index_file", "INDEX_NAME", "FORMATS"]
@@ -41,13 +42,48 @@ _BLOCK = tarfile.BLOCKSIZE
 
 # --- encoding (runs in pool workers) -------------------------------------------------------------
 
-def _encode(task: tuple) -> tuple[bytes | None, int, str]:
-    """(item, resolution, fmt, quality, reencode) -> (encoded bytes, flags, error); never raises.
+# What `_encode` notes about an input (counted in dataset.json `source`), and why an input that
+# could not be packed was left out (with the folder causes of `sources.FOLDER_CAUSES`).
+NOTES = ("copied_as_is", "upscaled", "cropped", "converted_to_rgb", "rotated_by_exif",
+         "first_frame", "high_bit_depth_scaled", "alpha_flattened")
+DECODE_CAUSES = (
+    "not_image",  # Pillow does not recognise the content (text, empty file, another format)
+    "truncated_image",  # the file ends before its pixels do
+    "undecodable_image",  # recognised, but the pixels do not decode (damaged data, EPS without
+    # Ghostscript, more pixels than Pillow's decompression-bomb limit)
+)
 
-    flags: 1 = upscaled (source smaller than the target), 2 = cropped (non-square source),
-    4 = converted to RGB (grayscale, palette, RGBA, CMYK ...), 8 = source file copied as is.
-    """
+
+def _open_file(path: str, resolution: int, fmt: str, reencode: bool):
+    """(PIL image, None) for a file to convert, or (None, bytes) for one to copy byte for byte."""
     from PIL import Image
+
+    from bigan.data.image_files import exif_orientation, frame_count
+
+    image = Image.open(path)
+    image.load()  # reads (so checks) the pixels of frame 0 and closes a single-frame file
+    # A file already in the target format, RGB and size, upright, opaque and with one frame
+    # goes in byte for byte: no second generation of JPEG loss, and it decodes exactly as the
+    # source does (the loader applies no EXIF rotation, alpha or frame choice).
+    if (not reencode and image.format == FORMATS[fmt] and image.mode == "RGB"
+            and image.size == (resolution, resolution) and not image.has_transparency_data
+            and frame_count(image) == 1 and exif_orientation(image) == 1):
+        image.close()
+        with open(path, "rb") as f:
+            return None, f.read()
+    return image, None
+
+
+def _encode(task: tuple) -> tuple[bytes | None, tuple[str, ...], str, str]:
+    """(item, resolution, fmt, quality, reencode) -> (encoded bytes, notes, cause, error).
+
+    Never raises: an input that cannot be packed comes back as (None, (), cause, error) with a
+    cause from `DECODE_CAUSES`. The notes are names from `NOTES` (`image_files.viewer_rgb`'s,
+    plus upscaled: smaller than the target, cropped: not square, copied_as_is).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from bigan.data.image_files import viewer_rgb
 
     item, resolution, fmt, quality, reencode = task
     try:
@@ -55,29 +91,26 @@ def _encode(task: tuple) -> tuple[bytes | None, int, str]:
             gray = item.ndim == 3 and item.shape[-1] == 1
             image = Image.fromarray(item[..., 0] if gray else item)
         else:
-            image = Image.open(item)
-            image.load()  # reads (so checks) the pixels and closes the file
-            # A file already in the target format, RGB and size goes in byte for byte: no
-            # second generation of JPEG loss, and it decodes exactly as the source does.
-            if (not reencode and image.format == FORMATS[fmt] and image.mode == "RGB"
-                    and image.size == (resolution, resolution)):
-                with open(item, "rb") as f:
-                    return f.read(), 8, ""
-        flags = 0
-        if image.mode != "RGB":
-            image, flags = image.convert("RGB"), flags | 4
-        w, h = image.size
-        flags |= (1 if min(w, h) < resolution else 0) | (2 if w != h else 0)
-        image = square_resize(image, resolution)
-        buf = io.BytesIO()
+            image, raw = _open_file(item, resolution, fmt, reencode)
+            if raw is not None:
+                return raw, ("copied_as_is",), "", ""
         # jpg keeps full-resolution chroma (4:4:4): at 32-128 px, 4:2:0 visibly blurs colour
         # edges (it doubles the mean error at q95) for ~30% smaller files.
         options = {"jpg": {"quality": quality, "subsampling": 0}, "webp": {"quality": quality},
                    "png": {}}[fmt]
-        image.save(buf, format=FORMATS[fmt], **options)
-        return buf.getvalue(), flags, ""
+        buf = io.BytesIO()
+        with image:  # closes a multi-frame file, which Pillow keeps open after load()
+            rgb, notes = viewer_rgb(image)
+            w, h = rgb.size
+            notes += (("upscaled",) if min(w, h) < resolution else ()) + (
+                ("cropped",) if w != h else ())
+            square_resize(rgb, resolution).save(buf, format=FORMATS[fmt], **options)
+        return buf.getvalue(), notes, "", ""
+    except UnidentifiedImageError as exc:
+        return None, (), "not_image", str(exc)
     except Exception as exc:  # an unreadable input is reported and left out, not fatal
-        return None, 0, f"{type(exc).__name__}: {exc}"
+        cause = "truncated_image" if "truncated" in str(exc).lower() else "undecodable_image"
+        return None, (), cause, f"{type(exc).__name__}: {exc}"
 
 
 class _ShardTar:
@@ -137,10 +170,13 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
     Shards stay within `shard_size_bytes` (file bytes; a single larger sample gets a shard of
     its own). `min_shards` caps samples per shard at ceil(N / min_shards), so a small set still
     yields enough shards for many data streams (the loader needs a shard per rank at least).
-    jpg keeps full-resolution chroma (4:4:4). Image files already in the target format, RGB
-    and `resolution` px square are copied byte for byte unless `reencode` (counted under
-    `source.copied_as_is`). Inputs that cannot be decoded are left out and listed under
-    `source.skipped_inputs`. The same inputs, arguments and `src` spelling give
+    jpg keeps full-resolution chroma (4:4:4). Each image is stored as a photo viewer shows
+    it (`bigan.data.image_files.viewer_rgb`; what was done is counted under `source`, one count
+    per name in `NOTES`). Image files already in the target format, RGB, `resolution` px
+    square, upright, opaque and single-frame are copied byte for byte unless `reencode`
+    (`source.copied_as_is`). Files left out (by the source: their extension, their place; or
+    here: not decodable) are listed under `source.left_out` with cause and error, counted by
+    cause in `source.left_out_by_cause`. The same inputs, arguments and `src` spelling give
     byte-identical files, whatever `workers`.
     """
     from tqdm import tqdm
@@ -170,17 +206,17 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
     results = pool.imap(_encode, tasks, chunksize=16) if pool else map(_encode, tasks)
     shards: list[dict] = []
     counts = np.zeros(len(source.class_names), np.int64)
-    flag_counts = {"upscaled": 0, "cropped": 0, "converted_to_rgb": 0, "copied_as_is": 0}
-    skipped: list[dict] = []
+    note_counts = dict.fromkeys(NOTES, 0)
+    left_out: list[dict] = list(source.left_out)
     key_width = max(8, len(str(n)))
     written = 0
     writer: _ShardTar | None = None
     try:
-        for idx, (data, flags, error) in tqdm(zip(order, results), total=n, unit="img",
-                                              desc="pack", disable=not progress):
+        for idx, (data, notes, cause, error) in tqdm(zip(order, results), total=n, unit="img",
+                                                     desc="pack", disable=not progress):
             if data is None:
-                skipped.append({"input": str(source.files[idx]) if source.files else int(idx),
-                                "error": error})
+                left_out.append({"path": str(source.files[idx]) if source.files else int(idx),
+                                 "cause": cause, "error": error})
                 continue
             label = int(source.labels[idx])
             members = {"cls": str(label).encode("ascii"), fmt: data}
@@ -193,29 +229,38 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
             writer.add(f"{written:0{key_width}d}", members)
             written += 1
             counts[label] += 1
-            for bit, name in ((1, "upscaled"), (2, "cropped"), (4, "converted_to_rgb"),
-                              (8, "copied_as_is")):
-                flag_counts[name] += bool(flags & bit)
+            for note in notes:
+                note_counts[note] += 1
         if writer is not None:
             shards.append(writer.close())
     finally:
         if pool is not None:
             pool.terminate()
+    left_out.sort(key=lambda e: (str(e["path"]), e["cause"]))
     if not shards:
-        raise DataError(f"{source.path}: none of the {n} inputs could be decoded "
-                        f"(first error: {skipped[0]['error'] if skipped else 'none'})")
+        first = next((e for e in left_out if e["cause"] in DECODE_CAUSES), None)
+        raise DataError(f"{source.path}: none of the {n} inputs could be decoded (first: "
+                        f"{first['path']}: {first['error']})" if first else
+                        f"{source.path}: none of the {n} inputs could be decoded")
     index = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "resolution": resolution,
         "image_format": fmt, "quality": quality if fmt != "png" else None,
         "num_samples": int(counts.sum()), "class_names": list(source.class_names),
         "class_counts": counts.tolist(), "shards": shards,
         "source": {"kind": source.kind, "path": source.path, "num_inputs": n, "seed": seed,
-                   **flag_counts, "num_skipped": len(skipped), "skipped_inputs": skipped[:100]},
+                   **note_counts, "num_left_out": len(left_out),
+                   "left_out_by_cause": _count_causes(left_out), "left_out": left_out},
     }
     tmp = out / (INDEX_NAME + ".tmp")
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, out / INDEX_NAME)
     return index
+
+
+def _count_causes(left_out: list[dict]) -> dict[str, int]:
+    """{cause: files}, causes in the order of FOLDER_CAUSES then DECODE_CAUSES, zeros left out."""
+    counts = {c: sum(e["cause"] == c for e in left_out) for c in FOLDER_CAUSES + DECODE_CAUSES}
+    return {c: k for c, k in counts.items() if k}
 
 
 def make_digits(out: str | Path, resolution: int = 32, min_shards: int = 16,

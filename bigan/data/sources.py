@@ -6,7 +6,10 @@ file path or a uint8 HWC array):
 - an ImageFolder tree: one sub-folder per class, classes in sorted folder order, named by the
   folder or by a `classes.json` (folder name -> class name, in the root or its parent, as
   Imagenette ships it) that names every folder;
-  images are the files ending in jpg/jpeg/png/webp/bmp (any case), searched recursively;
+  images are the files, searched recursively, with an extension of a format Pillow reads
+  (`bigan.data.image_files.readable_extensions`: jpg, png, webp, tif, gif, bmp, ... any case);
+  every other file under the root is reported in `ImageSource.left_out` with its cause
+  (`unsupported_extension`, `outside_class_folder`, `broken_link`), never dropped silently;
 - CIFAR-10/100 pickled batches (`data_batch_*` / `test_batch`, or `train` / `test`), with class
   names from `batches.meta` / `meta`;
 - a NumPy `.npz` holding `images` (uint8, NHWC or NHW), `labels` and optionally `class_names`.
@@ -20,12 +23,22 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from bigan.data.image_files import readable_extension
+
+# The member extensions the streaming loader takes as a sample's image inside foreign tars.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Files a folder source leaves out, and why (the packer adds the decoding causes).
+FOLDER_CAUSES = (
+    "unsupported_extension",  # not an extension of a format Pillow reads (.txt, .json, .DS_Store)
+    "outside_class_folder",  # a file in the root itself, not in a class sub-folder
+    "broken_link",  # a symbolic link whose target is gone
+)
+_ROOT_FILES = ("classes.json",)  # files the root may hold by design
 
 
 class DataError(ValueError):
@@ -42,6 +55,7 @@ class ImageSource:
     labels: np.ndarray  # int64 [N]
     files: list[str] | None = None  # imagefolder: one image file per sample
     images: np.ndarray | None = None  # array sources: uint8 [N, H, W, C] or [N, H, W]
+    left_out: list[dict] = field(default_factory=list)  # {path, cause, error}: files not read
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,8 +83,13 @@ def square_resize(image, resolution: int):
                         box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 
+def _left_out(path: Path, cause: str, error: str) -> dict:
+    return {"path": str(path), "cause": cause, "error": error}
+
+
 def read_image_folder(root: Path) -> ImageSource:
-    """An ImageFolder tree: sorted class sub-folders, image files found recursively in each."""
+    """An ImageFolder tree: sorted class sub-folders, image files found recursively in each;
+    every other file is listed in `left_out` with its cause."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders found (expected one folder of images "
@@ -82,17 +101,32 @@ def read_image_folder(root: Path) -> ImageSource:
         if isinstance(mapping, dict) and all(n in mapping for n in names):
             names = [str(mapping[n]) for n in names]
             break
+    left_out = [_left_out(p, "outside_class_folder", "not in a class sub-folder")
+                for p in sorted(root.iterdir())
+                if p.is_file() and p.name not in _ROOT_FILES]
     files: list[str] = []
     labels: list[int] = []
     for k, d in enumerate(class_dirs):
-        found = sorted(str(p) for p in d.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = []
+        for p in sorted(d.rglob("*")):
+            if p.is_symlink() and not p.exists():
+                left_out.append(_left_out(p, "broken_link", "its target does not exist"))
+            elif not p.is_file():
+                continue
+            elif readable_extension(p):
+                found.append(str(p))
+            else:
+                left_out.append(_left_out(p, "unsupported_extension",
+                                          f"{p.suffix or 'no extension'}: not a format Pillow "
+                                          "reads"))
         if not found:
-            raise DataError(f"{d}: class folder holds no images (looked for "
-                            f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+            raise DataError(f"{d}: class folder holds no images (no file with an extension of "
+                            f"a format Pillow reads, such as .jpg, .png, .tif); remove it or "
+                            f"add images")
         files += found
         labels += [k] * len(found)
-    return ImageSource("imagefolder", str(root), names, np.asarray(labels, np.int64), files=files)
+    return ImageSource("imagefolder", str(root), names, np.asarray(labels, np.int64), files=files,
+                       left_out=left_out)
 
 
 def _unpickle(path: Path) -> dict:

@@ -1,4 +1,12 @@
-"""The two Adam optimizers of a GAN, built one way for the trainer, the benches and the tests."""
+"""The two Adam optimizers of a GAN, built one way for the trainer, the benches and the tests,
+and the rule for their settings on resume.
+
+On resume the config's Adam settings win: `apply_settings` puts `optim.g_lr`, `optim.d_lr`,
+`optim.betas` and `optim.eps` on the restored optimizers, which keep their moments and step
+counts. That is what a user means by editing the lrs and resuming (the divergence message tells
+them to do exactly that), and it keeps `config.yaml`, the next checkpoint's manifest and the
+optimizers in agreement. The curriculum still scales the lrs each step (lr decay, ProGAN phases).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,9 @@ import torch
 from torch import nn
 
 from bigan.config import OptimConfig
+
+# The OptimConfig fields that live in the optimizers' parameter groups.
+SETTINGS = ("g_lr", "d_lr", "betas", "eps")
 
 
 def build_optimizers(G: nn.Module, D: nn.Module,
@@ -15,3 +26,23 @@ def build_optimizers(G: nn.Module, D: nn.Module,
     betas = tuple(optim.betas)
     return (torch.optim.Adam(G.parameters(), lr=optim.g_lr, betas=betas, eps=optim.eps),
             torch.optim.Adam(D.parameters(), lr=optim.d_lr, betas=betas, eps=optim.eps))
+
+
+def apply_settings(opt_G, opt_D, optim: OptimConfig) -> None:
+    """Set optim's lr (g_lr for G, d_lr for D), betas and eps on every parameter group of both
+    optimizers (torch's, or DeepSpeed's ZeRO optimizer, whose groups are its inner Adam's);
+    Adam's moments and step counts are untouched."""
+    for opt, lr in ((opt_G, optim.g_lr), (opt_D, optim.d_lr)):
+        for group in opt.param_groups:
+            group.update(lr=lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+def changed_settings(before: OptimConfig, now: OptimConfig) -> list[str]:
+    """'optim.g_lr 0.0004 -> 0.0001' for each optimizer setting that differs between the config
+    a checkpoint was trained with and the config resuming it."""
+    return [f"optim.{k} {getattr(before, k)} -> {getattr(now, k)}" for k in SETTINGS
+            if list(_seq(getattr(before, k))) != list(_seq(getattr(now, k)))]
+
+
+def _seq(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from bigan.train.batches import step_generator
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the message names the step and the last checkpoint."""
+    """A loss, weight or optimizer state became NaN or infinite; the message names the step and
+    the last good checkpoint."""
+
+
+# What to do after a divergence. The new lrs (and betas, eps) are applied to the restored
+# optimizers on resume (`bigan.train.optimizers`); the loss and precision are read every step.
+DIVERGENCE_ADVICE = ("Lower optim.d_lr/g_lr, enable a gradient penalty (loss.penalty) or train "
+                     "in fp32, then resume with --resume auto: the new settings apply to the "
+                     "restored optimizers.")
 
 
 def accelerate_trackers(log_with: list[str]) -> list[str] | None:
@@ -59,6 +68,8 @@ class RunLog:
         self.accelerator = accelerator if main and accelerate_trackers(list(log_with)) else None
         if self.accelerator is not None:
             self.accelerator.init_trackers(run_dir.name, config=hparams)
+        if main:
+            _drop_lines_after(run_dir / "metrics.jsonl", step)
         self.file = (run_dir / "metrics.jsonl").open("a") if main else None
         # `disable` only where it must be True: passed explicitly it would override TQDM_DISABLE=1.
         self.bar = tqdm(total=steps, initial=step, desc="train", unit="it", dynamic_ncols=True,
@@ -80,8 +91,7 @@ class RunLog:
         if bad:
             raise TrainingDiverged(
                 f"{', '.join(bad)} became non-finite by step {step}; the last good checkpoint "
-                f"is {last_checkpoint or 'none'}. Lower optim.d_lr/g_lr, enable a gradient penalty "
-                "(loss.penalty) or train in fp32, then resume with --resume auto.")
+                f"is {last_checkpoint or 'none'}. {DIVERGENCE_ADVICE}")
         return metrics
 
     def write(self, step: int, metrics: dict[str, float], cur_nimg: int) -> dict[str, float]:
@@ -122,6 +132,37 @@ class RunLog:
             if self.accelerator is not None:
                 self.accelerator.end_training()
             self.file.close()
+
+
+def _drop_lines_after(path: Path, step: int) -> None:
+    """Keep only the metrics.jsonl lines of steps <= `step` (where this run starts), so a run
+    resumed from an earlier checkpoint than the one it was interrupted after (or restarted from
+    scratch) holds one line per step. A line cut short by a kill is dropped too. The file is
+    rewritten under a temporary name and renamed: a kill now leaves the old or the new file."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if _line_step(line) is not None and _line_step(line) <= step]
+    if kept == lines:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _line_step(line: str) -> int | None:
+    """The step of a complete metrics.jsonl line, None for a torn or foreign one."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 class SampleGrids:

@@ -19,11 +19,14 @@ import torch
 from torch import nn
 
 from bigan.checkpoint import sharded
-from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.resume import describe, load_resume, nonfinite_entries
+from bigan.checkpoint.store import step_dir_name
 from bigan.config import Config, ConfigError, config_from_dict, dump_config
 from bigan.data.feed import merge_states
-from bigan.train import parallel_state
+from bigan.train import parallel, parallel_state
+from bigan.train.optimizers import apply_settings, changed_settings
 from bigan.train.parallel import Prepared
+from bigan.train.run_log import DIVERGENCE_ADVICE, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class TrainCheckpoints:
         self.cfg, self.root, self.p, self.G_ema = cfg, root, p, G_ema
         self.rank, self.world, self.strategy = rank, world, strategy
         self.sharded = world > 1 and sharded.shares_directory(root)  # collective
+        self.last: Path | None = None  # the newest checkpoint restored or written
         if world > 1 and not self.sharded and rank == 0:
             log.warning("the ranks do not share %s: rank 0 gathers the state and writes each "
                         "checkpoint alone (put train.out_dir on a shared file system to write in "
@@ -54,14 +58,20 @@ class TrainCheckpoints:
     def restore(self, resume: str | None) -> Position:
         """Load the checkpoint `resume` names ("auto": the newest valid one, else start fresh)
         into the models, optimizers and torch RNG; return the position it recorded."""
-        path = ckpt.find_resume(self.root, resume) if resume else None
-        if path is None:
+        c = load_resume(self.root, resume)  # verified, loaded weights_only, finite; or None
+        if c is None:
             return Position()
-        c = ckpt.load_checkpoint(path)
+        path = c.path
         _check_resumable(self.cfg, c.manifest["config"])
         parallel_state.load_full_state(self.p, {"G": c.models["G"], "D": c.models["D"],
                                                 "opt_G": c.objects["opt_G"],
                                                 "opt_D": c.objects["opt_D"]})
+        # The config's lrs, betas and eps win over the checkpoint's (optimizers.py says why).
+        apply_settings(self.p.opt_G, self.p.opt_D, self.cfg.optim)
+        changed = changed_settings(config_from_dict(c.manifest["config"]).optim, self.cfg.optim)
+        if changed and self.rank == 0:
+            log.info("resuming with new optimizer settings (%s), applied to the restored "
+                     "optimizers; Adam's moments and step counts are kept", ", ".join(changed))
         self.G_ema.load_state_dict(c.models["G_ema"])
         torch.set_rng_state(c.objects["rng"]["torch"])
         m = c.manifest
@@ -69,11 +79,13 @@ class TrainCheckpoints:
             log.info("resumed from %s at step %d (%d images; written by %d %s workers, now %d %s)",
                      path, m["step"], m["cur_nimg"], m.get("world_size", 1),
                      m.get("strategy", "ddp"), self.world, self.strategy)
+        self.last = path
         return Position(m["step"], m["cur_nimg"], m["d_updates"], m["data_position"], path)
 
     def save(self, step: int, cur_nimg: int, d_updates: int, feed, manifest: dict) -> Path:
         """Write checkpoint `step` (collective); the path on every rank. `manifest`: further
-        fields for the manifest (the curriculum's phase)."""
+        fields for the manifest (the curriculum's phase). TrainingDiverged on every rank, with
+        nothing written, when a weight or optimizer state is NaN or infinite."""
         data_position = feed.state()
         if self.world > 1:  # each rank knows only its own streams' progress
             states = [None] * self.world
@@ -88,19 +100,35 @@ class TrainCheckpoints:
         if self.sharded:  # each rank's part is about 1/world of the bytes
             shard = (self.rank, self.world)
             part = parallel_state.state_dicts(self.p, shard)
-            return sharded.save_sharded(
-                self.root, step,
-                models={"G": part["G"], "G_ema": parallel_state.part_of(self.G_ema.state_dict(), shard),
-                        "D": part["D"]},
-                objects={"opt_G": part["opt_G"], "opt_D": part["opt_D"]},
-                whole_models={}, whole_objects={"rng": rng}, **common)
+            models = {"G": part["G"], "D": part["D"],
+                      "G_ema": parallel_state.part_of(self.G_ema.state_dict(), shard)}
+            objects = {"opt_G": part["opt_G"], "opt_D": part["opt_D"]}
+            self._refuse_non_finite(step, models, objects)
+            self.last = sharded.save_sharded(self.root, step, models=models, objects=objects,
+                                             whole_models={}, whole_objects={"rng": rng}, **common)
+            return self.last
         full = parallel_state.full_state_dicts(self.p)  # collective: ZeRO partitions are gathered
         main = self.rank == 0
-        return sharded.save_gathered(
-            self.root, step,
-            {"G": full["G"], "G_ema": self.G_ema.state_dict(), "D": full["D"]} if main else None,
-            {"opt_G": full["opt_G"], "opt_D": full["opt_D"], "rng": rng} if main else None,
-            **common)
+        models = {"G": full["G"], "G_ema": self.G_ema.state_dict(), "D": full["D"]} if main else None
+        objects = {"opt_G": full["opt_G"], "opt_D": full["opt_D"], "rng": rng} if main else None
+        self._refuse_non_finite(step, models or {}, objects or {})
+        self.last = sharded.save_gathered(self.root, step, models, objects, **common)
+        return self.last
+
+    def _refuse_non_finite(self, step: int, models: dict, objects: dict) -> None:
+        """Raise TrainingDiverged on every rank when any rank's state to save is not finite.
+
+        The loss check (`RunLog.finite`) sees the losses computed before this step's update;
+        the update itself can put inf/NaN into the weights, so the state is checked as it is
+        about to be written (collective, one all-reduce)."""
+        bad = nonfinite_entries({**models, **objects})
+        device = next(self.G_ema.parameters()).device
+        if parallel.any_rank(bool(bad), device):
+            where = describe(bad) if bad else "found by another rank"
+            raise TrainingDiverged(
+                f"the weights or optimizer state became non-finite by step {step} ({where}); "
+                f"checkpoint {step_dir_name(step)} was not written and the last good checkpoint "
+                f"is {self.last or 'none'}. {DIVERGENCE_ADVICE}")
 
 
 def _check_resumable(cfg: Config, manifest_config: dict) -> None:

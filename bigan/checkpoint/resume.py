@@ -1,0 +1,173 @@
+"""Which checkpoint a run resumes from, and whether it can be trusted.
+
+A checkpoint is resumed from only if it verifies (every file's size and sha256, `store.py`),
+loads (each `.pt` through `torch.load(weights_only=True)`: a file that passes its checksum yet
+holds pickled classes is refused) and holds finite numbers only (a checkpoint written after
+training diverged is useless to resume). `--resume auto` walks the complete checkpoints newest
+first and skips any that fails, with a `CheckpointWarning` naming why; it says which one it
+chose when that is not the one `latest` names. An explicit checkpoint that fails raises
+`CheckpointError`. The trainer itself never writes a non-finite checkpoint
+(`bigan.train.train_state`), so this guards against older runs, copies and tampering.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigan.checkpoint.store import (LATEST, MANIFEST, STEP_DIR, Checkpoint, CheckpointError,
+                                    CheckpointWarning, incomplete_step_dirs, list_checkpoints,
+                                    load_checkpoint, verify_checkpoint)
+
+log = logging.getLogger(__name__)
+
+
+def nonfinite_entries(groups: dict[str, Any]) -> list[str]:
+    """'G/blocks.0.conv.weight', 'opt_G/state/3/exp_avg', ...: every floating tensor in the
+    nested dicts/lists of `groups` (name -> state dict or object) holding NaN or +-inf."""
+    bad: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if (value.is_floating_point() or value.is_complex()) and not bool(
+                    torch.isfinite(value).all()):
+                bad.append(where)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}/{i}")
+
+    for name, value in groups.items():
+        walk(value, name)
+    return bad
+
+
+def describe(entries: list[str], shown: int = 3) -> str:
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + more
+
+
+def load_trusted(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
+    """`load_checkpoint(path)` (verify, then weights_only loads), refusing non-finite values."""
+    c = load_checkpoint(path, map_location)
+    bad = nonfinite_entries({**c.models, **c.objects})
+    if bad:
+        raise CheckpointError(f"{c.path} holds NaN or infinite values ({describe(bad)}): it was "
+                              "written after training diverged; resume from an earlier checkpoint")
+    return c
+
+
+def load_resume(root: str | Path, spec: str | None, map_location: Any = "cpu") -> Checkpoint | None:
+    """The checkpoint to resume from, loaded; None for a fresh start.
+
+    spec None: None. spec "auto": the newest checkpoint under root that verifies, loads and is
+    finite (a newer one than `latest` names wins, e.g. after a crash between the directory rename
+    and the pointer update); others are skipped with a CheckpointWarning; None if none is left.
+    Any other spec is a checkpoint directory, or a root whose `latest` (else newest checkpoint)
+    is used; it must pass the same checks, else CheckpointError.
+    """
+    if not spec:
+        return None
+    if spec != "auto":
+        return load_trusted(_explicit(Path(spec)), map_location)
+    root = Path(root)
+    named = _auto_preamble(root)
+    for path in reversed(list_checkpoints(root)):
+        try:
+            c = load_trusted(path, map_location)
+        except CheckpointError as e:
+            _skip(path, e)
+            continue
+        _say_choice(root, named, path)
+        return c
+    return None
+
+
+def find_resume(root: str | Path, spec: str | None) -> Path | None:
+    """Where `load_resume` would resume from. "auto" loads each candidate to check it (as
+    `load_resume` does); an explicit checkpoint is only verified (its loader checks the rest)."""
+    if spec == "auto":
+        c = load_resume(root, spec)
+        return None if c is None else c.path
+    if not spec:
+        return None
+    path = _explicit(Path(spec))
+    verify_checkpoint(path)
+    return path
+
+
+def _explicit(path: Path) -> Path:
+    """A checkpoint directory as given, or a root's `latest` (else its newest checkpoint)."""
+    if (path / MANIFEST).is_file() or not path.is_dir() or STEP_DIR.match(path.name):
+        return path  # verify_checkpoint names what is wrong with it
+    named = _read_latest(path)
+    if named is not None:
+        return path / named
+    if found := list_checkpoints(path):
+        return found[-1]
+    raise CheckpointError(f"{path} holds no checkpoint (no {MANIFEST}, no {LATEST}, no "
+                          "complete step-* directory); pass a checkpoint directory or 'auto'")
+
+
+def _auto_preamble(root: Path) -> str | None:
+    """Warn about what `auto` will not consider; return the step `latest` names (or None)."""
+    for path in incomplete_step_dirs(root):
+        _warn(f"{path} has no {MANIFEST} (an interrupted save, or written by a version without "
+              "manifests): it is not resumed from; delete it, or move it away to keep it")
+    named = _read_latest(root)
+    if named is not None and not (root / named / MANIFEST).is_file():
+        log.warning("%s names %s, which is missing or incomplete; looking for another checkpoint",
+                    root / LATEST, named)
+    return named
+
+
+def _say_choice(root: Path, named: str | None, path: Path) -> None:
+    if named is None or path.name == named:
+        return
+    if _step(path.name) > _step(named):
+        log.info("resuming from %s, newer than %s named in %s (a save ended between renaming "
+                 "its directory and updating the pointer)", path.name, named, root / LATEST)
+    else:
+        log.warning("resuming from %s, older than %s named in %s, which could not be used (see "
+                    "above)", path.name, named, root / LATEST)
+
+
+def _step(name: str) -> int:
+    return int(STEP_DIR.match(name).group(1))
+
+
+def _skip(path: Path, e: CheckpointError) -> None:
+    _warn(f"skipping checkpoint {path}: {e}")
+
+
+def _warn(message: str) -> None:
+    # Both: the warning reaches an interactive user and tests, the log line the run's log.
+    warnings.warn(message, CheckpointWarning, stacklevel=3)
+    log.warning("%s", message)
+
+
+def _read_latest(root: Path) -> str | None:
+    """The step directory name `latest` holds, or None (absent, unreadable, not a step name)."""
+    try:
+        raw = (root / LATEST).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("%s cannot be read (%s); ignoring it", root / LATEST, e)
+        return None
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8 text (%d bytes, damaged?); ignoring it and using the newest "
+                    "checkpoint that verifies", root / LATEST, len(raw))
+        return None
+    if not STEP_DIR.match(name):
+        log.warning("%s holds %r, not a step-* directory name; ignoring it", root / LATEST, name)
+        return None
+    return name
