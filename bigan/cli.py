@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--grpc-port", type=int, default=None,
                    help="also serve KServe v2 over gRPC on this port, as tritonclient.grpc calls "
-                        "it (Triton uses 8001; needs tritonclient[grpc]; default: off)")
+                        "it (Triton uses 8001; needs the grpc extra; default: off)")
     p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="how long a batch that finds the runtime idle waits for more requests "

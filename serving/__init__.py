@@ -7,5 +7,5 @@ the response cache (`cache.py`), the KServe v2 protocol over HTTP (`kserve.py`, 
 `v2_protocol.py`) and gRPC (`grpc_service.py`), Prometheus metrics (`metrics.py`) and a web page in
 front of them; `server.py` runs it under uvicorn (`bigan serve`) and `ray_serve.py` as Ray Serve
 replicas. Nothing here imports torch or training code: a serving image needs onnxruntime, NumPy,
-Pillow and the web stack only (and tritonclient[grpc] for the gRPC port).
+Pillow and the web stack only (and the `grpc` extra for the gRPC port).
 """

@@ -10,7 +10,7 @@ limits; errors map to status codes: malformed input INVALID_ARGUMENT, unknown mo
 NOT_FOUND, a full queue UNAVAILABLE (its message says when to retry).
 
 The message classes are the ones generated from Triton's own .proto files, shipped with
-`tritonclient[grpc]`; grpc and those are imported only when a gRPC port is asked for.
+the `grpc` extra (tritonclient, grpcio, protobuf); grpc and those are imported only when a gRPC port is asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _modules():
         from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
     except ImportError as e:
         raise RuntimeError(f"--grpc-port needs grpcio and Triton's protocol messages ({e}): "
-                           "pip install 'tritonclient[grpc]' -c constraints.txt") from e
+                           "pip install 'bigan[grpc]' -c constraints.txt") from e
     return grpc, json_format, model_config_pb2, service_pb2, service_pb2_grpc
 
 

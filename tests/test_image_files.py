@@ -25,6 +25,20 @@ from bigan.data.sources import FOLDER_CAUSES, square_resize
 pytestmark = pytest.mark.unit
 
 
+def _packed_by_class(out: Path, index: dict, resolution: int, dtype) -> dict[str, np.ndarray]:
+    """class name -> the one image packed for it (PNG members, RGB, resolution x resolution)."""
+    images = {}
+    for shard in index["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for member, data in members.items():
+            key, _, ext = member.partition(".")
+            if ext == "cls":
+                with Image.open(io.BytesIO(members[f"{key}.png"])) as im:
+                    assert im.mode == "RGB" and im.size == (resolution, resolution)
+                    images[index["class_names"][int(data)]] = np.asarray(im, dtype)
+    return images
+
 def png16(pixels: np.ndarray) -> bytes:
     """uint16 [H, W, C] (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) -> a 16-bit PNG, by hand
     (Pillow cannot write 16-bit colour PNGs)."""
@@ -64,16 +78,7 @@ def packed_pixels(tmp_path: Path, files: dict[str, bytes | Image.Image], resolut
         else:
             content.save(root / name / name, **save)
     index = pack(root, tmp_path / "out", resolution, fmt="png", progress=False)
-    by_label = {}
-    for shard in index["shards"]:
-        with tarfile.open(tmp_path / "out" / shard["name"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for member, data in members.items():
-            key, _, ext = member.partition(".")
-            if ext == "cls":
-                with Image.open(io.BytesIO(members[f"{key}.png"])) as im:
-                    assert im.mode == "RGB" and im.size == (resolution, resolution)
-                    by_label[index["class_names"][int(data)]] = np.asarray(im)
+    by_label = _packed_by_class(tmp_path / "out", index, resolution, np.uint8)
     return by_label, index
 
 
@@ -241,15 +246,7 @@ def test_every_format_pillow_writes_is_packed(tmp_path):
         expected[folder.name] = np.asarray(square_resize(image.convert("RGB"), 16), np.float64)
     assert unwritable == []
     index = pack(root, tmp_path / "out", 16, fmt="png", progress=False)
-    got = {}
-    for shard in index["shards"]:
-        with tarfile.open(tmp_path / "out" / shard["name"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for member, data in members.items():
-            key, _, ext = member.partition(".")
-            if ext == "cls":
-                with Image.open(io.BytesIO(members[f"{key}.png"])) as im:
-                    got[index["class_names"][int(data)]] = np.asarray(im, np.float64)
+    got = _packed_by_class(tmp_path / "out", index, 16, np.float64)
     left_out = {Path(e["path"]).parent.name: e for e in index["source"]["left_out"]}
     if shutil.which("gs") is None:  # Pillow reads EPS through Ghostscript: left out, with why
         for name in ("EPS.eps", "EPS.ps"):

@@ -6,10 +6,6 @@ same limits with errors as gRPC status codes, statistics and the repository exte
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +18,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
+from serving.client import free_port, started_server  # noqa: E402
 from serving.engine import EngineConfig  # noqa: E402
 from serving.repository import ModelRepository  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT  # noqa: E402
 
 
 @pytest.fixture
@@ -151,33 +148,13 @@ def test_statistics_and_the_repository_extension(servers):
 
 @pytest.mark.slow
 def test_bigan_serve_grpc_port(tiny_onnx, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bigan.cli", "serve", str(tiny_onnx),
-                                 "--port", "0", "--grpc-port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if client.is_server_ready():
-                    break
-            except InferenceServerException:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+    port, log = free_port(), tmp_path / "server.log"
+    # Ready when /readyz answers: the gRPC server starts with the engines, before that.
+    with open(log, "wb") as out, \
+            started_server(tiny_onnx, "--grpc-port", str(port), output=out, cwd=ROOT), \
+            grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_server_ready()
         images = client.infer("model", _inputs(np.zeros((1, 16), np.float32),
                                                np.zeros(1, np.int64))).as_numpy("images")
         assert images.shape == (1, 32, 32, 3)
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=30)
     assert "KServe v2 gRPC on 127.0.0.1" in log.read_text()

@@ -8,9 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,13 +21,14 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
+from serving.client import started_server  # noqa: E402
 from serving.engine import EngineConfig  # noqa: E402
 from serving.metadata import ModelFileError  # noqa: E402
 from serving.repository import ModelRepository, UnknownModel, scan  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT  # noqa: E402
 NAMES = ["disc-0", "square-1", "triangle-2", "ring-3"]
 
 
@@ -226,34 +224,14 @@ def test_a_reload_does_not_fail_requests_in_flight(repo_dir, tiny_onnx):
 
 # --- the real server and tritonclient ----------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_tritonclient_against_bigan_serve_holding_two_models(repo_dir, tmp_path):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    port, log = _free_port(), tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bigan.cli", "serve", str(repo_dir),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)
-    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+    with open(tmp_path / "server.log", "wb") as log, \
+            started_server(repo_dir, output=log, cwd=ROOT) as server, \
+            httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}") as client:
         assert client.is_model_ready("a") and client.is_model_ready("b", "1")
         assert [m["name"] + "/" + m["version"] for m in client.get_model_repository_index()] == [
             "a/1", "b/1", "b/2"]
@@ -277,7 +255,4 @@ def test_tritonclient_against_bigan_serve_holding_two_models(repo_dir, tmp_path)
         assert client.is_model_ready("a")
         assert (client.get_inference_statistics("b")["model_stats"][1]["inference_stats"]
                 ["success"]["count"]) == 1
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+
