@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.durable import failure_text
 
 
 def shares_directory(root: str | Path) -> bool:
@@ -74,7 +75,7 @@ def save_sharded(root: str | Path, step: int, models: dict[str, dict[str, torch.
             files.update(ckpt.write_part(tmp, whole_models, whole_objects))
         result: Any = files
     except Exception as e:  # reported to rank 0 instead of raised: the others wait in all_gather
-        result = f"rank {rank}: {ckpt.failure_text(e)}"
+        result = f"rank {rank}: {failure_text(e)}"
     results: list[Any] = [None] * world
     dist.all_gather_object(results, result)
     errors = [r for r in results if isinstance(r, str)]

@@ -15,19 +15,18 @@ them commits with every writer's file seals. `load_checkpoint` merges a name's s
 one state dict (or one nested dict of objects), so readers never see the sharding and a checkpoint
 written by W writers loads onto any number of processes. This module knows nothing of the trainer,
 Accelerate or processes: callers hand it state dicts and seals (`checkpoint/sharded.py` runs the
-collective protocol).
+collective protocol). What may be saved is checked in `checks.py` (which also defines the
+exceptions, re-exported here); fsync, rename and sealing live in `durable.py`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +36,10 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint.best import protected
+from bigan.checkpoint.checks import (_NAME, _SHARD, CheckpointError, CheckpointWarning,  # noqa: F401
+                                     check_commit, check_part, check_step)  # (re-exported)
+from bigan.checkpoint.durable import (failure_text, fsync_dir, install, no_space,  # noqa: F401
+                                      seal, write_durably)
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +50,7 @@ CONFIG = "config.yaml"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_SHARD = re.compile(r"^(?P<name>.+)-(?P<rank>\d{5})-of-(?P<world>\d{5})$")
-_RESERVED = {"format", "version", "step", "created", "files"}
 # Exactly what torch's weights_only unpickler rebuilds without extra allow-listing (a subset of it).
-_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray,
-                 torch.dtype, torch.device, torch.Size)
-_PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written, found or trusted; the message names the file and the fix."""
-
-
-class CheckpointWarning(UserWarning):
-    """`--resume auto` (`bigan.checkpoint.resume`) skipped a checkpoint it cannot trust."""
 
 
 @dataclass
@@ -129,34 +118,6 @@ def write_error(root: Path, step: int, e: BaseException) -> CheckpointError:
                            "the same command to resume")
 
 
-def no_space(e: BaseException | None) -> bool:
-    """Whether a write failed for lack of space (ENOSPC, EDQUOT), anywhere in its chain: torch's
-    zip writer reports a full disk as 'unexpected pos' with the OSError only as its context, and
-    safetensors (Rust) and other ranks report it as text."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        text = str(e).lower()
-        if ((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-                or "no space left on device" in text or "os error 28" in text):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def failure_text(e: BaseException) -> str:
-    """One line for a failed write: 'no space left on device', else the exception's type and
-    message."""
-    return "no space left on device" if no_space(e) else f"{type(e).__name__}: {e}"
-
-
-def check_step(step: Any, keep: Any = 0) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-        raise CheckpointError(f"keep must be a non-negative int (0 keeps all), got {keep!r}")
-
-
 def begin_checkpoint(root: str | Path, step: int, token: str) -> Path:
     """Create and return the temporary directory `<root>/step-NNNNNNNN.tmp-<token>` that
     `write_part` fills, after deleting what interrupted saves left. One caller per checkpoint;
@@ -184,12 +145,12 @@ def write_part(tmp: Path, models: dict[str, dict[str, torch.Tensor]], objects: d
                 for k, v in state.items()}
         safetensors.torch.save_file(flat, str(path), metadata={"format": "pt"})
         del flat
-        files[path.name] = _seal(path)
+        files[path.name] = seal(path)
     for oname, value in objects.items():
         path = tmp / f"{stem(oname)}.pt"
         with open(path, "wb") as f:
             torch.save(value, f)
-        files[path.name] = _seal(path)
+        files[path.name] = seal(path)
     return files
 
 
@@ -205,16 +166,16 @@ def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, d
     try:
         files = dict(files)
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
-        files[CONFIG] = _seal(tmp / CONFIG)
+        files[CONFIG] = seal(tmp / CONFIG)
         # The manifest goes last and only after every data file is fsynced: without that order the
         # filesystem may persist the manifest before the data blocks, and a directory that looks
         # complete could hold zeros. The checksums also catch partial copies (rsync, cloud sync).
         manifest = {"format": FORMAT, "version": VERSION, "step": step,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "files": files, **extra}
-        _write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        _fsync_dir(tmp)  # the directory entries of the files, before the rename can become durable
-        _install(tmp, final)
+        write_durably(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        fsync_dir(tmp)  # the directory entries of the files, before the rename can become durable
+        install(tmp, final)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(root, step, e) from e
@@ -224,9 +185,9 @@ def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, d
 
     # `latest` moves only once the directory rename is durable, so it never names a missing step.
     try:
-        _write_durably(root / f"{LATEST}.tmp", (final.name + "\n").encode())
+        write_durably(root / f"{LATEST}.tmp", (final.name + "\n").encode())
         os.replace(root / f"{LATEST}.tmp", root / LATEST)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as e:
         raise CheckpointError(f"checkpoint {final} was written but {root / LATEST} could not be "
                               f"updated ({e}); `--resume auto` still finds it") from e
@@ -394,104 +355,6 @@ def incomplete_step_dirs(root: str | Path) -> list[Path]:
         return []
     return sorted(p for p in root.iterdir()
                   if STEP_DIR.match(p.name) and p.is_dir() and not (p / MANIFEST).is_file())
-
-
-def check_part(models: dict, objects: dict) -> None:
-    """Refuse, before touching the disk, state that would be written but could not be read."""
-    for kind, group in (("model", models), ("object", objects)):
-        for name in group:
-            if not isinstance(name, str) or not _NAME.match(name) or _SHARD.match(name):
-                raise CheckpointError(f"{kind} name {name!r} is not a plain file name "
-                                      "(letters, digits, '_', '-', '.'; not ending in "
-                                      "-NNNNN-of-NNNNN, the mark of a shard)")
-    for mname, state in models.items():
-        for key, value in state.items():
-            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-                raise CheckpointError(f"model {mname!r} entry {key!r} is a {type(value).__name__}, "
-                                      "not a tensor; pass non-tensor state in `objects`")
-    for oname, value in objects.items():
-        _check_plain(value, f"objects[{oname!r}]", set())
-
-
-def check_commit(config_text: Any, extra: dict) -> None:
-    """Refuse a config text or extra manifest fields that the manifest could not hold."""
-    if not isinstance(config_text, str):
-        raise CheckpointError(f"config_text must be the YAML text (str), got {type(config_text).__name__}")
-    clash = _RESERVED & extra.keys()
-    if clash:
-        raise CheckpointError(f"extra fields {sorted(clash)} would overwrite manifest fields; rename them")
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"extra manifest fields must be JSON-serializable: {e}") from e
-
-
-def _check_plain(value: Any, where: str, seen: set[int]) -> None:
-    """Raise CheckpointError unless `value` is made only of types weights_only loading rebuilds."""
-    t = type(value)
-    if t in (torch.Tensor, torch.nn.Parameter) or t in _PLAIN_LEAVES:
-        return
-    if t not in _PLAIN_CONTAINERS:
-        raise CheckpointError(
-            f"{where} is a {t.__module__}.{t.__qualname__}, which torch.load(weights_only=True) "
-            "refuses; convert it to tensors, numbers, strings and dict/list/tuple (e.g. a NumPy "
-            "RNG state to tensors and ints) before saving")
-    if id(value) in seen:  # shared or cyclic containers are checked once
-        return
-    seen.add(id(value))
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_plain(k, f"{where} key {k!r}", seen)
-            _check_plain(v, f"{where}[{k!r}]", seen)
-    else:
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]", seen)
-
-
-def _seal(path: Path) -> dict:
-    """fsync a written file and return its manifest entry (sha256 of the bytes on disk, size)."""
-    with open(path, "rb+") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-        os.fsync(f.fileno())
-    return {"sha256": digest, "bytes": path.stat().st_size}
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and new entries in `path` durable (POSIX; Windows has no directory fsync)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _install(tmp: Path, final: Path) -> None:
-    """Rename tmp to final. A re-run may find final present; a directory cannot be renamed over a
-    non-empty one, so the old one is set aside under a leftover name (restored if the swap fails,
-    or by the next save's cleanup after a crash in between) and deleted once the new one is durable.
-    """
-    aside = None
-    if final.exists():
-        aside = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
-        os.replace(final, aside)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if aside is not None:
-            os.replace(aside, final)
-        raise
-    _fsync_dir(final.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _clean_leftovers(root: Path) -> None:
