@@ -65,7 +65,9 @@ class RunLog:
         self.main = main
         self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
                        if main and "tensorboard" in log_with else None)
-        self.accelerator = accelerator if main and accelerate_trackers(list(log_with)) else None
+        # The trainer built `accelerator` with accelerate_trackers(log_with): checked there once.
+        others = any(t != "tensorboard" for t in log_with)
+        self.accelerator = accelerator if main and others else None
         if self.accelerator is not None:
             self.accelerator.init_trackers(run_dir.name, config=hparams)
         if main:
@@ -100,9 +102,7 @@ class RunLog:
         metrics["progress/kimg"] = cur_nimg / 1000
         self.t0, self.images = time.perf_counter(), 0
         if self.main:
-            self._track(step, metrics)
-            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-            self.file.flush()
+            self._append(step, metrics)
             self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}"
                                   for k in ("loss/D", "loss/G") if k in metrics})
         return metrics
@@ -111,18 +111,19 @@ class RunLog:
         """An evaluation's results at the step of the checkpoint it scored (which is usually
         behind the training step by the time the evaluator is done); main process only."""
         if self.main:
-            self._track(step, scalars)
+            self._append(step, scalars)
             if self.writer is not None:
                 self.writer.flush()
-            self.file.write(json.dumps({"step": step, **scalars}) + "\n")
-            self.file.flush()
 
-    def _track(self, step: int, scalars: dict[str, float]) -> None:
+    def _append(self, step: int, scalars: dict[str, float]) -> None:
+        """`scalars` at `step` into TensorBoard, the Accelerate trackers and metrics.jsonl."""
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
         if self.accelerator is not None:
             self.accelerator.log(scalars, step=step)
+        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()
 
     def close(self) -> None:
         self.bar.close()
@@ -142,7 +143,7 @@ def _drop_lines_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-    kept = [line for line in lines if _line_step(line) is not None and _line_step(line) <= step]
+    kept = [line for line in lines if (at := _line_step(line)) is not None and at <= step]
     if kept == lines:
         return
     tmp = path.with_name(path.name + ".tmp")
