@@ -262,7 +262,7 @@ class EvalConfig:
     mode: str = "process"  # process: beside training in its own process (`bigan launch`: a Ray actor) | blocking: inside the loop (single-core machines)
     threads: int = 1  # torch threads of the evaluator process
     seed: int = 0  # seed of the first generated sample (sample i: class i mod K, seed + i)
-    cache_dir: str = ""  # real-feature cache ("" = $BIGAN_CACHE_DIR or ~/.cache/bigan/real-features)
+    cache_dir: str = ""  # real-feature cache ("" = $BIGAN_CACHE_DIR/real-features or ~/.cache/bigan/real-features)
 
     def validate(self, prefix: str = "eval") -> None:
         _positive(f"{prefix}.every_kimg", self.every_kimg, zero_ok=True)

@@ -29,7 +29,7 @@ def _extractor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-inception", action="store_true",
                    help="skip Inception (it runs at a few images/s on a CPU)")
     p.add_argument("--cache-dir", default=None,
-                   help="real-feature cache (default $BIGAN_CACHE_DIR or ~/.cache/bigan/real-features)")
+                   help="real-feature cache (default $BIGAN_CACHE_DIR/real-features or ~/.cache/bigan/real-features)")
     p.add_argument("--seed", type=int, default=0, help="first sample seed (default 0)")
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bigan.eval.real_data import cache_root
+
 log = logging.getLogger(__name__)
 
 # Max |onnx - torch| / max |torch| on the probe batch. Measured 1.3e-6 (fp32, CPU provider);
@@ -28,11 +30,8 @@ PROBE_RTOL = 1e-4
 
 
 def cache_dir() -> Path:
-    """$BIGAN_CACHE_DIR/inception-onnx, else $XDG_CACHE_HOME/bigan/inception-onnx, else
-    ~/.cache/bigan/inception-onnx."""
-    if os.environ.get("BIGAN_CACHE_DIR"):
-        return Path(os.environ["BIGAN_CACHE_DIR"]) / "inception-onnx"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bigan" / "inception-onnx"
+    """The ONNX copies of the Inception network: real_data.cache_root()/inception-onnx."""
+    return cache_root() / "inception-onnx"
 
 
 def onnx_copy(net: torch.jit.ScriptModule, sha256: str) -> Path:

@@ -69,12 +69,17 @@ def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
     return np.stack(images), np.asarray(labels, np.int64), list(index["class_names"])
 
 
-def default_cache_dir() -> Path:
-    """$BIGAN_CACHE_DIR, else $XDG_CACHE_HOME/bigan/real-features, else ~/.cache/bigan/real-features."""
+def cache_root() -> Path:
+    """Where every evaluation cache lives: $BIGAN_CACHE_DIR, else $XDG_CACHE_HOME/bigan, else
+    ~/.cache/bigan (one root, so one variable moves them all: the tests point it at a tmp dir)."""
     if os.environ.get("BIGAN_CACHE_DIR"):
         return Path(os.environ["BIGAN_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "bigan" / "real-features"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bigan"
+
+
+def default_cache_dir() -> Path:
+    """The real-feature cache: cache_root()/real-features."""
+    return cache_root() / "real-features"
 
 
 def cached_real_features(path: str | Path, extractor, n: int, cache_dir: str | Path | None = None,
