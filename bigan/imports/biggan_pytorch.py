@@ -94,7 +94,9 @@ def infer_model_config(state: dict[str, torch.Tensor], source: str | Path,
                  if f"blocks.{i}.1.theta.weight" in state]
     return ModelConfig(
         arch="biggan", resolution=resolution, img_channels=state["output_layer.2.weight"].shape[0],
-        num_classes=num_classes, dim_z=dim_z, shared_dim=shared_dim, ch=ch, d_ch=ch,
+        num_classes=num_classes, dim_z=dim_z, shared_dim=shared_dim, ch=ch,
+        # D is not imported; it is built beside G on load, so its attention needs >= 8 channels.
+        d_ch=max(ch, 8),
         attention=attention, hier=hier, spectral_norm="linear.u0" in state, bn_eps=bn_eps,
         out_bn_eps=OUT_BN_EPS)
 
