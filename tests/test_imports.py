@@ -159,6 +159,12 @@ def test_a_discriminator_is_told_apart(tmp_path):
     assert "looks like a BigGAN-PyTorch discriminator (D.pth)" in _convert_error(tmp_path, state)
 
 
+def test_a_generator_without_shared_embedding_is_refused(tmp_path):
+    state = _their_state()
+    del state["shared.weight"]
+    assert "without a shared class embedding" in _convert_error(tmp_path, state)
+
+
 def test_a_huggingface_file_is_sent_to_its_format(tmp_path):
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
