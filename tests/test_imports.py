@@ -100,6 +100,26 @@ def test_class_names_go_to_the_manifest(tmp_path):
         biggan_pytorch.convert(FIXTURE, tmp_path / "other", class_names=names[:3])
 
 
+def test_eval_singular_vectors_give_their_sigma():
+    """Their eval-mode SN: v = normalize(u0 W), u = normalize(v W^T), W / (v W^T u^T); a torch
+    spectral_norm conv holding the returned u, v divides by that same sigma."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    weight, u0 = torch.randn(6, 4, 3, 3, dtype=torch.float64), torch.randn(1, 6, dtype=torch.float64)
+    w = weight.reshape(6, -1)
+    v_ref = u0 @ w / (u0 @ w).norm()
+    u_ref = v_ref @ w.t() / (v_ref @ w.t()).norm()
+    sigma = (v_ref @ w.t() @ u_ref.t()).item()
+    u, v = biggan_pytorch.eval_singular_vectors(weight, u0)
+    conv = spectral_norm(torch.nn.Conv2d(4, 6, 3).double())
+    conv.load_state_dict({"bias": torch.zeros(6, dtype=torch.float64),
+                          "parametrizations.weight.original": weight,
+                          "parametrizations.weight.0._u": u, "parametrizations.weight.0._v": v})
+    torch.testing.assert_close(conv.eval().weight, weight / sigma)
+    assert abs(sigma - torch.linalg.matrix_norm(w, 2).item()) > 1e-3  # one step, not converged
+
+
 # --- files that do not fit ------------------------------------------------------------------------
 
 def _convert_error(tmp_path: Path, obj, name: str = "G_ema.pth") -> str:

@@ -172,9 +172,8 @@ def convert_state(state: dict[str, torch.Tensor], G: torch.nn.Module, source: st
         name = f"{their_module(module, attention_block)}.{_LEAVES.get(leaf, leaf)}"
         plan[key] = ("copy", name)
         expected[name] = shape(value)
-    # sv* are logged singular values, u1.. extra singular vectors that eval mode never reads;
-    # accumulation_counter belongs to standing statistics, which G_ema.pth does not use.
-    ignored = [k for k in state if re.search(r"\.(sv\d+|u[1-9]\d*|accumulation_counter)$", k)]
+    # sv* are logged singular values, u1.. further singular vectors: eval mode reads neither.
+    ignored = [k for k in state if re.search(r"\.(sv\d+|u[1-9]\d*)$", k)]
     check_tensors(expected, state, source, ignored)
     out: dict[str, torch.Tensor] = {}
     folded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
