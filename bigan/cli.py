@@ -1,8 +1,9 @@
-"""The `bigan` command: data, train, launch, checkpoint, sample, export, serve, eval, truncation-sweep.
+"""The `bigan` command: data, train, launch, checkpoint, import, sample, export, serve, eval, truncation-sweep.
 
 `data` (pack, make-digits, make-synthetic, inspect) makes and checks shards; `train` runs one
 process (or each process of `accelerate launch`), `launch` the same run on a Ray cluster;
-`checkpoint` (list, verify, consolidate) works on a run's checkpoints; `sample` draws a grid from
+`checkpoint` (list, verify, consolidate) works on a run's checkpoints; `import` turns released
+weights (BigGAN-PyTorch, huggingface BigGAN-deep) into one; `sample` draws a grid from
 a checkpoint, `export` writes the ONNX file that `serve` serves; `eval` (and `eval
 train-classifier`) and `truncation-sweep` score a generator. Only this module composes every
 package (docs/design.md).
@@ -83,6 +84,50 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    """`bigan import FORMAT SRC --out DIR`: released weights as a checkpoint (bigan/imports/)."""
+    if args.format == "hf-biggan":
+        if args.bn_eps is not None or args.class_names:
+            raise ConfigError("--bn-eps and --class-names apply to format biggan-pytorch only; "
+                              "a hf-biggan directory's config.json carries its settings")
+        try:
+            import bigan.imports.hf_biggan as hf_biggan
+        except ModuleNotFoundError as e:
+            if e.name != "bigan.imports.hf_biggan":
+                raise
+            raise ConfigError("format hf-biggan is not in this build of bigan (no "
+                              "bigan/imports/hf_biggan.py); it comes with model.arch=biggan-deep") \
+                from e
+        result = hf_biggan.convert(args.src, args.out)
+        print(f"imported hf-biggan {args.src} -> {args.out}")
+        if result is not None:
+            print(f"  {result}")
+    else:
+        from pathlib import Path
+
+        from bigan.imports import biggan_pytorch
+
+        if args.bn_eps is not None and not args.bn_eps > 0:
+            raise ConfigError(f"--bn-eps={args.bn_eps} must be > 0")
+
+        names = None
+        if args.class_names:
+            path = Path(args.class_names)
+            if not path.is_file():
+                raise FileNotFoundError(f"--class-names {str(path)!r} does not exist")
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+        report = biggan_pytorch.convert(args.src, args.out, bn_eps=1e-5 if args.bn_eps is None else args.bn_eps,
+                                        class_names=names)
+        m = report.model
+        print(f"imported biggan-pytorch {report.source} -> {report.checkpoint}")
+        print(f"  model       biggan {m.resolution}px, ch {m.ch}, {m.num_classes} classes, "
+              f"dim_z {m.dim_z}, shared_dim {m.shared_dim}, attention {m.attention}, "
+              f"{report.parameters:,} parameters")
+    print(f"  next        bigan export {args.out} --out model.onnx && bigan serve model.onnx")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     """`bigan serve`: the torch-free HTTP server of `serving/` (needs the `serve` extra)."""
     try:
@@ -128,10 +173,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     try:
         from bigan.checkpoint.store import CheckpointError
         from bigan.export.onnx import ExportError
+        from bigan.imports.common import ImportFileError
         from bigan.train.trainer import TrainingDiverged
     except ImportError:
         return tuple(errors)
-    return (*errors, ModelFileError, CheckpointError, TrainingDiverged, ExportError)
+    return (*errors, ModelFileError, CheckpointError, TrainingDiverged, ExportError,
+            ImportFileError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first column (default 0)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=_sample)
+
+    from bigan.imports import FORMATS
+
+    p = sub.add_parser("import", help="turn released generator weights into a bigan checkpoint",
+                       description="Read released weights without running any code from them "
+                                   "(weights_only / safetensors) and write OUT/checkpoints/"
+                                   "step-00000000 with the generator as the EMA weights and its "
+                                   "config, for `bigan sample/export/eval OUT`. biggan-pytorch: "
+                                   "BigGAN-PyTorch's G_ema.pth (or G.pth, or their weights "
+                                   "directory), as model.arch=biggan; hf-biggan: a huggingface "
+                                   "pytorch-pretrained-BigGAN directory (pytorch_model.bin + "
+                                   "config.json), as model.arch=biggan-deep.")
+    p.add_argument("format", choices=FORMATS, help="the layout of SRC")
+    p.add_argument("src", help="weights file or directory")
+    p.add_argument("--out", required=True, help="new run directory to write (must not exist or "
+                                                "be empty)")
+    p.add_argument("--bn-eps", type=float, default=None,
+                   help="biggan-pytorch: the BN_eps it was trained with (not stored in the "
+                        "weights; default 1e-5, as in all its launch scripts)")
+    p.add_argument("--class-names", default=None,
+                   help="biggan-pytorch: text file with one class name per line (default: ids)")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("serve", help="serve an exported ONNX generator over HTTP (no torch needed)",
                        description="Serve MODEL (.onnx, or a repository of models) with onnxruntime: "

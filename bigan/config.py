@@ -91,6 +91,7 @@ class ModelConfig:
     spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
     bn_eps: float = 1e-5  # epsilon of G's (conditional) batch norm
+    out_bn_eps: float = 0.0  # biggan: epsilon of G's output batch norm (0 = bn_eps); BigGAN-PyTorch fixes it at 1e-5 whatever its BN_eps, so `bigan import` sets it
     data_dim: int = 2  # mlp: dimension of the data points
     mlp_hidden: int = 256  # mlp: hidden width of G and D
     mlp_layers: int = 3  # mlp: hidden layers of G and D
@@ -118,6 +119,7 @@ class ModelConfig:
         _positive(f"{prefix}.shared_dim", self.shared_dim, zero_ok=True)
         _positive(f"{prefix}.sn_eps", self.sn_eps)
         _positive(f"{prefix}.bn_eps", self.bn_eps)
+        _positive(f"{prefix}.out_bn_eps", self.out_bn_eps, zero_ok=True)
         for r in self.attention:
             _require(isinstance(r, int) and r >= 8 and r & (r - 1) == 0, f"{prefix}.attention",
                      self.attention, "each entry must be a power-of-two resolution >= 8")

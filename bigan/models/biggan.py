@@ -102,7 +102,7 @@ class Generator(nn.Module):
         self.attention = nn.ModuleDict(
             {str(r): SelfAttention(widths[i + 1], **sn)
              for i, r in enumerate(self.block_res) if r in cfg.attention})
-        self.out_bn = nn.BatchNorm2d(widths[-1], eps=cfg.bn_eps)
+        self.out_bn = nn.BatchNorm2d(widths[-1], eps=cfg.out_bn_eps or cfg.bn_eps)
         self.out_conv = snconv2d(widths[-1], cfg.img_channels, 3, **sn)
 
     def class_vector(self, y: Tensor) -> Tensor:
