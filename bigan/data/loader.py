@@ -29,9 +29,13 @@ too, so the totals a trainer adds up from the batches it consumed are exact acro
 
 Every batch is a dict: `image` [B, 3, R, R] (float32 in [-1, 1]; or, with dtype="uint8", 0..255
 in channels_last memory, to normalize on the accelerator), `label` int64 [B], `epoch`, `shard`,
-`offset` int64 [B], `key` list[str], `progress` int64 [M, 3], and `skipped` {cause: count} of
-what its stream skipped since its previous batch (see `SKIP_CAUSES`). Shards are read by
-`bigan.data.tar_samples`; the stages run in a webdataset `DataPipeline` per stream.
+`offset` int64 [B], `key` list[str], `progress` int64 [M, 3], `skipped` {cause: count} of
+what its stream skipped since its previous batch (see `SKIP_CAUSES`), and, likewise, `io`
+{name: count} (see `IO_COUNTS`) and `unreadable_shards` (the URLs given up). Shards are read by
+`bigan.data.tar_samples`, local files directly, shards at URLs through
+`bigan.data.retrying.RetryingReader` (streamed, retried with backoff); the stages run in a
+webdataset `DataPipeline` per stream. A shard that fails for good ends like a cut one: its
+unread samples are skipped (as `unreadable_shard`), so the position stays exactly-once.
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bigan.data.locations import ShardLocation, reader
 from bigan.data.position import LoaderPosition, SkipCounter
-from bigan.data.shards import DataError, index_file, missing_shards, read_index, verify_shards
+from bigan.data.retrying import RetryPolicy
+from bigan.data.shards import DataError, missing_shards, read_index, verify_shards
 from bigan.data.sources import IMAGE_EXTENSIONS, square_resize
 from bigan.data.tar_samples import TarStatus, tar_samples
 
-__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "epoch_shard_order",
+__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "IO_COUNTS", "epoch_shard_order",
            "stream_work", "DataError"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,11 @@ SKIP_CAUSES = (
     "bad_label",  # `cls` is not an ASCII integer
     "label_out_of_range",  # `cls` outside 0 .. len(class_names) - 1
     "truncated_shard",  # samples dataset.json lists that the tar file did not yield (cut, gone)
+    "unreadable_shard",  # samples of a streamed shard that failed to read after its retries
+)
+IO_COUNTS = (
+    "retried_reads",  # reads of a shard at a URL that failed and were retried (after a backoff)
+    "unreadable_shards",  # shards given up after their retries (named in the log and the batch)
 )
 IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # sample keys holding an image (eval reads them too)
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF")
@@ -133,6 +144,9 @@ class _Plan:
     dtype: str
     start_epoch: int
     consumed: dict[int, dict[int, int]]
+    streamed: bool = False  # shards at URLs / pipe: read through RetryingReader
+    retry: RetryPolicy = RetryPolicy()
+    on_unreadable_shard: str = "skip"  # skip | stop
 
 
 class _StreamShards(IterableDataset):
@@ -154,23 +168,44 @@ class _StreamShards(IterableDataset):
 
 def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     """Shard tasks -> samples in each shard's keyed order (from the task's start offset), then a
-    `__done__` event per shard. Damage ends the shard; what it lacks counts as truncated."""
+    `__done__` event per shard. Damage ends the shard; what it lacks counts as truncated (or as
+    unreadable: a streamed shard that kept failing). Streamed shards also yield `__io__` events
+    (retries so far, a shard given up) as they happen."""
     for task in tasks:
         epoch, shard = task["epoch"], task["shard"]
         status = TarStatus()
-        samples = tar_samples(task["path"], status, any_of=IMAGE_KEYS)
+        stream = reader(task["path"], plan.retry) if plan.streamed else None
+        samples = tar_samples(stream or task["path"], status, any_of=IMAGE_KEYS)
         rng = random.Random(f"bigan/{plan.seed}/{epoch}/{shard}")
-        read = 0
-        for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
-            read = offset + 1
-            if offset >= task["start"]:
-                sample["__pos__"] = (epoch, shard, offset)
-                yield sample
-        if status.error:
+        read = retried = 0
+        try:
+            for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
+                read = offset + 1
+                if stream is not None and stream.retried > retried:
+                    yield {"__io__": {"retried_reads": stream.retried - retried}}
+                    retried = stream.retried
+                if offset >= task["start"]:
+                    sample["__pos__"] = (epoch, shard, offset)
+                    yield sample
+        finally:
+            if stream is not None:
+                stream.__exit__()
+        if stream is not None and stream.retried > retried:
+            yield {"__io__": {"retried_reads": stream.retried - retried}}
+        missing = max(0, task["size"] - read)
+        if status.unreadable:
+            if plan.on_unreadable_shard == "stop":
+                raise DataError(f"{status.error} (after {read} of {task['size']} samples; "
+                                "data.on_unreadable_shard=stop)")
+            log.warning("skipping the rest of shard %s: %s (%d of %d samples read; "
+                        "data.on_unreadable_shard=skip)", task["path"], status.error, read,
+                        task["size"])
+            yield {"__io__": {"unreadable_shards": 1}, "__unreadable__": task["path"]}
+        elif status.error:
             log.warning("%s: %s after %d of %d samples", task["path"], status.error, read,
                         task["size"])
-        yield {"__done__": (epoch, shard, max(read, task["size"])),
-               "__missing__": max(0, task["size"] - read)}
+        yield {"__done__": (epoch, shard, max(read, task["size"])), "__missing__": missing,
+               "__cause__": "unreadable_shard" if status.unreadable else "truncated_shard"}
 
 
 def _label(sample: dict, num_classes: int) -> tuple[int, str | None]:
@@ -204,7 +239,7 @@ def decode_image(data: bytes, resolution: int,
 def _decode_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     """Samples -> {image, label, __pos__, __key__} or {__skip__: cause, __pos__}."""
     for event in events:
-        if "__done__" in event:
+        if "__pos__" not in event:  # __done__, __io__
             yield event
             continue
         pos = event["__pos__"]
@@ -227,12 +262,19 @@ def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     rows: list[dict] = []
     progress: dict[tuple[int, int], int] = {}
     skipped: Counter = Counter()
+    io: Counter = Counter()
+    unreadable: list[str] = []
     dry_epochs: set[int] = set()  # epochs read since the last good sample: a dead stream hangs
     for event in events:
+        if "__io__" in event:
+            io.update(event["__io__"])
+            if "__unreadable__" in event:
+                unreadable.append(event["__unreadable__"])
+            continue
         if "__done__" in event:
             epoch, shard, end = event["__done__"]
             progress[epoch, shard] = max(progress.get((epoch, shard), 0), end)
-            skipped["truncated_shard"] += event["__missing__"]
+            skipped[event["__cause__"]] += event["__missing__"]
             dry_epochs.add(epoch)
             if len(dry_epochs) > 2:
                 raise DataError(f"a data stream read its shards for {len(dry_epochs)} epochs "
@@ -247,8 +289,10 @@ def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
         dry_epochs.clear()
         rows.append(event)
         if len(rows) == plan.batch_per_worker:
-            yield _collate(rows, progress, skipped, plan.dtype)
-            rows, progress, skipped = [], {}, Counter()
+            batch = _collate(rows, progress, skipped, plan.dtype)
+            batch["io"], batch["unreadable_shards"] = dict(io), unreadable
+            yield batch
+            rows, progress, skipped, io, unreadable = [], {}, Counter(), Counter(), []
 
 
 def _collate(rows: list[dict], progress: dict, skipped: Counter, dtype: str) -> dict:
@@ -289,7 +333,9 @@ batch_samples = wds.pipelinefilter(_batch_samples)
 class ShardLoader:
     """Infinite iterable of one rank's training batches from a packed shard directory.
 
-    path: shard directory (or its dataset.json). batch_per_worker: samples per batch; a batch
+    path: shard directory (or its dataset.json), URL, brace pattern or `pipe:` command (see
+    `bigan.data.locations`; local directories take the fast path, without retries).
+    batch_per_worker: samples per batch; a batch
     comes from one stream (one worker of this rank). resolution: output side in px (resampled
     on the fly, any size). rank / world_size: this process among the data-parallel ranks.
     num_workers: DataLoader worker processes (0 = in this process), lowered to
@@ -298,6 +344,8 @@ class ShardLoader:
     position: `LoaderPosition.to_dict()` from a checkpoint. num_classes: the model's class count,
     checked against the pack (1 = unconditional: labels become 0). verify: check every shard's
     SHA-256 first. dtype: "float32" ([-1, 1]) or "uint8" (0..255, channels_last).
+    retry: retries and backoff of streamed reads. on_unreadable_shard: "skip" (count the rest of
+    a shard that keeps failing as `unreadable_shard`, name it, go on) or "stop" (DataError).
 
     Each `iter()` starts from `self.position` as it is then, so update it from every batch you
     train on. To change resolution (progressive growing), build a new loader with
@@ -308,9 +356,14 @@ class ShardLoader:
                  world_size: int = 1, num_workers: int = 2, seed: int = 0,
                  shuffle_buffer: int = 1000, flip: bool = False, position: dict | None = None,
                  num_classes: int | None = None, verify: bool = False, dtype: str = "float32",
-                 prefetch_factor: int = 2, pin_memory: bool = False):
-        index = read_index(path)
-        self.path = Path(path)
+                 prefetch_factor: int = 2, pin_memory: bool = False,
+                 retry: RetryPolicy = RetryPolicy(), on_unreadable_shard: str = "skip"):
+        if on_unreadable_shard not in ("skip", "stop"):
+            raise DataError(f"on_unreadable_shard={on_unreadable_shard!r} is invalid: use 'skip' "
+                            "or 'stop'")
+        index = read_index(path, retry)
+        self.location = ShardLocation.parse(path)
+        self.path = self.location.root  # for messages
         self.index = index
         missing = missing_shards(path, index)
         if missing:
@@ -347,7 +400,7 @@ class ShardLoader:
             log.warning("%s was packed at %d px; upsampling to %d px", self.path,
                         index["resolution"], resolution)
         if verify:
-            problems = verify_shards(path)
+            problems = verify_shards(path, retry)
             if problems:
                 raise DataError(problems[0] + (f" (and {len(problems) - 1} more problems)"
                                                if len(problems) > 1 else ""))
@@ -361,8 +414,8 @@ class ShardLoader:
         self.shuffle_buffer, self.num_classes = shuffle_buffer, len(names)
         self.unconditional = num_classes == 1 and len(names) != 1
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
-        root = index_file(path).parent
-        self._paths = [str(root / s["name"]) for s in index["shards"]]
+        self.retry, self.on_unreadable_shard = retry, on_unreadable_shard
+        self._paths = [self.location.url(s["name"]) for s in index["shards"]]
 
     @property
     def class_names(self) -> list[str]:
@@ -382,7 +435,8 @@ class ShardLoader:
         plan = _Plan(self._paths, pos.shard_sizes, self.seed, self.shuffle_buffer, self.rank,
                      self.world_size, self.resolution, self.batch_per_worker, self.num_classes,
                      self.unconditional, self.flip, self.dtype, pos.complete_epochs,
-                     {e: dict(s) for e, s in pos.epochs.items()})
+                     {e: dict(s) for e, s in pos.epochs.items()},
+                     self.location.kind != "local", self.retry, self.on_unreadable_shard)
         return wds.DataPipeline(_StreamShards(plan), read_shards(plan), decode_samples(plan),
                                 batch_samples(plan))
 
