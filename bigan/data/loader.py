@@ -56,6 +56,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bigan.config import UNREADABLE_SHARD_ACTIONS
 from bigan.data.locations import ShardLocation, reader
 from bigan.data.position import LoaderPosition, SkipCounter
 from bigan.data.retrying import RetryPolicy
@@ -144,6 +145,7 @@ class _Plan:
     dtype: str
     start_epoch: int
     consumed: dict[int, dict[int, int]]
+    bytes: list[int] | None = None  # each shard's size (dataset.json): no HEAD request per shard
     streamed: bool = False  # shards at URLs / pipe: read through RetryingReader
     retry: RetryPolicy = RetryPolicy()
     on_unreadable_shard: str = "skip"  # skip | stop
@@ -174,7 +176,7 @@ def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     for task in tasks:
         epoch, shard = task["epoch"], task["shard"]
         status = TarStatus()
-        stream = reader(task["path"], plan.retry) if plan.streamed else None
+        stream = reader(task["path"], plan.retry, plan.bytes[shard]) if plan.streamed else None
         samples = tar_samples(stream or task["path"], status, any_of=IMAGE_KEYS)
         rng = random.Random(f"bigan/{plan.seed}/{epoch}/{shard}")
         read = retried = 0
@@ -358,9 +360,9 @@ class ShardLoader:
                  num_classes: int | None = None, verify: bool = False, dtype: str = "float32",
                  prefetch_factor: int = 2, pin_memory: bool = False,
                  retry: RetryPolicy = RetryPolicy(), on_unreadable_shard: str = "skip"):
-        if on_unreadable_shard not in ("skip", "stop"):
-            raise DataError(f"on_unreadable_shard={on_unreadable_shard!r} is invalid: use 'skip' "
-                            "or 'stop'")
+        if on_unreadable_shard not in UNREADABLE_SHARD_ACTIONS:
+            raise DataError(f"on_unreadable_shard={on_unreadable_shard!r} is invalid: use one of "
+                            f"{', '.join(UNREADABLE_SHARD_ACTIONS)}")
         index = read_index(path, retry)
         self.location = ShardLocation.parse(path)
         self.path = self.location.root  # for messages
@@ -436,7 +438,7 @@ class ShardLoader:
                      self.world_size, self.resolution, self.batch_per_worker, self.num_classes,
                      self.unconditional, self.flip, self.dtype, pos.complete_epochs,
                      {e: dict(s) for e, s in pos.epochs.items()},
-                     self.location.kind != "local", self.retry, self.on_unreadable_shard)
+                     [int(s["bytes"]) for s in self.index["shards"]], self.location.kind != "local", self.retry, self.on_unreadable_shard)
         return wds.DataPipeline(_StreamShards(plan), read_shards(plan), decode_samples(plan),
                                 batch_samples(plan))
 

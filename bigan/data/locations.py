@@ -24,6 +24,7 @@ retries are turned off here (they would retry silently, and stack with ours).
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
 import subprocess
@@ -175,23 +176,34 @@ class _PipeStream:
         self._stderr.close()
 
 
-def open_stream(url: str) -> BinaryIO:
-    """A binary stream at byte 0 of a local file, a URL (range requests) or a `pipe:` command."""
+def open_stream(url: str, size: int | None = None) -> BinaryIO:
+    """A binary stream at byte 0 of a local file, a URL (range requests) or a `pipe:` command.
+    `size` (bytes, from dataset.json) spares the store a HEAD request, and fsspec's http layer
+    the habit of reporting any failed HEAD as FileNotFoundError (which would not be retried)."""
     if url.startswith("pipe:"):
         return _PipeStream(url[len("pipe:"):])
     if not is_url(url):
         return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
     fs, path = filesystem(url)
-    return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
+    return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead", size=size)
 
 
-def reader(url: str, policy: RetryPolicy) -> RetryingReader:
-    return RetryingReader(url, open_stream, policy)
+def reader(url: str, policy: RetryPolicy, size: int | None = None) -> RetryingReader:
+    """`url` read forward with retries (`RetryingReader`); `size` as for `open_stream`."""
+    return RetryingReader(url, lambda u: open_stream(u, size), policy)
+
+
+def _whole(url: str) -> BinaryIO:
+    """The file at `url` in one request (GET; a missing object is FileNotFoundError)."""
+    if url.startswith("pipe:") or not is_url(url):
+        return open_stream(url)
+    fs, path = filesystem(url)
+    return io.BytesIO(fs.cat_file(path))
 
 
 def read_bytes(url: str, policy: RetryPolicy = RetryPolicy()) -> bytes:
     """The whole (small) file at `url`, with retries; FileNotFoundError when it is not there."""
-    with reader(url, policy) as f:
+    with RetryingReader(url, _whole, policy) as f:
         try:
             return f.read()
         except ShardReadError as exc:

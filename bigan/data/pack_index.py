@@ -107,7 +107,7 @@ def verify_shards(path: str | Path, policy: RetryPolicy = RetryPolicy()) -> list
                             f"{shard['bytes']} (truncated or replaced); re-pack or restore it")
             continue
         try:
-            with reader(file, policy) as f:
+            with reader(file, policy, shard["bytes"]) as f:
                 digest, size = _sha256(f)
         except ShardReadError as exc:
             missing = isinstance(exc.__cause__, FileNotFoundError)
@@ -151,7 +151,7 @@ def inspect(path: str | Path, out_png: str | Path | None = None, per_class: int 
         if where.kind == "local" and not Path(file).is_file():
             continue
         status = TarStatus()
-        with reader(file, policy) as f:
+        with reader(file, policy, shard["bytes"]) as f:
             for sample in tar_samples(f, status, required=(), any_of=("cls",)):
                 if "cls" not in sample:
                     continue
