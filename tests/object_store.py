@@ -25,8 +25,11 @@ from pathlib import Path
 def s3_server(bucket: str = "bigan-test") -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 with `bucket` created; yields its endpoint URL. The AWS
     variables point at it (and only at it: no real credentials are read) until exit."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -7,7 +7,6 @@ and named (or the run stopped), `pipe:` commands, and a checkpoint resumed from 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from bigan.data.position import SkipCounter
 from bigan.data.retrying import RetryPolicy, backoff_delay
 from bigan.data.shards import DataError, inspect, make_synthetic, pack, read_index
 from tests.object_store import FlakyFiles, http_server, s3_server
+from tests.test_loader import bad_pack  # noqa: F401 (a fixture: the pack of every kind of bad sample)
 
 pytestmark = pytest.mark.unit
 
@@ -121,6 +121,27 @@ def test_pack_into_a_bucket_writes_the_same_shards_and_inspect_reads_them(local,
     assert report["class_counts_read"] == here["class_counts"]
 
 
+def test_cli_packs_an_image_folder_into_the_bucket_and_inspects_it(bucket, tmp_path, capsys):
+    from PIL import Image
+
+    from bigan.cli import main
+
+    for k, colour in enumerate(("red", "blue")):
+        (tmp_path / "src" / colour).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 10), (200 * (k == 0), 30 * i, 200 * (k == 1))).save(
+                tmp_path / "src" / colour / f"{i}.png")
+    url = "s3://bigan-test/folder"
+    assert main(["data", "pack", str(tmp_path / "src"), url, "--resolution", "8",
+                 "--format", "png", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", url]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["class_counts_read"] == [3, 3] and report["path"] == url
+    assert main(["data", "inspect", "s3://bigan-test/no-such-pack"]) == 2
+    assert "dataset.json not found" in capsys.readouterr().err
+
+
 def test_two_ranks_from_the_bucket_read_exactly_what_local_files_give(local, bucket):
     from_files, _ = epoch(local, world=2, workers=2)
     from_bucket, loaders = epoch(bucket, world=2, workers=2)
@@ -142,6 +163,25 @@ def test_resume_from_the_bucket_onto_another_world_size_is_exactly_once(bucket):
     before, after = samples(consumed), samples(rest)
     assert not before.keys() & after.keys()
     assert len(before) + len(after) == N
+
+
+def test_bad_samples_in_a_bucket_are_skipped_and_counted_as_from_disk(bucket, bad_pack):
+    """The corrupt, unlabelled, cut... samples of test_loader's bad pack: the same causes and
+    counts, the same good keys, whether the pack is read from disk or from the bucket (where the
+    cut shard is an object shorter than dataset.json says)."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    for f in sorted(bad_pack.iterdir()):
+        fs.put_file(str(f), f"bigan-test/bad/{f.name}")
+
+    def read(path):
+        batches, _ = epoch(path, batch_per_worker=1, shuffle_buffer=0)
+        return sorted(samples(batches).values()), totals(batches, "skipped")
+
+    from_disk, from_bucket = read(bad_pack), read("s3://bigan-test/bad")
+    assert from_bucket == from_disk
+    assert from_bucket[1]["truncated_shard"] == 1 and len(from_bucket[1]) == 8
 
 
 def test_brace_pattern_of_every_shard_is_the_whole_pack_and_a_subset_is_a_subset(local, bucket):

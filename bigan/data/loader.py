@@ -33,26 +33,23 @@ in channels_last memory, to normalize on the accelerator), `label` int64 [B], `e
 what its stream skipped since its previous batch (see `SKIP_CAUSES`), and, likewise, `io`
 {name: count} (see `IO_COUNTS`) and `unreadable_shards` (the URLs given up). Shards are read by
 `bigan.data.tar_samples`, local files directly, shards at URLs through
-`bigan.data.retrying.RetryingReader` (streamed, retried with backoff); the stages run in a
+`bigan.data.retrying.RetryingReader` (streamed, retried with backoff), and decoded and batched
+by `bigan.data.decode`; the stages run in a
 webdataset `DataPipeline` per stream. A shard that fails for good ends like a cut one: its
 unread samples are skipped (as `unreadable_shard`), so the position stays exactly-once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import logging
 import random
-import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -61,10 +58,11 @@ from bigan.data.locations import ShardLocation, reader
 from bigan.data.position import LoaderPosition, SkipCounter
 from bigan.data.retrying import RetryPolicy
 from bigan.data.shards import DataError, missing_shards, read_index, verify_shards
-from bigan.data.sources import IMAGE_EXTENSIONS, square_resize
+from bigan.data.decode import IMAGE_KEYS, collate, decode_image, decode_samples, flip_coin
 from bigan.data.tar_samples import TarStatus, tar_samples
 
-__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "IO_COUNTS", "epoch_shard_order",
+__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "IO_COUNTS", "IMAGE_KEYS",
+           "decode_image", "flip_coin", "epoch_shard_order",
            "stream_work", "DataError"]
 
 log = logging.getLogger(__name__)
@@ -84,8 +82,6 @@ IO_COUNTS = (
     "retried_reads",  # reads of a shard at a URL that failed and were retried (after a backoff)
     "unreadable_shards",  # shards given up after their retries (named in the log and the batch)
 )
-IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # sample keys holding an image (eval reads them too)
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF")
 
 
 def epoch_shard_order(seed: int, epoch: int, num_shards: int) -> np.ndarray:
@@ -119,12 +115,6 @@ def shard_sample_order(samples: Iterator, buffer: int, rng: random.Random) -> It
         held[k] = sample
     rng.shuffle(held)
     yield from held
-
-
-def flip_coin(seed: int, epoch: int, shard: int, offset: int) -> bool:
-    """A fair coin keyed by the sample's position: the same image flips the same way on resume."""
-    key = struct.pack("<4q", seed, epoch, shard, offset)
-    return bool(hashlib.blake2b(key, digest_size=1, person=b"bigan-flip").digest()[0] & 1)
 
 
 @dataclass
@@ -210,55 +200,6 @@ def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
                "__cause__": "unreadable_shard" if status.unreadable else "truncated_shard"}
 
 
-def _label(sample: dict, num_classes: int) -> tuple[int, str | None]:
-    if "cls" not in sample:
-        return -1, "missing_label"
-    try:
-        label = int(sample["cls"].decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError, AttributeError):
-        return -1, "bad_label"
-    return label, None if 0 <= label < num_classes else "label_out_of_range"
-
-
-def decode_image(data: bytes, resolution: int,
-                 flip: bool = False) -> tuple[np.ndarray | None, str | None]:
-    """Image bytes -> (uint8 [R, R, 3], None) or (None, skip cause). Never raises."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB") if image.mode != "RGB" else image
-            rgb = square_resize(rgb, resolution)
-            if flip:  # in Pillow: a NumPy copy of a mirrored HWC view is ~50x slower
-                rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            return np.asarray(rgb), None
-    except UnidentifiedImageError:
-        return None, "corrupt_image" if data.startswith(_SIGNATURES) else "not_image"
-    except Exception as exc:  # bad data must never stop training
-        return None, "truncated_image" if "truncated" in str(exc).lower() else "corrupt_image"
-
-
-def _decode_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
-    """Samples -> {image, label, __pos__, __key__} or {__skip__: cause, __pos__}."""
-    for event in events:
-        if "__pos__" not in event:  # __done__, __io__
-            yield event
-            continue
-        pos = event["__pos__"]
-        label, cause = _label(event, plan.num_classes)
-        image = None
-        if cause is None:
-            data = next((event[k] for k in IMAGE_KEYS if k in event), None)
-            flip = plan.flip and flip_coin(plan.seed, *pos)
-            image, cause = ((None, "missing_image") if data is None
-                            else decode_image(data, plan.resolution, flip))
-        if cause is not None:
-            yield {"__skip__": cause, "__pos__": pos}
-            continue
-        yield {"image": image, "label": 0 if plan.unconditional else label, "__pos__": pos,
-               "__key__": event.get("__key__", "")}
-
-
 def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     """Samples -> batches of `batch_per_worker`, each with its progress rows and skip counts."""
     rows: list[dict] = []
@@ -291,44 +232,13 @@ def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
         dry_epochs.clear()
         rows.append(event)
         if len(rows) == plan.batch_per_worker:
-            batch = _collate(rows, progress, skipped, plan.dtype)
+            batch = collate(rows, progress, skipped, plan.dtype)
             batch["io"], batch["unreadable_shards"] = dict(io), unreadable
             yield batch
             rows, progress, skipped, io, unreadable = [], {}, Counter(), Counter(), []
 
 
-def _collate(rows: list[dict], progress: dict, skipped: Counter, dtype: str) -> dict:
-    n, (h, w, _) = len(rows), rows[0]["image"].shape
-    if dtype == "uint8":
-        # NHWC memory seen as NCHW (channels_last): a plain copy per image, no transposition on
-        # the host; the accelerator converts (and GPUs prefer channels_last convolutions).
-        nhwc = torch.empty((n, h, w, 3), dtype=torch.uint8)
-        pixels = nhwc.numpy()
-        for i, row in enumerate(rows):
-            pixels[i] = row["image"]
-        image = nhwc.permute(0, 3, 1, 2)
-    else:
-        # HWC -> CHW -> [-1, 1] image by image straight into the batch: each image's float copy
-        # stays in cache between the two steps, half the cost of converting the whole uint8
-        # batch afterwards (measured: float output still costs ~0.15 ms per 224 px image).
-        image = torch.empty((n, 3, h, w), dtype=torch.float32)
-        pixels = image.numpy()
-        for i, row in enumerate(rows):
-            np.multiply(row["image"].transpose(2, 0, 1), np.float32(1 / 127.5), out=pixels[i])
-            pixels[i] -= 1.0
-    pos = torch.tensor([r["__pos__"] for r in rows], dtype=torch.int64)
-    return {
-        "image": image, "label": torch.tensor([r["label"] for r in rows], dtype=torch.int64),
-        "epoch": pos[:, 0], "shard": pos[:, 1], "offset": pos[:, 2],
-        "key": [r["__key__"] for r in rows],
-        "progress": torch.tensor([[e, k, n] for (e, k), n in progress.items()],
-                                 dtype=torch.int64).reshape(-1, 3),
-        "skipped": {cause: n for cause, n in skipped.items() if n},
-    }
-
-
 read_shards = wds.pipelinefilter(_read_shards)
-decode_samples = wds.pipelinefilter(_decode_samples)
 batch_samples = wds.pipelinefilter(_batch_samples)
 
 
@@ -439,7 +349,7 @@ class ShardLoader:
                      self.unconditional, self.flip, self.dtype, pos.complete_epochs,
                      {e: dict(s) for e, s in pos.epochs.items()},
                      [int(s["bytes"]) for s in self.index["shards"]], self.location.kind != "local", self.retry, self.on_unreadable_shard)
-        return wds.DataPipeline(_StreamShards(plan), read_shards(plan), decode_samples(plan),
+        return wds.DataPipeline(_StreamShards(plan), read_shards(plan), wds.pipelinefilter(decode_samples)(plan),
                                 batch_samples(plan))
 
     def __iter__(self) -> Iterator[dict]:
