@@ -272,3 +272,19 @@ def test_resume_from_a_checkpoint_url_equals_resuming_from_its_directory(local, 
     for name in ("G", "G_ema", "D"):
         for key, value in a.models[name].items():
             torch.testing.assert_close(b.models[name][key], value, rtol=0, atol=0)
+
+
+def test_restored_totals_are_carried_by_one_rank_so_a_multi_rank_resume_does_not_multiply_them(
+        local):
+    """Every rank resumes from the same job-wide data state; if each re-added its skip and I/O
+    totals, the next checkpoint's merge would count them once per rank."""
+    from bigan.data.feed import ShardFeed, merge_states
+
+    cfg = load_config(None, ["data.source=shards", f"data.path={local}", "model.num_classes=4",
+                             "model.resolution=32", "train.batch_size=8", "data.num_workers=0"])
+    state = {"kind": "shards", "position": None, "skipped": {"not_image": 3},
+             "io": {"retried_reads": 2}, "unreadable_shards": ["s3://b/ds/shard-000001.tar"]}
+    feeds = [ShardFeed(cfg, rank, 2, state) for rank in (0, 1)]
+    merged = merge_states([f.state() for f in feeds])
+    assert merged["skipped"] == {"not_image": 3} and merged["io"] == {"retried_reads": 2}
+    assert merged["unreadable_shards"] == ["s3://b/ds/shard-000001.tar"]
