@@ -140,7 +140,8 @@ def filesystem(url: str):
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:
         raise DataError(f"{url}: no file system for {protocol}:// ({exc}); install the `cloud` "
-                        "extra (pip install 'bigan[cloud]')") from None
+                        "extra for s3:// and http(s):// (pip install 'bigan[cloud]'), gcsfs for "
+                        "gs://") from None
     if protocol in ("s3", "s3a"):
         fs.retries = 1  # s3fs's own retry loop (not a constructor argument in s3fs 2026.9)
     return fs, path
