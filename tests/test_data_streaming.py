@@ -6,6 +6,7 @@ and named (or the run stopped), `pipe:` commands, and a checkpoint resumed from 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bigan.config import ConfigError, load_config
 from bigan.data.loader import ShardLoader
 from bigan.data.locations import ShardLocation
 from bigan.data.position import SkipCounter
-from bigan.data.retrying import RetryPolicy, backoff_delay
+from bigan.data.retrying import RetryingReader, RetryPolicy, ShardReadError, backoff_delay
 from bigan.data.shards import DataError, inspect, make_synthetic, pack, read_index
 from tests.object_store import FlakyFiles, http_server, s3_server
 from tests.test_loader import bad_pack  # noqa: F401 (a fixture: the pack of every kind of bad sample)
@@ -103,6 +104,55 @@ def test_locations_parse_directories_urls_braces_and_pipes():
 def test_backoff_doubles_up_to_the_cap_with_equal_jitter():
     assert [backoff_delay(a, 1.0, 30.0, 0.0) for a in range(7)] == [0.5, 1, 2, 4, 8, 15, 15]
     assert [backoff_delay(a, 1.0, 30.0, 1.0) for a in range(3)] == [1, 2, 4]
+
+
+class _Breaking(io.BytesIO):
+    """A stream of `data` whose `fail_at`-th read (counted over all opened streams) raises."""
+
+    def __init__(self, data: bytes, reads: list, fail_at: set, seekable: bool, error: Exception):
+        super().__init__(data)
+        self._reads, self._fail_at, self._seekable, self._error = reads, fail_at, seekable, error
+
+    def read(self, n=-1):
+        self._reads.append(n)
+        if len(self._reads) in self._fail_at:
+            raise self._error
+        return super().read(n)
+
+    def seekable(self):
+        return self._seekable
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_retrying_reader_resumes_at_the_same_byte(seekable):
+    data = bytes(range(256)) * 40
+    reads, opened, waits = [], [], []
+
+    def open_stream(url):
+        opened.append(url)
+        return _Breaking(data, reads, {3, 4, 9}, seekable, ConnectionResetError("reset by peer"))
+
+    f = RetryingReader("s3://b/x.tar", open_stream, RetryPolicy(retries=2, backoff_sec=0.5),
+                       sleep=waits.append)
+    got = b"".join(iter(lambda: f.read(1000), b""))
+    assert got == data  # the same bytes, whatever broke in between
+    assert f.retried == 3 and len(opened) == 4  # reads 3 and 4 in a row: 2 retries; 9: one more
+    assert 0.25 <= waits[0] < 0.5 and 0.5 <= waits[1] < 1.0  # doubling, equal jitter
+
+
+def test_retrying_reader_gives_up_and_never_retries_a_missing_object():
+    reads = []
+    broken = RetryingReader("u", lambda u: _Breaking(b"x" * 10, reads, set(range(1, 99)), True,
+                                                      TimeoutError("slow")),
+                            RetryPolicy(retries=2, backoff_sec=0), sleep=lambda s: None)
+    with pytest.raises(ShardReadError, match="u: still failing after 3 attempts"):
+        broken.read(4)
+    assert broken.retried == 2
+    missing = RetryingReader("u", lambda u: _Breaking(b"", [], {1}, True, FileNotFoundError(u)),
+                             RetryPolicy(retries=5), sleep=lambda s: None)
+    with pytest.raises(ShardReadError, match="FileNotFoundError"):
+        missing.read(4)
+    assert missing.retried == 0
 
 
 def test_config_validates_the_streaming_fields():

@@ -181,7 +181,7 @@ def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
                     yield sample
         finally:
             if stream is not None:
-                stream.__exit__()
+                stream.close()
         if stream is not None and stream.retried > retried:
             yield {"__io__": {"retried_reads": stream.retried - retried}}
         missing = max(0, task["size"] - read)

@@ -78,8 +78,7 @@ class RetryingReader:
     """A forward-reading binary file over `open_stream(url)` that survives transient errors.
 
     open_stream: returns a fresh binary stream at byte 0 (seekable or not). Only `read` is
-    offered (the tar reader needs no more). `retried`: retries so far; `close()` closes the
-    stream in use.
+    offered (the tar reader needs no more). `retried`: retries so far.
     """
 
     def __init__(self, url: str, open_stream: Callable[[str], BinaryIO], policy: RetryPolicy,
@@ -137,9 +136,8 @@ class RetryingReader:
                 pass
 
     def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.close()
+        """Close the stream in use (read-only: nothing is lost if closing it fails)."""
+        self._drop()
 
     def __enter__(self) -> RetryingReader:
         return self
