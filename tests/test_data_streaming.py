@@ -250,7 +250,12 @@ def test_pipe_command_streams_the_same_samples(local):
     assert samples(epoch(pattern)[0]) == samples(epoch(local)[0])
 
 
-def test_flaky_http_endpoint_is_survived_with_every_retry_counted(local):
+@pytest.mark.parametrize("block", [None, 4096], ids=["whole-shard-reads", "4KiB-range-reads"])
+def test_flaky_http_endpoint_is_survived_with_every_retry_counted(local, block, monkeypatch):
+    """With 4 KiB range requests, transfers break in the middle of shards too: each retry
+    resumes at the byte where the broken one stopped (a wrong offset changes the samples)."""
+    if block:
+        monkeypatch.setattr("bigan.data.locations.READ_BLOCK", block)
     files = FlakyFiles(local, drop_every=3)
     with http_server(files) as url:
         batches, _ = epoch(f"{url}/", world=2, workers=0)
