@@ -19,9 +19,15 @@ Then the loader against its consumer: real images/s that one `gan_iteration` of 
 128 px BigGAN configs takes in (k D steps of `batch` real images; timed with every core, on
 CUDA when present), divided into the loader's uint8 images/s on ONE core (the trainer's
 format). Goal: >= 5x, i.e. one loader core feeds the whole trainer with room to spare.
-Writes tables and `OUT/data_loader.json`.
+Then the same shards streamed (`--part streaming`): the loader's uint8 images/s on one core
+reading them from local files (the own tar reader), from a bucket of an S3 server on loopback
+(moto's server mode, through s3fs: the path a `data.path: s3://...` run takes) and from a plain
+HTTP server on loopback (fsspec's http), in alternating rounds; the streamed sides fetch 8 MiB
+range requests through `RetryingReader`. Loopback has no network latency, and moto is a Python
+server, so this measures bigan's streamed read path, not a real bucket's bandwidth.
+Writes tables and `OUT/data_loader.json` (`OUT/data_loader_streaming.json` for that part).
 
-    python bench/data_loader.py [--quick] [--out bench/results]
+    python bench/data_loader.py [--quick] [--out bench/results] [--part all|decode|streaming]
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def pil_loop(items: list, resolution: int) -> float:
     return time.perf_counter() - t
 
 
-def loader_run(out: Path, resolution: int, n: int, batch: int, dtype: str) -> float:
+def loader_run(out: Path | str, resolution: int, n: int, batch: int, dtype: str) -> float:
     """Seconds for `n` images of ShardLoader batches on one core (first batch excluded)."""
     loader = ShardLoader(out, batch_per_worker=batch, resolution=resolution, num_workers=0,
                          flip=True, shuffle_buffer=256, dtype=dtype)
@@ -133,6 +139,48 @@ def consumption(rows: list[dict], quick: bool) -> list[dict]:
     return out
 
 
+def streaming(shards: Path, quick: bool, repeats: int | None, out_dir: Path) -> None:
+    """Loader images/s from local files vs a loopback S3 bucket vs loopback HTTP, same shards."""
+    import fsspec
+
+    from tests.object_store import FlakyFiles, http_server, s3_server
+
+    n, rounds = (256, repeats or 3) if quick else (1024, repeats or 6)
+    batch, sides = 64, ("local", "s3", "http")
+    rows = []
+    with s3_server("bigan-bench") as endpoint, http_server(FlakyFiles(shards)) as http:
+        fs = fsspec.filesystem("s3")
+        for f in sorted(shards.iterdir()):
+            if f.suffix in (".tar", ".json"):
+                fs.put_file(str(f), f"bigan-bench/imagenette/{f.name}")
+        where = {"local": str(shards), "s3": "s3://bigan-bench/imagenette", "http": http}
+        for res in (64, 224):
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            for r in range(rounds):  # rotated order: the shared machine's drift hits all sides
+                for side in sides[r % 3:] + sides[:r % 3]:
+                    times[side].append(loader_run(where[side], res, n, batch, "uint8"))
+            for side in sides:
+                ratio = np.median(np.array(times["local"]) / np.array(times[side]))
+                rows.append({"resolution": res, "side": side, "images": n, "rounds": rounds,
+                             "img_per_s": round(n / min(times[side]), 1),
+                             "ratio_vs_local": round(float(ratio), 3)})
+    print(f"\nstreamed vs local shards, loader uint8 on one core, {n} images x {rounds} rounds "
+          "(best images/s, median ratio per round)")
+    head = f"{'res':>5} {'source':>7} {'img/s':>8} {'vs local':>9}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['resolution']:>5} {r['side']:>7} {r['img_per_s']:>8.0f} "
+              f"{r['ratio_vs_local']:>8.2f}x")
+    result = {"bench": "data_loader_streaming", "quick": quick, "packed": str(shards),
+              "shards": len(read_index(shards)["shards"]),
+              "bytes": sum(s["bytes"] for s in read_index(shards)["shards"]),
+              "s3": f"moto ThreadedMotoServer at {endpoint} (loopback)", "rows": rows,
+              "machine": {"python": platform.python_version(), "cores_visible": os.cpu_count()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "data_loader_streaming.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {out_dir / 'data_loader_streaming.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats (< 1 min)")
@@ -140,13 +188,20 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="where packed shards are kept "
                                                       "(default OUT/cache)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="paired timing rounds (default 4 quick, 10 full)")
+                        help="paired timing rounds (default 4 quick, 10 full; streaming 3 / 6)")
+    parser.add_argument("--part", choices=("all", "decode", "streaming"), default="all",
+                        help="decode: loader vs PIL and vs the trainer; streaming: local files vs "
+                             "a loopback bucket and HTTP server (default all)")
     args = parser.parse_args()
     if not SOURCE.is_dir():
         sys.exit(f"{SOURCE} not found: this benchmark needs the shared Imagenette copy")
     torch.set_num_threads(1)
     out_dir = Path(args.out)
     shards = packed_shards(Path(args.cache) if args.cache else out_dir / "cache")
+    if args.part in ("all", "streaming"):
+        streaming(shards, args.quick, args.repeats, out_dir)
+    if args.part == "streaming":
+        return
     n, rounds = (256, args.repeats or 4) if args.quick else (1024, args.repeats or 10)
     batch = 64
     keys = loader_keys(shards, n, batch)

@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.ch=64 train.steps=500")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
     p.add_argument("--resume", help="'auto' (newest valid checkpoint in the run directory, "
-                                    "else start fresh) or a checkpoint directory")
+                                    "else start fresh), a checkpoint directory, or a checkpoint "
+                                    "URL (s3://..., fetched first)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_train)
 

@@ -30,6 +30,7 @@ PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # see bigan/train/parallel.py
 DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid")
+UNREADABLE_SHARD_ACTIONS = ("skip", "stop")  # data.on_unreadable_shard (bigan/data/loader.py)
 PROGAN_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DCGAN_RESOLUTIONS = (32, 64, 128)
 # BigGAN's block tables (BigGAN-PyTorch `G_arch` / `D_arch`), by output resolution. G starts at
@@ -132,10 +133,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "digits"  # shards (WebDataset, see `path`) | in-memory: digits | synthetic | gaussian-ring | gaussian-grid
-    path: str = ""  # shards: directory holding dataset.json and shard-*.tar
+    path: str = ""  # shards: directory holding dataset.json and shard-*.tar, or a URL (s3://, gs://, https://, file://), brace pattern (.../shard-{000000..000009}.tar) or pipe:CMD; docs/training.md
     num_workers: int = 2  # shards: DataLoader worker processes per training process
     shuffle_buffer: int = 1000  # shards: samples in each shard's shuffle buffer (0 = tar order)
     verify: bool = False  # shards: check every shard's sha256 before training
+    read_retries: int = 5  # shards at a URL: failed reads in a row retried (and counted) before a shard is given up
+    retry_backoff_sec: float = 1.0  # ... the first wait between retries; doubles per retry (jittered), at most 30 s
+    on_unreadable_shard: str = "skip"  # a shard given up: skip (count its samples, name it in the log) | stop (fail the run)
     num_samples: int = 10_000  # synthetic / gaussian sets: how many samples to make
     flip: bool = False  # random horizontal flip
     seed: int = 0  # seed of the generated sets (not of the data order, see train.seed)
@@ -145,6 +149,11 @@ class DataConfig:
         _positive(f"{prefix}.num_samples", self.num_samples)
         _positive(f"{prefix}.num_workers", self.num_workers, zero_ok=True)
         _positive(f"{prefix}.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
+        _positive(f"{prefix}.read_retries", self.read_retries, zero_ok=True)
+        _require(self.retry_backoff_sec >= 0, f"{prefix}.retry_backoff_sec",
+                 self.retry_backoff_sec, "must be >= 0")
+        _one_of(f"{prefix}.on_unreadable_shard", self.on_unreadable_shard,
+                UNREADABLE_SHARD_ACTIONS)
         _require(self.source != "shards" or bool(self.path), f"{prefix}.path", self.path,
                  "data.source=shards needs the shard directory (see `bigan data pack`)")
 

@@ -45,12 +45,17 @@ def add_launch_command(sub: argparse._SubParsersAction) -> None:
                    help="data-parallel strategy (default: the config's train.strategy)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="group restarts after a worker failure before giving up (-1: unlimited)")
-    p.add_argument("--storage", default=None, help="persistent checkpoint storage (default RUN/ray)")
+    p.add_argument("--storage", default=None,
+                   help="persistent checkpoint storage: a shared path or a bucket URL such as "
+                        "s3://bucket/runs (credentials and endpoint from the store's own "
+                        "environment, e.g. AWS_*; default RUN/ray)")
     p.add_argument("--spread", action="store_true", help="one worker per node (STRICT_SPREAD)")
     p.add_argument("--eval-cpus", type=float, default=1,
                    help="CPUs of the evaluator actor beside the workers (eval.every_kimg > 0; default 1)")
     p.add_argument("--eval-gpus", type=float, default=0, help="GPUs of the evaluator actor (default 0)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
-    p.add_argument("--resume", help="'auto' or a checkpoint directory, for the first attempt")
+    p.add_argument("--resume", help="'auto', a checkpoint directory, or a checkpoint URL (e.g. "
+                                    "s3://bucket/runs/bigan/step-00000400, or the run's storage "
+                                    "URL for its newest step), for the first attempt")
     p.add_argument("--name", default="bigan", help="Ray run name (default bigan)")
     p.set_defaults(func=_launch)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from bigan.checkpoint.remote import fetch_checkpoint, is_url
 from bigan.checkpoint.store import (LATEST, MANIFEST, STEP_DIR, Checkpoint, CheckpointError,
                                     CheckpointWarning, incomplete_step_dirs, list_checkpoints,
                                     load_checkpoint, verify_checkpoint)
@@ -70,10 +71,13 @@ def load_resume(root: str | Path, spec: str | None, map_location: Any = "cpu") -
     finite (a newer one than `latest` names wins, e.g. after a crash between the directory rename
     and the pointer update); others are skipped with a CheckpointWarning; None if none is left.
     Any other spec is a checkpoint directory, or a root whose `latest` (else newest checkpoint)
-    is used; it must pass the same checks, else CheckpointError.
+    is used, or the same at a URL (fetched first, `remote.py`); it must pass the same checks,
+    else CheckpointError.
     """
     if not spec:
         return None
+    if is_url(spec):  # fetched into a private directory, then trusted like any other
+        return load_trusted(fetch_checkpoint(spec), map_location)
     if spec != "auto":
         return load_trusted(_explicit(Path(spec)), map_location)
     root = Path(root)
@@ -97,7 +101,7 @@ def find_resume(root: str | Path, spec: str | None) -> Path | None:
         return None if c is None else c.path
     if not spec:
         return None
-    path = _explicit(Path(spec))
+    path = fetch_checkpoint(spec) if is_url(spec) else _explicit(Path(spec))
     verify_checkpoint(path)
     return path
 

@@ -103,7 +103,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
                                    "Re-running gives byte-identical shards.")
     p.add_argument("src", help="ImageFolder root (one sub-folder per class), CIFAR batch "
                                "folder/file (data_batch_*, test_batch) or .npz (images, labels)")
-    p.add_argument("out", help="output directory for shard-NNNNNN.tar and dataset.json")
+    p.add_argument("out", help="output directory for shard-NNNNNN.tar and dataset.json, or a "
+                               "bucket URL (s3://bucket/prefix, gs://...; credentials and endpoint "
+                               "from the store's environment, e.g. AWS_*): shards are uploaded "
+                               "as they are written")
     p.add_argument("--resolution", type=int, required=True, help="side of the square images, px")
     p.add_argument("--shard-size", type=parse_size, default="256MB",
                    help="largest shard, e.g. 500KB, 256MB, 1GB (powers of 1024; default 256MB)")
@@ -143,7 +146,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
                        description="Read every shard: verify SHA-256 checksums, count samples "
                                    "per class against dataset.json, print a JSON report; exit "
                                    "code 1 when a problem is found.")
-    p.add_argument("path", metavar="OUT", help="packed shard directory (or its dataset.json)")
+    p.add_argument("path", metavar="OUT", help="packed shard directory (or its dataset.json), or a "
+                                               "URL, brace pattern or pipe: command as data.path "
+                                               "takes (shards are streamed, not stored)")
     p.add_argument("--grid", metavar="PNG", default=None,
                    help="also write a PNG grid of real samples, one row per class")
     p.set_defaults(func=cmd_inspect)

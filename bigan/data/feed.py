@@ -43,6 +43,9 @@ class MemoryFeed:
     def skipped(self) -> dict[str, int]:
         return {}
 
+    def io_counts(self) -> dict[str, int]:
+        return {}
+
 
 class ShardFeed:
     """WebDataset shards through `bigan.data.loader.ShardLoader` (exactly-once across resumes).
@@ -58,21 +61,28 @@ class ShardFeed:
         self.loader = self._open(cfg.train.batch_size, state["position"] if state else None)
         self.class_names = self.loader.class_names
         self.reference: np.ndarray | None = None
-        self._skips = SkipCounter()
-        if state:
+        self._skips, self._io = SkipCounter(), SkipCounter()  # samples skipped; retries, shards given up
+        self._unreadable: set[str] = set()  # shards given up (URLs), for the log and the checkpoint
+        if state and rank == 0:  # the job-wide totals: one rank carries them on, or the
+            # merge at the next checkpoint would count them once per rank
             self._skips.add(state.get("skipped", {}))
+            self._io.add(state.get("io", {}))
+            self._unreadable.update(state.get("unreadable_shards", []))
         self._it = None
 
     def _open(self, global_batch: int, position: dict | None):
         from bigan.data.loader import ShardLoader
+        from bigan.data.retrying import RetryPolicy
 
         cfg = self._cfg
+        retry = RetryPolicy(cfg.data.read_retries, cfg.data.retry_backoff_sec)
         return ShardLoader(
             cfg.data.path, batch_per_worker=global_batch // self._world,
             resolution=cfg.model.resolution, rank=self._rank, world_size=self._world,
             num_workers=cfg.data.num_workers, seed=cfg.train.seed,
             shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip, position=position,
-            num_classes=cfg.model.num_classes, verify=cfg.data.verify, dtype="uint8")
+            num_classes=cfg.model.num_classes, verify=cfg.data.verify, dtype="uint8",
+            retry=retry, on_unreadable_shard=cfg.data.on_unreadable_shard)
 
     def next(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """This worker's share of the next global batch (train.batch_size unless given)."""
@@ -85,14 +95,24 @@ class ShardFeed:
         batch = next(self._it)
         self.loader.position.update(batch)
         self._skips.add(batch)
+        self._io.add(batch["io"])
+        self._unreadable.update(batch["unreadable_shards"])
         return batch["image"], batch["label"]
 
     def state(self) -> dict[str, Any]:
         return {"kind": "shards", "position": self.loader.position.to_dict(),
-                "skipped": self._skips.to_dict()}
+                "skipped": self._skips.to_dict(), "io": self._io.to_dict(),
+                "unreadable_shards": sorted(self._unreadable)}
 
     def skipped(self) -> dict[str, int]:
         return self._skips.to_dict()
+
+    def io_counts(self) -> dict[str, int]:
+        """Retried reads and shards given up (`bigan.data.loader.IO_COUNTS`), this rank's."""
+        return self._io.to_dict()
+
+    def unreadable_shards(self) -> list[str]:
+        return sorted(self._unreadable)
 
 
 def model_images(x: torch.Tensor) -> torch.Tensor:
@@ -110,11 +130,15 @@ def merge_states(states: list[dict]) -> dict:
         return states[0]  # keyed by global position: every rank holds the same number
     from bigan.data.position import LoaderPosition, SkipCounter
 
-    position, skips = LoaderPosition.from_dict(states[0]["position"]), SkipCounter()
+    position, skips, io = LoaderPosition.from_dict(states[0]["position"]), SkipCounter(), SkipCounter()
+    unreadable: set[str] = set()
     for s in states:
         position = position.merge(LoaderPosition.from_dict(s["position"]))
         skips.add(s["skipped"])
-    return {"kind": "shards", "position": position.to_dict(), "skipped": skips.to_dict()}
+        io.add(s.get("io", {}))
+        unreadable.update(s.get("unreadable_shards", []))
+    return {"kind": "shards", "position": position.to_dict(), "skipped": skips.to_dict(),
+            "io": io.to_dict(), "unreadable_shards": sorted(unreadable)}
 
 
 def make_feed(cfg: Config, rank: int = 0, world_size: int = 1,

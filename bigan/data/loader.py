@@ -29,35 +29,40 @@ too, so the totals a trainer adds up from the batches it consumed are exact acro
 
 Every batch is a dict: `image` [B, 3, R, R] (float32 in [-1, 1]; or, with dtype="uint8", 0..255
 in channels_last memory, to normalize on the accelerator), `label` int64 [B], `epoch`, `shard`,
-`offset` int64 [B], `key` list[str], `progress` int64 [M, 3], and `skipped` {cause: count} of
-what its stream skipped since its previous batch (see `SKIP_CAUSES`). Shards are read by
-`bigan.data.tar_samples`; the stages run in a webdataset `DataPipeline` per stream.
+`offset` int64 [B], `key` list[str], `progress` int64 [M, 3], `skipped` {cause: count} of
+what its stream skipped since its previous batch (see `SKIP_CAUSES`), and, likewise, `io`
+{name: count} (see `IO_COUNTS`) and `unreadable_shards` (the URLs given up). Shards are read by
+`bigan.data.tar_samples`, local files directly, shards at URLs through
+`bigan.data.retrying.RetryingReader` (streamed, retried with backoff), and decoded and batched
+by `bigan.data.decode`; the stages run in a
+webdataset `DataPipeline` per stream. A shard that fails for good ends like a cut one: its
+unread samples are skipped (as `unreadable_shard`), so the position stays exactly-once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import logging
 import random
-import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bigan.config import UNREADABLE_SHARD_ACTIONS
+from bigan.data.locations import ShardLocation, reader
 from bigan.data.position import LoaderPosition, SkipCounter
-from bigan.data.shards import DataError, index_file, missing_shards, read_index, verify_shards
-from bigan.data.sources import IMAGE_EXTENSIONS, square_resize
+from bigan.data.retrying import RetryPolicy
+from bigan.data.shards import DataError, missing_shards, read_index, verify_shards
+from bigan.data.decode import IMAGE_KEYS, collate, decode_image, decode_samples, flip_coin
 from bigan.data.tar_samples import TarStatus, tar_samples
 
-__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "epoch_shard_order",
+__all__ = ["ShardLoader", "LoaderPosition", "SkipCounter", "SKIP_CAUSES", "IO_COUNTS", "IMAGE_KEYS",
+           "decode_image", "flip_coin", "epoch_shard_order",
            "stream_work", "DataError"]
 
 log = logging.getLogger(__name__)
@@ -71,9 +76,12 @@ SKIP_CAUSES = (
     "bad_label",  # `cls` is not an ASCII integer
     "label_out_of_range",  # `cls` outside 0 .. len(class_names) - 1
     "truncated_shard",  # samples dataset.json lists that the tar file did not yield (cut, gone)
+    "unreadable_shard",  # samples of a streamed shard that failed to read after its retries
 )
-IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # sample keys holding an image (eval reads them too)
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF")
+IO_COUNTS = (
+    "retried_reads",  # reads of a shard at a URL that failed and were retried (after a backoff)
+    "unreadable_shards",  # shards given up after their retries (named in the log and the batch)
+)
 
 
 def epoch_shard_order(seed: int, epoch: int, num_shards: int) -> np.ndarray:
@@ -109,12 +117,6 @@ def shard_sample_order(samples: Iterator, buffer: int, rng: random.Random) -> It
     yield from held
 
 
-def flip_coin(seed: int, epoch: int, shard: int, offset: int) -> bool:
-    """A fair coin keyed by the sample's position: the same image flips the same way on resume."""
-    key = struct.pack("<4q", seed, epoch, shard, offset)
-    return bool(hashlib.blake2b(key, digest_size=1, person=b"bigan-flip").digest()[0] & 1)
-
-
 @dataclass
 class _Plan:
     """Everything a worker needs, pickled into each DataLoader worker."""
@@ -133,6 +135,10 @@ class _Plan:
     dtype: str
     start_epoch: int
     consumed: dict[int, dict[int, int]]
+    bytes: list[int] | None = None  # each shard's size (dataset.json): no HEAD request per shard
+    streamed: bool = False  # shards at URLs / pipe: read through RetryingReader
+    retry: RetryPolicy = RetryPolicy()
+    on_unreadable_shard: str = "skip"  # skip | stop
 
 
 class _StreamShards(IterableDataset):
@@ -154,72 +160,44 @@ class _StreamShards(IterableDataset):
 
 def _read_shards(tasks: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     """Shard tasks -> samples in each shard's keyed order (from the task's start offset), then a
-    `__done__` event per shard. Damage ends the shard; what it lacks counts as truncated."""
+    `__done__` event per shard. Damage ends the shard; what it lacks counts as truncated (or as
+    unreadable: a streamed shard that kept failing). Streamed shards also yield `__io__` events
+    (retries so far, a shard given up) as they happen."""
     for task in tasks:
         epoch, shard = task["epoch"], task["shard"]
         status = TarStatus()
-        samples = tar_samples(task["path"], status, any_of=IMAGE_KEYS)
+        stream = reader(task["path"], plan.retry, plan.bytes[shard]) if plan.streamed else None
+        samples = tar_samples(stream or task["path"], status, any_of=IMAGE_KEYS)
         rng = random.Random(f"bigan/{plan.seed}/{epoch}/{shard}")
-        read = 0
-        for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
-            read = offset + 1
-            if offset >= task["start"]:
-                sample["__pos__"] = (epoch, shard, offset)
-                yield sample
-        if status.error:
+        read = retried = 0
+        try:
+            for offset, sample in enumerate(shard_sample_order(samples, plan.shuffle_buffer, rng)):
+                read = offset + 1
+                if stream is not None and stream.retried > retried:
+                    yield {"__io__": {"retried_reads": stream.retried - retried}}
+                    retried = stream.retried
+                if offset >= task["start"]:
+                    sample["__pos__"] = (epoch, shard, offset)
+                    yield sample
+        finally:
+            if stream is not None:
+                stream.close()
+        if stream is not None and stream.retried > retried:
+            yield {"__io__": {"retried_reads": stream.retried - retried}}
+        missing = max(0, task["size"] - read)
+        if status.unreadable:
+            if plan.on_unreadable_shard == "stop":
+                raise DataError(f"{status.error} (after {read} of {task['size']} samples; "
+                                "data.on_unreadable_shard=stop)")
+            log.warning("skipping the rest of shard %s: %s (%d of %d samples read; "
+                        "data.on_unreadable_shard=skip)", task["path"], status.error, read,
+                        task["size"])
+            yield {"__io__": {"unreadable_shards": 1}, "__unreadable__": task["path"]}
+        elif status.error:
             log.warning("%s: %s after %d of %d samples", task["path"], status.error, read,
                         task["size"])
-        yield {"__done__": (epoch, shard, max(read, task["size"])),
-               "__missing__": max(0, task["size"] - read)}
-
-
-def _label(sample: dict, num_classes: int) -> tuple[int, str | None]:
-    if "cls" not in sample:
-        return -1, "missing_label"
-    try:
-        label = int(sample["cls"].decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError, AttributeError):
-        return -1, "bad_label"
-    return label, None if 0 <= label < num_classes else "label_out_of_range"
-
-
-def decode_image(data: bytes, resolution: int,
-                 flip: bool = False) -> tuple[np.ndarray | None, str | None]:
-    """Image bytes -> (uint8 [R, R, 3], None) or (None, skip cause). Never raises."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB") if image.mode != "RGB" else image
-            rgb = square_resize(rgb, resolution)
-            if flip:  # in Pillow: a NumPy copy of a mirrored HWC view is ~50x slower
-                rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            return np.asarray(rgb), None
-    except UnidentifiedImageError:
-        return None, "corrupt_image" if data.startswith(_SIGNATURES) else "not_image"
-    except Exception as exc:  # bad data must never stop training
-        return None, "truncated_image" if "truncated" in str(exc).lower() else "corrupt_image"
-
-
-def _decode_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
-    """Samples -> {image, label, __pos__, __key__} or {__skip__: cause, __pos__}."""
-    for event in events:
-        if "__done__" in event:
-            yield event
-            continue
-        pos = event["__pos__"]
-        label, cause = _label(event, plan.num_classes)
-        image = None
-        if cause is None:
-            data = next((event[k] for k in IMAGE_KEYS if k in event), None)
-            flip = plan.flip and flip_coin(plan.seed, *pos)
-            image, cause = ((None, "missing_image") if data is None
-                            else decode_image(data, plan.resolution, flip))
-        if cause is not None:
-            yield {"__skip__": cause, "__pos__": pos}
-            continue
-        yield {"image": image, "label": 0 if plan.unconditional else label, "__pos__": pos,
-               "__key__": event.get("__key__", "")}
+        yield {"__done__": (epoch, shard, max(read, task["size"])), "__missing__": missing,
+               "__cause__": "unreadable_shard" if status.unreadable else "truncated_shard"}
 
 
 def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
@@ -227,12 +205,19 @@ def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
     rows: list[dict] = []
     progress: dict[tuple[int, int], int] = {}
     skipped: Counter = Counter()
+    io: Counter = Counter()
+    unreadable: list[str] = []
     dry_epochs: set[int] = set()  # epochs read since the last good sample: a dead stream hangs
     for event in events:
+        if "__io__" in event:
+            io.update(event["__io__"])
+            if "__unreadable__" in event:
+                unreadable.append(event["__unreadable__"])
+            continue
         if "__done__" in event:
             epoch, shard, end = event["__done__"]
             progress[epoch, shard] = max(progress.get((epoch, shard), 0), end)
-            skipped["truncated_shard"] += event["__missing__"]
+            skipped[event["__cause__"]] += event["__missing__"]
             dry_epochs.add(epoch)
             if len(dry_epochs) > 2:
                 raise DataError(f"a data stream read its shards for {len(dry_epochs)} epochs "
@@ -247,49 +232,22 @@ def _batch_samples(events: Iterator[dict], plan: _Plan) -> Iterator[dict]:
         dry_epochs.clear()
         rows.append(event)
         if len(rows) == plan.batch_per_worker:
-            yield _collate(rows, progress, skipped, plan.dtype)
-            rows, progress, skipped = [], {}, Counter()
-
-
-def _collate(rows: list[dict], progress: dict, skipped: Counter, dtype: str) -> dict:
-    n, (h, w, _) = len(rows), rows[0]["image"].shape
-    if dtype == "uint8":
-        # NHWC memory seen as NCHW (channels_last): a plain copy per image, no transposition on
-        # the host; the accelerator converts (and GPUs prefer channels_last convolutions).
-        nhwc = torch.empty((n, h, w, 3), dtype=torch.uint8)
-        pixels = nhwc.numpy()
-        for i, row in enumerate(rows):
-            pixels[i] = row["image"]
-        image = nhwc.permute(0, 3, 1, 2)
-    else:
-        # HWC -> CHW -> [-1, 1] image by image straight into the batch: each image's float copy
-        # stays in cache between the two steps, half the cost of converting the whole uint8
-        # batch afterwards (measured: float output still costs ~0.15 ms per 224 px image).
-        image = torch.empty((n, 3, h, w), dtype=torch.float32)
-        pixels = image.numpy()
-        for i, row in enumerate(rows):
-            np.multiply(row["image"].transpose(2, 0, 1), np.float32(1 / 127.5), out=pixels[i])
-            pixels[i] -= 1.0
-    pos = torch.tensor([r["__pos__"] for r in rows], dtype=torch.int64)
-    return {
-        "image": image, "label": torch.tensor([r["label"] for r in rows], dtype=torch.int64),
-        "epoch": pos[:, 0], "shard": pos[:, 1], "offset": pos[:, 2],
-        "key": [r["__key__"] for r in rows],
-        "progress": torch.tensor([[e, k, n] for (e, k), n in progress.items()],
-                                 dtype=torch.int64).reshape(-1, 3),
-        "skipped": {cause: n for cause, n in skipped.items() if n},
-    }
+            batch = collate(rows, progress, skipped, plan.dtype)
+            batch["io"], batch["unreadable_shards"] = dict(io), unreadable
+            yield batch
+            rows, progress, skipped, io, unreadable = [], {}, Counter(), Counter(), []
 
 
 read_shards = wds.pipelinefilter(_read_shards)
-decode_samples = wds.pipelinefilter(_decode_samples)
 batch_samples = wds.pipelinefilter(_batch_samples)
 
 
 class ShardLoader:
     """Infinite iterable of one rank's training batches from a packed shard directory.
 
-    path: shard directory (or its dataset.json). batch_per_worker: samples per batch; a batch
+    path: shard directory (or its dataset.json), URL, brace pattern or `pipe:` command (see
+    `bigan.data.locations`; local directories take the fast path, without retries).
+    batch_per_worker: samples per batch; a batch
     comes from one stream (one worker of this rank). resolution: output side in px (resampled
     on the fly, any size). rank / world_size: this process among the data-parallel ranks.
     num_workers: DataLoader worker processes (0 = in this process), lowered to
@@ -298,6 +256,8 @@ class ShardLoader:
     position: `LoaderPosition.to_dict()` from a checkpoint. num_classes: the model's class count,
     checked against the pack (1 = unconditional: labels become 0). verify: check every shard's
     SHA-256 first. dtype: "float32" ([-1, 1]) or "uint8" (0..255, channels_last).
+    retry: retries and backoff of streamed reads. on_unreadable_shard: "skip" (count the rest of
+    a shard that keeps failing as `unreadable_shard`, name it, go on) or "stop" (DataError).
 
     Each `iter()` starts from `self.position` as it is then, so update it from every batch you
     train on. To change resolution (progressive growing), build a new loader with
@@ -308,9 +268,14 @@ class ShardLoader:
                  world_size: int = 1, num_workers: int = 2, seed: int = 0,
                  shuffle_buffer: int = 1000, flip: bool = False, position: dict | None = None,
                  num_classes: int | None = None, verify: bool = False, dtype: str = "float32",
-                 prefetch_factor: int = 2, pin_memory: bool = False):
-        index = read_index(path)
-        self.path = Path(path)
+                 prefetch_factor: int = 2, pin_memory: bool = False,
+                 retry: RetryPolicy = RetryPolicy(), on_unreadable_shard: str = "skip"):
+        if on_unreadable_shard not in UNREADABLE_SHARD_ACTIONS:
+            raise DataError(f"on_unreadable_shard={on_unreadable_shard!r} is invalid: use one of "
+                            f"{', '.join(UNREADABLE_SHARD_ACTIONS)}")
+        index = read_index(path, retry)
+        self.location = ShardLocation.parse(path)
+        self.path = self.location.root  # for messages
         self.index = index
         missing = missing_shards(path, index)
         if missing:
@@ -347,7 +312,7 @@ class ShardLoader:
             log.warning("%s was packed at %d px; upsampling to %d px", self.path,
                         index["resolution"], resolution)
         if verify:
-            problems = verify_shards(path)
+            problems = verify_shards(path, retry)
             if problems:
                 raise DataError(problems[0] + (f" (and {len(problems) - 1} more problems)"
                                                if len(problems) > 1 else ""))
@@ -361,8 +326,8 @@ class ShardLoader:
         self.shuffle_buffer, self.num_classes = shuffle_buffer, len(names)
         self.unconditional = num_classes == 1 and len(names) != 1
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
-        root = index_file(path).parent
-        self._paths = [str(root / s["name"]) for s in index["shards"]]
+        self.retry, self.on_unreadable_shard = retry, on_unreadable_shard
+        self._paths = [self.location.url(s["name"]) for s in index["shards"]]
 
     @property
     def class_names(self) -> list[str]:
@@ -382,8 +347,9 @@ class ShardLoader:
         plan = _Plan(self._paths, pos.shard_sizes, self.seed, self.shuffle_buffer, self.rank,
                      self.world_size, self.resolution, self.batch_per_worker, self.num_classes,
                      self.unconditional, self.flip, self.dtype, pos.complete_epochs,
-                     {e: dict(s) for e, s in pos.epochs.items()})
-        return wds.DataPipeline(_StreamShards(plan), read_shards(plan), decode_samples(plan),
+                     {e: dict(s) for e, s in pos.epochs.items()},
+                     [int(s["bytes"]) for s in self.index["shards"]], self.location.kind != "local", self.retry, self.on_unreadable_shard)
+        return wds.DataPipeline(_StreamShards(plan), read_shards(plan), wds.pipelinefilter(decode_samples)(plan),
                                 batch_samples(plan))
 
     def __iter__(self) -> Iterator[dict]:

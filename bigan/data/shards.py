@@ -12,6 +12,8 @@ members carry fixed mtime/uid/gid/owner names, and `dataset.json` holds no times
 so a directory with an index is a complete pack. `read_index`, `verify_shards` and `inspect`
 read it back. The tars are written with `tarfile` directly (the same USTAR layout as
 webdataset's `TarWriter` with a fixed mtime) so packing needs neither torch nor webdataset.
+OUT and the paths read back may be URLs (`bigan.data.locations`): shards are then uploaded as
+they are written and read back as streams.
 """
 
 from __future__ import annotations
@@ -22,19 +24,22 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from bigan.data.locations import INDEX_NAME, ShardLocation, open_for_writing, remove
+# Reading a pack back lives in pack_index.py; re-exported, as callers know these names from here.
+from bigan.data.pack_index import (FORMAT_NAME, FORMAT_VERSION, index_file, inspect,
+                                   missing_shards, read_index, verify_shards)
 from bigan.data.sources import (FOLDER_CAUSES, DataError, ImageSource, read_source,
                                 square_resize)
 
 __all__ = ["DataError", "pack", "make_digits", "make_synthetic", "read_index", "verify_shards",
            "inspect", "missing_shards", "index_file", "INDEX_NAME", "FORMATS"]
 
-INDEX_NAME = "dataset.json"
-FORMAT_NAME, FORMAT_VERSION = "bigan-shards", 1
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MB = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
@@ -116,9 +121,9 @@ def _encode(task: tuple) -> tuple[bytes | None, tuple[str, ...], str, str]:
 class _ShardTar:
     """One shard being written: a USTAR stream with fixed member metadata, hashed as written."""
 
-    def __init__(self, path: Path):
-        self.path, self.num_samples, self.planned_bytes = path, 0, 2 * _BLOCK  # end-of-archive
-        self._file = open(path, "wb")
+    def __init__(self, url: str):
+        self.url, self.num_samples, self.planned_bytes = url, 0, 2 * _BLOCK  # end-of-archive
+        self._file = open_for_writing(url)  # a bucket URL: uploaded in parts as it grows
         self._sha, self._bytes = hashlib.sha256(), 0
         self._tar = tarfile.open(fileobj=self, mode="w|", format=tarfile.USTAR_FORMAT)
 
@@ -145,7 +150,7 @@ class _ShardTar:
     def close(self) -> dict:
         self._tar.close()
         self._file.close()
-        return {"name": self.path.name, "num_samples": self.num_samples,
+        return {"name": self.url.rpartition("/")[2], "num_samples": self.num_samples,
                 "sha256": self._sha.hexdigest(), "bytes": self._bytes}
 
 
@@ -154,11 +159,26 @@ def _records(size: int) -> int:
     return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def _clear_previous(out: Path) -> None:
+def _clear_previous(out: ShardLocation) -> None:
     """Remove our own files from an earlier pack (index first: no index = incomplete pack)."""
-    (out / INDEX_NAME).unlink(missing_ok=True)
-    for p in out.glob("shard-*.tar"):
-        p.unlink()
+    remove(out.index_url)
+    for name in sorted(out.list_names() or ()):
+        if re.fullmatch(r"shard-\d+\.tar", name):
+            remove(out.url(name))
+
+
+def _write_index(out: ShardLocation, index: dict) -> None:
+    """dataset.json, last: locally written aside and renamed into place; on a store, one PUT
+    (an object appears whole or not at all)."""
+    text = json.dumps(index, indent=1) + "\n"
+    if out.kind != "local":
+        with open_for_writing(out.index_url) as f:
+            f.write(text.encode())
+        return
+    final = Path(out.index_url)
+    tmp = final.with_name(INDEX_NAME + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, final)
 
 
 def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
@@ -194,8 +214,12 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
     n = len(source)
     order = np.random.default_rng(seed).permutation(n)
     cap = math.ceil(n / min_shards)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ShardLocation.parse(out)
+    if out.names is not None or out.index_name != INDEX_NAME or out.kind == "pipe":
+        raise DataError(f"{out.root}: pack writes into a directory or a bucket prefix, not to "
+                        "shard names or a pipe")
+    if out.kind == "local":
+        Path(out.root).mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
 
     tasks = ((source.item(int(i)), resolution, fmt, quality, reencode) for i in order)
@@ -225,7 +249,7 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
                 shards.append(writer.close())
                 writer = None
             if writer is None:
-                writer = _ShardTar(out / f"shard-{len(shards):06d}.tar")
+                writer = _ShardTar(out.url(f"shard-{len(shards):06d}.tar"))
             writer.add(f"{written:0{key_width}d}", members)
             written += 1
             counts[label] += 1
@@ -251,9 +275,7 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
                    **note_counts, "num_left_out": len(left_out),
                    "left_out_by_cause": _count_causes(left_out), "left_out": left_out},
     }
-    tmp = out / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX_NAME)
+    _write_index(out, index)
     return index
 
 
@@ -285,131 +307,3 @@ def make_synthetic(out: str | Path, classes: int, resolution: int, n: int, seed:
                          images=images)
     return pack(source, out, resolution, fmt="png", seed=seed, min_shards=min_shards,
                 progress=progress)
-
-
-# --- reading the index back ---------------------------------------------------------------------
-
-def index_file(path: str | Path) -> Path:
-    path = Path(path)
-    return path if path.name == INDEX_NAME or path.suffix == ".json" else path / INDEX_NAME
-
-
-def read_index(path: str | Path) -> dict:
-    """The `dataset.json` of a shard directory (or the file itself), checked for its format."""
-    file = index_file(path)
-    if not file.is_file():
-        raise DataError(f"{file} not found: pack images first (`bigan data pack SRC "
-                        f"{file.parent} --resolution R`) or point at a packed shard directory")
-    try:
-        index = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file}: not valid JSON ({exc}); re-run `bigan data pack`") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
-        raise DataError(f"{file}: not a bigan shard index (format must be {FORMAT_NAME!r})")
-    if index.get("version") != FORMAT_VERSION:
-        raise DataError(f"{file}: index version {index.get('version')} is not supported "
-                        f"(this bigan reads version {FORMAT_VERSION}); re-pack the data")
-    missing = [k for k in ("resolution", "image_format", "num_samples", "class_names",
-                           "class_counts", "shards") if k not in index]
-    if missing:
-        raise DataError(f"{file}: missing field(s) {', '.join(missing)}")
-    return index
-
-
-def missing_shards(path: str | Path, index: dict) -> list[Path]:
-    root = index_file(path).parent
-    return [root / s["name"] for s in index["shards"] if not (root / s["name"]).is_file()]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_shards(path: str | Path) -> list[str]:
-    """Problems found checking every shard's presence, size and SHA-256 (empty list: all good)."""
-    index = read_index(path)
-    root = index_file(path).parent
-    problems = []
-    for shard in index["shards"]:
-        file = root / shard["name"]
-        if not file.is_file():
-            problems.append(f"{file}: shard listed in {INDEX_NAME} is missing")
-        elif file.stat().st_size != shard["bytes"]:
-            problems.append(f"{file}: {file.stat().st_size} bytes, {INDEX_NAME} says "
-                            f"{shard['bytes']} (truncated or replaced); re-pack or restore it")
-        elif _sha256(file) != shard["sha256"]:
-            problems.append(f"{file}: sha256 checksum mismatch with {INDEX_NAME} (the file "
-                            "changed after packing); re-pack or restore it")
-    return problems
-
-
-def inspect(path: str | Path, out_png: str | Path | None = None, per_class: int = 8,
-            max_classes: int = 20) -> dict:
-    """Counts from the index and from reading every shard, checksums, and a grid of real samples.
-
-    The grid has one row per class (the first `max_classes`), `per_class` samples each, in
-    shard order; empty cells stay dark. Returns a JSON-able report; `ok` is False when a
-    checksum fails or the shards do not hold what the index says.
-    """
-    from PIL import Image
-
-    from bigan.pictures import image_grid, save_png
-
-    index = read_index(path)
-    root = index_file(path).parent
-    names, res = index["class_names"], index["resolution"]
-    problems = verify_shards(path)
-    rows = min(len(names), max_classes)
-    cells = np.full((rows, per_class, res, res, 3), 16, np.uint8)
-    filled = np.zeros(rows, int)
-    counts = np.zeros(len(names), np.int64)
-    unreadable = 0
-    for shard in index["shards"]:
-        file = root / shard["name"]
-        if not file.is_file():
-            continue
-        try:
-            with tarfile.open(file, "r") as tar:
-                members = {m.name: m for m in tar.getmembers() if m.isreg()}
-                for name, member in members.items():
-                    key, _, ext = name.partition(".")
-                    if ext != "cls":
-                        continue
-                    try:
-                        label = int(tar.extractfile(member).read())
-                    except ValueError:
-                        label = -1
-                    if not 0 <= label < len(names):
-                        unreadable += 1
-                        continue
-                    counts[label] += 1
-                    image_member = members.get(f"{key}.{index['image_format']}")
-                    if label < rows and filled[label] < per_class and image_member is not None:
-                        try:
-                            with Image.open(tar.extractfile(image_member)) as im:
-                                pixels = np.asarray(square_resize(im.convert("RGB"), res))
-                        except OSError:
-                            unreadable += 1
-                            continue
-                        cells[label, filled[label]] = pixels
-                        filled[label] += 1
-        except (tarfile.TarError, OSError) as exc:
-            problems.append(f"{file}: unreadable tar ({exc})")
-    if counts.tolist() != index["class_counts"]:
-        problems.append(f"class counts read from the shards {counts.tolist()} differ from "
-                        f"{INDEX_NAME}'s {index['class_counts']}")
-    grid = None
-    if out_png is not None:
-        picture = image_grid(cells.reshape(-1, res, res, 3), rows, per_class)
-        grid = str(save_png(picture, out_png, min_side=256))
-    return {
-        "path": str(root), "num_samples": index["num_samples"], "num_shards": len(index["shards"]),
-        "resolution": res, "image_format": index["image_format"], "class_names": names,
-        "class_counts": index["class_counts"], "class_counts_read": counts.tolist(),
-        "bytes": sum(s["bytes"] for s in index["shards"]), "unreadable_samples": unreadable,
-        "problems": problems, "ok": not problems, "grid": grid,
-    }

@@ -10,15 +10,20 @@ of the file name, extension lower-cased), so a sample reads the same as through 
 
 A damaged or cut tar never raises: reading stops at the first bad header or short read, the
 sample that was being read when the archive broke off is dropped if incomplete, and `TarStatus`
-says what happened, so the loader can count what the shard failed to deliver.
+says what happened, so the loader can count what the shard failed to deliver. The same holds for
+a shard streamed from a URL (`bigan.data.retrying.RetryingReader`) that stays unreadable after
+its retries: `TarStatus.unreadable` tells it apart from a damaged file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from webdataset.tariterators import base_plus_ext
+
+from bigan.data.retrying import ShardReadError
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
@@ -31,6 +36,7 @@ class TarStatus:
     clean: bool = False
     error: str = ""  # empty when clean
     dropped_partial: bool = False  # a sample cut off by the damage was left out
+    unreadable: bool = False  # a streamed shard failed to read (after retries), not damage
 
 
 def _octal(field: bytes) -> int:
@@ -109,21 +115,27 @@ def _complete(sample: dict, required: tuple[str, ...], any_of: tuple[str, ...]) 
     return all(k in sample for k in required) and any(k in sample for k in any_of)
 
 
-def tar_samples(path: str, status: TarStatus, required: tuple[str, ...] = ("cls",),
+def tar_samples(source: str | BinaryIO, status: TarStatus, required: tuple[str, ...] = ("cls",),
                 any_of: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp")) -> Iterator[dict]:
     """Samples `{"__key__": key, ext: bytes, ...}` of a tar shard, in archive order.
 
-    When the archive is damaged or cut, the sample in progress at that point is dropped unless
-    it already holds the `required` members and one of `any_of` (it may have lost nothing).
+    source: a local path (opened and closed here) or a binary file read forward (the caller
+    closes it). When the archive is damaged or cut, or the file raises `ShardReadError`, the
+    sample in progress at that point is dropped unless it already holds the `required` members
+    and one of `any_of` (it may have lost nothing).
     """
-    try:
-        f = open(path, "rb", buffering=1 << 20)
-    except OSError as exc:
-        status.error = f"cannot open: {exc}"
+    if isinstance(source, str):
+        try:
+            f = open(source, "rb", buffering=1 << 20)
+        except OSError as exc:
+            status.error = f"cannot open: {exc}"
+            return
+        with f:
+            yield from tar_samples(f, status, required, any_of)
         return
-    with f:
-        current: dict | None = None
-        for name, data in _members(f, status):
+    current: dict | None = None
+    try:
+        for name, data in _members(source, status):
             key, ext = base_plus_ext(name)
             if key is None or key.split("/")[-1].startswith("__"):
                 continue  # no extension, or webdataset metadata such as __index__
@@ -134,8 +146,10 @@ def tar_samples(path: str, status: TarStatus, required: tuple[str, ...] = ("cls"
             if current is None:
                 current = {"__key__": key}
             current.setdefault(ext, data)  # a duplicated member keeps its first copy
-        if current is not None:
-            if status.clean or _complete(current, required, any_of):
-                yield current
-            else:
-                status.dropped_partial = True
+    except ShardReadError as exc:
+        status.error, status.unreadable = str(exc), True
+    if current is not None:
+        if status.clean or _complete(current, required, any_of):
+            yield current
+        else:
+            status.dropped_partial = True

@@ -20,12 +20,15 @@ from typing import Callable
 
 import numpy as np
 
-from bigan.data.shards import index_file, read_index
+from bigan.data.locations import ShardLocation, read_bytes, reader
+from bigan.data.retrying import RetryPolicy
+from bigan.data.shards import read_index
 
 
 def dataset_sha256(path: str | Path) -> str:
-    """sha256 of the shards' dataset.json: it names every shard with its own sha256."""
-    return hashlib.sha256(index_file(path).read_bytes()).hexdigest()
+    """sha256 of the shards' dataset.json (a local file or a URL): it names every shard with
+    its own sha256."""
+    return hashlib.sha256(read_bytes(ShardLocation.parse(path).index_url)).hexdigest()
 
 
 def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
@@ -37,11 +40,13 @@ def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
     from bigan.data.tar_samples import TarStatus, tar_samples
 
     index = read_index(path)
-    root = index_file(path).parent
+    where = ShardLocation.parse(path)
     num_classes = len(index["class_names"])
     images, labels, seen = [], [], 0
     for shard in index["shards"]:
-        for sample in tar_samples(str(root / shard["name"]), TarStatus(), any_of=IMAGE_KEYS):
+        url = where.url(shard["name"])
+        stream = reader(url, RetryPolicy(), shard["bytes"]) if where.kind != "local" else None
+        for sample in tar_samples(stream or url, TarStatus(), any_of=IMAGE_KEYS):
             if len(images) >= n:
                 break
             try:
@@ -61,6 +66,8 @@ def read_shard_images(path: str | Path, n: int, resolution: int, skip: int = 0,
             labels.append(label)
             if progress is not None:
                 progress(1)
+        if stream is not None:
+            stream.close()
         if len(images) >= n:
             break
     if not images:

@@ -112,6 +112,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         if is_log_step:
             metrics.update(course.metrics())
             metrics.update({f"data/skipped_{k}": float(v) for k, v in feed.skipped().items()})
+            metrics.update({f"data/{k}": float(v) for k, v in feed.io_counts().items()})
             hooks.on_metrics(step, run_log.write(step, metrics, cur_nimg))
             evaluation.collect()
         if main and (step % tc.sample_every == 0 or step == tc.steps):
