@@ -277,3 +277,16 @@ def test_the_class_list_is_keyboard_navigable(server, tmp_path):
             assert status.startswith("1 images in")
 
     asyncio.run(check())
+
+
+@pytest.mark.slow
+def test_the_docs_page_renders_every_route_from_local_files(server, tmp_path):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=10) as r:
+        spec = json.load(r)
+    operations = sum(len(item) for item in spec["paths"].values())
+    dom = _browse(server, "docs", tmp_path, "--dump-dom").stdout
+    assert f'data-rendered="{operations}"' in dom, dom[-2000:]
+    assert 'id="post-v1-interpolate"' in dom and "seed_b" in dom
+    assert "send POST /v1/generate" in dom  # a form to try the route
