@@ -47,10 +47,9 @@ def imagenet_style_names() -> list[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def imagenet_onnx(tmp_path_factory) -> Path:
+def export_imagenet_style_model(root: Path) -> Path:
     """An untrained tiny BigGAN (width 8, 32 px) with 1,000 classes, checkpointed without a
-    training step and exported by `bigan export` (~10 s)."""
+    training step and exported by `bigan export` to root/models/imagenet.onnx (~10 s)."""
     import torch
 
     from bigan import models
@@ -58,7 +57,6 @@ def imagenet_onnx(tmp_path_factory) -> Path:
     from bigan.config import dump_config, load_config
     from bigan.export.onnx import export_onnx
 
-    root = tmp_path_factory.mktemp("imagenet")
     cfg = load_config(None, tiny_overrides(root / "run", **{"model.num_classes": 1000}))
     torch.manual_seed(0)
     G, D = models.build(cfg.model)
@@ -66,6 +64,11 @@ def imagenet_onnx(tmp_path_factory) -> Path:
                                                "D": D.state_dict()}, {}, dump_config(cfg),
                            {"config": cfg.to_dict(), "class_names": imagenet_style_names()})
     return export_onnx(ckpt, root / "models" / "imagenet.onnx").path
+
+
+@pytest.fixture(scope="module")
+def imagenet_onnx(tmp_path_factory) -> Path:
+    return export_imagenet_style_model(tmp_path_factory.mktemp("imagenet"))
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +293,41 @@ def test_the_docs_page_renders_every_route_from_local_files(server, tmp_path):
     assert f'data-rendered="{operations}"' in dom, dom[-2000:]
     assert 'id="post-v1-interpolate"' in dom and "seed_b" in dom
     assert "send POST /v1/generate" in dom  # a form to try the route
+
+
+@pytest.mark.slow
+def test_the_model_picker_switches_models(imagenet_onnx, tiny_onnx, tmp_path):
+    from serving.client import started_server
+    from tests.browser import open_page
+
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copy(imagenet_onnx, root / "imagenet.onnx")
+    shutil.copy(tiny_onnx, root / "small.onnx")
+    small_names = Engine(tiny_onnx).metadata.class_names
+
+    async def check(url):
+        async with open_page(f"{url}/?seed=4&size=2", tmp_path / "profile") as page:
+            await page.wait_for("!document.getElementById('pick-field').hidden")
+            assert await page.eval("[...document.getElementById('pick').options]"
+                                   ".map((o) => o.value)") == ["imagenet", "small"]
+            assert await page.eval("document.getElementById('class-hint').textContent") == \
+                "1000 classes: type to search"
+            await page.eval("""(() => { const pick = document.getElementById('pick');
+                pick.focus(); pick.value = 'small';
+                pick.dispatchEvent(new Event('change')); })()""")
+            assert await page.eval("document.getElementById('class-input').value") == \
+                f"0: {small_names[0]}"
+            assert await page.eval("document.getElementById('class-hint').textContent") == \
+                "4 classes: type to search"
+            assert (await page.eval("document.getElementById('model').textContent")).startswith(
+                "small v1: biggan, 4 classes")
+            assert await page.eval("document.activeElement.id") == "pick"  # focus stays put
+            await page.eval("document.getElementById('generate').click()")
+            await page.wait_for("document.body.dataset.rendered === '1'")
+            assert (await page.eval("document.getElementById('grid-caption').textContent")
+                    ).startswith(f"{small_names[0]}, ")
+
+    with open(tmp_path / "server.log", "wb") as out:
+        with started_server(root, timeout_s=60, output=out, cwd=ROOT) as s:
+            asyncio.run(check(s.url))

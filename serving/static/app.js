@@ -220,7 +220,11 @@ async function run(action, button) {
   $("results").setAttribute("aria-busy", "true");
   setStatus("generating…");
   try {
+    const panel = { [drawGrid.name]: "grid-panel", [drawStrip.name]: "strip-panel",
+                    [drawInterpolation.name]: "interp-panel" }[action.name];
     setStatus(await action());
+    // In the one-column layout (narrow windows) the result is below the form: bring it in view.
+    $(panel).scrollIntoView({ block: "nearest" });
     return true;
   } catch (error) {
     showError(error);
