@@ -30,6 +30,7 @@ the CUDA provider (chosen automatically when a GPU is usable) every run goes thr
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,7 @@ class BoundRunner:
         if graphs and buckets is None:
             raise ValueError("CUDA graphs need fixed shapes: give buckets")
         self._bound: dict[int, tuple[Any, dict[str, Any], Any, Any]] = {}
+        self._lock = threading.Lock()
         if buckets is not None:
             if image_shape is None:
                 raise ValueError("padded buckets need the image shape to preallocate outputs")
@@ -169,11 +171,12 @@ class BoundRunner:
             return binding.copy_outputs_to_cpu()[0]
         size = bucket_for(n, self.buckets)
         binding, inputs, out, options = self._bound[size]
-        for name, array in feeds.items():
-            inputs[name].update_inplace(pad_rows(array, size))
-        # The bucket's own options (its graph id); arena shrinking would free captured memory.
-        self.session.run_with_iobinding(binding, options)
-        return out.numpy()[:n]
+        with self._lock:  # one run per bucket at a time: its buffers are shared
+            for name, array in feeds.items():
+                inputs[name].update_inplace(pad_rows(array, size))
+            # The bucket's own options (its graph id); arena shrinking would free captured memory.
+            self.session.run_with_iobinding(binding, options)
+            return out.numpy()[:n].copy()
 
 
     def warm_up(self) -> None:
