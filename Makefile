@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scaling.py --out bench/results
 	$(BIN)/python bench/data_loader.py --out bench/results
 	$(BIN)/python bench/serving.py --out bench/results
+	$(BIN)/python bench/gpu_path.py --out bench/results
 	$(BIN)/python bench/inception.py --out bench/results
 	$(BIN)/python bench/quality.py --out bench/results/quality
 	$(BIN)/python bench/train_eval.py --out bench/results

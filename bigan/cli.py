@@ -139,7 +139,9 @@ def _serve(args: argparse.Namespace) -> int:
                           "pip install 'bigan[serve]' -c constraints.txt") from e
     try:
         engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                              max_queue=args.max_queue, provider=args.provider)
+                              max_queue=args.max_queue, provider=args.provider,
+                              cuda_graphs=args.cuda_graphs, trt=args.trt,
+                              **({"trt_cache_dir": args.trt_cache} if args.trt_cache else {}))
         cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
                           grpc_port=args.grpc_port,
                           workers=args.workers, max_images=args.max_images,
@@ -256,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server processes, or Ray Serve replicas with --ray (default 1)")
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
                    help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA provider: pad each batch to the next of a few fixed sizes and replay "
+                        "a captured CUDA graph per size (saves kernel launches at small batches)")
+    p.add_argument("--trt", action="store_true",
+                   help="try onnxruntime's TensorRT provider before CUDA, when it is installed; "
+                        "engines are cached (--trt-cache) so only the first start builds them")
+    p.add_argument("--trt-cache", default=None,
+                   help="directory of cached TensorRT engines (default ~/.cache/bigan/tensorrt)")
     p.add_argument("--name", default=None,
                    help="model name in URLs when one model is served (default: the file's stem)")
     p.add_argument("--cache-mb", type=float, default=64.0,

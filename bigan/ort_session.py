@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PROVIDERS = ("auto", "cuda", "cpu")  # what a user may ask for; auto = CUDA when a GPU is usable
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 class ModelFileError(RuntimeError):
@@ -49,11 +50,14 @@ def default_threads() -> int:
 
 
 def open_session(path: str | Path, provider: str = "auto", threads: int = 0,
-                 cuda_options: dict[str, str] | None = None) -> tuple[Any, str]:
+                 cuda_options: dict[str, str] | None = None,
+                 trt_options: dict[str, str] | None = None) -> tuple[Any, str]:
     """(onnxruntime.InferenceSession, name of the provider it runs on).
 
     provider: auto | cuda | cpu (PROVIDERS). threads: intra-op threads, 0 = `default_threads()`.
     cuda_options: CUDA provider options (the server bounds its arena; export turns TF32 off).
+    trt_options: with CUDA, also try TensorRT first with these options (the server's `--trt`);
+    a warning, not an error, where this onnxruntime has no TensorRT provider.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider={provider!r} must be one of {', '.join(PROVIDERS)}")
@@ -74,6 +78,12 @@ def open_session(path: str | Path, provider: str = "auto", threads: int = 0,
                                      "CUDA provider; install onnxruntime-gpu or use --provider cpu")
         else:
             providers.insert(0, (CUDA, dict(cuda_options or {})))
+            if trt_options is not None:
+                if TENSORRT in ort.get_available_providers():
+                    providers.insert(0, (TENSORRT, dict(trt_options)))
+                else:
+                    log.warning("TensorRT was asked for but this onnxruntime has no TensorRT "
+                                "provider; running on CUDA without it")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own types for corrupt or foreign files
@@ -81,7 +91,7 @@ def open_session(path: str | Path, provider: str = "auto", threads: int = 0,
                              f"{str(e).strip()[:300]}); is it an ONNX file written by "
                              "`bigan export`? Re-export it") from e
     used = session.get_providers()[0]
-    if want_cuda and used != CUDA:
+    if want_cuda and used not in (CUDA, TENSORRT):
         log.warning("CUDA provider failed to initialise (driver/CUDA libraries?); running on %s", used)
     return session, used
 

@@ -4,8 +4,9 @@
 batcher). v1 (`POST /v1/generate`) is the convenient API: a model (optional when there is one), a
 class (id or name), n images, a truncation psi (default: the model's recommended one) and a seed;
 image i uses seed + i, drawn exactly as `bigan sample` draws it, so the same (class, seed, psi)
-gives the same picture from the CLI, the server and the web page. `GET /v1/models` describes the
-models; `/healthz` says the process is up, `/readyz` that every model is loaded and batching;
+gives the same picture from the CLI, the server and the web page. `POST /v1/interpolate` draws
+the images between two seeds' latents (`serving.interpolation`). `GET /v1/models` describes the
+models; the page and a CDN-free /docs come from `serving.page`; `/healthz` says the process is up, `/readyz` that every model is loaded and batching;
 `/metrics` is Prometheus text. Bad input is answered with a 4xx and a message, a full queue with
 503 and Retry-After, never with a 5xx.
 """
@@ -19,15 +20,13 @@ import logging
 import math
 import secrets
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION
@@ -35,9 +34,11 @@ from serving import images as encode
 from serving.batcher import QueueFull
 from serving.cache import CachedResponse, CacheKey, ResponseCache
 from serving.engine import Engine
+from serving.interpolation import interpolation_steps, slerp
 from serving.kserve import add_kserve_routes
-from serving.middleware import BodyDeadline, BodyLimit, RequestMetrics
 from serving.metrics import ServingMetrics
+from serving.middleware import BodyDeadline, BodyLimit, RequestMetrics
+from serving.page import add_page_routes
 from serving.repository import ModelRepository, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer se
 CACHE_MB = 64.0  # response cache: ~500 PNG grids of 16 128-px images, small beside the model
 BODY_TIMEOUT_S = 30.0  # a whole request body must arrive within this (slow clients get 408)
 _SHOWN_CHARS = 80  # longer strings in error messages are cut: a 5,000-digit "class" is not echoed
-STATIC = Path(__file__).with_name("static")
 
 
 class GenerateRequest(BaseModel):
@@ -65,6 +65,23 @@ class GenerateRequest(BaseModel):
     format: Literal["png", "npy", "json"] = Field(
         "png", description="png: one grid PNG; npy: uint8 [n, H, W, C]; json: base64 PNGs + seeds")
     columns: int | None = Field(None, ge=1, description="grid width for png (default ~square)")
+
+
+class InterpolateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    model: str | None = Field(None, description="model name from /v1/models (default: the only "
+                                                "one)")
+    version: str | None = Field(None, description="model version (default: its highest)")
+    class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
+    seed_a: int = Field(ge=0, le=MAX_SEED, description="seed of the first image")
+    seed_b: int = Field(ge=0, le=MAX_SEED, description="seed of the last image")
+    steps: int = Field(8, ge=2, description="images from seed_a's to seed_b's, both included")
+    truncation: float | None = Field(
+        None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
+        description="truncation psi of both ends; omitted: the model's recommended psi; null: none")
+    format: Literal["png", "npy", "json"] = Field(
+        "png", description="png: one row; npy: uint8 [steps, H, W, C]; json: base64 PNGs + t")
 
 
 class BadRequest(ValueError):
@@ -113,7 +130,7 @@ def create_app(models: Engine | ModelRepository, max_images: int = 64,
 
     app = FastAPI(title="bigan generator", version="1",
                   description="Class-conditional images from exported bigan generators",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs: serving.page
     app.state.repository, app.state.metrics, app.state.cache = repo, metrics, cache
     app.state.engine = repo.engines()[0]  # the (first) model's engine, for a one-model server
 
@@ -180,6 +197,41 @@ def create_app(models: Engine | ModelRepository, max_images: int = 64,
             headers["X-Cache"] = "miss"
         return Response(answer.body, media_type=answer.media_type, headers=headers)
 
+    @app.post("/v1/interpolate", tags=["v1"], response_class=Response,
+              responses={200: {"content": {"image/png": {}, "application/octet-stream": {},
+                                           "application/json": {}}}})
+    async def interpolate(req: InterpolateRequest):
+        """`steps` images of one class along the slerp from seed_a's latent to seed_b's
+        (`serving.interpolation`): the ends are /v1/generate's images of those seeds."""
+        if req.model is None and len(repo.models) != 1:
+            raise BadRequest(f"this server holds {len(repo.models)} models "
+                             f"({', '.join(map(repr, sorted(repo.models)))}); name one in 'model'")
+        if req.steps > max_images:
+            raise BadRequest(f"steps={req.steps} is above this server's limit of {max_images} "
+                             "images")
+        with repo.use(req.model, req.version) as engine:
+            meta = engine.metadata
+            class_id = resolve_class(req.class_, meta.class_names)
+            psi = (req.truncation if "truncation" in req.model_fields_set
+                   else meta.recommended_truncation)
+            ends = await asyncio.to_thread(engine.latents, [req.seed_a, req.seed_b], psi)
+            t = interpolation_steps(req.steps)
+            z = slerp(ends[0], ends[1], t)
+            images = await engine.submit(z, np.full(req.steps, class_id, dtype=np.int64))
+        headers = {"X-Truncation": "none" if psi is None else repr(psi),
+                   "X-Class-Id": str(class_id)}
+        if req.format == "png":
+            return Response(encode.grid_png(images, req.steps), media_type="image/png",
+                            headers=headers)
+        if req.format == "npy":
+            return Response(encode.npy_bytes(images), media_type="application/octet-stream",
+                            headers=headers)
+        return JSONResponse({"model": engine.name, "class_id": class_id,
+                             "class_name": meta.class_names[class_id], "truncation": psi,
+                             "seeds": [req.seed_a, req.seed_b], "t": t.tolist(),
+                             "shape": list(images.shape), "images": encode.base64_pngs(images)},
+                            headers=headers)
+
     @app.get("/v1/models", tags=["v1"])
     def list_models():
         listed = []
@@ -211,11 +263,7 @@ def create_app(models: Engine | ModelRepository, max_images: int = 64,
 
     add_kserve_routes(app, repo, max_images)
 
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_page_routes(app)
     return app
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from bigan import ort_session, sampling
 from bigan.onnx_metadata import ModelMetadata
+from serving import gpu_path
 from serving.batcher import BatchHook, MicroBatcher
 from serving.metadata import resolve_model_path
 
@@ -39,7 +40,9 @@ PROVIDERS = ort_session.PROVIDERS
 # only adds latency: 5 ms cost one client 0.62-0.66x of in-process throughput against 0.84-0.90x
 # without, and 16 clients gained nothing from it (bench/serving.py). On a GPU, where a batch of 16
 # typically costs little more than one image, a few ms of waiting pays (not measured here).
-DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0}
+DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0,
+                   "TensorrtExecutionProvider": 5.0}
+TRT_CACHE_DIR = "~/.cache/bigan/tensorrt"  # TensorRT engines, one subdirectory per model file
 
 
 @dataclass
@@ -70,6 +73,10 @@ class EngineConfig:
     threads: int = 0             # onnxruntime intra-op threads; 0 = $OMP_NUM_THREADS, else all cores
     shrink_arena_every_s: float = 10.0  # give unused arena memory back at most this often (0: every
                                         # run, < 0: never); bounds RSS after bursts
+    cuda_graphs: bool = False    # CUDA provider: replay CUDA graphs over padded batch buckets
+                                 # (serving.gpu_path); arena shrinking is then off
+    trt: bool = False            # try the TensorRT provider before CUDA, when installed
+    trt_cache_dir: str = TRT_CACHE_DIR  # where TensorRT engines are cached between starts
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -93,8 +100,12 @@ class Engine:
         self.users = 0  # requests holding this engine (serving.repository drains on reload)
         with open(self.path, "rb") as f:  # keys the response cache: a new file, new images
             self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        self.session, self.provider = open_session(self.path, self.config)
+        self.session, self.provider = open_session(self.path, self.config, self.sha256)
         self.metadata: ModelMetadata = ort_session.read_metadata(self.session, self.path)
+        meta = self.metadata  # the GPU path: IO binding, CUDA graphs (None on CPU)
+        self.device_runner = gpu_path.device_runner(
+            self.session, self.provider, self.config,
+            (meta.resolution, meta.resolution, meta.channels))
         self._plain_run = ort_run_options(self.provider, shrink=False)
         self._shrink_run = ort_run_options(self.provider, shrink=True)
         self._last_shrink = time.monotonic()
@@ -118,6 +129,10 @@ class Engine:
         step, chunks = self.config.max_batch, []
         for i in range(0, len(y), step):
             last = i + step >= len(y)
+            if self.device_runner is not None:
+                chunks.append(self.device_runner.run(z[i:i + step], y[i:i + step],
+                                                     self._run_options(last)))
+                continue
             chunks.append(self.session.run(["images"], {"z": z[i:i + step], "y": y[i:i + step]},
                                            self._run_options(last))[0])
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
@@ -152,11 +167,22 @@ class Engine:
         return self.batcher.running
 
 
-def open_session(path: Path, config: EngineConfig):
+def open_session(path: Path, config: EngineConfig, sha256: str = ""):
     """(onnxruntime.InferenceSession, name of the provider it runs on), through the shared
-    `bigan.ort_session` with the server's CUDA arena bound. Raises ModelFileError naming the file."""
-    return ort_session.open_session(path, config.provider, config.threads,
-                                    cuda_options={"arena_extend_strategy": "kSameAsRequested"})
+    `bigan.ort_session` with the server's CUDA options (`serving.gpu_path`). With `config.trt` on
+    CUDA the file is opened a second time with TensorRT first: its optimisation profile and fp16
+    flag come from the metadata, which only an open session reads without the `onnx` package.
+    Raises ModelFileError naming the file."""
+    cuda = gpu_path.cuda_provider_options(config.cuda_graphs)
+    session, used = ort_session.open_session(path, config.provider, config.threads, cuda)
+    if not config.trt or used != ort_session.CUDA:
+        return session, used
+    meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
+    del session
+    cache = Path(config.trt_cache_dir).expanduser() / (sha256[:16] or path.stem)
+    trt = gpu_path.trt_provider_options(cache, meta.dim_z, config.max_batch,
+                                        meta.precision == "fp16", config.cuda_graphs)
+    return ort_session.open_session(path, config.provider, config.threads, cuda, trt)
 
 
 def ort_run_options(provider: str, shrink: bool):
@@ -165,6 +191,6 @@ def ort_run_options(provider: str, shrink: bool):
 
     options = ort.RunOptions()
     if shrink:
-        arenas = "cpu:0;gpu:0" if provider == "CUDAExecutionProvider" else "cpu:0"
+        arenas = "cpu:0" if provider == "CPUExecutionProvider" else "cpu:0;gpu:0"
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
     return options

@@ -1,6 +1,7 @@
 """The KServe v2 gRPC protocol (Triton's `inference.GRPCInferenceService`), so `tritonclient.grpc`
 works unchanged: live/ready, server and model metadata, model config, infer (raw tensor contents,
-as the client sends them, or typed contents), statistics and the repository extension.
+as the client sends them, or typed contents), the bidirectional ModelStreamInfer (the client's
+`start_stream` / `async_stream_infer`), statistics and the repository extension.
 
 `start_grpc(repo, port, max_images, cache)` runs a `grpc.aio` server on the event loop the HTTP app
 runs on (the app's lifespan starts and stops it), so both transports share the repository, its
@@ -15,6 +16,7 @@ the `grpc` extra (tritonclient, grpcio, protobuf); grpc and those are imported o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -128,25 +130,66 @@ def _service(grpc, json_format, config_pb2, pb2, pb2_grpc):
                 await context.abort(Code.NOT_FOUND, str(e))
             return pb2.RepositoryModelUnloadResponse()
 
+        async def _infer(self, request):
+            """The ModelInferResponse for `request`; raises UnknownModel, InferError, QueueFull."""
+            with self.repo.use(request.model_name, request.model_version or None) as engine:
+                z, y = read_inputs(*_as_v2_inputs(request), engine, self.max_images)
+                for out in request.outputs:
+                    if out.name != "images":
+                        raise InferError("the only output is 'images' (UINT8 [N, H, W, C])")
+                images = await engine.submit(z, y)
+            output = pb2.ModelInferResponse.InferOutputTensor(
+                name="images", datatype="UINT8", shape=list(images.shape))
+            return pb2.ModelInferResponse(model_name=engine.name, model_version=engine.version,
+                                          id=request.id, outputs=[output],
+                                          raw_output_contents=[images.tobytes()])
+
         async def ModelInfer(self, request, context):
             try:
-                with self.repo.use(request.model_name, request.model_version or None) as engine:
-                    z, y = read_inputs(*_as_v2_inputs(request), engine, self.max_images)
-                    for out in request.outputs:
-                        if out.name != "images":
-                            raise InferError("the only output is 'images' (UINT8 [N, H, W, C])")
-                    images = await engine.submit(z, y)
+                return await self._infer(request)
             except UnknownModel as e:
                 await context.abort(Code.NOT_FOUND, str(e))
             except InferError as e:
                 await context.abort(Code.INVALID_ARGUMENT, str(e))
             except QueueFull as e:
                 await context.abort(Code.UNAVAILABLE, str(e))
-            output = pb2.ModelInferResponse.InferOutputTensor(
-                name="images", datatype="UINT8", shape=list(images.shape))
-            return pb2.ModelInferResponse(model_name=engine.name, model_version=engine.version,
-                                          id=request.id, outputs=[output],
-                                          raw_output_contents=[images.tobytes()])
+
+        async def ModelStreamInfer(self, request_iterator, context):
+            """Triton's bidirectional stream: every request read is answered on the stream, in
+            the order the answers are ready (a client matches them by `id`); requests run
+            concurrently, so those of one stream share batches like separate calls do. A
+            failing request gets `error_message` (what the unary call's status would say) and
+            the stream goes on, as Triton does."""
+            answers: asyncio.Queue = asyncio.Queue()
+            running: set[asyncio.Task] = set()
+
+            async def answer(request):
+                try:
+                    await answers.put(pb2.ModelStreamInferResponse(
+                        infer_response=await self._infer(request)))
+                except (UnknownModel, InferError, QueueFull) as e:
+                    await answers.put(pb2.ModelStreamInferResponse(
+                        error_message=str(e), infer_response=pb2.ModelInferResponse(
+                            id=request.id, model_name=request.model_name)))
+
+            async def read():
+                try:
+                    async for request in request_iterator:
+                        task = asyncio.create_task(answer(request))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    await asyncio.gather(*running)
+                finally:
+                    await answers.put(None)  # the end of the stream, also after an error
+
+            reader = asyncio.create_task(read())
+            try:
+                while (item := await answers.get()) is not None:
+                    yield item
+                await reader  # raises what reading raised
+            finally:
+                for task in (reader, *running):
+                    task.cancel()
 
     return Service
 

@@ -51,3 +51,19 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
         assert all(h == 0 for h in rates) if r["cache"] == "off" else all(0 < h <= 1 for h in rates)
     assert len(cache["speedup_per_round"]["16"]) == 2 and cache["speedup_median"]["1"] > 0
     assert "cache on / off images/s, 16 client(s)" in out.stdout
+
+
+def test_gpu_path_bench_times_every_variant(tiny_onnx, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_path.py"), "--model", str(tiny_onnx),
+         "--batches", "1,3", "--rounds", "2", "--reps", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_path.json").read_text())
+    assert report["buckets"] == [1, 2, 3]
+    variants = {"plain", "bound", "padded"} | ({"graphs"} if "CUDA" in report["provider"] else set())
+    assert set(report["median_ms"]) == variants
+    for per_batch in report["all_ms"].values():
+        assert sorted(per_batch) == ["1", "3"] and all(len(v) == 2 for v in per_batch.values())
+        assert all(t > 0 for v in per_batch.values() for t in v)
+    assert "x plain" in out.stdout

@@ -1,7 +1,8 @@
 """serving.grpc_service: the KServe v2 gRPC protocol through the real `tritonclient.grpc`, against
 a server holding two models (the service runs in the app's lifespan, over the same engines as
 HTTP): health, metadata, config, infer with raw and typed contents equal to HTTP's answers, the
-same limits with errors as gRPC status codes, statistics and the repository extension."""
+same limits with errors as gRPC status codes, the bidirectional stream, statistics and the
+repository extension."""
 
 from __future__ import annotations
 
@@ -126,6 +127,42 @@ def test_typed_contents_are_read_too(servers):
     response = grpc._client_stub.ModelInfer(request)
     assert list(response.outputs[0].shape) == [1, 32, 32, 3]
     assert len(response.raw_output_contents[0]) == 32 * 32 * 3
+
+
+def test_the_stream_answers_every_request_and_reports_errors_in_band(servers):
+    """tritonclient.grpc's stream API (start_stream / async_stream_infer): each answer equals the
+    unary call's, a bad request gets an error on the stream and the requests after it still run."""
+    import queue
+
+    from bigan import sampling
+
+    _, grpc = servers
+    answers: queue.Queue = queue.Queue()
+    grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = {}
+    for k in range(4):
+        z = sampling.latents([10 * k, 10 * k + 1], 16, 0.8)
+        y = np.array([k % 4, (k + 1) % 4], np.int64)
+        sent[f"s-{k}"] = grpc.infer("a", _inputs(z, y)).as_numpy("images")
+        grpc.async_stream_infer("a", _inputs(z, y), request_id=f"s-{k}")
+        if k == 1:  # a class the model does not have, then an unknown model
+            grpc.async_stream_infer("a", _inputs(z, np.array([0, 9], np.int64)),
+                                    request_id="bad-class")
+            grpc.async_stream_infer("c", _inputs(z, y), request_id="bad-model")
+    grpc.stop_stream()  # closes the request side, waits for the answers
+    results, errors = {}, []
+    while not answers.empty():
+        result, error = answers.get()
+        if error is not None:
+            errors.append(error.message())
+        else:
+            results[result.get_response().id] = result.as_numpy("images")
+    assert sorted(results) == sorted(sent)
+    for request_id, images in results.items():
+        np.testing.assert_array_equal(images, sent[request_id])
+    assert len(errors) == 2
+    assert any("must lie in 0..3" in e for e in errors)
+    assert any("unknown model 'c'" in e for e in errors)
 
 
 def test_statistics_and_the_repository_extension(servers):
