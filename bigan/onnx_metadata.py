@@ -25,7 +25,7 @@ from typing import Any
 
 FORMAT = "bigan-onnx"
 VERSION = 1
-FAMILIES = ("biggan", "dcgan", "progan")
+FAMILIES = ("biggan", "biggan-deep", "dcgan", "progan")
 PRECISIONS = ("fp32", "fp16")
 OUTPUT_LAYOUT = "uint8 NHWC"
 INPUT_NAMES = ("z", "y")
@@ -45,7 +45,7 @@ class MetadataError(ValueError):
 
 @dataclass
 class ModelMetadata:
-    family: str                     # generator architecture: biggan | dcgan | progan
+    family: str                     # generator architecture: biggan | biggan-deep | dcgan | progan
     class_names: list[str]          # name of class id k at index k
     num_classes: int                # number of classes; y must lie in 0..num_classes-1
     dim_z: int                      # latent size (second dimension of input z)
