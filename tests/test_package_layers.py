@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
      "bigan.sampling", "bigan.pictures", "bigan.onnx_metadata", "bigan.ort_session"},
     {"bigan.models", "bigan.data"},
     {"bigan.checkpoint", "bigan.generation"},
-    {"bigan.train", "bigan.export"},
+    {"bigan.train", "bigan.export", "bigan.imports"},
     {"bigan.eval"},
     {"bigan.cli", "launch", "serving"},
 ]

@@ -13,7 +13,7 @@ parameters (paper: 50.4M / 34.6M; tests/test_biggan_deep.py).
 
 Two fields let the same code hold the TF-Hub BigGAN-deep weights converted by huggingface
 (`bigan.imports.hf_biggan`): `cfg.psi_stats` keeps G's batch-norm statistics as one set per
-truncation psi on an even grid over [0, 1], picked by a per-sample psi (`TruncationBatchNorm2d`),
+truncation psi on an even grid over [0, 1], mixed by each sample's psi (`TruncationBatchNorm2d`),
 and `cfg.out_conv_channels` lets the output conv have more channels than the image (TF-Hub: ch),
 of which the first `img_channels` are the image.
 """
@@ -38,36 +38,42 @@ def _check_resolution(cfg: ModelConfig) -> None:
                          f"use one of {', '.join(map(str, BIGGAN_G_WIDTHS))}")
 
 
-def interpolate_psi_stats(stats: Tensor, psi: Tensor) -> Tensor:
-    """Per-sample batch-norm statistics for truncation psi from a table over an even psi grid.
+def psi_stat_weights(psi: Tensor, sets: int) -> Tensor:
+    """Per-sample weights [N, S] over a table of S batch-norm statistic sets, row k measured at
+    psi_k = k / (S - 1), such that `weights @ table` is each sample's statistics for its psi.
 
-    stats: [S, C], row k holding the statistics measured at psi_k = k / (S - 1); psi: [N] -> [N, C].
     With t = psi (S - 1), i = floor(t), c = t - i (pytorch-pretrained-BigGAN `BigGANBatchNorm`,
     the TF-Hub BigGAN-deep conversion, reproduced as it is so that its weights give its images):
 
         stats(psi) = c * stats[i] + (1 - c) * stats[i + 1]   if c != 0,   stats[i] if c == 0.
 
     Note the weights: the fraction c goes to the lower grid point, so the result jumps at every
-    grid point (just above psi_i it is stats[i + 1], at psi_i it is stats[i]). psi is clamped to
-    [0, 1] first: psi > 1 (or no truncation) uses the psi = 1 set.
+    grid point (just above psi_i it is ~stats[i + 1], at psi_i it is stats[i]). psi is clamped to
+    [0, 1] first: psi > 1 (or no truncation) uses the psi = 1 set. psi: [N] -> [N, S].
     """
-    steps = stats.shape[0] - 1
-    t = psi.to(stats.dtype).clamp(0.0, 1.0) / (1.0 / steps)  # as the package: psi / step_size
+    steps = sets - 1
+    t = psi.clamp(0.0, 1.0) / (1.0 / steps)  # as the package: psi / step_size
     lower = t.floor()
     c = (t - lower)[:, None]
     i = lower.long().clamp(0, steps)
-    j = (i + 1).clamp(max=steps)
-    mixed = stats[i] * c + stats[j] * (1 - c)
-    return torch.where(c != 0, mixed, stats[i])
+    at_i = F.one_hot(i, sets).to(psi.dtype)
+    at_j = F.one_hot((i + 1).clamp(max=steps), sets).to(psi.dtype)
+    return torch.where(c != 0, c * at_i + (1 - c) * at_j, at_i)
+
+
+def interpolate_psi_stats(stats: Tensor, psi: Tensor) -> Tensor:
+    """stats: [S, C] table over the psi grid, psi: [N] -> [N, C] (`psi_stat_weights`)."""
+    return psi_stat_weights(psi.to(stats.dtype), stats.shape[0]) @ stats
 
 
 class TruncationBatchNorm2d(nn.Module):
     """Batch norm over [N, C, H, W] (optionally affine) with either one set of running statistics
     (`psi_stats == 0`: exactly nn.BatchNorm2d, kept under `.norm`) or `psi_stats` sets, one per
-    truncation psi on an even grid over [0, 1] (`running_means`, `running_vars`: [S, C]), chosen
-    per sample by `interpolate_psi_stats` in eval mode. Trained with psi sets it normalises by the
-    batch's own statistics and leaves the table as it is (the table comes from imported weights).
-    forward(x: [N, C, H, W], psi: [N] or None (= 1)) -> [N, C, H, W]."""
+    truncation psi on an even grid over [0, 1] (`running_means`, `running_vars`: [S, C]), mixed
+    per sample in eval mode by `weights` [N, S] (`psi_stat_weights`, computed once per forward by
+    G; None = the psi = 1 set). Trained with psi sets it normalises by the batch's own statistics
+    and leaves the table as it is (the table comes from imported weights).
+    forward(x: [N, C, H, W], weights: [N, S] or None) -> [N, C, H, W]."""
 
     def __init__(self, num_features: int, psi_stats: int, eps: float, affine: bool):
         super().__init__()
@@ -80,15 +86,16 @@ class TruncationBatchNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
-    def forward(self, x: Tensor, psi: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor | None) -> Tensor:
         if self.psi_stats == 0:
             return self.norm(x)
         if self.training:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        if psi is None:
-            psi = x.new_ones(x.shape[0])
-        mean = interpolate_psi_stats(self.running_means, psi)[:, :, None, None]
-        var = interpolate_psi_stats(self.running_vars, psi)[:, :, None, None]
+        if weights is None:
+            mean, var = self.running_means[-1:, :, None, None], self.running_vars[-1:, :, None, None]
+        else:
+            mean = (weights @ self.running_means)[:, :, None, None]
+            var = (weights @ self.running_vars)[:, :, None, None]
         out = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
             out = out * self.weight[:, None, None] + self.bias[:, None, None]
@@ -97,7 +104,7 @@ class TruncationBatchNorm2d(nn.Module):
 
 class DeepConditionalBatchNorm2d(nn.Module):
     """out = BN(x) * (1 + W_g c) + W_b c (BigGAN-PyTorch `ccbn`) over a `TruncationBatchNorm2d`.
-    x: [N, C, H, W], c: [N, cond_dim], psi: [N] or None -> [N, C, H, W]."""
+    x: [N, C, H, W], c: [N, cond_dim], w: statistic weights [N, S] or None -> [N, C, H, W]."""
 
     def __init__(self, num_features: int, cond_dim: int, cfg: ModelConfig):
         super().__init__()
@@ -106,9 +113,9 @@ class DeepConditionalBatchNorm2d(nn.Module):
         self.gain = snlinear(cond_dim, num_features, bias=False, **sn)
         self.bias = snlinear(cond_dim, num_features, bias=False, **sn)
 
-    def forward(self, x: Tensor, c: Tensor, psi: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, w: Tensor | None) -> Tensor:
         gain = 1 + self.gain(c)[:, :, None, None]
-        return self.bn(x, psi) * gain + self.bias(c)[:, :, None, None]
+        return self.bn(x, w) * gain + self.bias(c)[:, :, None, None]
 
 
 class GBlock(nn.Module):
@@ -135,11 +142,11 @@ class GBlock(nn.Module):
     def _up(self, x: Tensor) -> Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="nearest") if self.upsample else x
 
-    def forward(self, x: Tensor, c: Tensor, psi: Tensor | None) -> Tensor:
-        h = self.conv1(F.relu(self.bn1(x, c, psi)))
-        h = self.conv2(self._up(F.relu(self.bn2(h, c, psi))))
-        h = self.conv3(F.relu(self.bn3(h, c, psi)))
-        h = self.conv4(F.relu(self.bn4(h, c, psi)))
+    def forward(self, x: Tensor, c: Tensor, w: Tensor | None) -> Tensor:
+        h = self.conv1(F.relu(self.bn1(x, c, w)))
+        h = self.conv2(self._up(F.relu(self.bn2(h, c, w))))
+        h = self.conv3(F.relu(self.bn3(h, c, w)))
+        h = self.conv4(F.relu(self.bn4(h, c, w)))
         return h + self._up(x[:, :self.out_ch])
 
 
@@ -192,12 +199,15 @@ class Generator(nn.Module):
         if z.shape[1] != self.dim_z:
             raise ValueError(f"G expects z of shape [N, {self.dim_z}], got {list(z.shape)}")
         c = torch.cat([self.class_vector(y), z], dim=1)
+        # Computed once here rather than in each of the 4 * blocks + 1 batch norms.
+        w = None if psi is None or not self.psi_stats else psi_stat_weights(
+            psi.to(z.dtype), self.psi_stats)
         h = self.linear(c).view(z.shape[0], -1, BOTTOM, BOTTOM)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, psi)
+            h = block(h, c, w)
             if i in self.attn_after:
                 h = self.attention[self.attn_after[i]](h)
-        h = self.out_conv(F.relu(self.out_bn(h, psi)))[:, :self.img_channels]
+        h = self.out_conv(F.relu(self.out_bn(h, w)))[:, :self.img_channels]
         return torch.tanh(h)
 
 
