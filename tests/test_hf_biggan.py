@@ -1,8 +1,9 @@
 """huggingface pytorch-pretrained-BigGAN import (`bigan.imports.hf_biggan`): a model built by the
 package itself (from a BigGANConfig, random weights and random per-psi batch-norm statistics,
 saved as it publishes them) gives the same images after import, in PyTorch and after ONNX export
-with the psi input, at several psi and with mixed psi in one batch (max abs error <= 1e-4, fp32);
-and each kind of mismatched file is refused naming what is wrong."""
+with the psi input (tests/test_hf_biggan_serving.py, which serves that export), at several psi and
+with mixed psi in one batch (max abs error <= 1e-4, fp32); and each kind of mismatched file is
+refused naming what is wrong."""
 
 from __future__ import annotations
 
@@ -95,27 +96,6 @@ def test_imported_generator_draws_the_packages_images(hf):
                                    rtol=0, atol=1e-4)
 
 
-def test_onnx_psi_input_matches_the_package_at_several_psi(hf, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from bigan.export.onnx import export_onnx, make_session
-
-    model, _, step = hf
-    report = export_onnx(step, tmp_path / "deep.onnx", parity_batch=5)
-    assert report.metadata.psi_input and max(report.max_abs_error.values()) <= 1e-4
-    session = make_session(report.path)
-    assert [(i.name, i.type) for i in session.get_inputs()][2] == ("psi", "tensor(float)")
-    z, y = inputs()
-    errors = {}
-    for psi in [*PSIS, "mixed"]:
-        column = np.array([0.37, 1.0, 0.61, 0.83] if psi == "mixed" else [psi] * 4, np.float32)
-        (got,) = session.run(["images_float"], {"z": z.numpy(), "y": y.numpy(), "psi": column})
-        want = torch.cat([reference(model, z[i:i + 1], y[i:i + 1], float(column[i]))
-                          for i in range(4)])
-        errors[psi] = float(np.abs(got - want.numpy()).max())
-        torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-4)
-    print("onnxruntime vs pytorch-pretrained-BigGAN, max abs error by psi:", errors)
-
-
 def test_metadata_of_files_without_psi_input_reads_as_false():
     from bigan.onnx_metadata import ModelMetadata
 
@@ -194,6 +174,7 @@ def test_files_that_are_not_state_dicts(saved, tmp_path, raw, match):
 @pytest.mark.parametrize("change, match", [
     ({"n_stats": None}, "has no 'n_stats'"),
     ({"output_dim": 32}, "output_dim=32 has no BigGAN-deep layout"),
+    ({"output_dim": 64}, "output_dim=64 has no BigGAN-deep layout"),
     ({"layers": [[False, 16, 16]]}, "is not the BigGAN-deep layout at 128 px"),
     ({"attention_layer_position": 3}, "attention_layer_position=3 must be an even block index"),
     ({"n_stats": 1}, "model.psi_stats=1 is invalid")])

@@ -85,10 +85,12 @@ def model_config(hf: dict[str, Any], path: Path) -> ModelConfig:
         raise HFImportError(f"{path}: output_dim={res!r} is not a BigGAN-deep resolution "
                             f"({', '.join(map(str, BIGGAN_G_WIDTHS))})")
     widths = BIGGAN_G_WIDTHS[res]
-    if widths[0] != 16:  # the package's gen_z always outputs 4 x 4 x 16 * channel_width
+    if (widths[0], widths[-1]) != (16, 1):
+        # The package's gen_z always outputs 4 x 4 x 16 * channel_width, its output batch norm
+        # always has channel_width channels: only 128, 256 and 512 px fit (TF-Hub's three).
         raise HFImportError(f"{path}: output_dim={res} has no BigGAN-deep layout in "
-                            "pytorch-pretrained-BigGAN (its first block takes 16 * channel_width "
-                            f"channels; BigGAN's {res} px one takes {widths[0]} * ch)")
+                            "pytorch-pretrained-BigGAN (its blocks go from 16 to 1 times "
+                            f"channel_width; BigGAN's {res} px ones from {widths[0]} to {widths[-1]})")
     expected = [tuple(x) for i in range(len(widths) - 1)
                 for x in ((False, widths[i], widths[i]), (True, widths[i], widths[i + 1]))]
     found = [tuple(x) if isinstance(x, (list, tuple)) else x for x in hf["layers"]]
