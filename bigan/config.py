@@ -394,7 +394,8 @@ class Config:
         gaussian = self.data.source.startswith("gaussian")
         _require(gaussian == (self.model.arch == "mlp"), "model.arch", self.model.arch,
                  f"data.source={self.data.source!r} needs "
-                 + ("arch 'mlp'" if gaussian else "an image arch (biggan, biggan-deep, dcgan or progan)"))
+                 + ("arch 'mlp'" if gaussian
+                    else "an image arch (biggan, biggan-deep, dcgan or progan)"))
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
         self.eval.check_against(self.model, self.data)

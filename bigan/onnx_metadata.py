@@ -9,11 +9,11 @@ so it must import neither torch nor onnx (standard library only).
 Graph signature (fixed for `version` 1):
   inputs   z             float32 [N, dim_z]           latents, e.g. `bigan.sampling.latents(seeds, dim_z, psi)`
            y             int64   [N]                  class ids in 0..num_classes-1
-           psi           float32 [N]                  only when `psi_input`: each sample's truncation,
-                                                      which picks the batch-norm statistics inside
-                                                      the graph (models whose statistics depend on
-                                                      psi, e.g. TF-Hub BigGAN-deep); pass the psi
-                                                      its z was drawn with (1.0 for none)
+           psi           float32 [N]                  only when `psi_input`: each sample's
+                                                      truncation, which picks the batch-norm
+                                                      statistics inside the graph (TF-Hub
+                                                      BigGAN-deep); the psi its z was drawn
+                                                      with (1.0 for none)
   outputs  images        uint8   [N, res, res, C]     NHWC, clamp(floor((x + 1) * 127.5 + 0.5), 0, 255)
            images_float  float32 [N, C, res, res]     NCHW, G's output x in [-1, 1]
 N is dynamic. Inputs and outputs are float32/int64/uint8 whatever `precision` the weights have.
@@ -136,7 +136,7 @@ class ModelMetadata:
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in _OPTIONAL and f.name not in props:
-                continue  # added later within version 1, with a default that keeps old files' meaning
+                continue  # added within version 1; its default keeps older files' meaning
             if f.name not in props:
                 raise MetadataError(f"ONNX metadata is missing the key {f.name!r}; re-export the "
                                     "model with `bigan export`")

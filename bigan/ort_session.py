@@ -174,7 +174,7 @@ def run_inputs(meta: ModelMetadata, z: Any, y: Any, psi: Any = None) -> dict[str
 
 
 def psi_column(psi: Any, n: int) -> Any:
-    """float32 [n]: each row's truncation psi (None = 1.0: no truncation, the psi = 1 statistics)."""
+    """float32 [n]: each row's truncation psi (None = 1.0: no truncation, the psi = 1 set)."""
     import numpy as np
 
     if psi is None:

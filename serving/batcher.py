@@ -60,7 +60,7 @@ def retry_after_s(queued_images: int, seconds_per_image: float | None) -> int:
 class _Job:
     z: np.ndarray                      # float32 [n, dim_z]
     y: np.ndarray                      # int64 [n]
-    psi: np.ndarray | None             # float32 [n]: each row's truncation (graphs with a psi input)
+    psi: np.ndarray | None             # float32 [n]: each row's truncation (psi-input graphs)
     future: asyncio.Future = field(repr=False)
     queued_at: float = field(default_factory=time.perf_counter)  # when submit queued it
 

@@ -112,7 +112,8 @@ class Engine:
         """float32 [len(seeds), dim_z]: row i from its own generator seeded with seeds[i]."""
         return sampling.latents(seeds, self.metadata.dim_z, psi)
 
-    def run(self, z: np.ndarray, y: np.ndarray, psi: np.ndarray | float | None = None) -> np.ndarray:
+    def run(self, z: np.ndarray, y: np.ndarray,
+            psi: np.ndarray | float | None = None) -> np.ndarray:
         """uint8 NHWC images for z float32 [N, dim_z], y int64 [N] (psi: the truncation each row
         was drawn with, used by graphs with a psi input); runs in chunks of max_batch.
         Blocking: call it from a worker thread (the batcher does)."""

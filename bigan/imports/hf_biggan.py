@@ -11,7 +11,8 @@ take like a training run. What the package's layout needs, and how it is carried
   u^T W v is unchanged by a permutation of W's columns applied to v as well);
 - the embedding is a bias-free `Linear(num_classes, z_dim)` over one-hot vectors: its transpose
   is the `shared` embedding table (shared_dim = z_dim);
-- `gen_z`'s output is read as [N, 4, 4, C] (TF layout): its rows (and u) are permuted to [N, C, 4, 4];
+- `gen_z`'s output is read as [N, 4, 4, C] (TF layout): its rows (and u) are permuted to
+  [N, C, 4, 4];
 - `weight_orig` / `weight_u` / `weight_v` (the old `nn.utils.spectral_norm`) become the
   parametrization's `original` / `_u` / `_v`: in eval mode both compute W / (u^T W v);
 - the batch-norm statistics, one set per truncation value (`n_stats`), stay as they are
@@ -36,8 +37,8 @@ from torch import Tensor
 from bigan.config import BIGGAN_G_WIDTHS, Config, ConfigError, DataConfig, ModelConfig, dump_config
 
 WEIGHTS, CONFIG = "pytorch_model.bin", "config.json"
-_SN = {"weight_orig": "parametrizations.weight.original", "weight_u": "parametrizations.weight.0._u",
-       "weight_v": "parametrizations.weight.0._v"}
+_SN = {"weight_orig": "parametrizations.weight.original",
+       "weight_u": "parametrizations.weight.0._u", "weight_v": "parametrizations.weight.0._v"}
 _ATTENTION = {"snconv1x1_theta": "theta", "snconv1x1_phi": "phi", "snconv1x1_g": "g",
               "snconv1x1_o_conv": "o"}
 
@@ -90,7 +91,8 @@ def model_config(hf: dict[str, Any], path: Path) -> ModelConfig:
         # always has channel_width channels: only 128, 256 and 512 px fit (TF-Hub's three).
         raise HFImportError(f"{path}: output_dim={res} has no BigGAN-deep layout in "
                             "pytorch-pretrained-BigGAN (its blocks go from 16 to 1 times "
-                            f"channel_width; BigGAN's {res} px ones from {widths[0]} to {widths[-1]})")
+                            f"channel_width; BigGAN's {res} px ones from {widths[0]} to "
+                            f"{widths[-1]})")
     expected = [tuple(x) for i in range(len(widths) - 1)
                 for x in ((False, widths[i], widths[i]), (True, widths[i], widths[i + 1]))]
     found = [tuple(x) if isinstance(x, (list, tuple)) else x for x in hf["layers"]]

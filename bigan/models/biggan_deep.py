@@ -92,7 +92,8 @@ class TruncationBatchNorm2d(nn.Module):
         if self.training:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if weights is None:
-            mean, var = self.running_means[-1:, :, None, None], self.running_vars[-1:, :, None, None]
+            mean = self.running_means[-1:, :, None, None]
+            var = self.running_vars[-1:, :, None, None]
         else:
             mean = (weights @ self.running_means)[:, :, None, None]
             var = (weights @ self.running_vars)[:, :, None, None]
