@@ -70,15 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         meta = read_metadata(session, path)
         shape = (meta.resolution, meta.resolution, meta.channels)
         buckets = batch_buckets(max_batch)
+        bound, padded = BoundRunner(session, device), BoundRunner(session, device, buckets, shape)
         variants = {"plain": lambda z, y: session.run(["images"], {"z": z, "y": y})[0],
-                    "bound": BoundRunner(session, device).run,
-                    "padded": BoundRunner(session, device, buckets, shape).run}
+                    "bound": lambda z, y: bound.run({"z": z, "y": y}),
+                    "padded": lambda z, y: padded.run({"z": z, "y": y})}
         if cuda:
             graph_session, _ = open_session(path, "cuda",
                                             cuda_options=cuda_provider_options(cuda_graphs=True))
             graphs = BoundRunner(graph_session, "cuda", buckets, shape, graphs=True)
             graphs.warm_up()
-            variants["graphs"] = graphs.run
+            variants["graphs"] = lambda z, y: graphs.run({"z": z, "y": y})
         results = {name: {b: [] for b in batches} for name in variants}
         for b in batches:
             z = sampling.latents(range(b), meta.dim_z, 1.0)

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted field."""
 
 
-ARCHS = ("biggan", "dcgan", "mlp", "progan")
+ARCHS = ("biggan", "biggan-deep", "dcgan", "mlp", "progan")
 LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
 PRECISIONS = ("fp32", "bf16")
@@ -79,20 +79,22 @@ def _positive(name: str, value: float, zero_ok: bool = False) -> None:
 
 @dataclass
 class ModelConfig:
-    arch: str = "biggan"  # biggan | dcgan | mlp | progan
-    resolution: int = 32  # output side in pixels (biggan: 32, 64, 128, 256, 512; progan: final phase, 4..1024)
+    arch: str = "biggan"  # biggan | biggan-deep | dcgan | mlp | progan
+    resolution: int = 32  # output side in pixels (biggan, biggan-deep: 32, 64, 128, 256, 512; progan: final phase, 4..1024)
     img_channels: int = 3  # image channels; the mlp pair uses data_dim instead
     num_classes: int = 10  # class-conditional on this many classes (1 = unconditional)
-    dim_z: int = 120  # latent size; biggan splits it across the G blocks (hierarchical z)
-    shared_dim: int = 128  # biggan: shared class-embedding size (0 = one per block); progan: embedding joined to z (0 = one-hot)
+    dim_z: int = 120  # latent size; biggan splits it across the G blocks (hierarchical z), biggan-deep feeds it whole to every block (paper: 128)
+    shared_dim: int = 128  # biggan, biggan-deep: shared class-embedding size (0 = one-hot class vector, one embedding per block); progan: embedding joined to z (0 = one-hot)
     ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
     d_ch: int = 96  # D base width
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
-    hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block)
+    hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block); biggan-deep always feeds all of z
     spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
-    bn_eps: float = 1e-5  # epsilon of G's (conditional) batch norm
+    bn_eps: float = 1e-5  # epsilon of G's (conditional) batch norm (TF-Hub BigGAN-deep: 1e-4)
     out_bn_eps: float = 0.0  # biggan: epsilon of G's output batch norm (0 = bn_eps); BigGAN-PyTorch fixes it at 1e-5 whatever its BN_eps, so `bigan import` sets it
+    psi_stats: int = 0  # biggan-deep: G's batch-norm statistics kept as this many sets, one per truncation psi on an even grid over [0, 1], picked by each sample's psi (0 = one running set, as training makes; TF-Hub BigGAN-deep: 51)
+    out_conv_channels: int = 0  # biggan-deep: channels of G's output conv, the first img_channels being the image (0 = img_channels; TF-Hub BigGAN-deep: ch)
     data_dim: int = 2  # mlp: dimension of the data points
     mlp_hidden: int = 256  # mlp: hidden width of G and D
     mlp_layers: int = 3  # mlp: hidden layers of G and D
@@ -103,7 +105,7 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         _one_of(f"{prefix}.arch", self.arch, ARCHS)
-        if self.arch == "biggan":
+        if self.arch in ("biggan", "biggan-deep"):
             _one_of(f"{prefix}.resolution", self.resolution, BIGGAN_RESOLUTIONS)
         elif self.arch == "dcgan":
             _one_of(f"{prefix}.resolution", self.resolution, DCGAN_RESOLUTIONS)
@@ -124,10 +126,24 @@ class ModelConfig:
         for r in self.attention:
             _require(isinstance(r, int) and r >= 8 and r & (r - 1) == 0, f"{prefix}.attention",
                      self.attention, "each entry must be a power-of-two resolution >= 8")
+        if self.arch == "biggan-deep":
+            self._validate_deep(prefix)
         if self.arch == "biggan" and self.hier:
             n_blocks = {32: 3, 64: 4, 128: 5, 256: 6, 512: 7}[self.resolution]
             _require(self.dim_z >= n_blocks + 1, f"{prefix}.dim_z", self.dim_z,
                      f"hierarchical z at {self.resolution}px needs dim_z >= {n_blocks + 1}")
+
+    def _validate_deep(self, prefix: str) -> None:
+        # Bottlenecks run at a quarter of the narrowest width (G: ch, D: d_ch; 4 * d_ch at 32 px).
+        _require(self.ch >= 4, f"{prefix}.ch", self.ch, "biggan-deep needs ch >= 4 (its "
+                 "bottleneck blocks work at ch / 4 channels)")
+        _require(self.d_ch >= 4 or self.resolution == 32, f"{prefix}.d_ch", self.d_ch,
+                 "biggan-deep needs d_ch >= 4 (its bottleneck blocks work at d_ch / 4 channels)")
+        _require(self.psi_stats == 0 or self.psi_stats >= 2, f"{prefix}.psi_stats",
+                 self.psi_stats, "must be 0 (one set) or >= 2 (sets at psi = 0 and 1 at least)")
+        _require(self.out_conv_channels == 0 or self.out_conv_channels >= self.img_channels,
+                 f"{prefix}.out_conv_channels", self.out_conv_channels,
+                 f"must be 0 or >= model.img_channels ({self.img_channels})")
 
 
 @dataclass
@@ -389,7 +405,8 @@ class Config:
         gaussian = self.data.source.startswith("gaussian")
         _require(gaussian == (self.model.arch == "mlp"), "model.arch", self.model.arch,
                  f"data.source={self.data.source!r} needs "
-                 + ("arch 'mlp'" if gaussian else "an image arch (biggan, dcgan or progan)"))
+                 + ("arch 'mlp'" if gaussian
+                    else "an image arch (biggan, biggan-deep, dcgan or progan)"))
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
         self.eval.check_against(self.model, self.data)

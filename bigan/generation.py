@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from bigan import pictures, sampling
-from bigan.ort_session import ModelFileError, open_model
+from bigan.ort_session import ModelFileError, open_model, psi_column, run_inputs
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class ImageSampler:
     """Draws float32 NCHW images in [-1, 1] (2-D points [N, 2] for a point generator);
-    subclasses implement `_images(z, y)`."""
+    subclasses implement `_images(z, y, psi)`."""
 
     kind: str  # "torch" | "checkpoint" | "onnx"
     path: Path | None
@@ -47,7 +47,9 @@ class ImageSampler:
         return {"path": str(self.path), "kind": self.kind, "classes": self.num_classes,
                 "dim_z": self.dim_z, "resolution": self.resolution}
 
-    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
+        """psi: the truncation z was drawn with; only generators whose batch-norm statistics
+        depend on it (imported TF-Hub BigGAN-deep) use it."""
         raise NotImplementedError
 
     def images(self, classes: Sequence[int], seeds: Sequence[int], psi: float | None = None,
@@ -59,16 +61,17 @@ class ImageSampler:
         outs = []
         for i in range(0, len(y), batch_size):
             z = sampling.latents(list(seeds[i:i + batch_size]), self.dim_z, psi)
-            outs.append(self._images(z, y[i:i + batch_size]))
+            outs.append(self._images(z, y[i:i + batch_size], psi))
             if progress is not None:
                 progress(len(z))
         if outs:
             return np.concatenate(outs)
         return np.zeros((0, 3, self.resolution or 1, self.resolution or 1), np.float32)
 
-    def images_from_latents(self, z: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-        """float32 [N, C, R, R] for explicit latents (interpolation paths)."""
-        return self._images(np.asarray(z, np.float32), np.asarray(classes, dtype=np.int64))
+    def images_from_latents(self, z: np.ndarray, classes: Sequence[int],
+                            psi: float | None = None) -> np.ndarray:
+        """float32 [N, C, R, R] for explicit latents (interpolation paths) drawn at psi."""
+        return self._images(np.asarray(z, np.float32), np.asarray(classes, dtype=np.int64), psi)
 
     def class_grid(self, classes: Sequence[int], per_class: int, seed: int,
                    psi: float | None = None) -> np.ndarray:
@@ -96,14 +99,17 @@ class TorchSampler(ImageSampler):
         res = getattr(G, "resolution", None)
         self.resolution = None if res is None else int(res)
 
-    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
         torch, G = self._torch, self.G
         device = next(G.parameters()).device
         was_training = G.training
         G.eval()
         try:
             with torch.no_grad():
-                out = G(torch.from_numpy(z).to(device), torch.from_numpy(y).to(device))
+                args = [torch.from_numpy(z).to(device), torch.from_numpy(y).to(device)]
+                if getattr(G, "psi_stats", 0) > 0:
+                    args.append(torch.from_numpy(psi_column(psi, len(y))).to(device))
+                out = G(*args)
         finally:
             G.train(was_training)
         return out.float().cpu().numpy()
@@ -124,8 +130,8 @@ class OnnxSampler(ImageSampler):
         return {**super().describe(), "training_step": self.meta.training_step,
                 "recommended_truncation": self.meta.recommended_truncation}
 
-    def _images(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(["images_float"], {"z": z, "y": y})
+    def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
+        (out,) = self.session.run(["images_float"], run_inputs(self.meta, z, y, psi))
         return out
 
 

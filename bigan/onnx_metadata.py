@@ -9,6 +9,11 @@ so it must import neither torch nor onnx (standard library only).
 Graph signature (fixed for `version` 1):
   inputs   z             float32 [N, dim_z]           latents, e.g. `bigan.sampling.latents(seeds, dim_z, psi)`
            y             int64   [N]                  class ids in 0..num_classes-1
+           psi           float32 [N]                  only when `psi_input`: each sample's
+                                                      truncation, which picks the batch-norm
+                                                      statistics inside the graph (TF-Hub
+                                                      BigGAN-deep); the psi its z was drawn
+                                                      with (1.0 for none)
   outputs  images        uint8   [N, res, res, C]     NHWC, clamp(floor((x + 1) * 127.5 + 0.5), 0, 255)
            images_float  float32 [N, C, res, res]     NCHW, G's output x in [-1, 1]
 N is dynamic. Inputs and outputs are float32/int64/uint8 whatever `precision` the weights have.
@@ -25,10 +30,11 @@ from typing import Any
 
 FORMAT = "bigan-onnx"
 VERSION = 1
-FAMILIES = ("biggan", "dcgan", "progan")
+FAMILIES = ("biggan", "biggan-deep", "dcgan", "progan")
 PRECISIONS = ("fp32", "fp16")
 OUTPUT_LAYOUT = "uint8 NHWC"
 INPUT_NAMES = ("z", "y")
+PSI_INPUT = "psi"  # the third input of graphs with `psi_input`
 OUTPUT_NAMES = ("images", "images_float")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # The truncation psi a server accepts in a request, and so the range a file's recommended psi
@@ -45,7 +51,7 @@ class MetadataError(ValueError):
 
 @dataclass
 class ModelMetadata:
-    family: str                     # generator architecture: biggan | dcgan | progan
+    family: str                     # generator architecture: biggan | biggan-deep | dcgan | progan
     class_names: list[str]          # name of class id k at index k
     num_classes: int                # number of classes; y must lie in 0..num_classes-1
     dim_z: int                      # latent size (second dimension of input z)
@@ -56,6 +62,8 @@ class ModelMetadata:
     recommended_truncation: float | None = 1.0  # psi for `latents` in [MIN_TRUNCATION,
                                                 # MAX_TRUNCATION]; None = no truncation
     precision: str = "fp32"         # weights and compute inside the graph: fp32 | fp16
+    psi_input: bool = False         # the graph takes input `psi` float32 [N] (truncation-dependent
+                                    # batch-norm statistics); absent from files written before it
     exported_at: str = field(       # UTC time of the export, ISO 8601
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     output: str = OUTPUT_LAYOUT     # layout of the `images` output
@@ -96,6 +104,8 @@ class ModelMetadata:
                                 or not MIN_TRUNCATION <= psi <= MAX_TRUNCATION):
             _bad("recommended_truncation", psi, f"must be a number in [{MIN_TRUNCATION}, "
                  f"{MAX_TRUNCATION}] (the psi a request may ask for) or null")
+        if not isinstance(self.psi_input, bool):
+            _bad("psi_input", self.psi_input, "must be true or false")
         if self.precision not in PRECISIONS:
             _bad("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         if self.output != OUTPUT_LAYOUT:
@@ -125,6 +135,8 @@ class ModelMetadata:
                                 "`bigan export` (or its metadata was stripped); re-export it")
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name in _OPTIONAL and f.name not in props:
+                continue  # added within version 1; its default keeps older files' meaning
             if f.name not in props:
                 raise MetadataError(f"ONNX metadata is missing the key {f.name!r}; re-export the "
                                     "model with `bigan export`")
@@ -143,6 +155,7 @@ class ModelMetadata:
 
 
 _STRING_FIELDS = {f.name for f in fields(ModelMetadata) if f.type == "str"}
+_OPTIONAL = {"psi_input"}
 
 
 def _is_int(value: Any) -> bool:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bigan.onnx_metadata import INPUT_NAMES, MetadataError, ModelMetadata
+from bigan.onnx_metadata import INPUT_NAMES, PSI_INPUT, MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,17 @@ def _check_signature(session: Any, meta: ModelMetadata, path: Path) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     expected_in = {"z": ("tensor(float)", [None, meta.dim_z]), "y": ("tensor(int64)", [None])}
+    names = list(INPUT_NAMES)
+    if meta.psi_input:
+        expected_in[PSI_INPUT] = ("tensor(float)", [None])
+        names.append(PSI_INPUT)
     expected_out = {"images": ("tensor(uint8)",
                                [None, meta.resolution, meta.resolution, meta.channels]),
                     "images_float": ("tensor(float)",
                                      [None, meta.channels, meta.resolution, meta.resolution])}
-    if set(inputs) != set(INPUT_NAMES):
+    if set(inputs) != set(names):
         raise ModelFileError(f"{path}: graph inputs are {sorted(inputs)}, the metadata contract "
-                             f"needs {list(INPUT_NAMES)}; re-export the model with `bigan export`")
+                             f"needs {names}; re-export the model with `bigan export`")
     for kind, found, expected in (("input", inputs, expected_in), ("output", outputs, expected_out)):
         for name, (dtype, shape) in expected.items():
             if name not in found:
@@ -154,8 +158,11 @@ def _check_classes(session: Any, meta: ModelMetadata, path: Path) -> None:
 
     z = np.zeros((1, meta.dim_z), np.float32)
     y = np.array([meta.num_classes - 1], np.int64)
+    feed = {"z": z, "y": y}
+    if meta.psi_input:
+        feed[PSI_INPUT] = np.ones(1, np.float32)
     try:
-        (images,) = session.run(["images"], {"z": z, "y": y})
+        (images,) = session.run(["images"], feed)
     except Exception as e:  # onnxruntime's own error types
         raise ModelFileError(
             f"{path}: the metadata names {meta.num_classes} classes but the graph cannot draw "
@@ -165,6 +172,25 @@ def _check_classes(session: Any, meta: ModelMetadata, path: Path) -> None:
     if tuple(images.shape) != expected:
         raise ModelFileError(f"{path}: the graph drew an image of shape {list(images.shape)}, the "
                              f"metadata says {list(expected)}; re-export the model")
+
+
+def run_inputs(meta: ModelMetadata, z: Any, y: Any, psi: Any = None) -> dict[str, Any]:
+    """The feed of one run: z float32 [N, dim_z], y int64 [N], and for graphs with `psi_input`
+    psi float32 [N] from `psi` (a number, None = 1.0, or one value per row)."""
+    feed = {"z": z, "y": y}
+    if meta.psi_input:
+        feed[PSI_INPUT] = psi_column(psi, len(y))
+    return feed
+
+
+def psi_column(psi: Any, n: int) -> Any:
+    """float32 [n]: each row's truncation psi (None = 1.0: no truncation, the psi = 1 set)."""
+    import numpy as np
+
+    if psi is None:
+        return np.ones(n, np.float32)
+    column = np.asarray(psi, np.float32)
+    return np.full(n, column, np.float32) if column.ndim == 0 else column
 
 
 def _shape_matches(actual: list, expected: list) -> bool:

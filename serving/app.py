@@ -188,7 +188,7 @@ def create_app(models: Engine | ModelRepository, max_images: int = 64,
                 return Response(hit.body, media_type=hit.media_type,
                                 headers={**hit.headers, "X-Cache": "hit"})
         z = await asyncio.to_thread(engine.latents, seeds, psi)  # small psi resamples a while
-        images = await engine.submit(z, np.full(req.n, class_id, dtype=np.int64))
+        images = await engine.submit(z, np.full(req.n, class_id, dtype=np.int64), psi)
         answer = encode_answer(req, images, engine.name, class_id, meta.class_names[class_id],
                                seed, seeds, psi)
         headers = dict(answer.headers)

@@ -30,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# run(z, y) -> images, or run(z, y, psi) for requests that carry psi (graphs with a psi input).
+RunFn = Callable[..., np.ndarray]
 BatchHook = Callable[[int, float], None]  # (images in the batch, seconds the run took)
 
 
@@ -59,6 +60,7 @@ def retry_after_s(queued_images: int, seconds_per_image: float | None) -> int:
 class _Job:
     z: np.ndarray                      # float32 [n, dim_z]
     y: np.ndarray                      # int64 [n]
+    psi: np.ndarray | None             # float32 [n]: each row's truncation (psi-input graphs)
     future: asyncio.Future = field(repr=False)
     queued_at: float = field(default_factory=time.perf_counter)  # when submit queued it
 
@@ -67,7 +69,9 @@ class _Job:
 
 
 class MicroBatcher:
-    """Merges `submit(z, y)` calls into runs of `run(z, y) -> images` of at most `max_batch` rows."""
+    """Merges `submit(z, y, psi)` calls into runs of `run(z, y, psi) -> images` of at most
+    `max_batch` rows; psi (one value per row, or None) travels with its rows, so requests batched
+    together keep their own truncation."""
 
     def __init__(self, run: RunFn, max_batch: int, max_wait_ms: float, max_queue: int,
                  on_batch: BatchHook | None = None):
@@ -120,14 +124,15 @@ class MicroBatcher:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
 
-    async def submit(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """uint8 images for latents z [n, dim_z] and classes y [n], computed in some batch."""
+    async def submit(self, z: np.ndarray, y: np.ndarray,
+                     psi: np.ndarray | None = None) -> np.ndarray:
+        """uint8 images for latents z [n, dim_z], classes y [n] (and psi [n]), in some batch."""
         # Hosts that skip the ASGI lifespan, or run each request on a fresh loop, start it here.
         await self.start()
         if len(self._jobs) >= self.max_queue:
             images = self.queued_images
             raise QueueFull(len(self._jobs), retry_after_s(images, self.seconds_per_image), images)
-        job = _Job(z, y, asyncio.get_running_loop().create_future())
+        job = _Job(z, y, psi, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._arrived.set()
         return await job.future
@@ -174,9 +179,10 @@ class MicroBatcher:
         self.queue_seconds += sum(now - job.queued_at for job in batch)
         z = np.concatenate([job.z for job in batch])
         y = np.concatenate([job.y for job in batch])
+        psi = None if batch[0].psi is None else np.concatenate([job.psi for job in batch])
         self._running_images = len(y)
         try:
-            images = await self._timed_run(z, y)
+            images = await self._timed_run(z, y, psi)
         except Exception as e:
             if len(batch) == 1:  # the request learns why; the loop keeps serving
                 if not batch[0].future.done():
@@ -187,7 +193,7 @@ class MicroBatcher:
                 if job.future.done():
                     continue
                 try:
-                    job.future.set_result(await self._timed_run(job.z, job.y))
+                    job.future.set_result(await self._timed_run(job.z, job.y, job.psi))
                 except Exception as alone:
                     job.future.set_exception(alone)
             return
@@ -199,10 +205,12 @@ class MicroBatcher:
                 job.future.set_result(images[offset:offset + len(job)])
             offset += len(job)
 
-    async def _timed_run(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    async def _timed_run(self, z: np.ndarray, y: np.ndarray,
+                         psi: np.ndarray | None) -> np.ndarray:
         """`run` in a worker thread; a successful run updates the rate and calls on_batch."""
         start = time.perf_counter()
-        images = await asyncio.to_thread(self._run, z, y)
+        args = (z, y) if psi is None else (z, y, psi)
+        images = await asyncio.to_thread(self._run, *args)
         seconds = time.perf_counter() - start
         per_image = seconds / max(len(y), 1)
         # Moving average: follows a change of load in ~10 runs, ignores one slow run.

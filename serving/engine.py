@@ -123,18 +123,22 @@ class Engine:
         """float32 [len(seeds), dim_z]: row i from its own generator seeded with seeds[i]."""
         return sampling.latents(seeds, self.metadata.dim_z, psi)
 
-    def run(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """uint8 NHWC images for z float32 [N, dim_z], y int64 [N]; runs in chunks of max_batch.
+    def run(self, z: np.ndarray, y: np.ndarray,
+            psi: np.ndarray | float | None = None) -> np.ndarray:
+        """uint8 NHWC images for z float32 [N, dim_z], y int64 [N] (psi: the truncation each row
+        was drawn with, used by graphs with a psi input); runs in chunks of max_batch.
         Blocking: call it from a worker thread (the batcher does)."""
         step, chunks = self.config.max_batch, []
+        psi = ort_session.psi_column(psi, len(y)) if self.metadata.psi_input else None
         for i in range(0, len(y), step):
             last = i + step >= len(y)
+            rows = slice(i, i + step)
+            feed = ort_session.run_inputs(self.metadata, z[rows], y[rows],
+                                          None if psi is None else psi[rows])
             if self.device_runner is not None:
-                chunks.append(self.device_runner.run(z[i:i + step], y[i:i + step],
-                                                     self._run_options(last)))
-                continue
-            chunks.append(self.session.run(["images"], {"z": z[i:i + step], "y": y[i:i + step]},
-                                           self._run_options(last))[0])
+                chunks.append(self.device_runner.run(feed, self._run_options(last)))
+            else:
+                chunks.append(self.session.run(["images"], feed, self._run_options(last))[0])
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _run_options(self, last_chunk: bool):
@@ -145,11 +149,13 @@ class Engine:
             return self._shrink_run
         return self._plain_run
 
-    async def submit(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """`run` through the micro-batcher (merged with concurrent requests)."""
+    async def submit(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
+        """`run` through the micro-batcher (merged with concurrent requests); psi: the request's
+        truncation (None: none), kept with its rows when the graph takes a psi input."""
         start = time.perf_counter()
+        column = ort_session.psi_column(psi, len(y)) if self.metadata.psi_input else None
         try:
-            images = await self.batcher.submit(z, y)
+            images = await self.batcher.submit(z, y, column)
         except Exception:
             self.stats.note(False, time.perf_counter() - start)
             raise

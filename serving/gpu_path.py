@@ -111,7 +111,7 @@ def input_types(session: Any) -> dict[str, type]:
 
 
 class BoundRunner:
-    """`run(z, y) -> uint8 images` through IO binding on `device` ("cuda", or "cpu" in tests).
+    """`run(feed) -> uint8 images` through IO binding on `device` ("cuda", or "cpu" in tests).
 
     buckets: None runs each batch at its own size; a tuple pads it to the next bucket and runs
     a binding made once per bucket, with preallocated inputs and output whose addresses never
@@ -154,13 +154,11 @@ class BoundRunner:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return binding, inputs, out, options
 
-    def feeds(self, z: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        return {"z": np.ascontiguousarray(z, self.types["z"]),
-                "y": np.ascontiguousarray(y, self.types["y"])}
-
-    def run(self, z: np.ndarray, y: np.ndarray, run_options: Any = None) -> np.ndarray:
-        n = len(y)
-        feeds = self.feeds(z, y)
+    def run(self, feed: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
+        """uint8 images for one feed (z, y and, for graphs with a psi input, psi: the same
+        dict `session.run` takes), each input cast to the graph's own type."""
+        feeds = {name: np.ascontiguousarray(a, self.types[name]) for name, a in feed.items()}
+        n = len(feeds["y"])
         if self.buckets is None:
             binding = self.session.io_binding()
             for name, array in feeds.items():
@@ -178,15 +176,15 @@ class BoundRunner:
             self.session.run_with_iobinding(binding, options)
             return out.numpy()[:n].copy()
 
-
     def warm_up(self) -> None:
         """Run every bucket twice with padding rows only: onnxruntime allocates on a graph id's
         first run and captures on the next, which would otherwise fall on the first requests."""
-        dim_z = next(arg.shape[1] for arg in self.session.get_inputs() if arg.name == "z")
         for size in self.buckets or ():
-            z, y = np.zeros((size, dim_z), np.float32), np.zeros(size, np.int64)
+            # Zeros are valid rows of every input: latents, class 0, psi 0 (the first stats set).
+            feed = {arg.name: np.zeros([size, *arg.shape[1:]], self.types[arg.name])
+                    for arg in self.session.get_inputs()}
             for _ in range(2):
-                self.run(z, y)
+                self.run(feed)
 
 
 def device_runner(session: Any, provider: str, config: Any,

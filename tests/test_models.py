@@ -25,6 +25,10 @@ CASES = {
     "biggan-32-no-sn-1-class-gray": ModelConfig(
         arch="biggan", resolution=32, spectral_norm=False, img_channels=1,
         **{**TINY, "num_classes": 1}),
+    "biggan-deep-32": ModelConfig(arch="biggan-deep", resolution=32, **TINY),
+    "biggan-deep-64-psi-stats-wide-out-conv-one-hot": ModelConfig(
+        arch="biggan-deep", resolution=64, psi_stats=5, out_conv_channels=8,
+        **{**TINY, "shared_dim": 0}),
     "dcgan-32": ModelConfig(arch="dcgan", resolution=32, **TINY),
     "dcgan-64-no-sn": ModelConfig(arch="dcgan", resolution=64, spectral_norm=False, **TINY),
     "mlp": ModelConfig(arch="mlp", num_classes=4, dim_z=8, mlp_hidden=16, mlp_layers=2),

@@ -144,7 +144,7 @@ def test_malformed_json_gets_422(client):
 
 
 def test_a_full_queue_answers_503_with_retry_after(client, monkeypatch):
-    async def full(z, y):
+    async def full(z, y, psi=None):
         raise QueueFull(64, retry_after_s=2)
 
     monkeypatch.setattr(client.app.state.engine, "submit", full)

@@ -64,9 +64,9 @@ def test_padded_and_bound_runs_give_the_unpadded_images(tiny_onnx):
     for n, first_seed in ((3, 0), (8, 10), (1, 20), (2, 30), (5, 40), (3, 50)):
         z, y = _inputs(n, first_seed=first_seed)
         (plain,) = session.run(["images"], {"z": z, "y": y})
-        np.testing.assert_array_equal(bound.run(z, y), plain)
+        np.testing.assert_array_equal(bound.run({"z": z, "y": y}), plain)
         # The bucket's buffers keep the rows of earlier, larger batches; they must not leak.
-        out = padded.run(z, y)
+        out = padded.run({"z": z, "y": y})
         assert out.shape == (n, 32, 32, 3) and out.dtype == np.uint8
         np.testing.assert_array_equal(out, plain)
 
@@ -96,7 +96,7 @@ def test_an_fp16_model_is_served_through_padded_buckets(fp16_onnx, tiny_onnx):
     padded = BoundRunner(session, "cpu", buckets=batch_buckets(8), image_shape=(32, 32, 3))
     z, y = _inputs(5)
     (plain,) = session.run(["images"], {"z": z, "y": y})
-    np.testing.assert_array_equal(padded.run(z, y), plain)
+    np.testing.assert_array_equal(padded.run({"z": z, "y": y}), plain)
     fp32 = _session(tiny_onnx).run(["images"], {"z": z, "y": y})[0]
     assert np.abs(plain.astype(int) - fp32.astype(int)).max() <= 8  # fp16 weights, same images
 
@@ -138,7 +138,7 @@ def test_float16_inputs_are_cast(tmp_path):
     expected = np.array([[6, 13, 21, 31], [2, 4, 42, 77]], np.uint8).reshape(2, 1, 1, 4)
     for runner in (BoundRunner(session, "cpu"),
                    BoundRunner(session, "cpu", buckets=(1, 4), image_shape=(1, 1, 4))):
-        np.testing.assert_array_equal(runner.run(z, y), expected)
+        np.testing.assert_array_equal(runner.run({"z": z, "y": y}), expected)
 
 
 def test_provider_options():

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 from bigan import ort_session, sampling
 from bigan.config import ModelConfig
-from bigan.onnx_metadata import FAMILIES, INPUT_NAMES, OUTPUT_NAMES, ModelMetadata
+from bigan.onnx_metadata import FAMILIES, INPUT_NAMES, OUTPUT_NAMES, PSI_INPUT, ModelMetadata
 from bigan.ort_session import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ FP16_TOLERANCE = 1e-2
 INLINE_LIMIT_BYTES = 1536 * 2**20
 # torch.export specialises dimensions of size 0 and 1, so trace with 2 to keep N symbolic.
 _TRACE_BATCH = 2
+# Per-sample psi of the parity check for graphs with a psi input: between grid points of a
+# 51-set table (where the lookup is continuous) and at 1 (the end set).
+PARITY_PSI = (0.37, 0.61, 0.83, 1.0, 0.13)
 
 
 class ExportError(RuntimeError):
@@ -86,7 +89,8 @@ class ExportReport:
 
 
 class ServingGenerator(nn.Module):
-    """What the ONNX graph computes: forward(z: float32 [N, dim_z], y: int64 [N]) ->
+    """What the ONNX graph computes: forward(z: float32 [N, dim_z], y: int64 [N], psi: float32 [N]
+    only for generators with truncation-dependent statistics (`G.psi_stats`)) ->
     (images: uint8 [N, res, res, C] NHWC in 0..255, images_float: float32 [N, C, res, res] NCHW
     in [-1, 1]).
 
@@ -101,8 +105,11 @@ class ServingGenerator(nn.Module):
         self.G = G
         self.compute_dtype = next(G.parameters()).dtype
 
-    def forward(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.G(z.to(self.compute_dtype), y).float()
+    def forward(self, z: Tensor, y: Tensor, psi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if psi is None:
+            x = self.G(z.to(self.compute_dtype), y).float()
+        else:
+            x = self.G(z.to(self.compute_dtype), y, psi.to(self.compute_dtype)).float()
         images = ((x + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).floor().to(torch.uint8)
         return images.permute(0, 2, 3, 1), x
 
@@ -165,13 +172,14 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         family=model_cfg.arch, class_names=list(class_names), num_classes=model_cfg.num_classes,
         dim_z=model_cfg.dim_z, resolution=model_cfg.resolution, channels=model_cfg.img_channels,
         training_step=int(manifest["step"]),
-        source_checkpoint_sha256=w.source_sha256, precision=precision)
+        source_checkpoint_sha256=w.source_sha256, precision=precision,
+        psi_input=has_psi_input(G))
 
     plain = fold_spectral_norm(G, model_cfg)
     if fp16:
         plain = plain.half()
     log.info("exporting %s (%s, step %d) to ONNX", found, precision, meta.training_step)
-    program = _to_onnx(ServingGenerator(plain), model_cfg.dim_z, opset)
+    program = _to_onnx(ServingGenerator(plain), model_cfg.dim_z, opset, meta.psi_input)
     program.model.metadata_props.update(meta.to_props())
     onnx_opset = program.model.opset_imports[""]
 
@@ -209,6 +217,11 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         tolerance=tol, seconds=time.perf_counter() - start, metadata=meta)
 
 
+def has_psi_input(G: nn.Module) -> bool:
+    """Whether G's batch-norm statistics depend on psi, so its graph takes a psi input."""
+    return getattr(G, "psi_stats", 0) > 0
+
+
 def _require_final_phase(G: nn.Module, model_cfg: ModelConfig, found: Path) -> None:
     """A ProGAN generator is exported at its final phase only (model.resolution, alpha 1): the
     phase travels in its state dict, and an earlier one would leave the higher blocks untrained."""
@@ -229,16 +242,20 @@ def check_parity(onnx_path: str | Path, G: nn.Module, num_classes: int, batches:
     session = make_session(onnx_path)
     provider = session.get_providers()[0]
     reference = ServingGenerator(G).eval()
+    with_psi = has_psi_input(G)
     max_levels = int(tol * 127.5) + 1
     errors, diffs = {}, {}
     for n in batches:
         # Seeds and classes as the server draws them; untruncated z exercises the widest range.
         z = sampling.latents(range(n), G.dim_z)
         y = (np.arange(n) % num_classes).astype(np.int64)
+        feed = {"z": z, "y": y}
+        if with_psi:
+            feed[PSI_INPUT] = np.resize(np.asarray(PARITY_PSI, np.float32), n)
         with torch.no_grad():
-            ref_images, ref_float = (t.numpy() for t in reference(torch.from_numpy(z),
-                                                                   torch.from_numpy(y)))
-        images, images_float = session.run(list(OUTPUT_NAMES), {"z": z, "y": y})
+            ref_images, ref_float = (t.numpy() for t in reference(
+                *(torch.from_numpy(feed[k]) for k in feed)))
+        images, images_float = session.run(list(OUTPUT_NAMES), feed)
         if images.shape != ref_images.shape or images_float.shape != ref_float.shape:
             raise ExportError(f"onnxruntime returned shapes {images.shape}, {images_float.shape} "
                               f"at batch {n}, PyTorch {ref_images.shape}, {ref_float.shape}: the "
@@ -270,17 +287,23 @@ def make_session(onnx_path: str | Path):
     return session
 
 
-def _to_onnx(model: nn.Module, dim_z: int, opset: int | None):
-    """The torch.onnx.ONNXProgram of `model` with named inputs/outputs and a dynamic batch axis."""
+def _to_onnx(model: nn.Module, dim_z: int, opset: int | None, psi_input: bool = False):
+    """The torch.onnx.ONNXProgram of `model` with named inputs/outputs and a dynamic batch axis;
+    with `psi_input` the graph also takes psi float32 [N]."""
     z = torch.zeros(_TRACE_BATCH, dim_z)
     y = torch.zeros(_TRACE_BATCH, dtype=torch.long)
     batch = torch.export.Dim("batch", min=1)
+    args, names, dynamic = (z, y), list(INPUT_NAMES), {"z": {0: batch}, "y": {0: batch}}
+    if psi_input:
+        args += (torch.full((_TRACE_BATCH,), 0.5),)
+        names.append(PSI_INPUT)
+        dynamic["psi"] = {0: batch}
     try:
         with _quiet_exporter():
             return torch.onnx.export(
-                model.eval(), (z, y), None, dynamo=True, external_data=False, verbose=False,
-                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                opset_version=opset, dynamic_shapes={"z": {0: batch}, "y": {0: batch}})
+                model.eval(), args, None, dynamo=True, external_data=False, verbose=False,
+                input_names=names, output_names=list(OUTPUT_NAMES),
+                opset_version=opset, dynamic_shapes=dynamic)
     except Exception as e:
         hint = f" Try another --opset (got {opset})." if opset is not None else ""
         raise ExportError(f"torch.onnx could not export the generator: {type(e).__name__}: "

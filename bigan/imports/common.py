@@ -51,8 +51,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():  # e.g. "invalid load key": damaged
-            raise ImportFileError(f"{path} is not a readable PyTorch file ({e})") from e
+        # Only "Unsupported global" means a pickled class or function; random or damaged bytes
+        # fail weights-only loading too ("Unsupported operand", "invalid load key").
+        if "unsupported global" not in str(e).lower():
+            raise ImportFileError(f"{path} is not a readable PyTorch file "
+                                  f"({_unpickler_reason(e)})") from e
         raise ImportFileError(
             f"{path} needs pickled code to load ({_unpickler_reason(e)}); bigan never runs code "
             "from a weights file: pass a file holding only a state dict (e.g. G_ema.pth, not "

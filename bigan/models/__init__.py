@@ -14,13 +14,17 @@ from typing import Callable
 from torch import nn
 
 from bigan.config import ModelConfig
-from bigan.models import biggan, dcgan, mlp, progan
+from bigan.models import biggan, biggan_deep, dcgan, mlp, progan
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
 
 
 def build_biggan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     return biggan.Generator(cfg), biggan.Discriminator(cfg)
+
+
+def build_biggan_deep(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    return biggan_deep.Generator(cfg), biggan_deep.Discriminator(cfg)
 
 
 def build_dcgan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
@@ -38,6 +42,7 @@ def build_progan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
 
 MODELS: dict[str, Builder] = {
     "biggan": build_biggan,
+    "biggan-deep": build_biggan_deep,
     "dcgan": build_dcgan,
     "mlp": build_mlp,
     "progan": build_progan,
