@@ -91,7 +91,8 @@ def trt_provider_options(cache_dir: str | Path, dim_z: int, max_batch: int, fp16
     fp16 model, and TensorRT's own CUDA graphs with --cuda-graphs (the CUDA provider's capture
     needs every node on CUDA)."""
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return {"trt_cuda_graph_enable": "True" if cuda_graphs else "False","trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
+    return {"trt_cuda_graph_enable": "True" if cuda_graphs else "False",
+            "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir),
             "trt_fp16_enable": "True" if fp16 else "False",
             "trt_profile_min_shapes": f"z:1x{dim_z},y:1",

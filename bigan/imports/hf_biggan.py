@@ -100,7 +100,8 @@ def model_config(hf: dict[str, Any], path: Path) -> ModelConfig:
     position = hf["attention_layer_position"]
     if not isinstance(position, int) or position % 2 or not 2 <= position < len(expected):
         raise ImportFileError(f"{path}: attention_layer_position={position!r} must be an even "
-                              f"block index in 2..{len(expected) - 2} (attention after a pair of blocks)")
+                              f"block index in 2..{len(expected) - 2} (attention after a pair of "
+                              "blocks)")
     try:
         cfg = ModelConfig(
             arch="biggan-deep", resolution=res, num_classes=hf["num_classes"], dim_z=hf["z_dim"],
