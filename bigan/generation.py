@@ -176,7 +176,7 @@ def ema_generator(w: "Weights") -> tuple["nn.Module", list[str]]:
     if "G_ema" not in w.models:
         raise CheckpointError(f"{w.path} holds no EMA generator weights (G_ema)")
     cfg = config_from_dict(w.manifest["config"])
-    G, _ = models.build(cfg.model)
+    G = models.build_generator(cfg.model)
     G.load_state_dict(w.models["G_ema"])
     names = w.manifest.get("class_names") or [str(k) for k in range(cfg.model.num_classes)]
     return G.eval().requires_grad_(False), names

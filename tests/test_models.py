@@ -58,6 +58,15 @@ def build(cfg: ModelConfig, seed: int = 0):
     return models.build(cfg)
 
 
+def test_build_generator_builds_the_same_G_without_D(cfg):
+    G, _ = build(cfg)
+    torch.manual_seed(0)
+    alone = models.build_generator(cfg)
+    assert type(alone) is type(G)
+    for (name, a), (_, b) in zip(G.state_dict().items(), alone.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 def inputs(cfg: ModelConfig, n: int = 4, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, cfg.dim_z, generator=gen)

@@ -138,7 +138,7 @@ def fold_spectral_norm(G: nn.Module, model_cfg: ModelConfig) -> nn.Module:
     finally:
         G.train(was_training)
     with torch.random.fork_rng(devices=[]):
-        plain, _ = models.build(dataclasses.replace(model_cfg, spectral_norm=False))
+        plain = models.build_generator(dataclasses.replace(model_cfg, spectral_norm=False))
     plain.load_state_dict(state, strict=True)
     device = next(G.parameters()).device
     return plain.to(device).eval().requires_grad_(False)

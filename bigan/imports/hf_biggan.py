@@ -183,7 +183,7 @@ def convert_state_dict(state: dict[str, Tensor], cfg: ModelConfig, path: Path) -
     from bigan import models
 
     with torch.random.fork_rng(devices=[]):
-        G, _ = models.build(cfg)
+        G = models.build_generator(cfg)
     ours = G.state_dict()
     mapping = key_map(cfg)
     mapped = {dst for _, dst, _ in mapping}

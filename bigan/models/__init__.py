@@ -1,4 +1,4 @@
-"""Model registry: `MODELS[arch](cfg) -> (G, D)` and `build(cfg)`.
+"""Model registry: `MODELS[arch]` (the module), `build(cfg) -> (G, D)` and `build_generator(cfg)`.
 
 Every pair honours one contract, which the trainer, the sampler and the ONNX exporter rely on:
 `G(z: float [N, dim_z], y: long [N])` returns images [N, img_channels, res, res] in [-1, 1] (the
@@ -9,49 +9,37 @@ losses, devices, processes or files.
 
 from __future__ import annotations
 
-from typing import Callable
+from types import ModuleType
 
 from torch import nn
 
 from bigan.config import ModelConfig
 from bigan.models import biggan, biggan_deep, dcgan, mlp, progan
 
-Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
-
-
-def build_biggan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    return biggan.Generator(cfg), biggan.Discriminator(cfg)
-
-
-def build_biggan_deep(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    return biggan_deep.Generator(cfg), biggan_deep.Discriminator(cfg)
-
-
-def build_dcgan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    return dcgan.Generator(cfg), dcgan.Discriminator(cfg)
-
-
-def build_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    return mlp.Generator(cfg), mlp.Discriminator(cfg)
-
-
-def build_progan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    """At the final phase (model.resolution, alpha 1); the trainer moves both with set_phase."""
-    return progan.Generator(cfg), progan.Discriminator(cfg)
-
-
-MODELS: dict[str, Builder] = {
-    "biggan": build_biggan,
-    "biggan-deep": build_biggan_deep,
-    "dcgan": build_dcgan,
-    "mlp": build_mlp,
-    "progan": build_progan,
+# arch -> the module holding its Generator and Discriminator classes (both take a ModelConfig).
+MODELS: dict[str, ModuleType] = {
+    "biggan": biggan,
+    "biggan-deep": biggan_deep,
+    "dcgan": dcgan,
+    "mlp": mlp,
+    "progan": progan,  # built at the final phase (model.resolution, alpha 1); see set_phase
 }
+
+
+def _module(cfg: ModelConfig) -> ModuleType:
+    module = MODELS.get(cfg.arch)
+    if module is None:
+        raise ValueError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(MODELS)}")
+    return module
 
 
 def build(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build the (G, D) pair for `cfg.arch`, freshly initialised from torch's global RNG."""
-    builder = MODELS.get(cfg.arch)
-    if builder is None:
-        raise ValueError(f"unknown model arch {cfg.arch!r}; choose one of {', '.join(MODELS)}")
-    return builder(cfg)
+    module = _module(cfg)
+    return module.Generator(cfg), module.Discriminator(cfg)
+
+
+def build_generator(cfg: ModelConfig) -> nn.Module:
+    """G alone, for loading weights into (sampling, export, import): D of a released 128 px
+    BigGAN is another 88M parameters nobody reads. The same G as build()'s for the same RNG."""
+    return _module(cfg).Generator(cfg)
