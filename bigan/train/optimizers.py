@@ -41,11 +41,12 @@ def apply_settings(opt_G, opt_D, optim: OptimConfig) -> None:
     the checkpoint), with its step counts where a fused step needs them (on the parameter's device)."""
     for opt, lr in ((opt_G, optim.g_lr), (opt_D, optim.d_lr)):
         built = {k: v for k, v in getattr(opt, "defaults", {}).items() if k in ("foreach", "fused")}
+        states = getattr(opt, "state", {})  # DeepSpeed's engines keep theirs inside
         for group in opt.param_groups:
             group.update(lr=lr, betas=tuple(optim.betas), eps=optim.eps, **built)
             if group.get("fused") or group.get("capturable"):
                 for p in group["params"]:
-                    state = opt.state.get(p, {})
+                    state = states.get(p, {})
                     if torch.is_tensor(state.get("step")):
                         state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
