@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["parts"][name] = {"ok": False, "skipped": "the time budget ran out"}
                 print(f"  {name}: skipped (budget spent)", flush=True)
                 continue
-            part = run_part(cmd, min(timeout, left), env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
+            threads = os.environ.get("OMP_NUM_THREADS", "4")  # CPU work beside the GPU's
+            part = run_part(cmd, min(timeout, left), env={"OMP_NUM_THREADS": threads})
             if name == "gpu_tests":
                 part["result"] = _junit_counts(tmp / "gpu_tests.xml")
             elif result_json is not None:

@@ -7,10 +7,10 @@ implementations run it (BigGAN-PyTorch, StudioGAN: NCHW, for-loop Adam; `speed.P
 timed in alternating rounds (plain first in odd rounds, bigan first in even ones), so load from
 other processes on a shared machine falls on both alike; each round's ratio plain/bigan and
 the median ratio are reported, in wall time and in this process's CPU time (which other
-processes' load disturbs far less: on a CPU, with one thread, it is the iteration's own work). FLOPs of one iteration are counted by
-`torch.utils.flop_counter` and set against a matmul peak measured in the same run: the best
-GFLOP/s of large square matmuls over every thread count up to the machine's cores (an upper
-bound for what any iteration on this machine reaches).
+processes' load disturbs far less: on a CPU, with one thread, it is the iteration's own work).
+FLOPs of one iteration are counted by `torch.utils.flop_counter` and set against a matmul peak
+measured in the same run: the best GFLOP/s of large square matmuls over every thread count up
+to the machine's cores (an upper bound for what any iteration on this machine reaches).
 
     python bench/train_step.py [--quick] [--cases biggan-32] [--rounds 3] [--out bench/results]
 """
@@ -218,12 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['median_cpu_ratio']:7.2f}x "
               f"{r['bigan_gflop_per_sec']:8.1f} {r['bigan_fraction_of_peak']:7.0%}")
     for p, peak in peaks.items():
-        print(f"matmul peak {p}: {peak['gflop_per_sec']:.1f} GFLOP/s (n={peak['n']}, {peak['threads']} threads)")
+        print(f"matmul peak {p}: {peak['gflop_per_sec']:.1f} GFLOP/s "
+              f"(n={peak['n']}, {peak['threads']} threads)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                           "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                          "device": str(DEVICE), "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
+                          "device": str(DEVICE),
+                          "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
                           "load_avg_at_start": os.getloadavg()},
               "matmul_peak": peaks, "bf16_hardware": has_fast_bf16(), "results": rows}
     (out / args.name).write_text(json.dumps(report, indent=2))
