@@ -251,7 +251,7 @@ class TrainConfig:
 class SpeedConfig:
     """How the training iteration runs, never what it computes (`bigan/train/speed.py`): weights
     after N steps equal the plain eager NCHW path's within float tolerance (tests/test_speed.py).
-    `auto` picks per device from measurements (docs/benchmarks.md); `bench/train_step.py` times
+    `auto` picks per device and strategy (measurements: docs/benchmarks.md); `bench/train_step.py` times
     the plain path against these defaults."""
 
     memory_format: str = "auto"  # auto (channels_last, except under DeepSpeed: contiguous) | channels_last | contiguous: layout of G, D, the EMA G and the batch
