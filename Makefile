@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo demo-eval test bench install clean
+.PHONY: demo demo-eval test bench gpu-check install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/inception.py --out bench/results
 	$(BIN)/python bench/quality.py --out bench/results/quality
 	$(BIN)/python bench/train_eval.py --out bench/results
+
+# On a CUDA machine, at most 8 minutes: the gpu-marked tests, the training-step bench at BigGAN-128
+# (fp32, bf16) and the serving bench on the CUDA provider (fp32, fp16), into ONE JSON,
+# bench/results/gpu_check.json. Without CUDA it says so and exits 0 (docs/benchmarks.md).
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out bench/results
 
 clean:
 	rm -rf $(VENV) runs bench/results

@@ -61,6 +61,9 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvc
 EVAL_METRICS = {"fid": "min", "kid": "min", "intra_fid": "min", "precision": "max",
                 "recall": "max", "class_accuracy": "max", "is": "max"}
 EVAL_MODES = ("process", "blocking")  # beside training in its own process | inside the loop
+# How the training iteration is executed (bigan/train/speed.py); none changes the math.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+OPTIMIZER_IMPLS = ("auto", "for-loop", "foreach", "fused")
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -272,6 +275,21 @@ class TrainConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How the training iteration runs, never what it computes (`bigan/train/speed.py`): weights
+    after N steps equal the plain eager NCHW path's within float tolerance (tests/test_speed.py).
+    `auto` picks per device and strategy (measurements: docs/benchmarks.md); `bench/train_step.py` times
+    the plain path against these defaults."""
+
+    memory_format: str = "auto"  # auto (channels_last on CUDA; contiguous on CPU, where it measured no gain, and under DeepSpeed) | channels_last | contiguous: layout of G, D, the EMA G and the batch
+    optimizer: str = "auto"  # auto (fused on CUDA; torch's default on CPU and under DeepSpeed) | for-loop | foreach | fused: how each Adam step runs over the parameters
+
+    def validate(self, prefix: str = "speed") -> None:
+        _one_of(f"{prefix}.memory_format", self.memory_format, MEMORY_FORMATS)
+        _one_of(f"{prefix}.optimizer", self.optimizer, OPTIMIZER_IMPLS)
+
+
+@dataclass
 class EvalConfig:
     """Evaluation while training (`bigan/train/evaluation.py` + `bigan/eval/run_evaluator.py`):
     at every `every_kimg` the trainer writes a checkpoint and hands it to an evaluator, which
@@ -398,6 +416,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -198,6 +198,13 @@ class EngineOptimizer:
     def param_groups(self) -> list[dict]:
         return self.engine.optimizer.param_groups
 
+    @property
+    def defaults(self) -> dict:
+        """The client torch optimizer's constructor settings (its foreach/fused choice among them),
+        which `optimizers.apply_settings` restores after a checkpoint's groups were loaded."""
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        return getattr(inner, "defaults", {})
+
 
 def prepare(strategy: str, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
             opt_D: torch.optim.Optimizer, grad_clip: float, device: torch.device, *,

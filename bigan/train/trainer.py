@@ -28,6 +28,7 @@ from bigan.train.evaluation import Evaluator, TrainEvaluation
 from bigan.train.hooks import TrainHooks
 from bigan.train.optimizers import build_optimizers
 from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged, accelerate_trackers
+from bigan.train.speed import FastPath
 from bigan.train.step import StepState, gan_iteration
 from bigan.train.train_state import TrainCheckpoints
 
@@ -62,8 +63,10 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     # --- models, optimizers, data parallelism, resume, data ---------------------------------------
     torch.manual_seed(tc.seed)
     G, D = models.build(cfg.model)
+    fast = FastPath.resolve(cfg.speed, device, strategy)  # layout and Adam implementation
+    fast.models(G, D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G, opt_D = build_optimizers(G, D, cfg.optim)
+    opt_G, opt_D = build_optimizers(G, D, cfg.optim, fast.optimizer)
     # Gradients all-reduced by hand (ddp) or one DeepSpeed engine per model (zero1-3); G's batch
     # norms become cross-replica (parallel.py). One process: plain modules.
     bf16 = tc.precision == "bf16"
@@ -91,6 +94,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         batch_size = course.begin_step(step, cur_nimg)
         d_batches, g_batch = draw_batches(cfg, feed, course.prepare_reals, step, batch_size,
                                           rank, world, device)
+        d_batches = [fast.batch(b) for b in d_batches]
         metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, cfg.loss, state,
                                 p.d_runtime, g_runtime=p.g_runtime)
         with p.gathered("G"):  # ZeRO-3: whole weights for the average

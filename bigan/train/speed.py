@@ -1,0 +1,74 @@
+"""How the training iteration is executed, apart from what it computes: the memory layout of the
+models and the batch, and how Adam's step runs over the parameters (`cfg.speed`).
+
+`FastPath.resolve(cfg.speed, device, strategy)` turns the config's `auto` into a concrete choice;
+`PLAIN` is the eager NCHW, for-loop-Adam iteration that the reference implementations
+(BigGAN-PyTorch, StudioGAN) run, which `bench/train_step.py` times against the default. Neither
+switch changes the math: weights after N steps equal the plain path's within float tolerance
+(tests/test_speed.py); only the order of float operations inside a convolution or an Adam update
+differs.
+
+Why these and not more (measured with `torch.profiler` on `step.gan_iteration`, BigGAN-32, 1
+thread): convolutions and their backward are >80% of the iteration's time and Adam ~1%. On the
+2-core AVX2 CPU these were measured on, channels_last + fused Adam ran at 0.99-1.06x the plain
+path's CPU time (docs/benchmarks.md): oneDNN reorders into its own blocked layout either way. So
+`auto` keeps the plain path on CPU (no measured gain, and one rounding for every CPU run, resumes
+across strategies included) and takes channels_last + fused Adam on CUDA, the layout cuDNN's
+tensor cores use natively (bf16); `make gpu-check` measures that case. Under DeepSpeed, `auto`
+keeps torch's defaults: ZeRO flattens parameters and gradients into its own contiguous buffers.
+`torch.compile` is not used: the D step's gradient penalties need double backward, which
+compiled graphs do not support reliably (pytorch #91469), and compiling the other passes of
+BigGAN takes minutes of C++ compilation on a small CPU machine before the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from bigan.config import SpeedConfig
+from bigan.train.step import Batch
+
+DEEPSPEED = ("zero1", "zero2", "zero3")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """A resolved `SpeedConfig`: what the trainer (and the bench) apply to models and batches."""
+
+    memory_format: str  # channels_last | contiguous
+    optimizer: str  # for-loop | foreach | fused | default (torch chooses); optimizers.IMPLEMENTATIONS
+
+    @classmethod
+    def resolve(cls, cfg: SpeedConfig, device: torch.device | str = "cpu",
+                strategy: str = "ddp") -> "FastPath":
+        """`auto` -> channels_last and fused Adam on CUDA; torch's defaults on CPU (measured: no
+        gain there) and under DeepSpeed ZeRO (`strategy` zero1-3); explicit choices are kept."""
+        plain = strategy in DEEPSPEED or torch.device(device).type != "cuda"
+        fmt = cfg.memory_format
+        if fmt == "auto":
+            fmt = "contiguous" if plain else "channels_last"
+        opt = cfg.optimizer
+        if opt == "auto":
+            opt = "default" if plain else "fused"
+        return cls(fmt, opt)
+
+    @property
+    def torch_format(self) -> torch.memory_format:
+        return torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
+
+    def models(self, *modules: nn.Module) -> None:
+        """Put every 4-D parameter and buffer of `modules` in this layout (in place)."""
+        for m in modules:
+            m.to(memory_format=self.torch_format)
+
+    def batch(self, batch: Batch) -> Batch:
+        """`batch` with its real images in this layout (latents and labels are 2-D/1-D)."""
+        if batch.real is None or batch.real.dim() != 4:
+            return batch
+        return replace(batch, real=batch.real.contiguous(memory_format=self.torch_format))
+
+
+PLAIN = FastPath("contiguous", "for-loop")
