@@ -91,7 +91,12 @@ def test_dispatch_matches_the_pure_functions(kind):
     d_fn = getattr(losses, f"{kind}_d_loss")
     g_fn = getattr(losses, f"{kind}_g_loss")
     assert_close(losses.d_loss(kind, real, fake), d_fn(real, fake))
-    assert_close(losses.g_loss(kind, fake), g_fn(fake))
+    if kind in losses.RELATIVISTIC_KINDS:  # G's side compares with the real logits
+        assert_close(losses.g_loss(kind, fake, real), g_fn(fake, real))
+        with pytest.raises(ValueError, match="pass real_logits"):
+            losses.g_loss(kind, fake)
+    else:
+        assert_close(losses.g_loss(kind, fake), g_fn(fake))
 
 
 def test_unknown_kind_is_a_value_error():
