@@ -1,6 +1,6 @@
 """GAN objectives as pure functions of the discriminator's logits.
 
-Each pair `<kind>_d_loss(real_logits, fake_logits)` / `<kind>_g_loss(fake_logits)` takes D's raw
+Each pair `<kind>_d_loss(real_logits, fake_logits)` / `<kind>_g_loss(fake_logits)` (RpGAN: also `real_logits`) takes D's raw
 outputs (shape [N], before any sigmoid) and returns the scalar mean loss that D or G minimises.
 The probabilistic losses are written with `softplus`, using log(sigmoid(l)) = -softplus(-l) and
 log(1 - sigmoid(l)) = -softplus(l), so they stay finite for logits of any size. `d_loss` and

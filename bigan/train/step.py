@@ -179,7 +179,8 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
         fake = _augmented(fake.float(), aug, state, batch)
         with runtime.autocast():
             fake_logits = D(fake, batch.fake_y).float()
-        loss = losses.g_loss(cfg.kind, fake_logits, real_logits)
+        loss = (losses.g_loss(cfg.kind, fake_logits) if real_logits is None
+                else losses.g_loss(cfg.kind, fake_logits, real_logits))
         out = {"loss/G": loss.detach()}
         if cfg.ortho_weight:
             ortho = regularizers.orthogonal_regularization(G)
