@@ -10,8 +10,11 @@
    classifier's accuracy on real held-out images), domain FID/KID/precision/recall with a
    real-vs-real baseline at the same N, Inception FID/KID at a stated N against real-vs-real at
    that N, and a truncation sweep (domain features).
+3. `lowdata`: data-efficient training on 10% of the digits, the rest held out for scoring:
+   baseline, DiffAugment, DiffAugment + LeCam, ADA, and the baseline on all the digits, the same
+   G steps and seeds for each (`bench/quality_lowdata.py`).
 
-    python bench/quality.py [--quick] [--out bench/results/quality] [--parts ring,grid,digits,cifar10]
+    python bench/quality.py [--quick] [--out bench/results/quality] [--parts ring,grid,digits,cifar10,lowdata]
 
 Prints a table per part and writes `quality.json` (plus one JSON per part) and PNGs under --out.
 Timings are wall-clock on a shared machine: expect noise.
@@ -271,6 +274,10 @@ def main() -> int:
                         help="comma list of parts: ring, grid, digits, cifar10 (run them as "
                              "parallel processes into one --out if you like)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per mixture (default 5)")
+    parser.add_argument("--lowdata-steps", type=int, default=600, help="lowdata: G steps per run")
+    parser.add_argument("--lowdata-seeds", default="0,1",
+                        help="lowdata: comma list of seeds (runs already in --out's partial JSON are kept)")
+    parser.add_argument("--lowdata-n", type=int, default=500, help="lowdata: images per evaluation")
     parser.add_argument("--cifar-budget-min", type=float, default=30.0, help="CIFAR-10 training budget, minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -297,8 +304,15 @@ def main() -> int:
                 continue
             result = run_cifar(out, args.quick, 60 if args.quick else args.cifar_budget_min * 60)
             print_real("cifar10", result)
+        elif part == "lowdata":
+            from bench.quality_lowdata import print_lowdata, run_lowdata
+
+            result = run_lowdata(out, [0] if args.quick else [int(x) for x in args.lowdata_seeds.split(",")],
+                                 8 if args.quick else args.lowdata_steps,
+                                 40 if args.quick else args.lowdata_n, args.quick)
+            print_lowdata(result)
         else:
-            parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10")
+            parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10, lowdata")
         result["wall_sec"] = time.perf_counter() - t0
         (out / f"quality_{part}.json").write_text(json.dumps(result, indent=2))
         # Re-read: parts may run as parallel processes into the same directory.

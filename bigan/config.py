@@ -8,6 +8,7 @@ This module imports nothing heavy: the server and the CLI's `--help` use it with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -25,8 +26,13 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("biggan", "biggan-deep", "dcgan", "mlp", "progan")
-LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan")
-PENALTIES = ("none", "wgan-gp", "r1", "r2", "dragan")
+LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan", "rpgan")
+PENALTIES = ("none", "wgan-gp", "r1", "r2", "r1+r2", "dragan")
+AUGMENTS = ("none", "diffaugment", "ada")  # see bigan/augment.py
+DIFFAUGMENT_OPS = ("color", "translation", "cutout")
+SCHEDULE_KINDS = ("linear", "cosine")
+# Sections whose values the training loop reads every step, hence the ones `schedules` may move.
+SCHEDULABLE = ("optim", "loss", "ema", "augment")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # see bigan/train/parallel.py
 DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid")
@@ -179,11 +185,11 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    kind: str = "hinge"  # hinge | nonsaturating | minimax | wasserstein | lsgan
+    kind: str = "hinge"  # hinge | nonsaturating | minimax | wasserstein | lsgan | rpgan (relativistic pairing, R3GAN)
     label_smoothing: float = 0.0  # one-sided: D's real target becomes 1 - label_smoothing
     label_noise: float = 0.0  # probability of flipping each real/fake label in the D loss
-    penalty: str = "none"  # none | wgan-gp | r1 | r2 | dragan
-    penalty_weight: float = 10.0  # lambda of the penalty (R1/R2: gamma, used as gamma / 2)
+    penalty: str = "none"  # none | wgan-gp | r1 | r2 | r1+r2 | dragan; always on the images before augmentation
+    penalty_weight: float = 10.0  # lambda of the penalty (R1, R2, R1+R2: gamma, used as gamma / 2)
     penalty_interval: int = 1  # lazy regularization: apply every N D steps, scaled by N
     penalty_target: float = 1.0  # WGAN-GP / DRAGAN: target gradient norm k
     dragan_c: float = 0.5  # DRAGAN: perturbation scale, delta ~ N(0, c * std(x))
@@ -407,6 +413,101 @@ class ProgressiveConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Augmentation of every image D sees, real and fake, in D and G updates (`bigan/augment.py`),
+    and LeCam's regularization of D (Tseng et al. 2021), both for training on little data."""
+
+    kind: str = "none"  # none | diffaugment (Zhao et al. 2020) | ada (adaptive, Karras et al. 2020)
+    policy: str = "color,translation,cutout"  # diffaugment: comma list of color | translation | cutout
+    ada_target: float = 0.6  # ada: target of the overfitting heuristic r_t = E[sign(D(real))]
+    ada_interval: int = 4  # ada: D updates between adjustments of p
+    ada_kimg: float = 500.0  # ada: thousands of real images over which p can move by 1 (paper: 500)
+    ada_p_max: float = 0.8  # ada: cap on p, < 1 so the augmentations cannot leak into G (stylegan2-ada-pytorch #175)
+    lecam_weight: float = 0.0  # LeCam lambda (0 = off; Tseng et al. use 0.3 with the hinge loss)
+    lecam_decay: float = 0.99  # LeCam: decay of the EMAs of D(real) and D(fake) per D update (lecam-gan utils.ema_losses)
+    lecam_start: int = 1000  # LeCam: before this many D updates the EMAs equal the current means (decay 0)
+
+    def validate(self, prefix: str = "augment") -> None:
+        _one_of(f"{prefix}.kind", self.kind, AUGMENTS)
+        ops = [o.strip() for o in self.policy.split(",") if o.strip()]
+        _require(bool(ops) and all(o in DIFFAUGMENT_OPS for o in ops) and len(set(ops)) == len(ops),
+                 f"{prefix}.policy", self.policy,
+                 f"must be a comma list of distinct {', '.join(DIFFAUGMENT_OPS)}")
+        _require(0 < self.ada_target < 1, f"{prefix}.ada_target", self.ada_target, "must be in (0, 1)")
+        _positive(f"{prefix}.ada_interval", self.ada_interval)
+        _positive(f"{prefix}.ada_kimg", self.ada_kimg)
+        _require(0 < self.ada_p_max < 1, f"{prefix}.ada_p_max", self.ada_p_max,
+                 "must be in (0, 1): at p = 1 G learns the augmented distribution")
+        _positive(f"{prefix}.lecam_weight", self.lecam_weight, zero_ok=True)
+        _require(0 <= self.lecam_decay < 1, f"{prefix}.lecam_decay", self.lecam_decay, "must be in [0, 1)")
+        _positive(f"{prefix}.lecam_start", self.lecam_start, zero_ok=True)
+
+
+@dataclass
+class ScheduleConfig:
+    """A config value moved over training by images shown (kimg): `start` until `start_kimg`,
+    then along a line or a half cosine to `end` at `end_kimg`, then `end` (R3GAN ramps its lr,
+    beta2, gamma and EMA this way). Applied every step by `bigan/train/curriculum.py`."""
+
+    start: float = 0.0  # value up to start_kimg
+    end: float = 0.0  # value from end_kimg on
+    kind: str = "cosine"  # linear | cosine
+    start_kimg: float = 0.0  # thousands of real images where the ramp begins
+    end_kimg: float = 1.0  # ... and where it ends
+
+    def validate(self, prefix: str) -> None:
+        _one_of(f"{prefix}.kind", self.kind, SCHEDULE_KINDS)
+        _positive(f"{prefix}.start_kimg", self.start_kimg, zero_ok=True)
+        _require(self.end_kimg > self.start_kimg, f"{prefix}.end_kimg", self.end_kimg,
+                 f"must be > start_kimg ({self.start_kimg})")
+
+    def value(self, kimg: float) -> float:
+        """The value at `kimg`: start + (end - start) * w(t), t = (kimg - start_kimg) /
+        (end_kimg - start_kimg) clamped to [0, 1], w(t) = t (linear) or (1 - cos(pi t)) / 2."""
+        t = min(1.0, max(0.0, (kimg - self.start_kimg) / (self.end_kimg - self.start_kimg)))
+        w = t if self.kind == "linear" else 0.5 * (1.0 - math.cos(math.pi * t))
+        return self.start + (self.end - self.start) * w
+
+
+def _dotted_target(cfg: Any, dotted: str) -> tuple[Any, str, int | None]:
+    """(section object, field, list index or None) named by `optim.g_lr` or `optim.betas.1`;
+    ConfigError unless it names a float of a section in SCHEDULABLE."""
+    parts = dotted.split(".")
+    where = f"schedules key {dotted!r}"
+    if len(parts) not in (2, 3) or parts[0] not in SCHEDULABLE:
+        raise ConfigError(f"{where} is invalid: name a number of the {', '.join(SCHEDULABLE)} "
+                          "sections, as section.field (or section.field.index for a list)")
+    section = getattr(cfg, parts[0])
+    hints = typing.get_type_hints(type(section))
+    if parts[1] not in hints:
+        close = difflib.get_close_matches(parts[1], list(hints), n=1)
+        raise ConfigError(f"{where}: {parts[0]} has no field {parts[1]!r}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+    typ = hints[parts[1]]
+    if len(parts) == 3:
+        ok = typing.get_origin(typ) is list and typing.get_args(typ)[0] is float \
+            and parts[2].isdigit() and int(parts[2]) < len(getattr(section, parts[1]))
+        _require(ok, "schedules", dotted, f"{parts[0]}.{parts[1]} has no float entry {parts[2]}")
+        return section, parts[1], int(parts[2])
+    _require(typ is float, "schedules", dotted, f"{dotted} is not a float field")
+    return section, parts[1], None
+
+
+def with_scheduled(cfg: "Config", kimg: float) -> "Config":
+    """A copy of `cfg` whose scheduled values are those at `kimg` (cfg itself when none are)."""
+    if not cfg.schedules:
+        return cfg
+    out = dataclasses.replace(cfg, **{name: copy.deepcopy(getattr(cfg, name)) for name in SCHEDULABLE})
+    for dotted, sched in cfg.schedules.items():
+        section, name, index = _dotted_target(out, dotted)
+        if index is None:
+            setattr(section, name, sched.value(kimg))
+        else:
+            getattr(section, name)[index] = sched.value(kimg)
+    return out
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -417,10 +518,22 @@ class Config:
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    schedules: dict[str, ScheduleConfig] = field(default_factory=dict)  # dotted float (optim.g_lr, optim.betas.1, loss.penalty_weight, ema.decay, augment.lecam_weight) -> its schedule over kimg
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f.name)
+            if f.name != "schedules":
+                getattr(self, f.name).validate(f.name)
+        for dotted, sched in self.schedules.items():
+            sched.validate(f"schedules.{dotted}")
+            for end in ("start", "end"):  # every value a schedule takes must be a valid setting
+                probe = with_scheduled(dataclasses.replace(self, schedules={dotted: sched}),
+                                       sched.start_kimg if end == "start" else sched.end_kimg)
+                try:
+                    getattr(probe, dotted.split(".")[0]).validate(dotted.split(".")[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"schedules.{dotted}.{end}: {exc}") from None
         gaussian = self.data.source.startswith("gaussian")
         _require(gaussian == (self.model.arch == "mlp"), "model.arch", self.model.arch,
                  f"data.source={self.data.source!r} needs "

@@ -1,6 +1,6 @@
 """GAN objectives as pure functions of the discriminator's logits.
 
-Each pair `<kind>_d_loss(real_logits, fake_logits)` / `<kind>_g_loss(fake_logits)` takes D's raw
+Each pair `<kind>_d_loss(real_logits, fake_logits)` / `<kind>_g_loss(fake_logits)` (RpGAN: also `real_logits`) takes D's raw
 outputs (shape [N], before any sigmoid) and returns the scalar mean loss that D or G minimises.
 The probabilistic losses are written with `softplus`, using log(sigmoid(l)) = -softplus(-l) and
 log(1 - sigmoid(l)) = -softplus(l), so they stay finite for logits of any size. `d_loss` and
@@ -114,8 +114,26 @@ def lsgan_g_loss(fake_logits: Tensor, target: float = 1.0) -> Tensor:
     return 0.5 * (fake_logits - target).pow(2).mean()
 
 
+# --- relativistic pairing (Jolicoeur-Martineau 2019; Huang et al. 2024, "R3GAN", Eq. 2) ------
+
+def rpgan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The relativistic pairing GAN's D loss (RpGAN), with f = softplus as R3GAN uses it:
+
+        L_D = E_{x, z}[softplus(D(G(z)) - D(x))] = E[f(-(D(x) - D(G(z))))]
+
+    where sample i of the real batch is paired with sample i of the fake batch (same N)."""
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def rpgan_g_loss(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
+    """RpGAN's G loss: L_G = E_{x, z}[softplus(D(x) - D(G(z)))], pairs as in `rpgan_d_loss`;
+    D(x) is a constant for G (the trainer computes it without gradient to D)."""
+    return F.softplus(real_logits - fake_logits).mean()
+
+
 _D_LOSSES = {"hinge": hinge_d_loss, "nonsaturating": nonsaturating_d_loss,
-             "minimax": minimax_d_loss, "wasserstein": wasserstein_d_loss, "lsgan": lsgan_d_loss}
+             "minimax": minimax_d_loss, "wasserstein": wasserstein_d_loss, "lsgan": lsgan_d_loss,
+             "rpgan": rpgan_d_loss}
 _G_LOSSES = {"hinge": hinge_g_loss, "nonsaturating": nonsaturating_g_loss,
              "minimax": minimax_g_loss, "wasserstein": wasserstein_g_loss, "lsgan": lsgan_g_loss}
 
@@ -182,7 +200,16 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing:
     return _D_LOSSES[kind](real_logits, fake_logits, t_real, t_fake)
 
 
-def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
-    """The scalar G loss of `kind` (one of LOSS_KINDS) on D's logits for G(z), shape [N]."""
+# Losses whose G side compares with D's logits on real data (the G step needs a real batch).
+RELATIVISTIC_KINDS = ("rpgan",)
+
+
+def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+    """The scalar G loss of `kind` (one of LOSS_KINDS) on D's logits for G(z), shape [N];
+    the relativistic losses (RELATIVISTIC_KINDS) also need `real_logits` of the same shape."""
     _check_kind(kind)
+    if kind in RELATIVISTIC_KINDS:
+        if real_logits is None:
+            raise ValueError(f"the {kind} G loss compares with D's logits on real data: pass real_logits")
+        return rpgan_g_loss(fake_logits, real_logits)
     return _G_LOSSES[kind](fake_logits)

@@ -2,11 +2,14 @@
 
 The gradient penalties take the discriminator as a callable `D(x, y) -> logits [N]` and return
 the unweighted scalar penalty; the caller multiplies by its weight (lambda for WGAN-GP and
-DRAGAN, gamma / 2 for R1/R2) and by the lazy-regularization interval (`train/step.py`). Input
+DRAGAN, gamma / 2 for R1, R2 and R1+R2) and by the lazy-regularization interval (`train/step.py`). Input
 gradients are taken with `create_graph=True`, so backpropagating a penalty reaches D's weights
 (a double backward). The per-sample gradient is read off the gradient of sum_i D(x_i), which
 assumes D treats samples independently (no batch norm in D, as in BigGAN and ProGAN).
 `orthogonal_regularization` is for G's weights; `penalty` dispatches on `LossConfig.penalty`.
+The trainer computes every gradient penalty on the images BEFORE augmentation (`bigan/augment.py`),
+as R3GAN does: the penalty constrains D's gradient on the data and on G's samples themselves.
+`lecam_penalty` acts on D's outputs (on the augmented images D was trained on) instead.
 """
 
 from __future__ import annotations
@@ -83,6 +86,34 @@ def r2_penalty(D: Discriminator, fake: Tensor, y: Tensor) -> Tensor:
     """R2, Mescheder et al. 2018 (Eq. 10): E_z[||grad_x D(G(z), y)||^2] on (detached) fakes.
     The caller multiplies by gamma / 2."""
     return _input_gradients(D, fake, y).flatten(1).pow(2).sum(dim=1).mean()
+
+
+def r1_r2_penalty(D: Discriminator, real: Tensor, fake: Tensor, y: Tensor,
+                  fake_y: Tensor) -> Tensor:
+    """R1 + R2 (Huang et al. 2024, "The GAN is dead; long live the GAN!" (R3GAN), Sec. 3):
+    E_x[||grad_x D(x, y)||^2] + E_z[||grad D(G(z), y')||^2], both zero-centred, on the images
+    before any augmentation. The caller multiplies by gamma / 2."""
+    return r1_penalty(D, real, y) + r2_penalty(D, fake, fake_y)
+
+
+def lecam_penalty(real_logits: Tensor, fake_logits: Tensor, ema_real: Tensor | float,
+                  ema_fake: Tensor | float) -> Tensor:
+    """LeCam regularization, Tseng et al. 2021 ("Regularizing Generative Adversarial Networks
+    under Limited Data", Eq. 3, as in their lecam-gan `lecam_reg`):
+
+        R_LC = E_x[relu(D(x) - alpha_F)^2] + E_z[relu(alpha_R - D(G(z)))^2]
+
+    alpha_R, alpha_F: exponential moving averages of D's mean output on real and on fake images
+    (`ema_real`, `ema_fake`, kept by the caller). The caller multiplies by lambda (0.3 with hinge)."""
+    return (torch.relu(real_logits - ema_fake).pow(2).mean()
+            + torch.relu(ema_real - fake_logits).pow(2).mean())
+
+
+def ema_of_mean(ema: Tensor, value: Tensor, decay: float, started: bool) -> Tensor:
+    """ema * d + value * (1 - d), with d = `decay` once `started`, else 0 (the EMA follows the
+    value), as lecam-gan's `ema_losses.update` does before its start iteration."""
+    d = decay if started else 0.0
+    return ema * d + value * (1 - d)
 
 
 def dragan_penalty(D: Discriminator, real: Tensor, y: Tensor, c: float = 0.5, target: float = 1.0,
@@ -178,6 +209,8 @@ def penalty(kind: str, D: Discriminator, real: Tensor, fake: Tensor, y: Tensor, 
         return r1_penalty(D, real, y)
     if kind == "r2":
         return r2_penalty(D, fake, y if fake_y is None else fake_y)
+    if kind == "r1+r2":
+        return r1_r2_penalty(D, real, fake, y, y if fake_y is None else fake_y)
     if kind == "dragan":
         return dragan_penalty(D, real, y, c=dragan_c, target=target, generator=generator,
                               rows=rows)

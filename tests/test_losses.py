@@ -91,7 +91,12 @@ def test_dispatch_matches_the_pure_functions(kind):
     d_fn = getattr(losses, f"{kind}_d_loss")
     g_fn = getattr(losses, f"{kind}_g_loss")
     assert_close(losses.d_loss(kind, real, fake), d_fn(real, fake))
-    assert_close(losses.g_loss(kind, fake), g_fn(fake))
+    if kind in losses.RELATIVISTIC_KINDS:  # G's side compares with the real logits
+        assert_close(losses.g_loss(kind, fake, real), g_fn(fake, real))
+        with pytest.raises(ValueError, match="pass real_logits"):
+            losses.g_loss(kind, fake)
+    else:
+        assert_close(losses.g_loss(kind, fake), g_fn(fake))
 
 
 def test_unknown_kind_is_a_value_error():
@@ -162,3 +167,15 @@ def test_smoothing_applies_to_flipped_fakes_too():
     expected = torch.tensor([0.0, 1 - s])
     assert_close(t_real.unique(), expected)
     assert_close(t_fake.unique(), expected)
+
+
+def test_rpgan_pairs_each_real_with_its_fake():
+    """RpGAN (R3GAN Eq. 2, f = softplus): L_D = mean_i log(1 + exp(D(G(z_i)) - D(x_i))),
+    L_G = mean_i log(1 + exp(D(x_i) - D(G(z_i))))."""
+    real, fake = t(1.0, -0.5, 3.0), t(0.0, 0.5, -1.0)
+    d = sum(math.log1p(math.exp(f - r)) for r, f in zip([1.0, -0.5, 3.0], [0.0, 0.5, -1.0])) / 3
+    g = sum(math.log1p(math.exp(r - f)) for r, f in zip([1.0, -0.5, 3.0], [0.0, 0.5, -1.0])) / 3
+    assert_close(losses.d_loss("rpgan", real, fake), torch.tensor(d))
+    assert_close(losses.g_loss("rpgan", fake, real), torch.tensor(g))
+    # pairing, not batch means: swapping two fakes changes the loss
+    assert not torch.equal(losses.d_loss("rpgan", real, fake), losses.d_loss("rpgan", real, fake.flip(0)))

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.unit
 # composing packages beside it.
 LAYERS: list[set[str]] = [
     {"bigan", "bigan.config", "bigan.layers", "bigan.losses", "bigan.regularizers", "bigan.ema",
+     "bigan.augment",
      "bigan.sampling", "bigan.pictures", "bigan.onnx_metadata", "bigan.ort_session"},
     {"bigan.models", "bigan.data"},
     {"bigan.checkpoint", "bigan.generation"},

@@ -259,3 +259,34 @@ def test_spectral_norm_uses_the_unnormalized_weight_and_runs_no_power_iteration(
 
 def test_module_without_weights_gives_zero():
     assert_close(regularizers.orthogonal_regularization(nn.ReLU()), torch.tensor(0.0))
+
+
+def test_r1_plus_r2_is_the_sum_of_both_on_their_own_labels():
+    """R3GAN's R1 + R2 with a quadratic D: E[a_y^2 ||x||^2] + E[a_y'^2 ||G(z)||^2]."""
+    D = QuadraticD()
+    real, fake, y = _batch()
+    y_fake = (y + 2) % 3
+    a = D.a.detach()
+    want = (a[y] ** 2 * real.flatten(1).pow(2).sum(1)).mean() \
+        + (a[y_fake] ** 2 * fake.flatten(1).pow(2).sum(1)).mean()
+    assert_close(regularizers.penalty("r1+r2", D, real, fake, y, fake_y=y_fake), want)
+
+
+def test_lecam_penalty_equals_its_formula():
+    """R_LC = E[relu(D(x) - alpha_F)^2] + E[relu(alpha_R - D(G(z)))^2] (Tseng et al. 2021)."""
+    real = torch.tensor([0.5, 2.0, -1.0, 3.0])
+    fake = torch.tensor([-2.0, 0.4, 1.5, -0.5])
+    alpha_r, alpha_f = 1.0, 0.0
+    want = ((0.5 ** 2 + 2.0 ** 2 + 0 + 3.0 ** 2) / 4) + ((3.0 ** 2 + 0.6 ** 2 + 0 + 1.5 ** 2) / 4)
+    assert_close(regularizers.lecam_penalty(real, fake, alpha_r, alpha_f), torch.tensor(want))
+    # gradient reaches D's outputs only where the hinge is active
+    real = real.clone().requires_grad_(True)
+    regularizers.lecam_penalty(real, fake, alpha_r, alpha_f).backward()
+    assert_close(real.grad, torch.tensor([2 * 0.5, 2 * 2.0, 0.0, 2 * 3.0]) / 4)
+
+
+def test_ema_of_mean_follows_the_value_before_its_start():
+    assert_close(regularizers.ema_of_mean(torch.tensor(10.0), torch.tensor(2.0), 0.9, False),
+                 torch.tensor(2.0))
+    assert_close(regularizers.ema_of_mean(torch.tensor(10.0), torch.tensor(2.0), 0.9, True),
+                 torch.tensor(10.0 * 0.9 + 2.0 * 0.1))

@@ -46,4 +46,8 @@ def draw_batches(cfg: Config, feed, prepare_reals, step: int, batch_size: int, r
                                real=real, real_y=real_y.to(device), rows=rows))
     gen = step_generator(cfg.train.seed, step, cfg.optim.d_steps)
     z, y = fake_inputs(cfg, batch_size, gen, rank, world)
-    return d_batches, Batch(z=z.to(device), fake_y=y.to(device), generator=gen, rows=rows)
+    # The relativistic losses compare G's samples with real ones: the last D update's reals, as
+    # R3GAN's loop uses one real batch for both updates (no extra images are read).
+    last = d_batches[-1]
+    return d_batches, Batch(z=z.to(device), fake_y=y.to(device), generator=gen, rows=rows,
+                            real=last.real, real_y=last.real_y)

@@ -1,6 +1,11 @@
 """What changes as training goes on, behind one interface the loop calls every step: the batch
-size, the learning rates (`optim.lr_decay`) and, for ProGAN, the phase (resolution, fade-in
-alpha, per-phase batch and lrs; `schedule.py`).
+size, the learning rates (`optim.lr_decay`), the values under `schedules:` (any float of the
+optim, loss, ema and augment sections, by kimg: `ScheduleConfig` in config.py) and, for ProGAN,
+the phase (resolution, fade-in alpha, per-phase batch and lrs; `schedule.py`).
+
+`now` is the config in force for the current step, the scheduled values substituted: the loop
+reads the loss, EMA and augmentation settings from it, and the lrs and Adam betas are set from it
+here (a ProGAN phase's own lrs take the place of optim's; lr decay scales what is in force).
 
 `curriculum(cfg, networks, opt_G, opt_D)` returns a `Fixed` or a `Progressive` one. Everything is
 a function of (step, cur_nimg), never of history, so a resume continues the same curve.
@@ -13,7 +18,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from bigan.config import Config
+from bigan.config import Config, with_scheduled
 from bigan.train import lr_decay, schedule
 
 
@@ -22,17 +27,24 @@ class Fixed:
 
     def __init__(self, cfg: Config, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer):
         self.cfg, self.opt_G, self.opt_D = cfg, opt_G, opt_D
+        self.now = cfg
 
     def begin_step(self, step: int, cur_nimg: int) -> int:
-        """Set this step's lrs; return its global batch size."""
-        self._decay(step, self.cfg.optim.g_lr, self.cfg.optim.d_lr)
+        """Set this step's config in force, lrs and betas; return its global batch size."""
+        self.now = with_scheduled(self.cfg, cur_nimg / 1000)
+        self._decay(step, self.now.optim.g_lr, self.now.optim.d_lr)
         return self.cfg.train.batch_size
 
     def _decay(self, step: int, g_lr: float, d_lr: float) -> None:
-        o = self.cfg.optim
-        if o.lr_decay != "none":  # a function of the step: resumes follow the same curve
+        o = self.now.optim  # a function of (step, cur_nimg): resumes follow the same curve
+        scheduled = [k for k in self.cfg.schedules if k.startswith("optim.")]
+        if o.lr_decay != "none" or scheduled:
             scale = lr_decay.lr_scale(step, self.cfg.train.steps, o.lr_decay, o.lr_decay_start)
             lr_decay.set_lrs(self.opt_G, self.opt_D, scale * g_lr, scale * d_lr)
+        if any(k.startswith("optim.betas") for k in scheduled):
+            for opt in (self.opt_G, self.opt_D):
+                for group in opt.param_groups:
+                    group["betas"] = tuple(o.betas)
 
     def prepare_reals(self, real: Tensor) -> Tensor:
         return real
@@ -62,7 +74,8 @@ class Progressive(Fixed):
         self.ph = schedule.phase_at(cur_nimg, cfg)
 
     def begin_step(self, step: int, cur_nimg: int) -> int:
-        self.ph = schedule.phase_at(cur_nimg, self.cfg)
+        self.now = with_scheduled(self.cfg, cur_nimg / 1000)
+        self.ph = schedule.phase_at(cur_nimg, self.now)
         schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
         self._decay(step, self.ph.g_lr, self.ph.d_lr)
         return self.ph.batch_size
@@ -82,7 +95,7 @@ class Progressive(Fixed):
             if self.cfg.progressive.reset_optimizer:
                 schedule.reset_optimizer_state(self.opt_G, self.opt_D)
             # checkpoints and grids from here on show the phase the next step trains
-            self.ph = schedule.phase_at(cur_nimg, self.cfg)
+            self.ph = schedule.phase_at(cur_nimg, with_scheduled(self.cfg, cur_nimg / 1000))
             schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
 
     def manifest(self) -> dict:

@@ -247,6 +247,18 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def mean_over_ranks(t: Tensor) -> Tensor:
+    """The mean of `t` over the ranks (collective; `t` itself with one process): the statistics of
+    the global batch that ADA's p and LeCam's EMAs follow, agreed on by every rank. Every rank
+    holds the same number of samples, so the mean of the ranks' means is the global mean."""
+    world = _world()
+    if world == 1:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out / world
+
+
 def average_gradients(module: nn.Module) -> None:
     """All-reduce and average the gradients of `module`'s parameters in one flat buffer.
 
@@ -285,7 +297,8 @@ def _prepare_ddp(G: nn.Module, D: nn.Module, opt_G, opt_D, grad_clip: float,
             loss.backward()
             average_gradients(module)
         # Averaged gradients are identical on every rank, so plain clipping clips them alike.
-        return StepRuntime(backward=backward, autocast=autocast, grad_clip=grad_clip)
+        return StepRuntime(backward=backward, autocast=autocast, grad_clip=grad_clip,
+                           all_reduce_mean=mean_over_ranks)
 
     return Prepared("ddp", world, G, D, opt_G, opt_D, runtime(G), runtime(D))
 
@@ -369,7 +382,8 @@ def _prepare_zero(strategy: str, G: nn.Module, D: nn.Module, opt_G, opt_D, grad_
 
     def runtime(engine: Any) -> StepRuntime:
         return StepRuntime(backward=lambda loss: engine.backward(loss), autocast=autocast,
-                           grad_clip=0.0)  # clipped inside engine.step()
+                           grad_clip=0.0,  # clipped inside engine.step()
+                           all_reduce_mean=mean_over_ranks)
 
     return Prepared(strategy, world, engines["G"].module, engines["D"].module,
                     EngineOptimizer(engines["G"]), EngineOptimizer(engines["D"]),

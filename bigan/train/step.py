@@ -6,6 +6,11 @@ DDP and under DeepSpeed. Every random draw comes from the batch's own `torch.Gen
 by step, which is what makes a resumed run bit-identical to an uninterrupted one. Under data
 parallelism each worker holds `Batch.rows` of the global batch: per-sample noise is drawn for the
 global batch and sliced, so the union over workers sees exactly the single-process draws.
+
+Augmentation (`augment:`, `bigan/augment.py`) applies to every image D sees, real and fake, in D
+and G updates, drawn from the same keyed generator (reals, then fakes, before any other draw of
+the update). Gradient penalties see the images before augmentation. ADA's p and LeCam's EMAs are
+statistics of the global batch: `StepRuntime.all_reduce_mean` averages them over the workers.
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ from typing import Callable, ContextManager, Iterable
 import torch
 from torch import Tensor, nn
 
-from bigan import losses, regularizers
-from bigan.config import LossConfig
+from bigan import augment, losses, regularizers
+from bigan.config import AugmentConfig, LossConfig
+
+_NO_AUGMENT = AugmentConfig()
 
 
 def _plain_backward(loss: Tensor) -> None:
     loss.backward()
+
+
+def _local_mean(t: Tensor) -> Tensor:
+    return t
 
 
 def _plain_clip(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
@@ -37,6 +48,7 @@ class StepRuntime:
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     clip_grad: Callable[[Iterable[nn.Parameter], float], Tensor] = _plain_clip
     grad_clip: float = 0.0  # 0 = no clipping
+    all_reduce_mean: Callable[[Tensor], Tensor] = _local_mean  # a statistic's mean over the workers
 
 
 @dataclass
@@ -55,9 +67,20 @@ class Batch:
 
 @dataclass
 class StepState:
-    """Counters the step needs across calls (saved in checkpoints)."""
+    """What the step carries across calls (saved in checkpoints; identical on every worker)."""
 
     d_updates: int = 0  # D updates so far: drives the lazy-regularization interval
+    ada_p: float = 0.0  # ADA's augmentation probability
+    ada_signs: float = 0.0  # sum over this ADA interval's D updates of E[sign(D(real))]
+    lecam_real: float = 0.0  # LeCam's EMA of E[D(real)]
+    lecam_fake: float = 0.0  # LeCam's EMA of E[D(fake)]
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepState":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _clip(runtime: StepRuntime, module: nn.Module, out: dict[str, Tensor], key: str) -> None:
@@ -65,20 +88,59 @@ def _clip(runtime: StepRuntime, module: nn.Module, out: dict[str, Tensor], key: 
         out[key] = torch.as_tensor(runtime.clip_grad(module.parameters(), runtime.grad_clip)).detach()
 
 
+def _augmented(x: Tensor, aug: AugmentConfig, state: StepState, batch: Batch) -> Tensor:
+    return augment.augment(x, aug, state.ada_p, batch.generator, batch.rows)
+
+
+def _track_ada(real_logits: Tensor, aug: AugmentConfig, state: StepState, runtime: StepRuntime,
+               batch: Batch) -> None:
+    """Add this update's r = E[sign(D(real))] (over all workers) to the interval's sum; at the end
+    of every `ada_interval` D updates move p by ADA's rule (`augment.ada_adjust`)."""
+    r = runtime.all_reduce_mean(torch.sign(real_logits.detach()).mean())
+    state.ada_signs += float(r)
+    if (state.d_updates + 1) % aug.ada_interval == 0:
+        total = batch.rows[1] if batch.rows is not None else real_logits.shape[0]
+        r_t = torch.tensor(state.ada_signs / aug.ada_interval)
+        state.ada_p = float(augment.ada_adjust(torch.tensor(state.ada_p), r_t, aug.ada_target,
+                                               total * aug.ada_interval, aug.ada_kimg, aug.ada_p_max))
+        state.ada_signs = 0.0
+
+
+def _lecam(real_logits: Tensor, fake_logits: Tensor, aug: AugmentConfig, state: StepState,
+           runtime: StepRuntime) -> Tensor:
+    """Update LeCam's EMAs with this update's means (over all workers), then its penalty."""
+    means = runtime.all_reduce_mean(torch.stack([real_logits.detach().mean(),
+                                                 fake_logits.detach().mean()]))
+    started = state.d_updates >= aug.lecam_start
+    state.lecam_real = float(regularizers.ema_of_mean(torch.tensor(state.lecam_real), means[0].cpu(),
+                                                      aug.lecam_decay, started))
+    state.lecam_fake = float(regularizers.ema_of_mean(torch.tensor(state.lecam_fake), means[1].cpu(),
+                                                      aug.lecam_decay, started))
+    return regularizers.lecam_penalty(real_logits, fake_logits, state.lecam_real, state.lecam_fake)
+
+
 def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Batch,
-             cfg: LossConfig, state: StepState, runtime: StepRuntime) -> dict[str, Tensor]:
-    """One discriminator update on (real, G(z)); G receives no gradient."""
+             cfg: LossConfig, state: StepState, runtime: StepRuntime,
+             aug: AugmentConfig = _NO_AUGMENT) -> dict[str, Tensor]:
+    """One discriminator update on (aug(real), aug(G(z))); G receives no gradient."""
     opt_D.zero_grad(set_to_none=True)
     with torch.no_grad(), runtime.autocast():
         fake = G(batch.z, batch.fake_y)
     fake = fake.float()
+    real_seen, fake_seen = _augmented(batch.real, aug, state, batch), _augmented(fake, aug, state, batch)
     with runtime.autocast():
-        real_logits = D(batch.real, batch.real_y).float()
-        fake_logits = D(fake, batch.fake_y).float()
+        real_logits = D(real_seen, batch.real_y).float()
+        fake_logits = D(fake_seen, batch.fake_y).float()
     loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
                          label_noise=cfg.label_noise, generator=batch.generator, rows=batch.rows)
     out = {"loss/D": loss.detach(), "D/real": real_logits.detach().mean(),
            "D/fake": fake_logits.detach().mean()}
+    if aug.kind == "ada":
+        _track_ada(real_logits, aug, state, runtime, batch)
+    if aug.lecam_weight:
+        lecam = _lecam(real_logits, fake_logits, aug, state, runtime)
+        loss = loss + aug.lecam_weight * lecam
+        out["loss/lecam"] = lecam.detach()
     if cfg.drift_weight:
         loss = loss + cfg.drift_weight * regularizers.drift_penalty(real_logits)
     if cfg.penalty != "none" and state.d_updates % cfg.penalty_interval == 0:
@@ -87,7 +149,7 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
                                    fake_y=batch.fake_y, target=cfg.penalty_target,
                                    dragan_c=cfg.dragan_c, generator=batch.generator,
                                    rows=batch.rows)
-        scale = 0.5 if cfg.penalty in ("r1", "r2") else 1.0  # R1/R2 use gamma / 2
+        scale = 0.5 if cfg.penalty in ("r1", "r2", "r1+r2") else 1.0  # R1/R2 use gamma / 2
         loss = loss + scale * cfg.penalty_weight * cfg.penalty_interval * pen
         out["loss/penalty"] = pen.detach()
     runtime.backward(loss)
@@ -98,14 +160,27 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
 
 
 def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Batch,
-             cfg: LossConfig, runtime: StepRuntime) -> dict[str, Tensor]:
-    """One generator update through a frozen D: no D weight gradient is computed."""
+             cfg: LossConfig, runtime: StepRuntime, aug: AugmentConfig = _NO_AUGMENT,
+             state: StepState | None = None) -> dict[str, Tensor]:
+    """One generator update through a frozen D on aug(G(z)): no D weight gradient is computed.
+    The relativistic losses also score aug(batch.real) (without gradient)."""
     opt_G.zero_grad(set_to_none=True)
+    state = state or StepState()
     D.requires_grad_(False)
     try:
+        real_logits = None
+        if cfg.kind in losses.RELATIVISTIC_KINDS:
+            if batch.real is None:
+                raise ValueError(f"loss.kind={cfg.kind} needs real images in the G update's batch")
+            with torch.no_grad(), runtime.autocast():
+                real_logits = D(_augmented(batch.real, aug, state, batch), batch.real_y).float()
         with runtime.autocast():
-            fake_logits = D(G(batch.z, batch.fake_y), batch.fake_y).float()
-        loss = losses.g_loss(cfg.kind, fake_logits)
+            fake = G(batch.z, batch.fake_y)
+        fake = _augmented(fake.float(), aug, state, batch)
+        with runtime.autocast():
+            fake_logits = D(fake, batch.fake_y).float()
+        loss = (losses.g_loss(cfg.kind, fake_logits) if real_logits is None
+                else losses.g_loss(cfg.kind, fake_logits, real_logits))
         out = {"loss/G": loss.detach()}
         if cfg.ortho_weight:
             ortho = regularizers.orthogonal_regularization(G)
@@ -122,7 +197,8 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
 def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                   opt_D: torch.optim.Optimizer, d_batches: list[Batch], g_batch: Batch,
                   cfg: LossConfig, state: StepState, runtime: StepRuntime | None = None,
-                  g_runtime: StepRuntime | None = None) -> dict[str, Tensor]:
+                  g_runtime: StepRuntime | None = None,
+                  aug: AugmentConfig = _NO_AUGMENT) -> dict[str, Tensor]:
     """k = len(d_batches) D updates, then one G update.
 
     `runtime` runs the D updates and, unless `g_runtime` is given, the G update too: data-parallel
@@ -133,8 +209,13 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
     """
     runtime = runtime or StepRuntime()
     g_runtime = g_runtime or runtime
-    d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime) for b in d_batches]
+    d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime, aug) for b in d_batches]
     keys = dict.fromkeys(k for m in d_metrics for k in m)
     metrics = {k: torch.stack([m[k] for m in d_metrics if k in m]).mean() for k in keys}
-    metrics.update(g_update(G, D, opt_G, g_batch, cfg, g_runtime))
+    metrics.update(g_update(G, D, opt_G, g_batch, cfg, g_runtime, aug, state))
+    if aug.kind == "ada":
+        metrics["augment/p"] = torch.tensor(state.ada_p)
+    if aug.lecam_weight:
+        metrics["lecam/ema_real"] = torch.tensor(state.lecam_real)
+        metrics["lecam/ema_fake"] = torch.tensor(state.lecam_fake)
     return metrics

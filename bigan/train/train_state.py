@@ -11,7 +11,7 @@ run directories) rank 0 gathers the state and writes it alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from bigan.data.feed import merge_states
 from bigan.train import parallel, parallel_state
 from bigan.train.optimizers import apply_settings, changed_settings
 from bigan.train.parallel import Prepared
+from bigan.train.step import StepState
 from bigan.train.run_log import DIVERGENCE_ADVICE, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class Position:
     """Where a run stands: the start of a fresh run, or what a checkpoint recorded."""
     step: int = 0  # G steps completed
     cur_nimg: int = 0  # real images shown to D so far
-    d_updates: int = 0  # D updates so far (lazy-regularization cadence)
+    step_state: StepState = field(default_factory=StepState)  # D updates, ADA's p, LeCam's EMAs
     data_state: Any = None  # the loader's exactly-once position (bigan.data.position)
     checkpoint: Path | None = None  # the checkpoint resumed from
 
@@ -80,9 +81,11 @@ class TrainCheckpoints:
                      path, m["step"], m["cur_nimg"], m.get("world_size", 1),
                      m.get("strategy", "ddp"), self.world, self.strategy)
         self.last = path
-        return Position(m["step"], m["cur_nimg"], m["d_updates"], m["data_position"], path)
+        # Checkpoints from before `step_state` recorded only the D-update count.
+        step_state = StepState.from_dict({"d_updates": m["d_updates"], **m.get("step_state", {})})
+        return Position(m["step"], m["cur_nimg"], step_state, m["data_position"], path)
 
-    def save(self, step: int, cur_nimg: int, d_updates: int, feed, manifest: dict) -> Path:
+    def save(self, step: int, cur_nimg: int, step_state: StepState, feed, manifest: dict) -> Path:
         """Write checkpoint `step` (collective); the path on every rank. `manifest`: further
         fields for the manifest (the curriculum's phase). TrainingDiverged on every rank, with
         nothing written, when a weight or optimizer state is NaN or infinite."""
@@ -91,7 +94,8 @@ class TrainCheckpoints:
             states = [None] * self.world
             torch.distributed.all_gather_object(states, data_position)
             data_position = merge_states(states)
-        extra = {"cur_nimg": cur_nimg, "data_position": data_position, "d_updates": d_updates,
+        extra = {"cur_nimg": cur_nimg, "data_position": data_position,
+                 "d_updates": step_state.d_updates, "step_state": step_state.to_dict(),
                  **manifest, "world_size": self.world, "strategy": self.strategy,
                  "class_names": feed.class_names, "config": self.cfg.to_dict()}
         rng = {"torch": torch.get_rng_state()}

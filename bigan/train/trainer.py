@@ -29,7 +29,7 @@ from bigan.train.hooks import TrainHooks
 from bigan.train.optimizers import build_optimizers
 from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged, accelerate_trackers
 from bigan.train.speed import FastPath
-from bigan.train.step import StepState, gan_iteration
+from bigan.train.step import gan_iteration
 from bigan.train.train_state import TrainCheckpoints
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     G_ema.to(device)
     checkpoints = TrainCheckpoints(cfg, run_dir / "checkpoints", p, G_ema, rank, world, strategy)
     at = checkpoints.restore(resume)
-    step, cur_nimg, state = at.step, at.cur_nimg, StepState(d_updates=at.d_updates)
+    step, cur_nimg, state = at.step, at.cur_nimg, at.step_state
     feed = make_feed(cfg, rank, world, at.data_state)
     course = curriculum(cfg, [p.G, p.D, G_ema], p.opt_G, p.opt_D, cur_nimg)
     if main:
@@ -95,10 +95,11 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         d_batches, g_batch = draw_batches(cfg, feed, course.prepare_reals, step, batch_size,
                                           rank, world, device)
         d_batches = [fast.batch(b) for b in d_batches]
-        metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, cfg.loss, state,
-                                p.d_runtime, g_runtime=p.g_runtime)
+        now = course.now  # the config in force at this step (`schedules:` applied)
+        metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, now.loss, state,
+                                p.d_runtime, g_runtime=p.g_runtime, aug=now.augment)
         with p.gathered("G"):  # ZeRO-3: whole weights for the average
-            ema.update_ema(G_ema, p.G, ema.ema_decay(step, cfg.ema.decay, cfg.ema.start_step))
+            ema.update_ema(G_ema, p.G, ema.ema_decay(step, now.ema.decay, cfg.ema.start_step))
         step += 1
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size * cfg.optim.d_steps
         run_log.count(batch_size * cfg.optim.d_steps)
@@ -122,7 +123,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             grids.draw(step)
         if is_ckpt_step:
-            last_ckpt = checkpoints.save(step, cur_nimg, state.d_updates, feed, course.manifest())
+            last_ckpt = checkpoints.save(step, cur_nimg, state, feed, course.manifest())
             hooks.on_checkpoint(last_ckpt, step)
             if is_eval_step:  # the EMA weights are on disk: the evaluator reads them from there
                 evaluation.hand_over(last_ckpt, step, cur_nimg)
