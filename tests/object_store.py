@@ -39,6 +39,11 @@ def s3_server(bucket: str = "bigan-test") -> Iterator[str]:
            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec caches one S3FileSystem per set of arguments, built with the endpoint of its day:
+    # without clearing, a later test module's `fsspec.filesystem("s3")` calls a stopped server.
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         import fsspec
 
@@ -50,6 +55,7 @@ def s3_server(bucket: str = "bigan-test") -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
 
 
