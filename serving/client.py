@@ -93,12 +93,17 @@ def started_server(model: str | Path, *serve_args: str, host: str = "127.0.0.1",
             raise type(e)(f"{e}; its output ends:\n{Path(output.name).read_text()[-4000:]}") from None
         yield StartedServer(url, port, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=30)
+
+
+def stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited within `grace_s` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

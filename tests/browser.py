@@ -19,6 +19,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
+from serving.client import stop_process
+
 KEYS = {"ArrowDown": 40, "ArrowUp": 38, "Enter": 13, "Escape": 27, "Home": 36, "End": 35,
         "Tab": 9}
 
@@ -104,9 +106,4 @@ async def open_page(url: str, profile: Path, width: int = 1000,
                 await page.wait_for("document.readyState === 'complete'")
                 yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=10)
