@@ -27,6 +27,9 @@ VARIANTS = {  # name -> (fraction of the digits trained on, overrides)
     "baseline-10%": (0.1, []),
     "diffaugment-10%": (0.1, ["augment.kind=diffaugment"]),
     "diffaugment+lecam-10%": (0.1, ["augment.kind=diffaugment", "augment.lecam_weight=0.3"]),
+    # Cutout erases up to half of a thin-stroke digit, which can leave a real image that no
+    # longer shows its class; DiffAugment's paper also ran translation alone on small data.
+    "diffaugment-translation-10%": (0.1, ["augment.kind=diffaugment", "augment.policy=translation"]),
     "ada-10%": (0.1, ["augment.kind=ada"]),
     "baseline-100%": (1.0, []),
 }

@@ -3,21 +3,25 @@
 For each (case, precision), two copies of G and D with the same initial weights run
 `gan_iteration` (k D updates + 1 G update, the config's settings): `plain` as the reference
 implementations run it (BigGAN-PyTorch, StudioGAN: NCHW, for-loop Adam; `speed.PLAIN`), and
-`bigan` with the fast switches (channels_last, fused Adam: `speed.*`'s `auto` on CUDA). They are
+`bigan` with its default `speed:` settings on this device (`auto`; `--speed FIELD=VALUE` sets one
+instead, to measure a switch). They are
 timed in alternating rounds (plain first in odd rounds, bigan first in even ones), so load from
 other processes on a shared machine falls on both alike; each round's ratio plain/bigan and
 the median ratio are reported, in wall time and in this process's CPU time (which other
 processes' load disturbs far less: on a CPU, with one thread, it is the iteration's own work).
-FLOPs of one iteration are counted by `torch.utils.flop_counter` and set against a matmul peak
+FLOPs of one iteration (each path's own: folded resampling does fewer) are counted by
+`torch.utils.flop_counter` and set against a matmul peak
 measured in the same run: the best GFLOP/s of large square matmuls over every thread count up
 to the machine's cores (an upper bound for what any iteration on this machine reaches).
 
-    python bench/train_step.py [--quick] [--cases biggan-32] [--rounds 3] [--out bench/results]
+    python bench/train_step.py [--quick] [--cases biggan-32] [--rounds 3] [--speed memory_format=channels_last]
+                               [--out bench/results]
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict, fields
 import json
 import os
 import platform
@@ -144,19 +148,20 @@ class Runner:
         return (time.perf_counter() - t) / iters, (time.process_time() - c) / iters
 
 
-def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int) -> dict:
+def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int,
+               speed: SpeedConfig) -> dict:
     path, overrides = CASES[name]
     cfg = load_config(path, overrides + [f"train.batch_size={batch}"])
-    # The fast switches themselves (what `auto` takes on CUDA), whatever this device's default:
-    # on CPU `auto` is the plain path, because this bench measured no gain there.
-    fast = FastPath.resolve(SpeedConfig(memory_format="channels_last", optimizer="fused"), DEVICE)
+    fast = FastPath.resolve(speed, DEVICE)  # bigan's default on this device unless --speed says
     paths = {"plain": Runner(cfg, PLAIN, precision, batch), "bigan": Runner(cfg, fast, precision, batch)}
     for r in paths.values():
         r.one()  # warm-up: allocator, lazy init, oneDNN/cuDNN algorithm choice
-    counter = FlopCounterMode(display=False)
-    with counter:
-        paths["plain"].one()
-    flops = counter.get_total_flops()
+    flops = {}
+    for p, r in paths.items():  # each path's own count: folded resampling does fewer FLOPs
+        counter = FlopCounterMode(display=False)
+        with counter:
+            r.one()
+        flops[p] = counter.get_total_flops()
     per_round = []
     for i in range(rounds):
         order = ("plain", "bigan") if i % 2 == 0 else ("bigan", "plain")
@@ -170,7 +175,7 @@ def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int) -
     bigan_sec = statistics.median(r["bigan_sec"] for r in per_round)
     return {"case": name, "precision": precision, "batch": batch, "d_steps": cfg.optim.d_steps,
             "loss": cfg.loss.kind, "attention": cfg.model.attention,
-            "bigan_path": {"memory_format": fast.memory_format, "optimizer": fast.optimizer},
+            "bigan_path": asdict(fast),
             "params_G": sum(p.numel() for p in paths["plain"].G.parameters()),
             "params_D": sum(p.numel() for p in paths["plain"].D.parameters()),
             "iters_per_round": iters, "rounds": per_round,
@@ -178,8 +183,9 @@ def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int) -
             "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in per_round),
             "plain_sec_per_iter": plain_sec, "bigan_sec_per_iter": bigan_sec,
             "bigan_img_per_sec": batch * (cfg.optim.d_steps + 1) / bigan_sec,
-            "gflop_per_iter": flops / 1e9, "plain_gflop_per_sec": flops / plain_sec / 1e9,
-            "bigan_gflop_per_sec": flops / bigan_sec / 1e9}
+            "gflop_per_iter": flops["plain"] / 1e9, "bigan_gflop_per_iter": flops["bigan"] / 1e9,
+            "plain_gflop_per_sec": flops["plain"] / plain_sec / 1e9,
+            "bigan_gflop_per_sec": flops["bigan"] / bigan_sec / 1e9}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -191,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=0, help="batch per case (0: the case's own)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (>= 1)")
     parser.add_argument("--iters", type=int, default=0, help="iterations per path per round (0: 3, quick: 1)")
+    parser.add_argument("--speed", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a `speed:` setting for the bigan path instead of its auto value, e.g. "
+                             "memory_format=channels_last (repeatable)")
     parser.add_argument("--out", default="bench/results", help="directory for the JSON")
     parser.add_argument("--name", default="train_step.json", help="JSON file name")
     args = parser.parse_args(argv)
@@ -199,6 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    names = {f.name for f in fields(SpeedConfig)}
+    settings = dict(kv.split("=", 1) for kv in args.speed if "=" in kv)
+    if len(settings) != len(args.speed) or not settings.keys() <= names:
+        parser.error(f"--speed takes FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+    speed = SpeedConfig(**settings)
+    try:
+        speed.validate()
+    except ValueError as e:
+        parser.error(str(e))
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if args.precisions == "auto" \
         else [p.strip() for p in args.precisions.split(",")]
     peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
@@ -207,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in cases:
         batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)[name]
         for precision in precisions:
-            r = bench_case(name, precision, batch, iters, max(1, args.rounds))
+            r = bench_case(name, precision, batch, iters, max(1, args.rounds), speed)
             r["peak_gflop_per_sec"] = peaks[precision]["gflop_per_sec"]
             r["bigan_fraction_of_peak"] = r["bigan_gflop_per_sec"] / r["peak_gflop_per_sec"]
             rows.append(r)

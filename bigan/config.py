@@ -69,6 +69,7 @@ EVAL_METRICS = {"fid": "min", "kid": "min", "intra_fid": "min", "precision": "ma
 EVAL_MODES = ("process", "blocking")  # beside training in its own process | inside the loop
 # How the training iteration is executed (bigan/train/speed.py); none changes the math.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+RESAMPLING = ("auto", "folded", "separate")
 OPTIMIZER_IMPLS = ("auto", "for-loop", "foreach", "fused")
 
 
@@ -289,10 +290,12 @@ class SpeedConfig:
 
     memory_format: str = "auto"  # auto (channels_last on CUDA; contiguous on CPU, where it measured no gain, and under DeepSpeed) | channels_last | contiguous: layout of G, D, the EMA G and the batch
     optimizer: str = "auto"  # auto (fused on CUDA; torch's default on CPU and under DeepSpeed) | for-loop | foreach | fused: how each Adam step runs over the parameters
+    resample: str = "auto"  # auto (folded everywhere) | folded: 2x nearest upsampling and 2x2 average pooling folded into the adjacent 3x3 conv as one 4x4 stride-2 conv (2.25x fewer FLOPs there; layers.upsample_conv3x3) | separate: resample and convolve as two ops, as BigGAN-PyTorch
 
     def validate(self, prefix: str = "speed") -> None:
         _one_of(f"{prefix}.memory_format", self.memory_format, MEMORY_FORMATS)
         _one_of(f"{prefix}.optimizer", self.optimizer, OPTIMIZER_IMPLS)
+        _one_of(f"{prefix}.resample", self.resample, RESAMPLING)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear,
-                          MinibatchStdDev, PixelNorm, SelfAttention, attend, sn_embedding, snconv2d,
-                          snlinear)
+                          MinibatchStdDev, PixelNorm, SelfAttention, attend, conv3x3_avgpool,
+                          sn_embedding, snconv2d, snlinear, upsample_conv3x3)
 
 pytestmark = pytest.mark.unit
 
@@ -143,3 +143,58 @@ def test_sn_factories_use_parametrizations_and_orthogonal_init():
     assert {"parametrizations.weight.0._u", "parametrizations.weight.0._v"} <= set(
         dict(sn_lin.named_buffers()))
     assert sn_lin.parametrizations.weight[0].eps == 1e-3
+
+
+# --- resampling folded into 3x3 convolutions ------------------------------------------------------
+
+FOLD_CONVS = {
+    "conv2d": lambda: nn.Conv2d(5, 6, 3, padding=1),
+    "spectral-norm": lambda: snconv2d(5, 6, 3),
+    "equalized": lambda: EqualizedConv2d(5, 6, 3),
+}
+
+
+def _unfolded(kind: str, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if kind == "up":
+        return conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    return torch.nn.functional.avg_pool2d(conv(x), 2)
+
+
+@pytest.mark.parametrize("make", list(FOLD_CONVS.values()), ids=list(FOLD_CONVS))
+@pytest.mark.parametrize("kind", ["up", "pool"])
+def test_folded_resampling_equals_resample_then_convolve_in_values_and_gradients(kind, make):
+    torch.manual_seed(0)
+    # float64, so that the comparison shows the maps are equal, not merely close in float32
+    conv = make().double().eval()  # eval: a spectral-norm weight is the same on every read
+    with torch.no_grad():
+        conv.bias.normal_()  # a non-zero bias: it must be added once per output pixel
+    x = torch.randn(3, 5, 6, 8, dtype=torch.float64, requires_grad=True)  # rows and columns differ
+    folded = upsample_conv3x3 if kind == "up" else conv3x3_avgpool
+    out, ref = folded(x, conv), _unfolded(kind, conv, x)
+    assert out.shape == ref.shape == ((3, 6, 12, 16) if kind == "up" else (3, 6, 3, 4))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weights = [p for p in conv.parameters() if p.dim() == 4]
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, *weights, conv.bias], g)
+    want = torch.autograd.grad(ref, [x, *weights, conv.bias], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_folded_resampling_is_a_real_stride_2_layout_not_a_shifted_copy():
+    # One non-zero 3x3 tap: upsample-then-convolve moves each input pixel to known output pixels.
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0  # output (i, j) reads upsampled (i-1, j-1)
+    x = torch.arange(1.0, 5.0).view(1, 1, 2, 2)
+    out = upsample_conv3x3(x, conv)[0, 0]
+    expected = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 2], [0, 1, 1, 2], [0, 3, 3, 4.]])
+    assert torch.equal(out, expected)
+
+
+def test_folded_resampling_rejects_other_convolutions():
+    with pytest.raises(ValueError, match="3x3 stride-1 'same' convolution"):
+        upsample_conv3x3(torch.zeros(1, 2, 4, 4), nn.Conv2d(2, 2, 1))
+    with pytest.raises(ValueError, match="3x3 stride-1 'same' convolution"):
+        conv3x3_avgpool(torch.zeros(1, 2, 4, 4), nn.Conv2d(2, 2, 3, stride=2, padding=1))

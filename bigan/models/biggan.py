@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
-from bigan.layers import ConditionalBatchNorm2d, SelfAttention, sn_embedding, snconv2d, snlinear
+from bigan.layers import (ConditionalBatchNorm2d, SelfAttention, conv3x3_avgpool, sn_embedding, snconv2d,
+                          snlinear, upsample_conv3x3)
 
 # The width tables live in bigan.config, beside the resolutions they define.
 # D block i halves the side when D_DOWN[r][i] (BigGAN-PyTorch `D_arch`).
@@ -60,10 +61,18 @@ class GBlock(nn.Module):
         self.conv2 = snconv2d(out_ch, out_ch, 3, **sn)
         self.conv_sc = snconv2d(in_ch, out_ch, 1, **sn)  # always learnable: every block upsamples
 
+    fold_resample = True  # upsampling folded into conv1 (layers.upsample_conv3x3); speed.resample
+
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2.0, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), c)))
-        return h + self.conv_sc(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        h = F.relu(self.bn1(x, c))
+        if self.fold_resample:
+            h = upsample_conv3x3(h, self.conv1)
+            # A 1x1 conv and nearest upsampling commute: the shortcut convolves the small input.
+            sc = F.interpolate(self.conv_sc(x), scale_factor=2.0, mode="nearest")
+        else:  # as BigGAN-PyTorch: upsample, then convolve
+            h = self.conv1(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            sc = self.conv_sc(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv2(F.relu(self.bn2(h, c))) + sc
 
 
 class Generator(nn.Module):
@@ -142,9 +151,14 @@ class DBlock(nn.Module):
     def _pool(self, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, 2) if self.downsample else x
 
+    fold_resample = True  # pooling folded into conv2 (layers.conv3x3_avgpool); speed.resample
+
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(x) if self.preactivation else x
-        h = self._pool(self.conv2(F.relu(self.conv1(h))))
+        h = F.relu(self.conv1(F.relu(x) if self.preactivation else x))
+        if self.downsample and self.fold_resample:
+            h = conv3x3_avgpool(h, self.conv2)
+        else:
+            h = self._pool(self.conv2(h))
         # A 1x1 conv and 2x2 average pooling commute, so BigGAN-PyTorch's two shortcut orders
         # are the same function; pooling first is 4x cheaper.
         sc = self._pool(x)

@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import PROGAN_RESOLUTIONS, ModelConfig
-from bigan.layers import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm,
-                          snconv2d, snlinear)
+from bigan.layers import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm, conv3x3_avgpool,
+                          snconv2d, snlinear, upsample_conv3x3)
 
 SLOPE = 0.2  # leaky ReLU slope (paper Sec. A.1)
 LINEAR_GAIN = 1 / math.sqrt(2)  # official gain=1 layers (toRGB, last dense): std 1/sqrt(fan_in)
@@ -166,9 +166,12 @@ class GBlock(nn.Module):
         self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
         self.norm = PixelNorm()
 
+    fold_resample = True  # upsampling folded into conv0 (layers.upsample_conv3x3); speed.resample
+
     def forward(self, x: Tensor) -> Tensor:
-        h = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        h = self.norm(_lrelu(self.conv0(h)))
+        h = upsample_conv3x3(x, self.conv0) if self.fold_resample \
+            else self.conv0(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        h = self.norm(_lrelu(h))
         return self.norm(_lrelu(self.conv1(h)))
 
 
@@ -243,8 +246,12 @@ class DBlock(nn.Module):
         self.conv0 = _d_conv(in_ch, in_ch, 3, cfg)
         self.conv1 = _d_conv(in_ch, out_ch, 3, cfg)
 
+    fold_resample = True  # pooling folded into conv1 (layers.conv3x3_avgpool); speed.resample
+
     def forward(self, x: Tensor) -> Tensor:
-        return _lrelu(F.avg_pool2d(self.conv1(_lrelu(self.conv0(x))), 2))
+        h = _lrelu(self.conv0(x))
+        return _lrelu(conv3x3_avgpool(h, self.conv1) if self.fold_resample
+                      else F.avg_pool2d(self.conv1(h), 2))
 
 
 class DLastBlock(nn.Module):

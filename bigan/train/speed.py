@@ -40,6 +40,7 @@ class FastPath:
 
     memory_format: str  # channels_last | contiguous
     optimizer: str  # for-loop | foreach | fused | default (torch chooses); optimizers.IMPLEMENTATIONS
+    resample: str = "folded"  # folded | separate: the models' `fold_resample` (layers.upsample_conv3x3)
 
     @classmethod
     def resolve(cls, cfg: SpeedConfig, device: torch.device | str = "cpu",
@@ -53,16 +54,21 @@ class FastPath:
         opt = cfg.optimizer
         if opt == "auto":
             opt = "default" if plain else "fused"
-        return cls(fmt, opt)
+        resample = "folded" if cfg.resample == "auto" else cfg.resample
+        return cls(fmt, opt, resample)
 
     @property
     def torch_format(self) -> torch.memory_format:
         return torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
 
     def models(self, *modules: nn.Module) -> None:
-        """Put every 4-D parameter and buffer of `modules` in this layout (in place)."""
+        """Put every 4-D parameter and buffer of `modules` in this layout and set their blocks'
+        resampling (in place)."""
         for m in modules:
             m.to(memory_format=self.torch_format)
+            for block in m.modules():
+                if hasattr(block, "fold_resample"):
+                    block.fold_resample = self.resample == "folded"
 
     def batch(self, batch: Batch) -> Batch:
         """`batch` with its real images in this layout (latents and labels are 2-D/1-D)."""
@@ -71,4 +77,4 @@ class FastPath:
         return replace(batch, real=batch.real.contiguous(memory_format=self.torch_format))
 
 
-PLAIN = FastPath("contiguous", "for-loop")
+PLAIN = FastPath("contiguous", "for-loop", "separate")
