@@ -10,7 +10,7 @@
    classifier's accuracy on real held-out images), domain FID/KID/precision/recall with a
    real-vs-real baseline at the same N, Inception FID/KID at a stated N against real-vs-real at
    that N, and a truncation sweep (domain features).
-3. `lowdata`: data-efficient training on 10% of the digits, the rest held out for scoring:
+3. `lowdata`: data-efficient training on 10% (`--lowdata-fraction`) of the digits, the rest held out:
    baseline, DiffAugment, DiffAugment + LeCam, ADA, and the baseline on all the digits, the same
    G steps and seeds for each (`bench/quality_lowdata.py`).
 
@@ -278,6 +278,11 @@ def main() -> int:
     parser.add_argument("--lowdata-seeds", default="0,1",
                         help="lowdata: comma list of seeds (runs already in --out's partial JSON are kept)")
     parser.add_argument("--lowdata-n", type=int, default=500, help="lowdata: images per evaluation")
+    parser.add_argument("--lowdata-fraction", type=float, default=0.1,
+                        help="lowdata: share of every class trained on (the rest is held out)")
+    parser.add_argument("--lowdata-variants", default="",
+                        help="lowdata: comma list of variants (default all: "
+                             "baseline, diffaugment, diffaugment+lecam, diffaugment-translation, ada, baseline-all)")
     parser.add_argument("--cifar-budget-min", type=float, default=30.0, help="CIFAR-10 training budget, minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -305,11 +310,18 @@ def main() -> int:
             result = run_cifar(out, args.quick, 60 if args.quick else args.cifar_budget_min * 60)
             print_real("cifar10", result)
         elif part == "lowdata":
-            from bench.quality_lowdata import print_lowdata, run_lowdata
+            from bench.quality_lowdata import VARIANTS, print_lowdata, run_lowdata
+
+            unknown = set(v for v in args.lowdata_variants.split(",") if v) - set(VARIANTS)
+            if unknown or not 0 < args.lowdata_fraction < 1:
+                parser.error(f"--lowdata-variants takes {', '.join(VARIANTS)} (got {sorted(unknown)}); "
+                             f"--lowdata-fraction must be in (0, 1) (got {args.lowdata_fraction})")
 
             result = run_lowdata(out, [0] if args.quick else [int(x) for x in args.lowdata_seeds.split(",")],
                                  8 if args.quick else args.lowdata_steps,
-                                 40 if args.quick else args.lowdata_n, args.quick)
+                                 40 if args.quick else args.lowdata_n, args.quick,
+                                 [v for v in args.lowdata_variants.split(",") if v] or None,
+                                 args.lowdata_fraction)
             print_lowdata(result)
         else:
             parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10, lowdata")

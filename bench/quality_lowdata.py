@@ -1,13 +1,13 @@
-"""The `lowdata` part of bench/quality.py: data-efficient training on 10% of the digits.
+"""The `lowdata` part of bench/quality.py: data-efficient training on a fraction of the digits.
 
-A class-conditional BigGAN (configs/demo.yaml) is trained on a stratified 10% of scikit-learn's
-1,797 digits; the other 90% are held out and are what every variant is scored against. Variants,
-each with the same number of G steps and the same seeds: the baseline, DiffAugment
-(colour, translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), ADA, and the baseline on
-all the digits (which has seen the held-out images: it is the "all data" reference of
-DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
-KID, precision, recall) and its class accuracy on the generated images. The goal: the best 10%
-variant closes >= half of the FID gap between the 10% and the all-data baselines
+A class-conditional BigGAN (configs/demo.yaml) is trained on a stratified share (`fraction`,
+default 10%) of scikit-learn's 1,797 digits; the rest is held out and is what every variant is
+scored against. Variants, each with the same number of G steps and the same seeds: the baseline,
+DiffAugment (colour, translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment
+with translation alone, ADA, and the baseline on all the digits (which has seen the held-out
+images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
+KID, precision, recall) and its class accuracy on the generated images. The goal: the best subset
+variant closes >= half of the FID gap between the subset and the all-data baselines
 (gap closed = (FID_base10 - FID_variant) / (FID_base10 - FID_base100)).
 
 ADA's speed is scaled to the run: the paper's 500 kimg for p to move by 1 is longer than the
@@ -23,20 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = {  # name -> (fraction of the digits trained on, overrides)
-    "baseline-10%": (0.1, []),
-    "diffaugment-10%": (0.1, ["augment.kind=diffaugment"]),
-    "diffaugment+lecam-10%": (0.1, ["augment.kind=diffaugment", "augment.lecam_weight=0.3"]),
+VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
+    "baseline": (True, []),
+    "diffaugment": (True, ["augment.kind=diffaugment"]),
+    "diffaugment+lecam": (True, ["augment.kind=diffaugment", "augment.lecam_weight=0.3"]),
     # Cutout erases up to half of a thin-stroke digit, which can leave a real image that no
     # longer shows its class; DiffAugment's paper also ran translation alone on small data.
-    "diffaugment-translation-10%": (0.1, ["augment.kind=diffaugment", "augment.policy=translation"]),
-    "ada-10%": (0.1, ["augment.kind=ada"]),
-    "baseline-100%": (1.0, []),
+    "diffaugment-translation": (True, ["augment.kind=diffaugment", "augment.policy=translation"]),
+    "ada": (True, ["augment.kind=ada"]),
+    "baseline-all": (False, []),
 }
 
 
-def _splits(out: Path) -> tuple[Path, Path, Path]:
-    """(10% train shards, 90% held-out shards, all-digits shards) under out/data, made once."""
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
+    """(train shards: `fraction` of every class, held-out shards: the rest, all-digits shards)
+    under out/data, made once."""
     from bigan.data import synthetic
     from bigan.data.shards import pack
     from bigan.data.sources import ImageSource
@@ -44,11 +49,12 @@ def _splits(out: Path) -> tuple[Path, Path, Path]:
     images, labels = synthetic.digits(32, channels=3)
     rng = np.random.default_rng(0)
     train = np.zeros(len(labels), bool)
-    for k in np.unique(labels):  # stratified: 10% of every class
+    for k in np.unique(labels):  # stratified: the same share of every class
         idx = rng.permutation(np.flatnonzero(labels == k))
-        train[idx[:max(1, round(0.1 * len(idx)))]] = True
+        train[idx[:max(1, round(fraction * len(idx)))]] = True
+    tag = f"digits{100 * fraction:g}"
     dirs = {}
-    for name, mask in (("digits10-train", train), ("digits10-heldout", ~train),
+    for name, mask in ((f"{tag}-train", train), (f"{tag}-heldout", ~train),
                        ("digits-all", np.ones_like(train))):
         d = out / "data" / name
         if not (d / "dataset.json").is_file():
@@ -56,11 +62,11 @@ def _splits(out: Path) -> tuple[Path, Path, Path]:
                               list(synthetic.DIGIT_CLASS_NAMES), labels[mask], images=images[mask])
             pack(src, d, 32, fmt="png", min_shards=4, progress=False)
         dirs[name] = d
-    return dirs["digits10-train"], dirs["digits10-heldout"], dirs["digits-all"]
+    return dirs[f"{tag}-train"], dirs[f"{tag}-heldout"], dirs["digits-all"]
 
 
 def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: bool,
-                variants: list[str] | None = None) -> dict:
+                variants: list[str] | None = None, fraction: float = 0.1) -> dict:
     from bigan.config import load_config
     from bigan.eval.classifier import train_classifier
     from bigan.eval.evaluate import class_grid_png, evaluate
@@ -69,7 +75,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
     from bigan.train.trainer import train
 
     root = Path(__file__).resolve().parents[1]
-    train10, heldout, everything = _splits(out)
+    subset, heldout, everything = _splits(out, fraction)
     clf_path = out / "digits-all-classifier.safetensors"
     if not clf_path.is_file() or quick:  # the evaluator's features: trained on all the digits
         report = train_classifier(everything, clf_path, epochs=2 if quick else 15,
@@ -77,15 +83,18 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
         clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     clf = ClassifierExtractor(clf_path)
     kimg = steps * 32 * 2 / 1000  # demo.yaml: batch 32, 2 D steps per G step
-    partial = out / "quality_lowdata.partial.json"
+    # One partial file per fraction: each fraction has its own held-out set, so a row scored
+    # against one is not comparable with another's (the all-digits runs are re-scored, not retrained).
+    partial = out / f"quality_lowdata-{_pct(fraction)}.partial.json"
     runs = json.loads(partial.read_text()) if partial.is_file() and not quick else []
     done = {(r["variant"], r["seed"]) for r in runs}
-    for name in variants or list(VARIANTS):
-        fraction, extra = VARIANTS[name]
+    for variant in variants or list(VARIANTS):
+        on_subset, extra = VARIANTS[variant]
+        name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
         for seed in seeds:
             if (name, seed) in done:
                 continue
-            shards = train10 if fraction < 1 else everything
+            shards = subset if on_subset else everything
             overrides = [f"data.path={shards}", f"train.out_dir={out / 'runs' / f'{name}-s{seed}'}",
                          f"train.steps={steps}", f"train.seed={seed}", "train.sample_every=1000000",
                          f"train.ckpt_every={steps}", "train.keep_ckpts=1", "train.log_every=50",
@@ -94,13 +103,14 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                          f"augment.lecam_start={steps * 2 // 10}", *extra]
             cfg = load_config(root / "configs" / "demo.yaml", overrides)
             t0 = time.perf_counter()
-            res = train(cfg)
+            res = train(cfg, resume="auto")  # a finished run (another fraction's) is only re-scored
             train_sec = time.perf_counter() - t0
             sampler = open_sampler(res.last_checkpoint)
             grid = class_grid_png(sampler, out / f"lowdata_{name}_s{seed}.png")
             m = evaluate(sampler, heldout, [clf], n_eval, baseline=True,
                          cache_dir=out / "feature-cache", log=lambda s: None)["metrics"][clf.name]
-            row = {"variant": name, "seed": seed, "fraction": fraction, "overrides": extra,
+            row = {"variant": name, "seed": seed, "fraction": fraction if on_subset else 1.0,
+                   "overrides": extra,
                    "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
                    "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
                    **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
@@ -111,10 +121,11 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                   f" ({train_sec:.0f} s)", flush=True)
             partial.write_text(json.dumps(runs, indent=2))
     return {"steps": steps, "n_eval": n_eval, "seeds": seeds, "runs": runs,
-            "summary": summarize(runs), "heldout": str(heldout), "train10": str(train10)}
+            "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
+            "train": str(subset)}
 
 
-def summarize(runs: list[dict]) -> dict:
+def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
     """Per variant: mean and spread over seeds, and the share of the FID gap closed."""
     out = {}
     for name in dict.fromkeys(r["variant"] for r in runs):
@@ -123,11 +134,12 @@ def summarize(runs: list[dict]) -> dict:
                      for k in ("fid", "kid", "precision", "recall", "class_accuracy")}
         out[name]["fid_std"] = float(np.std([r["fid"] for r in rows]))
         out[name]["seeds"] = len(rows)
-    base, full = out.get("baseline-10%"), out.get("baseline-100%")
+    subset = f"-{_pct(fraction)}"
+    base, full = out.get(f"baseline{subset}"), out.get("baseline-100%")
     if base and full and base["fid"] > full["fid"]:  # otherwise there is no gap to close
         for name, s in out.items():
             s["gap_closed"] = (base["fid"] - s["fid"]) / (base["fid"] - full["fid"])
-        best = max((n for n in out if n.endswith("-10%") and n != "baseline-10%"),
+        best = max((n for n in out if n.endswith(subset) and n != f"baseline{subset}"),
                    key=lambda n: out[n]["gap_closed"], default=None)
         out["_goal"] = {"best": best, "gap_closed": out[best]["gap_closed"] if best else None,
                         "met": bool(best and out[best]["gap_closed"] >= 0.5)}
@@ -137,16 +149,16 @@ def summarize(runs: list[dict]) -> dict:
 def print_lowdata(r: dict) -> None:
     s = r["summary"]
     print(f"\nlowdata: BigGAN (demo.yaml) {r['steps']} G steps per run, seeds {r['seeds']}, "
-          f"domain features vs the 90% held out, N={r['n_eval']}")
-    print(f"{'variant':24s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} {'gap closed':>10s}")
+          f"domain features vs the held-out {_pct(1 - r['fraction'])}, N={r['n_eval']}")
+    print(f"{'variant':28s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} {'gap closed':>10s}")
     for name, v in s.items():
         if name.startswith("_"):
             continue
         gap = f"{100 * v['gap_closed']:9.0f}%" if "gap_closed" in v else ""
-        print(f"{name:24s} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} {v['precision']:6.3f} "
+        print(f"{name:28s} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} {v['precision']:6.3f} "
               f"{v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
     goal = s.get("_goal")
     if goal:
-        print(f"goal (best 10% variant closes >= 50% of the FID gap): "
+        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap): "
               f"{'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
               f"{100 * (goal['gap_closed'] or 0):.0f}%)")

@@ -1,21 +1,25 @@
 """How the training iteration is executed, apart from what it computes: the memory layout of the
-models and the batch, and how Adam's step runs over the parameters (`cfg.speed`).
+models and the batch, how Adam's step runs over the parameters, and whether 2x resampling is
+folded into the adjacent 3x3 convolution (`cfg.speed`).
 
 `FastPath.resolve(cfg.speed, device, strategy)` turns the config's `auto` into a concrete choice;
-`PLAIN` is the eager NCHW, for-loop-Adam iteration that the reference implementations
-(BigGAN-PyTorch, StudioGAN) run, which `bench/train_step.py` times against the default. Neither
-switch changes the math: weights after N steps equal the plain path's within float tolerance
-(tests/test_speed.py); only the order of float operations inside a convolution or an Adam update
-differs.
+`PLAIN` is the eager NCHW, for-loop-Adam, upsample-then-convolve iteration that the reference
+implementations (BigGAN-PyTorch, StudioGAN) run, which `bench/train_step.py` times against the
+default. No switch changes the math: weights after N steps equal the plain path's within float
+tolerance (tests/test_speed.py); only the order of float operations differs.
 
-Why these and not more (measured with `torch.profiler` on `step.gan_iteration`, BigGAN-32, 1
-thread): convolutions and their backward are >80% of the iteration's time and Adam ~1%. On the
-2-core AVX2 CPU these were measured on, channels_last + fused Adam ran at 0.99-1.06x the plain
-path's CPU time (docs/benchmarks.md): oneDNN reorders into its own blocked layout either way. So
-`auto` keeps the plain path on CPU (no measured gain, and one rounding for every CPU run, resumes
-across strategies included) and takes channels_last + fused Adam on CUDA, the layout cuDNN's
-tensor cores use natively (bf16); `make gpu-check` measures that case. Under DeepSpeed, `auto`
-keeps torch's defaults: ZeRO flattens parameters and gradients into its own contiguous buffers.
+Why these (measured with `torch.profiler` on `step.gan_iteration`, BigGAN-32, 1 thread):
+convolutions and their backward are >80% of the iteration's time and Adam ~1%, so the win is in
+doing fewer convolution FLOPs, not in running them differently. Nearest upsampling before a 3x3
+conv (every G block) and average pooling after one (every D block) waste 2.25x the products on
+duplicated or averaged pixels; `resample: folded` computes each pair as one 4x4 stride-2
+(transposed) conv (`layers.upsample_conv3x3`, `layers.conv3x3_avgpool`), which made BigGAN-32 ch 64
+batch 32 fp32's iteration 1.50x faster on the 2-core AVX2 CPU (docs/benchmarks.md), so `auto`
+folds everywhere. channels_last + fused Adam ran at 0.99-1.06x the plain path's CPU time there:
+oneDNN reorders into its own blocked layout whichever layout it is handed. So `auto` keeps NCHW
+and torch's Adam on CPU and takes channels_last + fused Adam on CUDA, the layout cuDNN's tensor
+cores use natively (bf16); `make gpu-check` measures that case. Under DeepSpeed, `auto` keeps
+torch's layout and Adam: ZeRO flattens parameters and gradients into its own contiguous buffers.
 `torch.compile` is not used: the D step's gradient penalties need double backward, which
 compiled graphs do not support reliably (pytorch #91469), and compiling the other passes of
 BigGAN takes minutes of C++ compilation on a small CPU machine before the first step.
