@@ -34,3 +34,18 @@ def test_quality_bench_quick(tmp_path):
     assert not digits["domain"]["comparable_to_published_fid"] and digits["domain"]["n_generated"] == 100
     assert Path(digits["sweep"]["files"]["curves_png"]).is_file()
     assert Path(digits["sweep"]["files"]["strip_png"]).is_file()
+
+
+def test_lowdata_summary_closes_the_gap_of_its_own_fraction():
+    from bench.quality_lowdata import summarize
+
+    row = lambda variant, fid: {"variant": variant, "fid": fid, "kid": 0.0, "precision": 0.5,  # noqa: E731
+                                "recall": 0.5, "class_accuracy": 0.9}
+    runs = [row("baseline-2%", 10.0), row("baseline-2%", 12.0), row("diffaugment-2%", 8.0),
+            row("ada-2%", 10.5), row("baseline-100%", 5.0)]
+    s = summarize(runs, fraction=0.02)
+    assert s["baseline-2%"]["fid"] == 11.0 and s["baseline-2%"]["fid_std"] == 1.0
+    assert s["diffaugment-2%"]["gap_closed"] == pytest.approx(0.5)  # (11 - 8) / (11 - 5)
+    assert s["_goal"] == {"best": "diffaugment-2%", "gap_closed": pytest.approx(0.5), "met": True}
+    # No gap (the subset baseline as good as all the data): nothing to close, no goal verdict.
+    assert "_goal" not in summarize([row("baseline-10%", 1.0), row("baseline-100%", 1.2)], 0.1)
