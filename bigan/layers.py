@@ -63,9 +63,10 @@ def sn_embedding(num_embeddings: int, dim: int, *, use_sn: bool = True, sn_eps: 
 # whose taps are sums of the 3x3 kernel's (16 instead of 36 products per input pixel and channel
 # pair). Likewise a 3x3 "same" convolution followed by 2x2 average pooling is one 4x4 convolution
 # of stride 2 (16 products per output pixel instead of 4 x 9). Both are the same linear maps, so
-# values and gradients agree up to float rounding (tests/test_layers.py); forward plus backward
-# ran 1.7-2.3x faster on one CPU core at BigGAN-32's shapes (bench/train_step.py for the whole
-# iteration). Per dimension, row t of _UP_TAPS / _POOL_TAPS says which 3x3 taps sum into tap t.
+# values and gradients agree up to float rounding (tests/test_layers.py); timed alone, forward
+# plus backward of these ops ran 1.7-2.3x faster on one CPU core at BigGAN-32's shapes, and the
+# whole iteration 1.50x (bench/train_step.py, docs/benchmarks.md). Per dimension, row t of
+# _UP_TAPS / _POOL_TAPS says which 3x3 taps sum into tap t.
 _UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 _POOL_TAPS = ((0.5, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 0.5, 0.5), (0.0, 0.0, 0.5))
 
