@@ -229,10 +229,10 @@ def test_a_rejected_request_is_shown_as_a_sentence(server, tmp_path):
     dom = _browse(server, "?seed_b=1&steps=40&auto=all", tmp_path, "--dump-dom").stdout
     assert "steps=40 is above this server's limit of 16 images" in dom, dom[-3000:]
     assert re.search(r'id="steps"[^>]*aria-invalid="true"', dom)
-    # The status code is not shown: the page's text, without scripts and the base64 data: URLs
-    # of the images that auto=all generated (which contain "422" by chance for some weights).
-    shown = re.sub(r"data:[^\"')\s]*", "", re.sub(r"<script.*?</script>", "", dom, flags=re.S))
-    assert "422" not in shown
+    # The status code is not shown: the page's text, without scripts and tags (attributes hold
+    # blob: URLs with random UUIDs and the server's port, where "422" can occur by chance).
+    shown = re.sub(r"<[^>]*>", " ", re.sub(r"<script.*?</script>", "", dom, flags=re.S))
+    assert "steps=40 is above" in shown and "422" not in shown
     # A schema error (FastAPI's list of failures) becomes "field: reason".
     dom = _browse(server, "?seed_b=-1&auto=all", tmp_path, "--dump-dom").stdout
     assert "seed_b: Input should be greater than or equal to 0" in dom, dom[-3000:]
