@@ -11,8 +11,8 @@
    real-vs-real baseline at the same N, Inception FID/KID at a stated N against real-vs-real at
    that N, and a truncation sweep (domain features).
 3. `lowdata`: data-efficient training on 10% (`--lowdata-fraction`) of the digits, the rest held out:
-   baseline, DiffAugment, DiffAugment + LeCam, ADA, and the baseline on all the digits, the same
-   G steps and seeds for each (`bench/quality_lowdata.py`).
+   baseline, DiffAugment, DiffAugment + LeCam, DiffAugment (translation), ADA, and the baseline on
+   all the digits, the same G steps and seeds for each (`bench/quality_lowdata.py`).
 
     python bench/quality.py [--quick] [--out bench/results/quality] [--parts ring,grid,digits,cifar10,lowdata]
 
@@ -312,16 +312,17 @@ def main() -> int:
         elif part == "lowdata":
             from bench.quality_lowdata import VARIANTS, print_lowdata, run_lowdata
 
-            unknown = set(v for v in args.lowdata_variants.split(",") if v) - set(VARIANTS)
-            if unknown or not 0 < args.lowdata_fraction < 1:
-                parser.error(f"--lowdata-variants takes {', '.join(VARIANTS)} (got {sorted(unknown)}); "
-                             f"--lowdata-fraction must be in (0, 1) (got {args.lowdata_fraction})")
+            variants = [v for v in args.lowdata_variants.split(",") if v]
+            unknown = set(variants) - set(VARIANTS)
+            if unknown:
+                parser.error(f"--lowdata-variants takes {', '.join(VARIANTS)} (got {sorted(unknown)})")
+            if not 0 < args.lowdata_fraction < 1:
+                parser.error(f"--lowdata-fraction must be in (0, 1) (got {args.lowdata_fraction})")
 
             result = run_lowdata(out, [0] if args.quick else [int(x) for x in args.lowdata_seeds.split(",")],
                                  8 if args.quick else args.lowdata_steps,
                                  40 if args.quick else args.lowdata_n, args.quick,
-                                 [v for v in args.lowdata_variants.split(",") if v] or None,
-                                 args.lowdata_fraction)
+                                 variants or None, args.lowdata_fraction)
             print_lowdata(result)
         else:
             parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10, lowdata")

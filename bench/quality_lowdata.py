@@ -5,10 +5,11 @@ default 10%) of scikit-learn's 1,797 digits; the rest is held out and is what ev
 scored against. Variants, each with the same number of G steps and the same seeds: the baseline,
 DiffAugment (colour, translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment
 with translation alone, ADA, and the baseline on all the digits (which has seen the held-out
-images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
-KID, precision, recall) and its class accuracy on the generated images. The goal: the best subset
-variant closes >= half of the FID gap between the subset and the all-data baselines
-(gap closed = (FID_base10 - FID_variant) / (FID_base10 - FID_base100)).
+images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored
+with the domain classifier's features (FID, KID, precision, recall) and its class accuracy on the
+generated images. The goal: the best subset variant closes >= half of the FID gap between the
+subset and the all-data baselines
+(gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
 
 ADA's speed is scaled to the run: the paper's 500 kimg for p to move by 1 is longer than the
 whole budget here, so `augment.ada_kimg` is a quarter of the run's kimg (p can reach its cap

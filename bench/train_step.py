@@ -21,13 +21,13 @@ to the machine's cores (an upper bound for what any iteration on this machine re
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, fields
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bigan import models  # noqa: E402
-from bigan.config import ModelConfig, SpeedConfig, load_config  # noqa: E402
+from bigan.config import ConfigError, ModelConfig, SpeedConfig, load_config  # noqa: E402
 from bigan.train.optimizers import build_optimizers  # noqa: E402
 from bigan.train.speed import PLAIN, FastPath  # noqa: E402
 from bigan.train.step import Batch, StepRuntime, StepState, gan_iteration  # noqa: E402
@@ -208,15 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
-    names = {f.name for f in fields(SpeedConfig)}
-    settings = dict(kv.split("=", 1) for kv in args.speed if "=" in kv)
-    if len(settings) != len(args.speed) or not settings.keys() <= names:
-        parser.error(f"--speed takes FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
-    speed = SpeedConfig(**settings)
-    try:
-        speed.validate()
-    except ValueError as e:
-        parser.error(str(e))
+    try:  # the config's own override parser: unknown fields and bad values named as in a config
+        speed = load_config(None, [f"speed.{kv}" for kv in args.speed]).speed
+    except ConfigError as e:
+        parser.error(f"--speed: {e}")
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if args.precisions == "auto" \
         else [p.strip() for p in args.precisions.split(",")]
     peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}

@@ -99,12 +99,12 @@ def test_folded_resampling_computes_the_same_models(arch):
     torch.manual_seed(0)
     G, D = (net.double().eval() for net in models.build(m))
     z, y = torch.randn(4, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
-    switched = lambda: [b for net in (G, D) for b in net.modules() if hasattr(b, "fold_resample")]  # noqa: E731
-    assert len(switched()) >= 4 and all(b.fold_resample for b in switched())  # folded by default
+    switched = [b for net in (G, D) for b in net.modules() if hasattr(b, "fold_resample")]
+    assert len(switched) >= 4 and all(b.fold_resample for b in switched)  # folded by default
     folded_img = G(z, y)
     folded_logits = D(folded_img, y)
     PLAIN.models(G, D)
-    assert not any(b.fold_resample for b in switched())
+    assert not any(b.fold_resample for b in switched)
     torch.testing.assert_close(G(z, y), folded_img, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(D(folded_img, y), folded_logits, rtol=1e-10, atol=1e-10)
 
