@@ -32,12 +32,53 @@ VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
     # longer shows its class; DiffAugment's paper also ran translation alone on small data.
     "diffaugment-translation": (True, ["augment.kind=diffaugment", "augment.policy=translation"]),
     "ada": (True, ["augment.kind=ada"]),
+    # ADA without the transforms that turn one digit into another (flips, 90-degree and free
+    # rotations, which make a 6 a 9) or invert the ink (luma flip): StyleGAN2-ADA's --augpipe.
+    "ada-digits": (True, ["augment.kind=ada",
+                          "augment.ada_pipeline=xint,scale,aniso,xfrac,brightness,contrast"]),
+    # LeCam at a third of the paper's lambda: 0.3 collapsed the classes with DiffAugment on 10%.
+    "diffaugment-translation+lecam": (True, ["augment.kind=diffaugment", "augment.policy=translation",
+                                             "augment.lecam_weight=0.1"]),
     "baseline-all": (False, []),
 }
+COPIES = "train-copies"  # a reference row: the training images themselves, scored as a generator
+
+
+class CopyingSampler:
+    """The training images as a "generator": (class c, seed s) gives the (s mod n_c)-th training
+    image of class c. Scored like a trained G, it is what perfect memorisation reaches."""
+
+    kind, path, dim_z = "copies", None, 0
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str]):
+        self.by_class = [images[labels == k] for k in range(len(class_names))]
+        self.class_names, self.resolution = class_names, images.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict:
+        return {"path": None, "kind": self.kind, "classes": self.num_classes, "dim_z": 0,
+                "resolution": self.resolution}
+
+    def images(self, classes, seeds, psi=None, batch_size=64, progress=None) -> np.ndarray:
+        picks = np.stack([self.by_class[c][s % len(self.by_class[c])] for c, s in zip(classes, seeds)])
+        return picks.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0  # uint8 NHWC -> [-1, 1] NCHW
 
 
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}%"
+
+
+def _subset_mask(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Stratified: the same share of every class, drawn with seed 0."""
+    rng = np.random.default_rng(0)
+    train = np.zeros(len(labels), bool)
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        train[idx[:max(1, round(fraction * len(idx)))]] = True
+    return train
 
 
 def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
@@ -48,11 +89,7 @@ def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
     from bigan.data.sources import ImageSource
 
     images, labels = synthetic.digits(32, channels=3)
-    rng = np.random.default_rng(0)
-    train = np.zeros(len(labels), bool)
-    for k in np.unique(labels):  # stratified: the same share of every class
-        idx = rng.permutation(np.flatnonzero(labels == k))
-        train[idx[:max(1, round(fraction * len(idx)))]] = True
+    train = _subset_mask(labels, fraction)
     tag = f"digits{100 * fraction:g}"
     dirs = {}
     for name, mask in ((f"{tag}-train", train), (f"{tag}-heldout", ~train),
@@ -89,6 +126,9 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
     partial = out / f"quality_lowdata-{_pct(fraction)}.partial.json"
     runs = json.loads(partial.read_text()) if partial.is_file() and not quick else []
     done = {(r["variant"], r["seed"]) for r in runs}
+    if (f"{COPIES}-{_pct(fraction)}", None) not in done:
+        runs.append(_copies_row(heldout, clf, n_eval, fraction, out))
+        partial.write_text(json.dumps(runs, indent=2))
     for variant in variants or list(VARIANTS):
         on_subset, extra = VARIANTS[variant]
         name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
@@ -126,6 +166,21 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             "train": str(subset)}
 
 
+def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> dict:
+    """The reference row of the training images themselves (see CopyingSampler)."""
+    from bigan.data import synthetic
+    from bigan.eval.evaluate import evaluate
+
+    images, labels = synthetic.digits(32, channels=3)
+    train = _subset_mask(labels, fraction)
+    sampler = CopyingSampler(images[train], labels[train], list(synthetic.DIGIT_CLASS_NAMES))
+    m = evaluate(sampler, heldout, [clf], n_eval, cache_dir=out / "feature-cache",
+                 log=lambda s: None)["metrics"][clf.name]
+    return {"variant": f"{COPIES}-{_pct(fraction)}", "seed": None, "fraction": fraction,
+            "images": int(train.sum()),
+            **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")}}
+
+
 def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
     """Per variant: mean and spread over seeds, and the share of the FID gap closed."""
     out = {}
@@ -140,7 +195,8 @@ def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
     if base and full and base["fid"] > full["fid"]:  # otherwise there is no gap to close
         for name, s in out.items():
             s["gap_closed"] = (base["fid"] - s["fid"]) / (base["fid"] - full["fid"])
-        best = max((n for n in out if n.endswith(subset) and n != f"baseline{subset}"),
+        best = max((n for n in out if n.endswith(subset)
+                    and n not in (f"baseline{subset}", f"{COPIES}{subset}")),
                    key=lambda n: out[n]["gap_closed"], default=None)
         out["_goal"] = {"best": best, "gap_closed": out[best]["gap_closed"] if best else None,
                         "met": bool(best and out[best]["gap_closed"] >= 0.5)}

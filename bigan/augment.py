@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bigan.config import AugmentConfig
+from bigan.config import ADA_COLOR, ADA_GEOMETRY, AugmentConfig, ada_ops
 
 
 def keyed_draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None,
@@ -133,14 +133,17 @@ def _translation(tx: Tensor, ty: Tensor) -> Tensor:
 
 
 def ada_geometry(n: int, p: float | Tensor, generator: torch.Generator | None,
-                 rows: tuple[int, int] | None, device: torch.device) -> tuple[Tensor, Tensor]:
+                 rows: tuple[int, int] | None, device: torch.device,
+                 ops: frozenset[str] = frozenset(ADA_GEOMETRY)) -> tuple[Tensor, Tensor]:
     """ADA's 'bgc' geometric transforms as one 3x3 matrix per sample, in normalised image
     coordinates ([-1, 1], y down), mapping output pixels to the input pixels they read (the
     inverse warp), and a [N] bool: any transform applied. Each applies with probability p
     (rotations with 1 - sqrt(1 - p), so that one of the two fires with p):
     x-flip; rotation by k * 90 deg, k ~ U{0..3}; translation ~ U[-0.125, 0.125] of the side
     (the paper rounds this one to whole pixels); isotropic scale 2^N(0, 0.2); rotation ~ U[-pi, pi]; anisotropic scale 2^N(0, 0.2) along
-    x, its inverse along y; fractional translation ~ N(0, 0.125) of the side."""
+    x, its inverse along y; fractional translation ~ N(0, 0.125) of the side. Transforms not in
+    `ops` (config.ADA_GEOMETRY's names) never fire; their numbers are drawn all the same, so the
+    pipeline does not shift any draw."""
     def u(*shape):
         return keyed_draw("uniform", (n, *shape), generator, rows, device)
 
@@ -152,29 +155,31 @@ def ada_geometry(n: int, p: float | Tensor, generator: torch.Generator | None,
     # Forward transforms in the order the paper applies them; the warp needs the inverse of
     # their product, which is the product of the inverses in reverse order.
     steps = [
-        (u() < p, _scaling(1 - 2 * (u() < 0.5).float(), torch.ones(n, device=device))),  # x-flip
-        (u() < p, _rotation((u() * 4).floor() * (math.pi / 2))),  # rotate by k * 90 deg
-        (u() < p, _translation(*((u(2) * 2 - 1) * 0.125 * 2).unbind(1))),  # translation
-        (u() < p, _scaling(iso := torch.exp2(0.2 * g()), iso)),  # isotropic scale
-        (u() < p_rot, _rotation((u() * 2 - 1) * math.pi)),  # pre-rotation
-        (u() < p, _scaling(*torch.stack([s := torch.exp2(0.2 * g()), 1 / s], 1).unbind(1))),
-        (u() < p_rot, _rotation((u() * 2 - 1) * math.pi)),  # post-rotation
-        (u() < p, _translation(*(g(2) * 0.125 * 2).unbind(1))),  # fractional translation
+        ("xflip", u() < p, _scaling(1 - 2 * (u() < 0.5).float(), torch.ones(n, device=device))),
+        ("rotate90", u() < p, _rotation((u() * 4).floor() * (math.pi / 2))),
+        ("xint", u() < p, _translation(*((u(2) * 2 - 1) * 0.125 * 2).unbind(1))),
+        ("scale", u() < p, _scaling(iso := torch.exp2(0.2 * g()), iso)),
+        ("rotate", u() < p_rot, _rotation((u() * 2 - 1) * math.pi)),  # pre-rotation
+        ("aniso", u() < p, _scaling(*torch.stack([s := torch.exp2(0.2 * g()), 1 / s], 1).unbind(1))),
+        ("rotate", u() < p_rot, _rotation((u() * 2 - 1) * math.pi)),  # post-rotation
+        ("xfrac", u() < p, _translation(*(g(2) * 0.125 * 2).unbind(1))),
     ]
     inverse = _eye(n, 3, device)
     applied = torch.zeros(n, dtype=torch.bool, device=device)
-    for gate, forward in steps:
+    for name, gate, forward in steps:
+        gate = gate & (name in ops)
         inverse = inverse @ _gated(torch.linalg.inv(forward), gate)
         applied |= gate
     return inverse, applied
 
 
 def ada_color(n: int, p: float | Tensor, generator: torch.Generator | None,
-              rows: tuple[int, int] | None, device: torch.device) -> tuple[Tensor, Tensor]:
+              rows: tuple[int, int] | None, device: torch.device,
+              ops: frozenset[str] = frozenset(ADA_COLOR)) -> tuple[Tensor, Tensor]:
     """ADA's colour transforms as one 4x4 matrix per sample on homogeneous RGB, and a [N] bool:
     any applied. Each with probability p: brightness + N(0, 0.2); contrast x 2^N(0, 0.5); luma
     flip (I - 2 v v^T, v = (1, 1, 1) / sqrt 3); hue rotation ~ U[-pi, pi] about v; saturation
-    x 2^N(0, 1) off the luma axis."""
+    x 2^N(0, 1) off the luma axis. Transforms not in `ops` never fire (their numbers are drawn)."""
     def u():
         return keyed_draw("uniform", (n,), generator, rows, device)
 
@@ -202,16 +207,17 @@ def ada_color(n: int, p: float | Tensor, generator: torch.Generator | None,
     saturation[:, 3, 3] = 1.0
     matrix = eye
     applied = torch.zeros(n, dtype=torch.bool, device=device)
-    for m in (brightness, contrast, flip, hue, saturation):
-        gate = u() < p
+    for name, m in zip(ADA_COLOR, (brightness, contrast, flip, hue, saturation)):
+        gate = (u() < p) & (name in ops)
         matrix = _gated(m, gate) @ matrix
         applied |= gate
     return matrix, applied
 
 
 def ada_augment(x: Tensor, p: float | Tensor, generator: torch.Generator | None = None,
-                rows: tuple[int, int] | None = None) -> Tensor:
-    """ADA's geometric then colour transforms on x [N, C, H, W], each with probability p.
+                rows: tuple[int, int] | None = None, pipeline: str = "bgc") -> Tensor:
+    """ADA's geometric then colour transforms on x [N, C, H, W], each with probability p; the
+    `pipeline` (`augment.ada_pipeline`: a named one or a comma list) says which may fire.
 
     The warp samples bilinearly with reflection padding (`grid_sample`); the paper pads by
     reflection too but resamples with a wide low-pass filter at 2x, which costs several times
@@ -219,8 +225,9 @@ def ada_augment(x: Tensor, p: float | Tensor, generator: torch.Generator | None 
     and contrast through the same matrix applied to every channel. Samples no transform touched
     are returned unchanged, bit for bit (so p = 0 is the identity)."""
     n, c = x.shape[:2]
-    inverse, moved = ada_geometry(n, p, generator, rows, x.device)
-    colour, tinted = ada_color(n, p, generator, rows, x.device)
+    ops = ada_ops(pipeline)
+    inverse, moved = ada_geometry(n, p, generator, rows, x.device, ops)
+    colour, tinted = ada_color(n, p, generator, rows, x.device, ops)
     out = x
     if bool(moved.any()):
         grid = F.affine_grid(inverse[:, :2, :].to(x.dtype), list(x.shape), align_corners=False)
@@ -256,5 +263,5 @@ def augment(x: Tensor, cfg: AugmentConfig, p: float | Tensor, generator: torch.G
     if cfg.kind == "diffaugment":
         return diffaugment(x, cfg.policy, generator, rows)
     if cfg.kind == "ada":
-        return ada_augment(x, p, generator, rows)
+        return ada_augment(x, p, generator, rows, cfg.ada_pipeline)
     return x

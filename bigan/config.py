@@ -30,6 +30,19 @@ LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan", "rpgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "r1+r2", "dragan")
 AUGMENTS = ("none", "diffaugment", "ada")  # see bigan/augment.py
 DIFFAUGMENT_OPS = ("color", "translation", "cutout")
+# ADA's transforms (Karras et al. 2020, App. B.1) in the order they are applied, and the named
+# pipelines of stylegan2-ada-pytorch's --augpipe that they cover (see bigan/augment.py).
+ADA_GEOMETRY = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
+ADA_COLOR = ("brightness", "contrast", "lumaflip", "hue", "saturation")
+ADA_PIPELINES = {"blit": ADA_GEOMETRY[:3], "geom": ADA_GEOMETRY[3:], "color": ADA_COLOR,
+                 "bg": ADA_GEOMETRY, "bgc": ADA_GEOMETRY + ADA_COLOR}
+
+
+def ada_ops(pipeline: str) -> frozenset[str]:
+    """The transforms of `augment.ada_pipeline`: a named pipeline or a comma list of transforms."""
+    if pipeline in ADA_PIPELINES:
+        return frozenset(ADA_PIPELINES[pipeline])
+    return frozenset(o.strip() for o in pipeline.split(",") if o.strip())
 SCHEDULE_KINDS = ("linear", "cosine")
 # Sections whose values the training loop reads every step, hence the ones `schedules` may move.
 SCHEDULABLE = ("optim", "loss", "ema", "augment")
@@ -422,6 +435,11 @@ class AugmentConfig:
 
     kind: str = "none"  # none | diffaugment (Zhao et al. 2020) | ada (adaptive, Karras et al. 2020)
     policy: str = "color,translation,cutout"  # diffaugment: comma list of color | translation | cutout
+    # ada: which transforms: bgc (all, the paper's default) | blit | geom | color | bg, or a comma
+    # list of xflip, rotate90, xint, scale, rotate, aniso, xfrac, brightness, contrast, lumaflip,
+    # hue, saturation. Data whose classes change under flips or rotations (digits: 6 and 9)
+    # should leave those out: at p < 1 they cannot leak in theory, but they cost G's learning time.
+    ada_pipeline: str = "bgc"
     ada_target: float = 0.6  # ada: target of the overfitting heuristic r_t = E[sign(D(real))]
     ada_interval: int = 4  # ada: D updates between adjustments of p
     ada_kimg: float = 500.0  # ada: thousands of real images over which p can move by 1 (paper: 500)
@@ -436,6 +454,13 @@ class AugmentConfig:
         _require(bool(ops) and all(o in DIFFAUGMENT_OPS for o in ops) and len(set(ops)) == len(ops),
                  f"{prefix}.policy", self.policy,
                  f"must be a comma list of distinct {', '.join(DIFFAUGMENT_OPS)}")
+        known = ADA_GEOMETRY + ADA_COLOR
+        ops = [o.strip() for o in self.ada_pipeline.split(",") if o.strip()]
+        _require(self.ada_pipeline in ADA_PIPELINES
+                 or (bool(ops) and all(o in known for o in ops) and len(set(ops)) == len(ops)),
+                 f"{prefix}.ada_pipeline", self.ada_pipeline,
+                 f"must be one of {', '.join(ADA_PIPELINES)} or a comma list of distinct "
+                 f"{', '.join(known)}")
         _require(0 < self.ada_target < 1, f"{prefix}.ada_target", self.ada_target, "must be in (0, 1)")
         _positive(f"{prefix}.ada_interval", self.ada_interval)
         _positive(f"{prefix}.ada_kimg", self.ada_kimg)

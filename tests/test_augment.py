@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from bigan import augment
+from bigan import augment, config
 from bigan.augment import ada_adjust, ada_augment, diffaugment
 from bigan.config import AugmentConfig, LossConfig
 from bigan.train.step import Batch, StepState, d_update, StepRuntime
@@ -78,6 +78,50 @@ def test_ada_at_high_p_changes_most_images():
     assert changed.float().mean() > 0.9
 
 
+def test_ada_pipeline_fires_only_its_transforms_and_draws_the_same_numbers():
+    n, dev = 256, torch.device("cpu")
+    # no flips or rotations: every inverse warp keeps the axes, scales positively and shifts
+    inverse, moved = augment.ada_geometry(n, 0.8, _gen(2), None, dev,
+                                          frozenset({"xint", "scale", "aniso", "xfrac"}))
+    assert moved.float().mean() > 0.9
+    assert torch.equal(inverse[:, 0, 1], torch.zeros(n)) and torch.equal(inverse[:, 1, 0], torch.zeros(n))
+    assert bool((inverse[:, 0, 0] > 0).all() and (inverse[:, 1, 1] > 0).all())
+    # the full pipeline flips and rotates some samples
+    inverse, _ = augment.ada_geometry(n, 0.8, _gen(2), None, dev)
+    assert bool((inverse[:, 0, 0] < 0).any() and (inverse[:, 0, 1] != 0).any())
+    # translation alone: identity linear part
+    inverse, _ = augment.ada_geometry(n, 0.8, _gen(2), None, dev, frozenset({"xint"}))
+    assert torch.allclose(inverse[:, :2, :2], torch.eye(2).expand(n, 2, 2))
+    x = _images(32, 16)
+    # each half of the pipeline changes images, and draws as many numbers as the other
+    for pipeline, other in (("color", "geom"), ("geom", "color")):
+        g0, g1 = _gen(3), _gen(3)
+        out = ada_augment(x, 0.8, g0, None, pipeline)
+        assert (out != x).flatten(1).any(1).float().mean() > 0.5
+        ada_augment(x, 0.8, g1, None, other)
+        assert torch.equal(torch.rand(3, generator=g0), torch.rand(3, generator=g1))
+    # a geometry-only pipeline never tints: the moved images are the warp, exactly
+    geom_only = ada_augment(x, 0.8, _gen(3), None, "geom")
+    bgc_geometry, _ = augment.ada_geometry(32, 0.8, _gen(3), None, dev, frozenset(config.ADA_PIPELINES["geom"]))
+    grid = torch.nn.functional.affine_grid(bgc_geometry[:, :2, :], list(x.shape), align_corners=False)
+    warped = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                                             align_corners=False)
+    moved = (geom_only != x).flatten(1).any(1)
+    assert_close(geom_only[moved], warped[moved])
+    assert torch.equal(ada_augment(x, 0.8, _gen(3), None, "bgc"), ada_augment(x, 0.8, _gen(3)))
+
+
+@pytest.mark.parametrize("pipeline", ["bg", "blit", "xint, scale", "brightness,contrast"])
+def test_ada_pipeline_config_accepts_named_and_listed_pipelines(pipeline):
+    AugmentConfig(kind="ada", ada_pipeline=pipeline).validate()
+
+
+@pytest.mark.parametrize("pipeline", ["", "xint,xint", "cutout", "bgcf"])
+def test_ada_pipeline_config_rejects_unknown_transforms_naming_the_field(pipeline):
+    with pytest.raises(config.ConfigError, match="augment.ada_pipeline"):
+        AugmentConfig(kind="ada", ada_pipeline=pipeline).validate()
+
+
 def test_augment_dispatch():
     x = _images()
     assert augment.augment(x, AugmentConfig(kind="none"), 0.5, _gen()) is x
@@ -85,6 +129,8 @@ def test_augment_dispatch():
                        augment.diff_cutout(x, _gen(1)))
     assert torch.equal(augment.augment(x, AugmentConfig(kind="ada"), 0.4, _gen(1)),
                        ada_augment(x, 0.4, _gen(1)))
+    assert torch.equal(augment.augment(x, AugmentConfig(kind="ada", ada_pipeline="blit"), 0.4, _gen(1)),
+                       ada_augment(x, 0.4, _gen(1), None, "blit"))
 
 
 def test_translation_moves_whole_pixels_and_fills_zeros():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT
@@ -42,10 +43,23 @@ def test_lowdata_summary_closes_the_gap_of_its_own_fraction():
     row = lambda variant, fid: {"variant": variant, "fid": fid, "kid": 0.0, "precision": 0.5,  # noqa: E731
                                 "recall": 0.5, "class_accuracy": 0.9}
     runs = [row("baseline-2%", 10.0), row("baseline-2%", 12.0), row("diffaugment-2%", 8.0),
-            row("ada-2%", 10.5), row("baseline-100%", 5.0)]
+            row("ada-2%", 10.5), row("baseline-100%", 5.0), row("train-copies-2%", 4.0)]
     s = summarize(runs, fraction=0.02)
+    # the training images themselves are a reference row, never the best variant
+    assert s["train-copies-2%"]["gap_closed"] == pytest.approx(7 / 6)
     assert s["baseline-2%"]["fid"] == 11.0 and s["baseline-2%"]["fid_std"] == 1.0
     assert s["diffaugment-2%"]["gap_closed"] == pytest.approx(0.5)  # (11 - 8) / (11 - 5)
     assert s["_goal"] == {"best": "diffaugment-2%", "gap_closed": pytest.approx(0.5), "met": True}
     # No gap (the subset baseline as good as all the data): nothing to close, no goal verdict.
     assert "_goal" not in summarize([row("baseline-10%", 1.0), row("baseline-100%", 1.2)], 0.1)
+
+
+def test_copying_sampler_returns_the_training_images_of_each_class():
+    from bench.quality_lowdata import CopyingSampler
+
+    images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+    labels = np.array([0, 1, 0, 1, 1])
+    out = CopyingSampler(images, labels, ["a", "b"]).images([0, 0, 1, 1, 1, 1], [0, 1, 0, 1, 2, 3])
+    assert out.shape == (6, 3, 4, 4) and out.dtype == np.float32
+    back = np.round((out + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(back, images[[0, 2, 1, 3, 4, 1]])  # seed s: the (s mod n_c)-th
