@@ -169,7 +169,32 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             partial.write_text(json.dumps(runs, indent=2))
     return {"steps": steps, "n_eval": n_eval, "seeds": seeds, "runs": runs,
             "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
-            "train": str(subset)}
+            "train": str(subset),
+            "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png"))}
+
+
+def grids_png(runs: list[dict], path: Path) -> Path:
+    """The sample grids of each variant's lowest seed side by side, titled with its FID, recall
+    and class accuracy: the picture docs/benchmarks.md shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    first: dict[str, dict] = {}
+    for r in sorted((r for r in runs if r.get("grid_png")), key=lambda r: r["seed"]):
+        first.setdefault(r["variant"], r)
+    first = dict(sorted(first.items(), key=lambda kv: kv[0] == "baseline-100%"))  # the reference last
+    fig = Figure(figsize=(2.4 * max(1, len(first)), 3.4), layout="constrained")
+    for i, (name, r) in enumerate(first.items()):
+        ax = fig.add_subplot(1, len(first), i + 1)
+        ax.imshow(np.asarray(Image.open(r["grid_png"])))
+        ax.set_title(f"{name} (seed {r['seed']})\nFID {r['fid']:.2f}  R {r['recall']:.2f}  "
+                     f"acc {r['class_accuracy']:.2f}", fontsize=7)
+        ax.axis("off")
+    fig.savefig(path, format="png", dpi=110)
+    return path
 
 
 def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> dict:
@@ -213,12 +238,12 @@ def print_lowdata(r: dict) -> None:
     s = r["summary"]
     print(f"\nlowdata: BigGAN (demo.yaml) {r['steps']} G steps per run, seeds {r['seeds']}, "
           f"domain features vs the held-out {_pct(1 - r['fraction'])}, N={r['n_eval']}")
-    print(f"{'variant':28s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} {'gap closed':>10s}")
+    print(f"{'variant':34s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} {'gap closed':>10s}")
     for name, v in s.items():
         if name.startswith("_"):
             continue
         gap = f"{100 * v['gap_closed']:9.0f}%" if "gap_closed" in v else ""
-        print(f"{name:28s} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} {v['precision']:6.3f} "
+        print(f"{name:34s} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} {v['precision']:6.3f} "
               f"{v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
     goal = s.get("_goal")
     if goal:

@@ -63,3 +63,25 @@ def test_copying_sampler_returns_the_training_images_of_each_class():
     assert out.shape == (6, 3, 4, 4) and out.dtype == np.float32
     back = np.round((out + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(back, images[[0, 2, 1, 3, 4, 1]])  # seed s: the (s mod n_c)-th
+
+
+def test_lowdata_grids_png_puts_each_variants_lowest_seed_side_by_side(tmp_path):
+    from PIL import Image
+
+    from bench.quality_lowdata import grids_png
+
+    def row(variant, seed, shade):
+        png = tmp_path / f"{variant}-{seed}.png"
+        Image.fromarray(np.full((40, 30, 3), shade, np.uint8)).save(png)
+        return {"variant": variant, "seed": seed, "grid_png": str(png), "fid": 1.0, "recall": 0.5,
+                "class_accuracy": 0.9}
+
+    runs = [row("baseline-100%", 0, 255), row("baseline-2%", 1, 0), row("baseline-2%", 0, 128),
+            {"variant": "train-copies-2%", "seed": None, "fid": 2.0}]  # no grid: not shown
+    out = np.asarray(Image.open(grids_png(runs, tmp_path / "grids.png")).convert("L"))
+    # two panels, left to right: the subset baseline's seed 0 (grey), then the reference (white)
+    middle = out[out.shape[0] // 2]
+    grey, white = np.flatnonzero(np.abs(middle.astype(int) - 128) < 3), np.flatnonzero(middle > 250)
+    assert grey.size and white.size and grey.mean() < out.shape[1] / 2
+    assert not np.any(middle < 3)  # seed 1's black grid is not drawn
+    assert white[white > grey.max()].size > 20
