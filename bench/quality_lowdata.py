@@ -4,10 +4,14 @@ A class-conditional BigGAN (configs/demo.yaml) is trained on a stratified share 
 default 10%) of scikit-learn's 1,797 digits; the rest is held out and is what every variant is
 scored against. Variants, each with the same number of G steps and the same seeds: the baseline,
 DiffAugment (colour, translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment
-with translation alone, ADA, and the baseline on all the digits (which has seen the held-out
-images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored
-with the domain classifier's features (FID, KID, precision, recall) and its class accuracy on the
-generated images. The goal: the best subset variant closes >= half of the FID gap between the
+with translation alone, alone and with LeCam (lambda 0.1) or with R3GAN's objective, ADA with its
+full pipeline and without class-changing transforms, and the baseline on all the digits (which
+has seen the held-out images: it is the "all data" reference of DiffAugment's Table 2, not a
+held-out score). Scored with the domain classifier's features (FID, KID, precision, recall) and
+its class accuracy on the generated images, plus a reference row of the training images
+themselves (`train-copies`: what perfect memorisation scores). R3GAN's penalties cost a double
+backward: its step takes ~2.7x the baseline's CPU time, so an equal-CPU comparison gives it
+fewer --lowdata-steps (train_sec is in every row). The goal: the best subset variant closes >= half of the FID gap between the
 subset and the all-data baselines
 (gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
 
