@@ -36,13 +36,6 @@ ADA_GEOMETRY = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac"
 ADA_COLOR = ("brightness", "contrast", "lumaflip", "hue", "saturation")
 ADA_PIPELINES = {"blit": ADA_GEOMETRY[:3], "geom": ADA_GEOMETRY[3:], "color": ADA_COLOR,
                  "bg": ADA_GEOMETRY, "bgc": ADA_GEOMETRY + ADA_COLOR}
-
-
-def ada_ops(pipeline: str) -> frozenset[str]:
-    """The transforms of `augment.ada_pipeline`: a named pipeline or a comma list of transforms."""
-    if pipeline in ADA_PIPELINES:
-        return frozenset(ADA_PIPELINES[pipeline])
-    return frozenset(o.strip() for o in pipeline.split(",") if o.strip())
 SCHEDULE_KINDS = ("linear", "cosine")
 # Sections whose values the training loop reads every step, hence the ones `schedules` may move.
 SCHEDULABLE = ("optim", "loss", "ema", "augment")
@@ -426,6 +419,13 @@ class ProgressiveConfig:
             _require(batch % group == 0, where, batch,
                      f"the {res}px phase needs a multiple of the minibatch std-dev group "
                      f"(model.mbstd_group_size={model.mbstd_group_size})")
+
+
+def ada_ops(pipeline: str) -> frozenset[str]:
+    """The transforms of `augment.ada_pipeline`: a named pipeline or a comma list of transforms."""
+    if pipeline in ADA_PIPELINES:
+        return frozenset(ADA_PIPELINES[pipeline])
+    return frozenset(o.strip() for o in pipeline.split(",") if o.strip())
 
 
 @dataclass
