@@ -190,11 +190,12 @@ def grids_png(runs: list[dict], path: Path) -> Path:
     for r in sorted((r for r in runs if r.get("grid_png")), key=lambda r: r["seed"]):
         first.setdefault(r["variant"], r)
     first = dict(sorted(first.items(), key=lambda kv: kv[0] == "baseline-100%"))  # the reference last
-    fig = Figure(figsize=(2.4 * max(1, len(first)), 3.4), layout="constrained")
+    fig = Figure(figsize=(2.4 * max(1, len(first)), 3.9), layout="constrained")
     for i, (name, r) in enumerate(first.items()):
         ax = fig.add_subplot(1, len(first), i + 1)
         ax.imshow(np.asarray(Image.open(r["grid_png"])))
-        ax.set_title(f"{name} (seed {r['seed']})\nFID {r['fid']:.2f}  R {r['recall']:.2f}  "
+        label = name.replace("+", "\n+")  # long combined names on two lines, not over the next panel
+        ax.set_title(f"{label} (seed {r['seed']})\nFID {r['fid']:.2f}  R {r['recall']:.2f}  "
                      f"acc {r['class_accuracy']:.2f}", fontsize=7)
         ax.axis("off")
     fig.savefig(path, format="png", dpi=110)
