@@ -11,8 +11,8 @@ held-out score). Scored with the domain classifier's features (FID, KID, precisi
 its class accuracy on the generated images, plus a reference row of the training images
 themselves (`train-copies`: what perfect memorisation scores). R3GAN's penalties cost a double
 backward: its step takes ~2.7x the baseline's CPU time, so an equal-CPU comparison gives it
-fewer --lowdata-steps (train_sec is in every row). The goal: the best subset variant closes >= half of the FID gap between the
-subset and the all-data baselines
+fewer --lowdata-steps (train_sec is in every row). The goal: the best subset variant closes
+>= half of the FID gap between the subset and the all-data baselines
 (gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
 
 ADA's speed is scaled to the run: the paper's 500 kimg for p to move by 1 is longer than the
@@ -252,6 +252,6 @@ def print_lowdata(r: dict) -> None:
               f"{v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
     goal = s.get("_goal")
     if goal:
-        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap): "
+        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap in the same G steps): "
               f"{'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
               f"{100 * (goal['gap_closed'] or 0):.0f}%)")
