@@ -252,6 +252,7 @@ def print_lowdata(r: dict) -> None:
               f"{v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
     goal = s.get("_goal")
     if goal:
-        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap in the same G steps): "
+        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap "
+              f"in the same G steps): "
               f"{'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
               f"{100 * (goal['gap_closed'] or 0):.0f}%)")
