@@ -11,8 +11,10 @@
    real-vs-real baseline at the same N, Inception FID/KID at a stated N against real-vs-real at
    that N, and a truncation sweep (domain features).
 3. `lowdata`: data-efficient training on 10% (`--lowdata-fraction`) of the digits, the rest held out:
-   baseline, DiffAugment, DiffAugment + LeCam, DiffAugment (translation), ADA, and the baseline on
-   all the digits, the same G steps and seeds for each (`bench/quality_lowdata.py`).
+   the baseline, DiffAugment, LeCam, ADA and R3GAN's objective in the combinations of
+   `bench/quality_lowdata.py`'s VARIANTS, and the baseline on all the digits, each with the same
+   seeds and the same CPU time (`--lowdata-budget cpu`: the baseline's G steps scaled by each
+   variant's measured cost per step) or the same G steps (`--lowdata-budget steps`).
 
     python bench/quality.py [--quick] [--out bench/results/quality] [--parts ring,grid,digits,cifar10,lowdata]
 
@@ -274,15 +276,19 @@ def main() -> int:
                         help="comma list of parts: ring, grid, digits, cifar10 (run them as "
                              "parallel processes into one --out if you like)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per mixture (default 5)")
-    parser.add_argument("--lowdata-steps", type=int, default=600, help="lowdata: G steps per run")
+    parser.add_argument("--lowdata-steps", type=int, default=600,
+                        help="lowdata: the baseline's G steps per run (the CPU budget of every variant)")
+    parser.add_argument("--lowdata-budget", choices=("cpu", "steps"), default="cpu",
+                        help="lowdata: give every variant the baseline's CPU time (its G steps scaled "
+                             "by its measured cost per step; default) or the same G steps")
     parser.add_argument("--lowdata-seeds", default="0,1",
                         help="lowdata: comma list of seeds (runs already in --out's partial JSON are kept)")
     parser.add_argument("--lowdata-n", type=int, default=500, help="lowdata: images per evaluation")
     parser.add_argument("--lowdata-fraction", type=float, default=0.1,
                         help="lowdata: share of every class trained on (the rest is held out)")
     parser.add_argument("--lowdata-variants", default="",
-                        help="lowdata: comma list of variants (default all: "
-                             "baseline, diffaugment, diffaugment+lecam, diffaugment-translation, ada, baseline-all)")
+                        help="lowdata: comma list of variants (default all, see "
+                             "bench/quality_lowdata.py VARIANTS)")
     parser.add_argument("--cifar-budget-min", type=float, default=30.0, help="CIFAR-10 training budget, minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -322,7 +328,8 @@ def main() -> int:
             result = run_lowdata(out, [0] if args.quick else [int(x) for x in args.lowdata_seeds.split(",")],
                                  8 if args.quick else args.lowdata_steps,
                                  40 if args.quick else args.lowdata_n, args.quick,
-                                 variants or None, args.lowdata_fraction)
+                                 variants or None, args.lowdata_fraction,
+                                 equal_cpu=args.lowdata_budget == "cpu")
             print_lowdata(result)
         else:
             parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10, lowdata")

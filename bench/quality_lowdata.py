@@ -2,16 +2,20 @@
 
 A class-conditional BigGAN (configs/demo.yaml) is trained on a stratified share (`fraction`,
 default 10%) of scikit-learn's 1,797 digits; the rest is held out and is what every variant is
-scored against. Variants, each with the same number of G steps and the same seeds: the baseline,
-DiffAugment (colour, translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment
-with translation alone, alone and with LeCam (lambda 0.1) or with R3GAN's objective, ADA with its
-full pipeline and without class-changing transforms, and the baseline on all the digits (which
-has seen the held-out images: it is the "all data" reference of DiffAugment's Table 2, not a
-held-out score). Scored with the domain classifier's features (FID, KID, precision, recall) and
-its class accuracy on the generated images, plus a reference row of the training images
-themselves (`train-copies`: what perfect memorisation scores). R3GAN's penalties cost a double
-backward: its step takes ~2.7x the baseline's CPU time, so an equal-CPU comparison gives it
-fewer --lowdata-steps (train_sec is in every row). The goal: the best subset variant closes
+scored against. Variants, each with the same seeds: the baseline, DiffAugment (colour,
+translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment with translation
+alone, alone and with LeCam (lambda 0.1) or with R3GAN's objective (R1 + R2 at every D step or
+lazily), ADA with its full pipeline and without class-changing transforms, and the baseline on
+all the digits (which has seen the held-out images: it is the "all data" reference of
+DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
+KID, precision, recall) and its class accuracy on the generated images, plus a reference row of
+the training images themselves (`train-copies`: what perfect memorisation scores).
+
+The budget is CPU time (`equal_cpu`, the default): the baseline trains `steps` G steps and every
+other variant the G steps that cost the same, from its cost per step measured in alternating
+short runs on this machine (`cost_ratios`; R3GAN's double backward makes its step ~2.7x the
+baseline's). `train_sec` in every row shows what each run took. `equal_cpu=False` gives every
+variant the same G steps instead. The goal: the best subset variant closes
 >= half of the FID gap between the subset and the all-data baselines
 (gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
 
@@ -49,6 +53,11 @@ VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
     "diffaugment-translation+r3gan": (True, ["augment.kind=diffaugment", "augment.policy=translation",
                                              "loss.kind=rpgan", "loss.penalty=r1+r2",
                                              "loss.penalty_weight=1.0"]),
+    # The same with lazy R1 + R2 (StyleGAN2): every 4th D step, weighted by 4, which cuts most
+    # of the double backward's cost.
+    "diffaugment-translation+r3gan-lazy": (True, ["augment.kind=diffaugment", "augment.policy=translation",
+                                                  "loss.kind=rpgan", "loss.penalty=r1+r2",
+                                                  "loss.penalty_weight=1.0", "loss.penalty_interval=4"]),
     "baseline-all": (False, []),
 }
 COPIES = "train-copies"  # a reference row: the training images themselves, scored as a generator
@@ -114,15 +123,18 @@ def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
 
 
 def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: bool,
-                variants: list[str] | None = None, fraction: float = 0.1) -> dict:
-    from bigan.config import load_config
+                variants: list[str] | None = None, fraction: float = 0.1,
+                equal_cpu: bool = True) -> dict:
+    """Train and score each variant and seed not yet in out's partial JSON. `steps` is the
+    baseline's G steps; with `equal_cpu` every other variant gets the G steps that cost the
+    same CPU time (cost_ratios), as DiffAugment's and the issue's "same budget" comparison
+    asks, otherwise the same G steps."""
     from bigan.eval.classifier import train_classifier
     from bigan.eval.evaluate import class_grid_png, evaluate
     from bigan.eval.features import ClassifierExtractor
     from bigan.generation import open_sampler
     from bigan.train.trainer import train
 
-    root = Path(__file__).resolve().parents[1]
     subset, heldout, everything = _splits(out, fraction)
     clf_path = out / "digits-all-classifier.safetensors"
     if not clf_path.is_file() or quick:  # the evaluator's features: trained on all the digits
@@ -130,7 +142,9 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                                   width=8 if quick else 32, log=lambda s: None)
         clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     clf = ClassifierExtractor(clf_path)
-    kimg = steps * 32 * 2 / 1000  # demo.yaml: batch 32, 2 D steps per G step
+    chosen = variants or list(VARIANTS)
+    budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, everything, fraction))
+              if equal_cpu and not quick else dict.fromkeys(chosen, steps))
     # One partial file per fraction: each fraction has its own held-out set, so a row scored
     # against one is not comparable with another's (the all-digits runs are re-scored, not retrained).
     partial = out / f"quality_lowdata-{_pct(fraction)}.partial.json"
@@ -139,20 +153,14 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
     if (f"{COPIES}-{_pct(fraction)}", None) not in done:
         runs.append(_copies_row(heldout, clf, n_eval, fraction, out))
         partial.write_text(json.dumps(runs, indent=2))
-    for variant in variants or list(VARIANTS):
+    for variant in chosen:
         on_subset, extra = VARIANTS[variant]
         name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
         for seed in seeds:
             if (name, seed) in done:
                 continue
-            shards = subset if on_subset else everything
-            overrides = [f"data.path={shards}", f"train.out_dir={out / 'runs' / f'{name}-s{seed}'}",
-                         f"train.steps={steps}", f"train.seed={seed}", "train.sample_every=1000000",
-                         f"train.ckpt_every={steps}", "train.keep_ckpts=1", "train.log_every=50",
-                         "data.num_workers=0", f"ema.start_step={steps // 5}",
-                         f"augment.ada_kimg={max(kimg / 4, 1e-3)}",
-                         f"augment.lecam_start={steps * 2 // 10}", *extra]
-            cfg = load_config(root / "configs" / "demo.yaml", overrides)
+            cfg = _config(subset if on_subset else everything, out / "runs" / f"{name}-s{seed}",
+                          budget[variant], seed, extra)
             t0 = time.perf_counter()
             res = train(cfg, resume="auto")  # a finished run (another fraction's) is only re-scored
             train_sec = time.perf_counter() - t0
@@ -161,7 +169,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             m = evaluate(sampler, heldout, [clf], n_eval, baseline=True,
                          cache_dir=out / "feature-cache", log=lambda s: None)["metrics"][clf.name]
             row = {"variant": name, "seed": seed, "fraction": fraction if on_subset else 1.0,
-                   "overrides": extra,
+                   "overrides": extra, "budget": "cpu" if equal_cpu else "steps",
                    "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
                    "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
                    **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
@@ -171,10 +179,83 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                   f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
                   f" ({train_sec:.0f} s)", flush=True)
             partial.write_text(json.dumps(runs, indent=2))
-    return {"steps": steps, "n_eval": n_eval, "seeds": seeds, "runs": runs,
+    return {"steps": steps, "equal_cpu": equal_cpu, "budget_steps": budget, "n_eval": n_eval,
+            "seeds": seeds, "runs": runs,
             "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
             "train": str(subset),
             "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png"))}
+
+
+def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):
+    """demo.yaml on `shards` for `steps` G steps. The schedules that the paper sets in kimg are
+    scaled to the run (see the module docstring)."""
+    from bigan.config import load_config
+
+    kimg = steps * 32 * 2 / 1000  # demo.yaml: batch 32, 2 D steps per G step
+    overrides = [f"data.path={shards}", f"train.out_dir={run_dir}",
+                 f"train.steps={steps}", f"train.seed={seed}", "train.sample_every=1000000",
+                 f"train.ckpt_every={steps}", "train.keep_ckpts=1", f"train.log_every={log_every}",
+                 "data.num_workers=0", f"ema.start_step={steps // 5}",
+                 f"augment.ada_kimg={max(kimg / 4, 1e-3)}",
+                 f"augment.lecam_start={steps * 2 // 10}", *extra]
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", overrides)
+
+
+def sec_per_step(stamps: list[tuple[int, float]]) -> float:
+    """The median seconds per G step between (step, time) log stamps, leaving out the interval
+    up to the first stamp (start-up, first-call allocation)."""
+    rates = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:])]
+    if not rates:
+        raise ValueError(f"need at least two log stamps to time a step (got {len(stamps)})")
+    return float(np.median(rates))
+
+
+def equal_cpu_steps(steps: int, ratios: dict[str, float]) -> dict[str, int]:
+    """G steps per variant for the CPU time of `steps` baseline steps: steps / cost ratio."""
+    return {v: max(1, round(steps / r)) for v, r in ratios.items()}
+
+
+def cost_ratios(out: Path, variants: list[str], subset: Path, everything: Path, fraction: float,
+                probe_steps: int = 40, log_every: int = 10, rounds: int = 2) -> dict[str, float]:
+    """Each variant's CPU time per G step over the baseline's, measured here: short runs of the
+    baseline and of every variant not yet in out's cost file, in alternating rounds (this
+    machine's speed drifts 20-30% within minutes, so a ratio is only taken within one session),
+    the median per variant. Kept in out/quality_lowdata-{pct}.cost.json so later and parallel
+    runs give each variant the same steps."""
+    import shutil
+
+    from bigan.train.hooks import TrainHooks
+    from bigan.train.trainer import train
+
+    class StepClock(TrainHooks):
+        def __init__(self):
+            self.stamps: list[tuple[int, float]] = []
+
+        def on_metrics(self, step: int, metrics: dict) -> None:
+            self.stamps.append((step, time.perf_counter()))
+
+    path = out / f"quality_lowdata-{_pct(fraction)}.cost.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [v for v in variants if v not in known]
+    if todo:
+        names = list(dict.fromkeys(["baseline", *todo]))
+        secs: dict[str, list[float]] = {v: [] for v in names}
+        for r in range(rounds):
+            for v in names:
+                on_subset, extra = VARIANTS[v]
+                run_dir = out / "cost-probe" / f"{v}-r{r}"
+                clock = StepClock()
+                train(_config(subset if on_subset else everything, run_dir, probe_steps, 0, extra,
+                              log_every), hooks=clock)
+                secs[v].append(sec_per_step(clock.stamps))
+                shutil.rmtree(run_dir)
+        base = float(np.median(secs["baseline"]))
+        for v in names:
+            known[v] = float(np.median(secs[v])) / base
+            print(f"  cost of {v}: {known[v]:.2f}x the baseline's per G step "
+                  f"({1000 * float(np.median(secs[v])):.0f} ms)", flush=True)
+        path.write_text(json.dumps(known, indent=2))
+    return {v: known[v] for v in variants}
 
 
 def grids_png(runs: list[dict], path: Path) -> Path:
@@ -225,6 +306,8 @@ def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
         out[name] = {k: float(np.mean([r[k] for r in rows]))
                      for k in ("fid", "kid", "precision", "recall", "class_accuracy")}
         out[name]["fid_std"] = float(np.std([r["fid"] for r in rows]))
+        if all("steps" in r for r in rows):  # not the train-copies row
+            out[name]["steps"] = round(float(np.mean([r["steps"] for r in rows])))
         out[name]["seeds"] = len(rows)
     subset = f"-{_pct(fraction)}"
     base, full = out.get(f"baseline{subset}"), out.get("baseline-100%")
@@ -241,18 +324,21 @@ def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
 
 def print_lowdata(r: dict) -> None:
     s = r["summary"]
-    print(f"\nlowdata: BigGAN (demo.yaml) {r['steps']} G steps per run, seeds {r['seeds']}, "
+    budget = (f"the CPU time of {r['steps']} baseline G steps per run" if r.get("equal_cpu")
+              else f"{r['steps']} G steps per run")
+    print(f"\nlowdata: BigGAN (demo.yaml), {budget}, seeds {r['seeds']}, "
           f"domain features vs the held-out {_pct(1 - r['fraction'])}, N={r['n_eval']}")
-    print(f"{'variant':34s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} {'gap closed':>10s}")
+    print(f"{'variant':38s} {'steps':>5s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} "
+          f"{'gap closed':>10s}")
     for name, v in s.items():
         if name.startswith("_"):
             continue
         gap = f"{100 * v['gap_closed']:9.0f}%" if "gap_closed" in v else ""
-        print(f"{name:34s} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} {v['precision']:6.3f} "
-              f"{v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
+        print(f"{name:38s} {v.get('steps', ''):>5} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} "
+              f"{v['precision']:6.3f} {v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
     goal = s.get("_goal")
     if goal:
-        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap "
-              f"in the same G steps): "
+        same = "on the same CPU budget" if r.get("equal_cpu") else "in the same G steps"
+        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap {same}): "
               f"{'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
               f"{100 * (goal['gap_closed'] or 0):.0f}%)")
