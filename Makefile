@@ -45,7 +45,8 @@ demo-eval: $(STAMP)
 	$(BIN)/bigan export runs/demo-eval --best --out runs/demo-eval/best.onnx
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	# The slowest tests are listed so that a CI log shows where its minutes went.
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --out bench/results

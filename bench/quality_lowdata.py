@@ -26,6 +26,7 @@ within the run); LeCam's EMA start is scaled the same way (its BigGAN script: 10
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -100,6 +101,14 @@ def _subset_mask(labels: np.ndarray, fraction: float) -> np.ndarray:
     return train
 
 
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits at 32 px, RGB (uint8 NHWC) and their labels."""
+    from bigan.data import synthetic
+
+    return synthetic.digits(32, channels=3)
+
+
 def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
     """(train shards: `fraction` of every class, held-out shards: the rest, all-digits shards)
     under out/data, made once."""
@@ -107,7 +116,7 @@ def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
     from bigan.data.shards import pack
     from bigan.data.sources import ImageSource
 
-    images, labels = synthetic.digits(32, channels=3)
+    images, labels = _digits()
     train = _subset_mask(labels, fraction)
     tag = f"digits{100 * fraction:g}"
     dirs = {}
@@ -288,7 +297,7 @@ def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> 
     from bigan.data import synthetic
     from bigan.eval.evaluate import evaluate
 
-    images, labels = synthetic.digits(32, channels=3)
+    images, labels = _digits()
     train = _subset_mask(labels, fraction)
     sampler = CopyingSampler(images[train], labels[train], list(synthetic.DIGIT_CLASS_NAMES))
     m = evaluate(sampler, heldout, [clf], n_eval, cache_dir=out / "feature-cache",

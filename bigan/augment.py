@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bigan.config import ADA_COLOR, ADA_GEOMETRY, AugmentConfig, ada_ops
+from bigan.config import ADA_COLOR, ADA_GEOMETRY, AugmentConfig, ada_ops, comma_list
 
 
 def keyed_draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None,
@@ -96,7 +96,7 @@ DIFFAUGMENT = {"color": diff_color, "translation": diff_translation, "cutout": d
 def diffaugment(x: Tensor, policy: str, generator: torch.Generator | None = None,
                 rows: tuple[int, int] | None = None) -> Tensor:
     """The ops of `policy` ("color,translation,cutout") in that order, as the authors apply them."""
-    for op in (o.strip() for o in policy.split(",") if o.strip()):
+    for op in comma_list(policy):
         x = DIFFAUGMENT[op](x, generator, rows)
     return x
 

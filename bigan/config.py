@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -421,11 +422,23 @@ class ProgressiveConfig:
                      f"(model.mbstd_group_size={model.mbstd_group_size})")
 
 
+def comma_list(text: str) -> list[str]:
+    """The names in a comma list ("color, translation"), blanks dropped."""
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
+@functools.lru_cache(maxsize=64)  # called twice per training step with the same string
 def ada_ops(pipeline: str) -> frozenset[str]:
     """The transforms of `augment.ada_pipeline`: a named pipeline or a comma list of transforms."""
-    if pipeline in ADA_PIPELINES:
-        return frozenset(ADA_PIPELINES[pipeline])
-    return frozenset(o.strip() for o in pipeline.split(",") if o.strip())
+    return frozenset(ADA_PIPELINES[pipeline] if pipeline in ADA_PIPELINES else comma_list(pipeline))
+
+
+def _distinct_names(field: str, text: str, known: tuple[str, ...], named: tuple[str, ...] = ()) -> None:
+    """`text` is one of `named` or a comma list of distinct names from `known`."""
+    ops = comma_list(text)
+    either = f"one of {', '.join(named)} or " if named else ""
+    _require(text in named or (bool(ops) and set(ops) <= set(known) and len(set(ops)) == len(ops)),
+             field, text, f"must be {either}a comma list of distinct {', '.join(known)}")
 
 
 @dataclass
@@ -450,17 +463,9 @@ class AugmentConfig:
 
     def validate(self, prefix: str = "augment") -> None:
         _one_of(f"{prefix}.kind", self.kind, AUGMENTS)
-        ops = [o.strip() for o in self.policy.split(",") if o.strip()]
-        _require(bool(ops) and all(o in DIFFAUGMENT_OPS for o in ops) and len(set(ops)) == len(ops),
-                 f"{prefix}.policy", self.policy,
-                 f"must be a comma list of distinct {', '.join(DIFFAUGMENT_OPS)}")
-        known = ADA_GEOMETRY + ADA_COLOR
-        ops = [o.strip() for o in self.ada_pipeline.split(",") if o.strip()]
-        _require(self.ada_pipeline in ADA_PIPELINES
-                 or (bool(ops) and all(o in known for o in ops) and len(set(ops)) == len(ops)),
-                 f"{prefix}.ada_pipeline", self.ada_pipeline,
-                 f"must be one of {', '.join(ADA_PIPELINES)} or a comma list of distinct "
-                 f"{', '.join(known)}")
+        _distinct_names(f"{prefix}.policy", self.policy, DIFFAUGMENT_OPS)
+        _distinct_names(f"{prefix}.ada_pipeline", self.ada_pipeline, ADA_GEOMETRY + ADA_COLOR,
+                        tuple(ADA_PIPELINES))
         _require(0 < self.ada_target < 1, f"{prefix}.ada_target", self.ada_target, "must be in (0, 1)")
         _positive(f"{prefix}.ada_interval", self.ada_interval)
         _positive(f"{prefix}.ada_kimg", self.ada_kimg)
