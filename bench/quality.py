@@ -282,7 +282,7 @@ def main() -> int:
                         help="lowdata: give every variant the baseline's CPU time (its G steps scaled "
                              "by its measured cost per step; default) or the same G steps")
     parser.add_argument("--lowdata-seeds", default="0,1",
-                        help="lowdata: comma list of seeds (runs already in --out's partial JSON are kept)")
+                        help="lowdata: comma list of seeds (runs already in --out are kept; processes may share --out)")
     parser.add_argument("--lowdata-n", type=int, default=500, help="lowdata: images per evaluation")
     parser.add_argument("--lowdata-fraction", type=float, default=0.1,
                         help="lowdata: share of every class trained on (the rest is held out)")

@@ -26,8 +26,10 @@ within the run); LeCam's EMA start is scaled the same way (its BigGAN script: 10
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -139,65 +141,109 @@ def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
 def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: bool,
                 variants: list[str] | None = None, fraction: float = 0.1,
                 equal_cpu: bool = True) -> dict:
-    """Train and score each variant and seed not yet in out's partial JSON. `steps` is the
+    """Train and score each variant and seed that has no row file under out yet. `steps` is the
     baseline's G steps; with `equal_cpu` every other variant gets the G steps that cost the
     same CPU time (cost_ratios), as DiffAugment's and the issue's "same budget" comparison
-    asks, otherwise the same G steps."""
+    asks, otherwise the same G steps. Processes may share `out`: set-up runs once under a lock,
+    and each run is taken by one process (a lock per run)."""
     from bigan.eval.classifier import train_classifier
     from bigan.eval.evaluate import class_grid_png, evaluate
     from bigan.eval.features import ClassifierExtractor
     from bigan.generation import open_sampler
     from bigan.train.trainer import train
 
-    subset, heldout, everything = _splits(out, fraction)
-    clf_path = out / "digits-all-classifier.safetensors"
-    if not clf_path.is_file() or quick:  # the evaluator's features: trained on all the digits
-        report = train_classifier(everything, clf_path, epochs=2 if quick else 15,
-                                  width=8 if quick else 32, log=lambda s: None)
-        clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    chosen, mode = variants or list(VARIANTS), "cpu" if equal_cpu and not quick else "steps"
+    with _locked(out / ".lowdata.lock"):  # parallel processes into one --out set up once
+        subset, heldout, everything = _splits(out, fraction)
+        clf_path = out / "digits-all-classifier.safetensors"
+        if not clf_path.is_file() or quick:  # the evaluator's features: trained on all the digits
+            report = train_classifier(everything, clf_path, epochs=2 if quick else 15,
+                                      width=8 if quick else 32, log=lambda s: None)
+            clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, everything, fraction))
+                  if mode == "cpu" else dict.fromkeys(chosen, steps))
+        # One row file per run, per fraction: each fraction has its own held-out set, so a row
+        # scored against one is not comparable with another's.
+        rows = out / f"lowdata-rows-{_pct(fraction)}"
+        if quick:
+            shutil.rmtree(rows, ignore_errors=True)
+        rows.mkdir(parents=True, exist_ok=True)
+        if not (rows / f"{COPIES}.json").is_file():
+            _write_row(rows / f"{COPIES}.json", _copies_row(heldout, clf_path, n_eval, fraction, out))
     clf = ClassifierExtractor(clf_path)
-    chosen = variants or list(VARIANTS)
-    budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, everything, fraction))
-              if equal_cpu and not quick else dict.fromkeys(chosen, steps))
-    # One partial file per fraction: each fraction has its own held-out set, so a row scored
-    # against one is not comparable with another's (the all-digits runs are re-scored, not retrained).
-    partial = out / f"quality_lowdata-{_pct(fraction)}.partial.json"
-    runs = json.loads(partial.read_text()) if partial.is_file() and not quick else []
-    done = {(r["variant"], r["seed"]) for r in runs}
-    if (f"{COPIES}-{_pct(fraction)}", None) not in done:
-        runs.append(_copies_row(heldout, clf, n_eval, fraction, out))
-        partial.write_text(json.dumps(runs, indent=2))
     for variant in chosen:
         on_subset, extra = VARIANTS[variant]
         name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
         for seed in seeds:
-            if (name, seed) in done:
-                continue
-            cfg = _config(subset if on_subset else everything, out / "runs" / f"{name}-s{seed}",
-                          budget[variant], seed, extra)
-            t0 = time.perf_counter()
-            res = train(cfg, resume="auto")  # a finished run (another fraction's) is only re-scored
-            train_sec = time.perf_counter() - t0
-            sampler = open_sampler(res.last_checkpoint)
-            grid = class_grid_png(sampler, out / f"lowdata_{name}_s{seed}.png")
-            m = evaluate(sampler, heldout, [clf], n_eval, baseline=True,
-                         cache_dir=out / "feature-cache", log=lambda s: None)["metrics"][clf.name]
-            row = {"variant": name, "seed": seed, "fraction": fraction if on_subset else 1.0,
-                   "overrides": extra, "budget": "cpu" if equal_cpu else "steps",
-                   "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
-                   "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
-                   **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
-                   "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid")}
-            runs.append(row)
-            print(f"  {name} seed {seed}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
-                  f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
-                  f" ({train_sec:.0f} s)", flush=True)
-            partial.write_text(json.dumps(runs, indent=2))
-    return {"steps": steps, "equal_cpu": equal_cpu, "budget_steps": budget, "n_eval": n_eval,
+            # The steps are in the names: runs of one variant at other budgets stay apart (the
+            # all-digits runs are shared by every fraction, and only re-scored).
+            run = f"{name}-{budget[variant]}steps-s{seed}"
+            row_file = rows / f"{run}.json"
+            with _locked(rows / f".{run}.lock", wait=False) as mine:
+                if not mine or row_file.is_file():  # another process has it, or it is done
+                    continue
+                cfg = _config(subset if on_subset else everything, out / "runs" / run,
+                              budget[variant], seed, extra)
+                t0 = time.perf_counter()
+                res = train(cfg, resume="auto")
+                train_sec = time.perf_counter() - t0
+                sampler = open_sampler(res.last_checkpoint)
+                grid = class_grid_png(sampler, out / f"lowdata_{run}.png")
+                m = evaluate(sampler, heldout, [clf], n_eval, baseline=True,
+                             cache_dir=out / "feature-cache", log=lambda s: None)["metrics"][clf.name]
+                row = {"variant": name, "seed": seed, "fraction": fraction if on_subset else 1.0,
+                       "overrides": extra, "budget": mode, "base_steps": steps,
+                       "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
+                       "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
+                       **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
+                       "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid")}
+                _write_row(row_file, row)
+                print(f"  {name} seed {seed}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
+                      f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
+                      f" ({budget[variant]} steps, {train_sec:.0f} s)", flush=True)
+    # The table: this budget's rows, including those of other processes and earlier calls.
+    runs = [r for r in read_rows(rows) if r["seed"] is None or (r["budget"], r["base_steps"]) == (mode, steps)]
+    return {"steps": steps, "equal_cpu": mode == "cpu", "budget_steps": budget, "n_eval": n_eval,
             "seeds": seeds, "runs": runs,
             "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
             "train": str(subset),
             "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png"))}
+
+
+@contextlib.contextmanager
+def _locked(path: Path, wait: bool = True):
+    """An exclusive lock on `path` (flock: the kernel drops it when a process dies, so a killed
+    run never leaves a stale lock); yields False when `wait` is off and another process holds it."""
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_row(path: Path, row: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    tmp.replace(path)  # atomic: a reader sees the whole row or none
+
+
+def read_rows(rows: Path) -> list[dict]:
+    """Every run's row under `rows`, in VARIANTS order (the train-copies reference first), then by
+    steps and seed."""
+    order = {name: i for i, name in enumerate([COPIES, *VARIANTS])}
+
+    def key(r):
+        base = "baseline-all" if r["variant"] == "baseline-100%" else r["variant"].rsplit("-", 1)[0]
+        return order.get(base, len(order)), r.get("steps") or 0, r["seed"] if r["seed"] is not None else -1
+
+    return sorted((json.loads(p.read_text()) for p in rows.glob("*.json")), key=key)
 
 
 def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):
@@ -236,8 +282,6 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, everything: Path, 
     machine's speed drifts 20-30% within minutes, so a ratio is only taken within one session),
     the median per variant. Kept in out/quality_lowdata-{pct}.cost.json so later and parallel
     runs give each variant the same steps."""
-    import shutil
-
     from bigan.train.hooks import TrainHooks
     from bigan.train.trainer import train
 
@@ -297,11 +341,13 @@ def grids_png(runs: list[dict], path: Path) -> Path:
     return path
 
 
-def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> dict:
+def _copies_row(heldout: Path, clf_path: Path, n_eval: int, fraction: float, out: Path) -> dict:
     """The reference row of the training images themselves (see CopyingSampler)."""
     from bigan.data import synthetic
     from bigan.eval.evaluate import evaluate
+    from bigan.eval.features import ClassifierExtractor
 
+    clf = ClassifierExtractor(clf_path)
     images, labels = _digits()
     train = _subset_mask(labels, fraction)
     sampler = CopyingSampler(images[train], labels[train], list(synthetic.DIGIT_CLASS_NAMES))

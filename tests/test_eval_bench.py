@@ -110,3 +110,21 @@ def test_lowdata_cost_ratios_are_reused_from_the_cost_file(tmp_path, monkeypatch
         json.dumps({"baseline": 1.0, "diffaugment-translation+r3gan": 2.6, "ada": 1.3}))
     ratios = cost_ratios(tmp_path, ["baseline", "diffaugment-translation+r3gan"], tmp_path, tmp_path, 0.02)
     assert ratios == {"baseline": 1.0, "diffaugment-translation+r3gan": 2.6}
+
+
+def test_lowdata_rows_are_one_file_per_run_and_runs_are_taken_by_one_process(tmp_path):
+    from bench.quality_lowdata import _locked, _write_row, read_rows
+
+    for name, seed, steps in [("baseline-100%", 0, 799), ("diffaugment-translation+r3gan-2%", 1, 429),
+                              ("baseline-2%", 1, 1000), ("baseline-2%", 0, 1000),
+                              ("train-copies-2%", None, None)]:
+        _write_row(tmp_path / f"{name}-{steps}-{seed}.json", {"variant": name, "seed": seed, "steps": steps})
+    assert [(r["variant"], r["seed"]) for r in read_rows(tmp_path)] == [
+        ("train-copies-2%", None), ("baseline-2%", 0), ("baseline-2%", 1),
+        ("diffaugment-translation+r3gan-2%", 1), ("baseline-100%", 0)]
+    assert not list(tmp_path.glob("*.tmp"))
+    with _locked(tmp_path / ".run.lock", wait=False) as first:
+        with _locked(tmp_path / ".run.lock", wait=False) as second:  # another open file: refused
+            assert first and not second
+    with _locked(tmp_path / ".run.lock", wait=False) as again:  # released on leaving
+        assert again
