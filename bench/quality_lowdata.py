@@ -160,7 +160,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             report = train_classifier(everything, clf_path, epochs=2 if quick else 15,
                                       width=8 if quick else 32, log=lambda s: None)
             clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
-        budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, everything, fraction))
+        budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, fraction))
                   if mode == "cpu" else dict.fromkeys(chosen, steps))
         # One row file per run, per fraction: each fraction has its own held-out set, so a row
         # scored against one is not comparable with another's.
@@ -261,13 +261,12 @@ def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str]
     return load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", overrides)
 
 
-def sec_per_step(stamps: list[tuple[int, float]]) -> float:
-    """The median seconds per G step between (step, time) log stamps, leaving out the interval
-    up to the first stamp (start-up, first-call allocation)."""
-    rates = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:])]
-    if not rates:
+def step_seconds(stamps: list[tuple[int, float]]) -> list[float]:
+    """Seconds per G step in each interval between (step, time) log stamps; the interval up to
+    the first stamp (start-up, first-call allocation) has no stamp before it and is left out."""
+    if len(stamps) < 2:
         raise ValueError(f"need at least two log stamps to time a step (got {len(stamps)})")
-    return float(np.median(rates))
+    return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:])]
 
 
 def equal_cpu_steps(steps: int, ratios: dict[str, float]) -> dict[str, int]:
@@ -275,13 +274,15 @@ def equal_cpu_steps(steps: int, ratios: dict[str, float]) -> dict[str, int]:
     return {v: max(1, round(steps / r)) for v, r in ratios.items()}
 
 
-def cost_ratios(out: Path, variants: list[str], subset: Path, everything: Path, fraction: float,
-                probe_steps: int = 40, log_every: int = 10, rounds: int = 2) -> dict[str, float]:
+def cost_ratios(out: Path, variants: list[str], subset: Path, fraction: float,
+                probe_steps: int = 50, log_every: int = 10, rounds: int = 2) -> dict[str, float]:
     """Each variant's CPU time per G step over the baseline's, measured here: short runs of the
     baseline and of every variant not yet in out's cost file, in alternating rounds (this
     machine's speed drifts 20-30% within minutes, so a ratio is only taken within one session),
-    the median per variant. Kept in out/quality_lowdata-{pct}.cost.json so later and parallel
-    runs give each variant the same steps."""
+    the median over all their logged intervals. Variants with the baseline's overrides (the
+    all-digits run) take the same step on other images: their ratio is 1 by construction. Kept
+    in out/quality_lowdata-{pct}.cost.json so later and parallel runs give each variant the
+    same steps."""
     from bigan.train.hooks import TrainHooks
     from bigan.train.trainer import train
 
@@ -294,25 +295,24 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, everything: Path, 
 
     path = out / f"quality_lowdata-{_pct(fraction)}.cost.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
+    known.update({v: 1.0 for v in variants if v not in known and not VARIANTS[v][1]})
     todo = [v for v in variants if v not in known]
     if todo:
-        names = list(dict.fromkeys(["baseline", *todo]))
+        names = ["baseline", *todo]
         secs: dict[str, list[float]] = {v: [] for v in names}
         for r in range(rounds):
             for v in names:
-                on_subset, extra = VARIANTS[v]
                 run_dir = out / "cost-probe" / f"{v}-r{r}"
                 clock = StepClock()
-                train(_config(subset if on_subset else everything, run_dir, probe_steps, 0, extra,
-                              log_every), hooks=clock)
-                secs[v].append(sec_per_step(clock.stamps))
+                train(_config(subset, run_dir, probe_steps, 0, VARIANTS[v][1], log_every), hooks=clock)
+                secs[v] += step_seconds(clock.stamps)
                 shutil.rmtree(run_dir)
         base = float(np.median(secs["baseline"]))
-        for v in names:
+        for v in todo:
             known[v] = float(np.median(secs[v])) / base
             print(f"  cost of {v}: {known[v]:.2f}x the baseline's per G step "
-                  f"({1000 * float(np.median(secs[v])):.0f} ms)", flush=True)
-        path.write_text(json.dumps(known, indent=2))
+                  f"({1000 * float(np.median(secs[v])):.0f} ms against {1000 * base:.0f} ms)", flush=True)
+    path.write_text(json.dumps(known, indent=2))
     return {v: known[v] for v in variants}
 
 
