@@ -56,6 +56,12 @@ VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
     "diffaugment-translation+r3gan": (True, ["augment.kind=diffaugment", "augment.policy=translation",
                                              "loss.kind=rpgan", "loss.penalty=r1+r2",
                                              "loss.penalty_weight=1.0"]),
+    # Its two halves apart: the pairing loss alone, and lazy R1 + R2 with the hinge loss.
+    "diffaugment-translation+rpgan": (True, ["augment.kind=diffaugment", "augment.policy=translation",
+                                             "loss.kind=rpgan"]),
+    "diffaugment-translation+r1r2-lazy": (True, ["augment.kind=diffaugment", "augment.policy=translation",
+                                                 "loss.penalty=r1+r2", "loss.penalty_weight=1.0",
+                                                 "loss.penalty_interval=4"]),
     # The same with lazy R1 + R2 (StyleGAN2): every 4th D step, weighted by 4, which cuts most
     # of the double backward's cost.
     "diffaugment-translation+r3gan-lazy": (True, ["augment.kind=diffaugment", "augment.policy=translation",
