@@ -297,7 +297,9 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, fraction: float,
             self.stamps: list[tuple[int, float]] = []
 
         def on_metrics(self, step: int, metrics: dict) -> None:
-            self.stamps.append((step, time.perf_counter()))
+            # CPU time of this process, not wall time: time spent descheduled while another
+            # process had the core is not this variant's cost.
+            self.stamps.append((step, time.process_time()))
 
     path = out / f"quality_lowdata-{_pct(fraction)}.cost.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
