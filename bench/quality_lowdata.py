@@ -14,7 +14,7 @@ the training images themselves (`train-copies`: what perfect memorisation scores
 The budget is CPU time (`equal_cpu`, the default): the baseline trains `steps` G steps and every
 other variant the G steps that cost the same, from its cost per step measured in alternating
 short runs on this machine (`cost_ratios`; R3GAN's double backward makes its step ~2.7x the
-baseline's). `train_sec` in every row shows what each run took. `equal_cpu=False` gives every
+baseline's). `train_cpu_sec` in every row shows what each run took. `equal_cpu=False` gives every
 variant the same G steps instead. The goal: the best subset variant closes
 >= half of the FID gap between the subset and the all-data baselines
 (gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
@@ -190,9 +190,9 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                     continue
                 cfg = _config(subset if on_subset else everything, out / "runs" / run,
                               budget[variant], seed, extra)
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 res = train(cfg, resume="auto")
-                train_sec = time.perf_counter() - t0
+                train_sec, train_cpu_sec = time.perf_counter() - t0, time.process_time() - cpu0
                 sampler = open_sampler(res.last_checkpoint)
                 grid = class_grid_png(sampler, out / f"lowdata_{run}.png")
                 m = evaluate(sampler, heldout, [clf], n_eval, baseline=True,
@@ -200,13 +200,14 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                 row = {"variant": name, "seed": seed, "fraction": fraction if on_subset else 1.0,
                        "overrides": extra, "budget": mode, "base_steps": steps,
                        "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
+                       "train_cpu_sec": train_cpu_sec,
                        "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
                        **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
                        "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid")}
                 _write_row(row_file, row)
                 print(f"  {name} seed {seed}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
                       f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
-                      f" ({budget[variant]} steps, {train_sec:.0f} s)", flush=True)
+                      f" ({budget[variant]} steps, {train_cpu_sec:.0f} CPU s)", flush=True)
     # The table: this budget's rows, including those of other processes and earlier calls.
     runs = [r for r in read_rows(rows) if r["seed"] is None or (r["budget"], r["base_steps"]) == (mode, steps)]
     return {"steps": steps, "equal_cpu": mode == "cpu", "budget_steps": budget, "n_eval": n_eval,
