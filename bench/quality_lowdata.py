@@ -67,11 +67,6 @@ VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
     "diffaugment-translation+r3gan-lazy": (True, ["augment.kind=diffaugment", "augment.policy=translation",
                                                   "loss.kind=rpgan", "loss.penalty=r1+r2",
                                                   "loss.penalty_weight=1.0", "loss.penalty_interval=4"]),
-    # ...and with one D step per G step, as R3GAN trains (its CPU time buys more G steps).
-    "diffaugment-translation+r3gan-lazy-1d": (True, ["augment.kind=diffaugment", "augment.policy=translation",
-                                                     "loss.kind=rpgan", "loss.penalty=r1+r2",
-                                                     "loss.penalty_weight=1.0", "loss.penalty_interval=4",
-                                                     "optim.d_steps=1"]),
     "baseline-all": (False, []),
 }
 COPIES = "train-copies"  # a reference row: the training images themselves, scored as a generator
