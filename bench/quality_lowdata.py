@@ -161,6 +161,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             report = train_classifier(everything, clf_path, epochs=2 if quick else 15,
                                       width=8 if quick else 32, log=lambda s: None)
             clf_path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        clf = ClassifierExtractor(clf_path)
         budget = (equal_cpu_steps(steps, cost_ratios(out, chosen, subset, fraction))
                   if mode == "cpu" else dict.fromkeys(chosen, steps))
         # One row file per run, per fraction: each fraction has its own held-out set, so a row
@@ -170,8 +171,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             shutil.rmtree(rows, ignore_errors=True)
         rows.mkdir(parents=True, exist_ok=True)
         if not (rows / f"{COPIES}.json").is_file():
-            _write_row(rows / f"{COPIES}.json", _copies_row(heldout, clf_path, n_eval, fraction, out))
-    clf = ClassifierExtractor(clf_path)
+            _write_row(rows / f"{COPIES}.json", _copies_row(heldout, clf, n_eval, fraction, out))
     for variant in chosen:
         on_subset, extra = VARIANTS[variant]
         name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
@@ -345,13 +345,11 @@ def grids_png(runs: list[dict], path: Path) -> Path:
     return path
 
 
-def _copies_row(heldout: Path, clf_path: Path, n_eval: int, fraction: float, out: Path) -> dict:
+def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> dict:
     """The reference row of the training images themselves (see CopyingSampler)."""
     from bigan.data import synthetic
     from bigan.eval.evaluate import evaluate
-    from bigan.eval.features import ClassifierExtractor
 
-    clf = ClassifierExtractor(clf_path)
     images, labels = _digits()
     train = _subset_mask(labels, fraction)
     sampler = CopyingSampler(images[train], labels[train], list(synthetic.DIGIT_CLASS_NAMES))
