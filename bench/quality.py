@@ -277,7 +277,8 @@ def main() -> int:
                              "parallel processes into one --out if you like)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per mixture (default 5)")
     parser.add_argument("--lowdata-steps", type=int, default=600,
-                        help="lowdata: the baseline's G steps per run (the CPU budget of every variant)")
+                        help="lowdata: the baseline's G steps per run (the CPU budget of every variant); "
+                             "a larger budget extends the runs already in --out")
     parser.add_argument("--lowdata-budget", choices=("cpu", "steps"), default="cpu",
                         help="lowdata: give every variant the baseline's CPU time (its G steps scaled "
                              "by its measured cost per step; default) or the same G steps")

@@ -13,9 +13,11 @@ the training images themselves (`train-copies`: what perfect memorisation scores
 
 The budget is CPU time (`equal_cpu`, the default): the baseline trains `steps` G steps and every
 other variant the G steps that cost the same, from its cost per step measured in alternating
-short runs on this machine (`cost_ratios`; R3GAN's double backward makes its step ~2.7x the
-baseline's). `train_cpu_sec` in every row shows what each run took. `equal_cpu=False` gives every
-variant the same G steps instead. The goal: the best subset variant closes
+short runs on this machine (`cost_ratios`; R3GAN's double backward makes its step 2.0x the
+baseline's in process CPU time). `train_cpu_sec` in every row shows what each run took.
+`equal_cpu=False` gives every variant the same G steps instead. A larger budget extends the runs
+already in `out` (`shorter_run`: resume is bit-identical), so a row of an extended run counts
+only the extra steps' seconds and names the run it continued (`resumed_from`). The goal: the best subset variant closes
 >= half of the FID gap between the subset and the all-data baselines
 (gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
 
@@ -185,8 +187,9 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                     continue
                 cfg = _config(subset if on_subset else everything, out / "runs" / run,
                               budget[variant], seed, extra)
+                prefix = shorter_run(out / "runs", name, seed, cfg)
                 t0, cpu0 = time.perf_counter(), time.process_time()
-                res = train(cfg, resume="auto")
+                res = train(cfg, resume=str(prefix) if prefix else "auto")
                 train_sec, train_cpu_sec = time.perf_counter() - t0, time.process_time() - cpu0
                 sampler = open_sampler(res.last_checkpoint)
                 grid = class_grid_png(sampler, out / f"lowdata_{run}.png")
@@ -196,6 +199,8 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                        "overrides": extra, "budget": mode, "base_steps": steps,
                        "steps": res.step, "kimg": res.cur_nimg / 1000, "train_sec": train_sec,
                        "train_cpu_sec": train_cpu_sec,
+                       # A run extended from a shorter one: its train seconds count this part only.
+                       "resumed_from": prefix and str(prefix.relative_to(out)),
                        "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
                        **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
                        "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid")}
@@ -246,6 +251,57 @@ def read_rows(rows: Path) -> list[dict]:
         return order.get(base, len(order)), r.get("steps") or 0, r["seed"] if r["seed"] is not None else -1
 
     return sorted((json.loads(p.read_text()) for p in rows.glob("*.json")), key=key)
+
+
+# Fields a longer run of one variant and seed may differ in from a shorter one it extends:
+# the length itself, where it is written, and the EMA's start (steps // 5: the EMA only follows G
+# and feeds nothing back, and with decay 0.99 what it averaged before the longer run's start
+# weighs 0.99^(steps - start) < 1e-6 at the end). The shards are rebuilt per --out from the same
+# seed (the fraction is in the run's name), so their path may differ too. ADA's speed and
+# LeCam's start also scale with the steps: they may differ only where ADA or LeCam is off.
+_LENGTH_FIELDS = {"train.steps", "train.out_dir", "train.ckpt_every", "ema.start_step", "data.path"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _trajectory(cfg) -> dict:
+    """cfg's fields that decide G's and D's weights at a given step, flat: not those in
+    _LENGTH_FIELDS, nor the settings of ADA or LeCam when they are off."""
+    import dataclasses
+
+    flat = {k: v for k, v in _flat(dataclasses.asdict(cfg)).items() if k not in _LENGTH_FIELDS}
+    if flat["augment.kind"] != "ada":
+        flat = {k: v for k, v in flat.items() if not k.startswith("augment.ada_")}
+    if not flat["augment.lecam_weight"]:
+        flat = {k: v for k, v in flat.items() if not k.startswith("augment.lecam_")}
+    return flat
+
+
+def shorter_run(runs: Path, name: str, seed: int, cfg) -> Path | None:
+    """The checkpoint of the longest shorter run of `name` and `seed` under `runs` that `cfg`
+    continues exactly, when `cfg`'s own run has none: raising --lowdata-steps then trains only
+    the extra steps (resume is bit-identical, and no schedule here depends on the run's length
+    but those in _LENGTH_FIELDS). None when there is nothing to extend."""
+    from bigan.checkpoint.store import list_checkpoints
+    from bigan.config import load_config
+
+    if list_checkpoints(Path(cfg.train.out_dir) / "checkpoints"):
+        return None  # its own checkpoint: "auto" resumes from it
+    want = _trajectory(cfg)
+    found = []
+    for d in runs.glob(f"{name}-*steps-s{seed}"):
+        steps = d.name[len(name) + 1:-len(f"steps-s{seed}")]
+        ckpts = list_checkpoints(d / "checkpoints")
+        if not steps.isdigit() or not ckpts or int(steps) >= cfg.train.steps:
+            continue
+        if _trajectory(load_config(ckpts[-1] / "config.yaml")) == want:
+            found.append((int(steps), ckpts[-1]))
+    return max(found)[1] if found else None
 
 
 def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):

@@ -129,3 +129,65 @@ def test_lowdata_rows_are_one_file_per_run_and_runs_are_taken_by_one_process(tmp
             assert first and not second
     with _locked(tmp_path / ".run.lock", wait=False) as again:  # released on leaving
         assert again
+
+
+def _fake_run(runs: Path, run: str, cfg) -> Path:
+    """A run directory holding one complete checkpoint of cfg (its config and a manifest)."""
+    from bigan.config import dump_config
+
+    ckpt = runs / run / "checkpoints" / f"step-{cfg.train.steps:08d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text(dump_config(cfg))
+    (ckpt / "manifest.json").write_text("{}")
+    return ckpt
+
+
+def test_lowdata_longer_run_extends_the_longest_shorter_run_it_continues_exactly(tmp_path):
+    from bench.quality_lowdata import VARIANTS, _config, shorter_run
+
+    runs, data = tmp_path / "runs", tmp_path / "data"
+
+    def cfg(variant, steps, seed=0, name=None):
+        name = name or f"{variant}-2%"
+        return _config(data, runs / f"{name}-{steps}steps-s{seed}", steps, seed, VARIANTS[variant][1])
+
+    lazy = "diffaugment-translation+r1r2-lazy"
+    _fake_run(runs, f"{lazy}-2%-836steps-s0", cfg(lazy, 836))
+    best = _fake_run(runs, f"{lazy}-2%-905steps-s0", cfg(lazy, 905))
+    _fake_run(runs, f"{lazy}-2%-3000steps-s0", cfg(lazy, 3000))  # longer: not a prefix
+    _fake_run(runs, f"{lazy}-2%-500steps-s1", cfg(lazy, 500, seed=1))  # another seed
+    # the same name and seed, but other settings (the run was made with other overrides)
+    other = _config(data, runs / f"{lazy}-2%-950steps-s0", 950, 0, [*VARIANTS[lazy][1], "loss.penalty_weight=2.0"])
+    _fake_run(runs, f"{lazy}-2%-950steps-s0", other)
+    # the EMA's start, ADA's speed and LeCam's start scale with the steps: only the first may differ
+    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 2000)) == best
+    assert shorter_run(runs, f"{lazy}-2%", 1, cfg(lazy, 2000, seed=1)).parent.parent.name == f"{lazy}-2%-500steps-s1"
+    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 800)) is None  # nothing shorter
+    _fake_run(runs, f"{lazy}-2%-2000steps-s0", cfg(lazy, 2000))
+    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 2000)) is None  # its own checkpoint wins
+    ada = "ada-digits"  # ADA's speed is a quarter of the run's kimg: a longer run is another trajectory
+    _fake_run(runs, f"{ada}-2%-1000steps-s0", cfg(ada, 1000))
+    assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 2000)) is None
+    assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 1000)) is None
+
+
+@pytest.mark.slow
+def test_lowdata_run_extended_from_a_shorter_one_equals_a_fresh_run(tmp_path):
+    """What makes reuse exact: resuming the 3-step run to 6 steps gives a fresh 6-step run's G and D
+    bit for bit; only the EMA, started at another step, may differ (by its decayed start)."""
+    from safetensors.torch import load_file
+
+    from bench.quality_lowdata import VARIANTS, _config, _splits, shorter_run
+    from bigan.train.trainer import train
+
+    subset, _, _ = _splits(tmp_path, 0.02)
+    runs, extra = tmp_path / "runs", [*VARIANTS["diffaugment-translation"][1], "train.batch_size=8"]
+    train(_config(subset, runs / "v-3steps-s0", 3, 0, extra), resume="auto")
+    longer = _config(subset, runs / "v-6steps-s0", 6, 0, extra)
+    prefix = shorter_run(runs, "v", 0, longer)
+    assert prefix is not None and prefix.name == "step-00000003"
+    extended = train(longer, resume=str(prefix)).last_checkpoint
+    fresh = train(_config(subset, tmp_path / "fresh", 6, 0, extra), resume="auto").last_checkpoint
+    for part in ("G", "D"):
+        a, b = load_file(extended / f"{part}.safetensors"), load_file(fresh / f"{part}.safetensors")
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
