@@ -354,7 +354,8 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, fraction: float,
             self.stamps.append((step, time.process_time()))
 
     path = out / f"quality_lowdata-{_pct(fraction)}.cost.json"
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    known = dict(stored)
     known.update({v: 1.0 for v in variants if v not in known and not VARIANTS[v][1]})
     todo = [v for v in variants if v not in known]
     if todo:
@@ -372,7 +373,8 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, fraction: float,
             known[v] = float(np.median(secs[v])) / base
             print(f"  cost of {v}: {known[v]:.2f}x the baseline's per G step "
                   f"({1000 * float(np.median(secs[v])):.0f} ms against {1000 * base:.0f} ms)", flush=True)
-    path.write_text(json.dumps(known, indent=2))
+    if known != stored:  # atomic, as the rows: a parallel process reads the whole file or none
+        _write_row(path, known)
     return {v: known[v] for v in variants}
 
 
