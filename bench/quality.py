@@ -285,6 +285,9 @@ def main() -> int:
     parser.add_argument("--lowdata-seeds", default="0,1",
                         help="lowdata: comma list of seeds (runs already in --out are kept; processes may share --out)")
     parser.add_argument("--lowdata-n", type=int, default=500, help="lowdata: images per evaluation")
+    parser.add_argument("--lowdata-eval-every", type=int, default=0,
+                        help="lowdata: also score each run every this many G steps while it trains "
+                             "and report its best snapshot (0 = the last snapshot only)")
     parser.add_argument("--lowdata-fraction", type=float, default=0.1,
                         help="lowdata: share of every class trained on (the rest is held out)")
     parser.add_argument("--lowdata-variants", default="",
@@ -325,12 +328,15 @@ def main() -> int:
                 parser.error(f"--lowdata-variants takes {', '.join(VARIANTS)} (got {sorted(unknown)})")
             if not 0 < args.lowdata_fraction < 1:
                 parser.error(f"--lowdata-fraction must be in (0, 1) (got {args.lowdata_fraction})")
+            if args.lowdata_eval_every < 0:
+                parser.error(f"--lowdata-eval-every must be >= 0 (got {args.lowdata_eval_every})")
 
             result = run_lowdata(out, [0] if args.quick else [int(x) for x in args.lowdata_seeds.split(",")],
                                  8 if args.quick else args.lowdata_steps,
                                  40 if args.quick else args.lowdata_n, args.quick,
                                  variants or None, args.lowdata_fraction,
-                                 equal_cpu=args.lowdata_budget == "cpu")
+                                 equal_cpu=args.lowdata_budget == "cpu",
+                                 eval_every=4 if args.quick and args.lowdata_eval_every else args.lowdata_eval_every)
             print_lowdata(result)
         else:
             parser.error(f"unknown part {part!r}: use ring, grid, digits, cifar10, lowdata")

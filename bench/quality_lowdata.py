@@ -143,15 +143,21 @@ def _splits(out: Path, fraction: float) -> tuple[Path, Path, Path]:
 
 def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: bool,
                 variants: list[str] | None = None, fraction: float = 0.1,
-                equal_cpu: bool = True) -> dict:
+                equal_cpu: bool = True, eval_every: int = 0) -> dict:
     """Train and score each variant and seed that has no row file under out yet. `steps` is the
     baseline's G steps; with `equal_cpu` every other variant gets the G steps that cost the
     same CPU time (cost_ratios), as DiffAugment's and the issue's "same budget" comparison
     asks, otherwise the same G steps. Processes may share `out`: set-up runs once under a lock,
-    and each run is taken by one process (a lock per run)."""
+    and each run is taken by one process (a lock per run). With `eval_every` each run is also
+    scored every that many G steps by the trainer's own evaluation (`bigan.train.evaluation`,
+    blocking, the same features and N), and its row adds the best snapshot (`best`) and the
+    curves PNG: GAN papers report the best FID over training (BigGAN-PyTorch and StudioGAN keep
+    the best checkpoint), and at this size the last snapshot's FID swings between neighbouring
+    steps."""
     from bigan.eval.classifier import train_classifier
     from bigan.eval.evaluate import class_grid_png, evaluate
     from bigan.eval.features import ClassifierExtractor
+    from bigan.eval.run_evaluator import make_evaluator, read_history
     from bigan.generation import open_sampler
     from bigan.train.trainer import train
 
@@ -180,16 +186,17 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
         for seed in seeds:
             # The steps are in the names: runs of one variant at other budgets stay apart (the
             # all-digits runs are shared by every fraction, and only re-scored).
-            run = f"{name}-{budget[variant]}steps-s{seed}"
+            run = f"{name}-{budget[variant]}steps-s{seed}" + (f"-eval{eval_every}" if eval_every else "")
             row_file = rows / f"{run}.json"
             with _locked(rows / f".{run}.lock", wait=False) as mine:
                 if not mine or row_file.is_file():  # another process has it, or it is done
                     continue
                 cfg = _config(subset if on_subset else everything, out / "runs" / run,
-                              budget[variant], seed, extra)
+                              budget[variant], seed,
+                              [*extra, *_eval_overrides(eval_every, clf_path, heldout, n_eval, out)])
                 prefix = shorter_run(out / "runs", name, seed, cfg)
                 t0, cpu0 = time.perf_counter(), time.process_time()
-                res = train(cfg, resume=str(prefix) if prefix else "auto")
+                res = train(cfg, resume=str(prefix) if prefix else "auto", evaluator=make_evaluator(cfg))
                 train_sec, train_cpu_sec = time.perf_counter() - t0, time.process_time() - cpu0
                 sampler = open_sampler(res.last_checkpoint)
                 grid = class_grid_png(sampler, out / f"lowdata_{run}.png")
@@ -202,16 +209,18 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                        # A run extended from a shorter one: its train seconds count this part only.
                        "resumed_from": prefix and str(prefix.relative_to(out)),
                        "grid_png": str(grid), "ada_p": res.metrics.get("augment/p"),
-                       **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
-                       "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid")}
+                       **{k: m[k] for k in SCORES},
+                       "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid"),
+                       "eval_every": eval_every, **_best_snapshot(read_history(res.run_dir))}
                 _write_row(row_file, row)
                 print(f"  {name} seed {seed}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
                       f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
                       f" ({budget[variant]} steps, {train_cpu_sec:.0f} CPU s)", flush=True)
     # The table: this budget's rows, including those of other processes and earlier calls.
-    runs = [r for r in read_rows(rows) if r["seed"] is None or (r["budget"], r["base_steps"]) == (mode, steps)]
+    runs = [r for r in read_rows(rows) if r["seed"] is None or
+            (r["budget"], r["base_steps"], r.get("eval_every", 0)) == (mode, steps, eval_every)]
     return {"steps": steps, "equal_cpu": mode == "cpu", "budget_steps": budget, "n_eval": n_eval,
-            "seeds": seeds, "runs": runs,
+            "seeds": seeds, "runs": runs, "eval_every": eval_every,
             "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
             "train": str(subset),
             "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png"))}
@@ -302,6 +311,32 @@ def shorter_run(runs: Path, name: str, seed: int, cfg) -> Path | None:
         if _trajectory(load_config(ckpts[-1] / "config.yaml")) == want:
             found.append((int(steps), ckpts[-1]))
     return max(found)[1] if found else None
+
+
+SCORES = ("fid", "kid", "precision", "recall", "class_accuracy")
+
+
+def _eval_overrides(every: int, clf: Path, heldout: Path, n_eval: int, out: Path) -> list[str]:
+    """In-training evaluation every `every` G steps (none at 0) with the bench's own protocol:
+    the digits classifier's features against the held-out images, N = n_eval, inside the
+    training process (one core per run)."""
+    if not every:
+        return []
+    return [f"eval.every_kimg={every * 32 * 2 / 1000}",  # demo.yaml: batch 32, 2 D steps per G step
+            "eval.mode=blocking", f"eval.n={n_eval}", f"eval.metrics=[{','.join(SCORES)}]",
+            f"eval.extractor={clf}", f"eval.data={heldout}", f"eval.cache_dir={out / 'feature-cache'}"]
+
+
+def _best_snapshot(history: list[dict]) -> dict:
+    """{"best": the scores of the lowest-FID evaluation and its step, "evaluations": how many}
+    from a run's evaluation history; {} when it has none."""
+    scored = [r for r in history if np.isfinite(r.get("metrics", {}).get("eval/fid", np.nan))]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda r: r["metrics"]["eval/fid"])
+    return {"best": {"step": best["step"], "kimg": best["kimg"],
+                     **{k: best["metrics"][f"eval/{k}"] for k in SCORES}},
+            "evaluations": len(scored)}
 
 
 def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):
@@ -415,31 +450,47 @@ def _copies_row(heldout: Path, clf, n_eval: int, fraction: float, out: Path) -> 
                  log=lambda s: None)["metrics"][clf.name]
     return {"variant": f"{COPIES}-{_pct(fraction)}", "seed": None, "fraction": fraction,
             "images": int(train.sum()),
-            **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")}}
+            **{k: m[k] for k in SCORES}}
 
 
 def summarize(runs: list[dict], fraction: float = 0.1) -> dict:
-    """Per variant: mean and spread over seeds, and the share of the FID gap closed."""
+    """Per variant: mean and spread over seeds, and the share of the FID gap closed; the same
+    for the best snapshot (`best_fid`, `best_gap_closed`, goal `_goal_best`) where every run of
+    the variant was evaluated during training."""
     out = {}
     for name in dict.fromkeys(r["variant"] for r in runs):
         rows = [r for r in runs if r["variant"] == name]
-        out[name] = {k: float(np.mean([r[k] for r in rows]))
-                     for k in ("fid", "kid", "precision", "recall", "class_accuracy")}
+        out[name] = {k: float(np.mean([r[k] for r in rows])) for k in SCORES}
         out[name]["fid_std"] = float(np.std([r["fid"] for r in rows]))
         if all("steps" in r for r in rows):  # not the train-copies row
             out[name]["steps"] = round(float(np.mean([r["steps"] for r in rows])))
+        if all("best" in r for r in rows):
+            best = [r["best"]["fid"] for r in rows]
+            out[name].update(best_fid=float(np.mean(best)), best_fid_std=float(np.std(best)),
+                             best_step=round(float(np.mean([r["best"]["step"] for r in rows]))))
+        elif name.startswith(COPIES):  # no training: its FID is its best
+            out[name].update(best_fid=out[name]["fid"], best_fid_std=0.0)
         out[name]["seeds"] = len(rows)
-    subset = f"-{_pct(fraction)}"
-    base, full = out.get(f"baseline{subset}"), out.get("baseline-100%")
-    if base and full and base["fid"] > full["fid"]:  # otherwise there is no gap to close
-        for name, s in out.items():
-            s["gap_closed"] = (base["fid"] - s["fid"]) / (base["fid"] - full["fid"])
-        best = max((n for n in out if n.endswith(subset)
-                    and n not in (f"baseline{subset}", f"{COPIES}{subset}")),
-                   key=lambda n: out[n]["gap_closed"], default=None)
-        out["_goal"] = {"best": best, "gap_closed": out[best]["gap_closed"] if best else None,
-                        "met": bool(best and out[best]["gap_closed"] >= 0.5)}
+    _gap(out, fraction, "fid", "gap_closed", "_goal")
+    _gap(out, fraction, "best_fid", "best_gap_closed", "_goal_best")
     return out
+
+
+def _gap(out: dict, fraction: float, fid: str, closed: str, goal: str) -> None:
+    """Adds each variant's share of the `fid` gap between the subset and all-data baselines
+    (as `closed`) and whether the best subset variant closes half of it (as `goal`)."""
+    subset = f"-{_pct(fraction)}"
+    base, full = out.get(f"baseline{subset}", {}).get(fid), out.get("baseline-100%", {}).get(fid)
+    if base is None or full is None or base <= full:  # not measured, or no gap to close
+        return
+    for s in out.values():
+        if fid in s:
+            s[closed] = (base - s[fid]) / (base - full)
+    best = max((n for n in out if n.endswith(subset) and closed in out[n]
+                and n not in (f"baseline{subset}", f"{COPIES}{subset}")),
+               key=lambda n: out[n][closed], default=None)
+    out[goal] = {"best": best, "gap_closed": out[best][closed] if best else None,
+                 "met": bool(best and out[best][closed] >= 0.5)}
 
 
 def print_lowdata(r: dict) -> None:
@@ -449,16 +500,21 @@ def print_lowdata(r: dict) -> None:
     print(f"\nlowdata: BigGAN (demo.yaml), {budget}, seeds {r['seeds']}, "
           f"domain features vs the held-out {_pct(1 - r['fraction'])}, N={r['n_eval']}")
     print(f"{'variant':38s} {'steps':>5s} {'FID':>12s} {'KID':>8s} {'P':>6s} {'R':>6s} {'acc':>6s} "
-          f"{'gap closed':>10s}")
+          f"{'gap closed':>10s} {'best FID (step)':>20s} {'best gap':>8s}")
     for name, v in s.items():
         if name.startswith("_"):
             continue
         gap = f"{100 * v['gap_closed']:9.0f}%" if "gap_closed" in v else ""
+        best = (f"{v['best_fid']:6.3f}±{v['best_fid_std']:5.3f} ({v.get('best_step', '-')})"
+                if "best_fid" in v else "")
+        best_gap = f"{100 * v['best_gap_closed']:7.0f}%" if "best_gap_closed" in v else ""
         print(f"{name:38s} {v.get('steps', ''):>5} {v['fid']:6.3f}±{v['fid_std']:5.3f} {v['kid']:8.4f} "
-              f"{v['precision']:6.3f} {v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s}")
-    goal = s.get("_goal")
-    if goal:
-        same = "on the same CPU budget" if r.get("equal_cpu") else "in the same G steps"
-        print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap {same}): "
-              f"{'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
-              f"{100 * (goal['gap_closed'] or 0):.0f}%)")
+              f"{v['precision']:6.3f} {v['recall']:6.3f} {v['class_accuracy']:6.3f} {gap:>10s} "
+              f"{best:>20s} {best_gap:>8s}")
+    same = "on the same CPU budget" if r.get("equal_cpu") else "in the same G steps"
+    for key, which in (("_goal", "last"), ("_goal_best", "best")):
+        goal = s.get(key)
+        if goal:
+            print(f"goal (best {_pct(r['fraction'])} variant closes >= 50% of the FID gap {same}, "
+                  f"{which} snapshot): {'met' if goal['met'] else 'NOT met'} ({goal['best']}: "
+                  f"{100 * (goal['gap_closed'] or 0):.0f}%)")

@@ -50,8 +50,18 @@ def test_lowdata_summary_closes_the_gap_of_its_own_fraction():
     assert s["baseline-2%"]["fid"] == 11.0 and s["baseline-2%"]["fid_std"] == 1.0
     assert s["diffaugment-2%"]["gap_closed"] == pytest.approx(0.5)  # (11 - 8) / (11 - 5)
     assert s["_goal"] == {"best": "diffaugment-2%", "gap_closed": pytest.approx(0.5), "met": True}
+    assert "_goal_best" not in s and "best_fid" not in s["diffaugment-2%"]  # not scored in training
     # No gap (the subset baseline as good as all the data): nothing to close, no goal verdict.
     assert "_goal" not in summarize([row("baseline-10%", 1.0), row("baseline-100%", 1.2)], 0.1)
+    # Scored during training: the best snapshots' gap, from the baselines' best snapshots
+    best = lambda r, fid, step: {**r, "best": {"fid": fid, "step": step}}  # noqa: E731
+    s = summarize([best(row("baseline-2%", 10.0), 9.0, 100), best(row("baseline-2%", 12.0), 11.0, 300),
+                   best(row("diffaugment-2%", 8.0), 5.0, 200), best(row("baseline-100%", 5.0), 4.0, 300),
+                   row("train-copies-2%", 4.0)], fraction=0.02)
+    assert s["baseline-2%"]["best_fid"] == 10.0 and s["baseline-2%"]["best_step"] == 200
+    assert s["diffaugment-2%"]["best_gap_closed"] == pytest.approx(5 / 6)  # (10 - 5) / (10 - 4)
+    assert s["train-copies-2%"]["best_gap_closed"] == pytest.approx(1.0)  # its FID is its best
+    assert s["_goal_best"] == {"best": "diffaugment-2%", "gap_closed": pytest.approx(5 / 6), "met": True}
 
 
 def test_copying_sampler_returns_the_training_images_of_each_class():
@@ -191,3 +201,34 @@ def test_lowdata_run_extended_from_a_shorter_one_equals_a_fresh_run(tmp_path):
     for part in ("G", "D"):
         a, b = load_file(extended / f"{part}.safetensors"), load_file(fresh / f"{part}.safetensors")
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
+
+
+@pytest.mark.slow
+def test_lowdata_run_scored_during_training_reports_its_best_snapshot_and_trains_the_same(tmp_path):
+    """In-training evaluation neither changes what is trained (the same G and D bit for bit) nor
+    scores differently from the bench: its last record equals the row's own last-snapshot scores."""
+    from safetensors.torch import load_file
+
+    from bench.quality_lowdata import SCORES, run_lowdata
+
+    def bench(eval_every):
+        return run_lowdata(tmp_path, [0], 6, 40, True, ["baseline"], 0.02, eval_every=eval_every)
+
+    plain, scored = bench(0)["runs"], bench(2)
+    row = next(r for r in scored["runs"] if r["seed"] == 0)
+    assert row["eval_every"] == 2 and row["evaluations"] == 3  # steps 2, 4 and 6
+    history = [json.loads(line) for line in
+               (tmp_path / "runs" / "baseline-2%-6steps-s0-eval2" / "eval" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4, 6]
+    best = min(history, key=lambda h: h["metrics"]["eval/fid"])
+    assert row["best"] == {"step": best["step"], "kimg": best["kimg"],
+                           **{k: best["metrics"][f"eval/{k}"] for k in SCORES}}
+    assert {k: row[k] for k in SCORES} == pytest.approx({k: history[-1]["metrics"][f"eval/{k}"] for k in SCORES})
+    s = scored["summary"]["baseline-2%"]
+    assert s["best_fid"] == row["best"]["fid"] <= s["fid"] and s["best_step"] == row["best"]["step"]
+    ckpts = [tmp_path / "runs" / run / "checkpoints" / "step-00000006"
+             for run in ("baseline-2%-6steps-s0", "baseline-2%-6steps-s0-eval2")]
+    for part in ("G", "D"):
+        a, b = (load_file(c / f"{part}.safetensors") for c in ckpts)
+        assert all(a[k].equal(b[k]) for k in a), part
+    assert plain[-1]["fid"] == pytest.approx(row["fid"])
