@@ -223,7 +223,8 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             "seeds": seeds, "runs": runs, "eval_every": eval_every,
             "summary": summarize(runs, fraction), "fraction": fraction, "heldout": str(heldout),
             "train": str(subset),
-            "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png"))}
+            "grids_png": str(grids_png(runs, out / f"lowdata_grids-{_pct(fraction)}.png")),
+            "curves_png": eval_every and str(curves_png(runs, out / f"lowdata_curves-{_pct(fraction)}.png"))}
 
 
 @contextlib.contextmanager
@@ -336,7 +337,7 @@ def _best_snapshot(history: list[dict]) -> dict:
     best = min(scored, key=lambda r: r["metrics"]["eval/fid"])
     return {"best": {"step": best["step"], "kimg": best["kimg"],
                      **{k: best["metrics"][f"eval/{k}"] for k in SCORES}},
-            "evaluations": len(scored)}
+            "evaluations": len(scored), "fid_curve": [[r["step"], r["metrics"]["eval/fid"]] for r in scored]}
 
 
 def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):
@@ -434,6 +435,33 @@ def grids_png(runs: list[dict], path: Path) -> Path:
         ax.set_title(f"{label} (seed {r['seed']})\nFID {r['fid']:.2f}  R {r['recall']:.2f}  "
                      f"acc {r['class_accuracy']:.2f}", fontsize=7)
         ax.axis("off")
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def curves_png(runs: list[dict], path: Path) -> Path:
+    """FID against the held-out images over G steps, one line per run scored during training (a
+    colour per variant, a line style per seed), with the training images' own FID for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    colours = {}
+    for r in runs:
+        if r.get("fid_curve"):
+            c = colours.setdefault(r["variant"], f"C{len(colours)}")
+            steps, fids = zip(*r["fid_curve"])
+            ax.plot(steps, fids, color=c, ls=("-", "--", ":", "-.")[r["seed"] % 4], lw=1.2,
+                    label=f"{r['variant']} s{r['seed']} (best {r['best']['fid']:.2f} @ {r['best']['step']})")
+        elif r["variant"].startswith(COPIES):
+            ax.axhline(r["fid"], color="0.5", lw=0.8, ls=":", label=f"training images themselves ({r['fid']:.2f})")
+    ax.set(yscale="log", xlabel="G step", ylabel="FID vs held-out (domain features)",
+           title="FID during training")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5)
     fig.savefig(path, format="png", dpi=110)
     return path
 

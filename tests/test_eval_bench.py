@@ -217,9 +217,11 @@ def test_lowdata_run_scored_during_training_reports_its_best_snapshot_and_trains
     plain, scored = bench(0)["runs"], bench(2)
     row = next(r for r in scored["runs"] if r["seed"] == 0)
     assert row["eval_every"] == 2 and row["evaluations"] == 3  # steps 2, 4 and 6
+    assert Path(scored["curves_png"]).read_bytes()[:4] == b"\x89PNG"
     history = [json.loads(line) for line in
                (tmp_path / "runs" / "baseline-2%-6steps-s0-eval2" / "eval" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4, 6]
+    assert row["fid_curve"] == [[h["step"], h["metrics"]["eval/fid"]] for h in history]
     best = min(history, key=lambda h: h["metrics"]["eval/fid"])
     assert row["best"] == {"step": best["step"], "kimg": best["kimg"],
                            **{k: best["metrics"][f"eval/{k}"] for k in SCORES}}
