@@ -17,9 +17,10 @@ short runs on this machine (`cost_ratios`; R3GAN's double backward makes its ste
 baseline's in process CPU time). `train_cpu_sec` in every row shows what each run took.
 `equal_cpu=False` gives every variant the same G steps instead. A larger budget extends the runs
 already in `out` (`shorter_run`: resume is bit-identical), so a row of an extended run counts
-only the extra steps' seconds and names the run it continued (`resumed_from`). The goal: the best subset variant closes
->= half of the FID gap between the subset and the all-data baselines
-(gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)).
+only the extra steps' seconds and names the run it continued (`resumed_from`). The goal: the
+best subset variant closes >= half of the FID gap between the subset and the all-data baselines
+(gap closed = (FID_subset_base - FID_variant) / (FID_subset_base - FID_base100)), judged on the
+last snapshot and, for runs scored during training (`eval_every`), on the best one.
 
 ADA's speed is scaled to the run: the paper's 500 kimg for p to move by 1 is longer than the
 whole budget here, so `augment.ada_kimg` is a quarter of the run's kimg (p can reach its cap
@@ -179,7 +180,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
             shutil.rmtree(rows, ignore_errors=True)
         rows.mkdir(parents=True, exist_ok=True)
         if not (rows / f"{COPIES}.json").is_file():
-            _write_row(rows / f"{COPIES}.json", _copies_row(heldout, clf, n_eval, fraction, out))
+            _write_json(rows / f"{COPIES}.json", _copies_row(heldout, clf, n_eval, fraction, out))
     for variant in chosen:
         on_subset, extra = VARIANTS[variant]
         name = f"{variant}-{_pct(fraction)}" if on_subset else "baseline-100%"
@@ -212,7 +213,7 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                        **{k: m[k] for k in SCORES},
                        "real_vs_real_fid": (m.get("real_vs_real") or {}).get("fid"),
                        "eval_every": eval_every, **_best_snapshot(read_history(res.run_dir))}
-                _write_row(row_file, row)
+                _write_json(row_file, row)
                 print(f"  {name} seed {seed}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
                       f"P {row['precision']:.3f} R {row['recall']:.3f} acc {row['class_accuracy']:.3f}"
                       f" ({budget[variant]} steps, {train_cpu_sec:.0f} CPU s)", flush=True)
@@ -245,7 +246,7 @@ def _locked(path: Path, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_row(path: Path, row: dict) -> None:
+def _write_json(path: Path, row: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)  # atomic: a reader sees the whole row or none
@@ -410,7 +411,7 @@ def cost_ratios(out: Path, variants: list[str], subset: Path, fraction: float,
             print(f"  cost of {v}: {known[v]:.2f}x the baseline's per G step "
                   f"({1000 * float(np.median(secs[v])):.0f} ms against {1000 * base:.0f} ms)", flush=True)
     if known != stored:  # atomic, as the rows: a parallel process reads the whole file or none
-        _write_row(path, known)
+        _write_json(path, known)
     return {v: known[v] for v in variants}
 
 

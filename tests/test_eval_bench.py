@@ -124,12 +124,12 @@ def test_lowdata_cost_ratios_are_reused_from_the_cost_file(tmp_path, monkeypatch
 
 
 def test_lowdata_rows_are_one_file_per_run_and_runs_are_taken_by_one_process(tmp_path):
-    from bench.quality_lowdata import _locked, _write_row, read_rows
+    from bench.quality_lowdata import _locked, _write_json, read_rows
 
     for name, seed, steps in [("baseline-100%", 0, 799), ("diffaugment-translation+r3gan-2%", 1, 429),
                               ("baseline-2%", 1, 1000), ("baseline-2%", 0, 1000),
                               ("train-copies-2%", None, None)]:
-        _write_row(tmp_path / f"{name}-{steps}-{seed}.json", {"variant": name, "seed": seed, "steps": steps})
+        _write_json(tmp_path / f"{name}-{steps}-{seed}.json", {"variant": name, "seed": seed, "steps": steps})
     assert [(r["variant"], r["seed"]) for r in read_rows(tmp_path)] == [
         ("train-copies-2%", None), ("baseline-2%", 0), ("baseline-2%", 1),
         ("diffaugment-translation+r3gan-2%", 1), ("baseline-100%", 0)]
