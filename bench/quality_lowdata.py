@@ -70,6 +70,11 @@ VARIANTS = {  # name -> (trained on the subset, not all the digits; overrides)
     "diffaugment-translation+r3gan-lazy": (True, ["augment.kind=diffaugment", "augment.policy=translation",
                                                   "loss.kind=rpgan", "loss.penalty=r1+r2",
                                                   "loss.penalty_weight=1.0", "loss.penalty_interval=4"]),
+    # R3GAN's own schedule: one D step per G step (its configs), not BigGAN's two. That halves
+    # the double backwards per G step, which is what made R3GAN's step 2.0x the baseline's.
+    "diffaugment-translation+r3gan-1d": (True, ["augment.kind=diffaugment", "augment.policy=translation",
+                                                "loss.kind=rpgan", "loss.penalty=r1+r2",
+                                                "loss.penalty_weight=1.0", "optim.d_steps=1"]),
     "baseline-all": (False, []),
 }
 COPIES = "train-copies"  # a reference row: the training images themselves, scored as a generator
