@@ -198,8 +198,8 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                 if not mine or row_file.is_file():  # another process has it, or it is done
                     continue
                 cfg = _config(subset if on_subset else everything, out / "runs" / run,
-                              budget[variant], seed,
-                              [*extra, *_eval_overrides(eval_every, clf_path, heldout, n_eval, out)])
+                              budget[variant], seed, extra, eval_every=eval_every,
+                              eval_with=(clf_path, heldout, n_eval, out))
                 prefix = shorter_run(out / "runs", name, seed, cfg)
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 res = train(cfg, resume=str(prefix) if prefix else "auto", evaluator=make_evaluator(cfg))
@@ -323,15 +323,16 @@ def shorter_run(runs: Path, name: str, seed: int, cfg) -> Path | None:
 SCORES = ("fid", "kid", "precision", "recall", "class_accuracy")
 
 
-def _eval_overrides(every: int, clf: Path, heldout: Path, n_eval: int, out: Path) -> list[str]:
-    """In-training evaluation every `every` G steps (none at 0) with the bench's own protocol:
+def _eval_overrides(every_kimg: float, clf: Path = None, heldout: Path = None, n_eval: int = 0,
+                    out: Path = None) -> list[str]:
+    """In-training evaluation every `every_kimg` (none at 0) with the bench's own protocol:
     the digits classifier's features against the held-out images, N = n_eval, inside the
     training process (one core per run)."""
-    if not every:
+    if not every_kimg:
         return []
-    return [f"eval.every_kimg={every * 32 * 2 / 1000}",  # demo.yaml: batch 32, 2 D steps per G step
-            "eval.mode=blocking", f"eval.n={n_eval}", f"eval.metrics=[{','.join(SCORES)}]",
-            f"eval.extractor={clf}", f"eval.data={heldout}", f"eval.cache_dir={out / 'feature-cache'}"]
+    return [f"eval.every_kimg={every_kimg}", "eval.mode=blocking", f"eval.n={n_eval}",
+            f"eval.metrics=[{','.join(SCORES)}]", f"eval.extractor={clf}", f"eval.data={heldout}",
+            f"eval.cache_dir={out / 'feature-cache'}"]
 
 
 def _best_snapshot(history: list[dict]) -> dict:
@@ -346,19 +347,24 @@ def _best_snapshot(history: list[dict]) -> dict:
             "evaluations": len(scored), "fid_curve": [[r["step"], r["metrics"]["eval/fid"]] for r in scored]}
 
 
-def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50):
+def _config(shards: Path, run_dir: Path, steps: int, seed: int, extra: list[str], log_every: int = 50,
+            eval_every: int = 0, eval_with: tuple = ()):
     """demo.yaml on `shards` for `steps` G steps. The schedules that the paper sets in kimg are
-    scaled to the run (see the module docstring)."""
+    scaled to the run (see the module docstring), and `eval_every` G steps become eval.every_kimg
+    (`_eval_overrides(..., *eval_with)`), from the images this variant's G step takes: batch x
+    D steps, so a variant with one D step per G step is scaled and scored on its own steps."""
     from bigan.config import load_config
 
-    kimg = steps * 32 * 2 / 1000  # demo.yaml: batch 32, 2 D steps per G step
-    overrides = [f"data.path={shards}", f"train.out_dir={run_dir}",
-                 f"train.steps={steps}", f"train.seed={seed}", "train.sample_every=1000000",
-                 f"train.ckpt_every={steps}", "train.keep_ckpts=1", f"train.log_every={log_every}",
-                 "data.num_workers=0", f"ema.start_step={steps // 5}",
-                 f"augment.ada_kimg={max(kimg / 4, 1e-3)}",
-                 f"augment.lecam_start={steps * 2 // 10}", *extra]
-    return load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", overrides)
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    fixed = [f"data.path={shards}", f"train.out_dir={run_dir}",
+             f"train.steps={steps}", f"train.seed={seed}", "train.sample_every=1000000",
+             f"train.ckpt_every={steps}", "train.keep_ckpts=1", f"train.log_every={log_every}",
+             "data.num_workers=0", f"ema.start_step={steps // 5}", f"augment.lecam_start={steps * 2 // 10}"]
+    own = load_config(path, [*fixed, *extra])
+    step_kimg = own.train.batch_size * own.optim.d_steps / 1000
+    scaled = [f"augment.ada_kimg={max(steps * step_kimg / 4, 1e-3)}",
+              *_eval_overrides(eval_every * step_kimg, *eval_with)]
+    return load_config(path, [*fixed, *scaled, *extra])
 
 
 def step_seconds(stamps: list[tuple[int, float]]) -> list[float]:

@@ -97,6 +97,21 @@ def test_lowdata_grids_png_puts_each_variants_lowest_seed_side_by_side(tmp_path)
     assert white[white > grey.max()].size > 20
 
 
+def test_lowdata_kimg_settings_follow_each_variants_own_images_per_g_step(tmp_path):
+    """Every 50 G steps and ADA's speed (a quarter of the run) are converted to kimg from the
+    variant's own batch x D steps: R3GAN's one D step per G step takes half the baseline's images."""
+    from bench.quality_lowdata import VARIANTS, _config
+
+    scoring = (tmp_path / "clf.safetensors", tmp_path / "heldout", 500, tmp_path)
+    base = _config(tmp_path, tmp_path / "b", 1000, 0, [], eval_every=50, eval_with=scoring)
+    one_d = _config(tmp_path, tmp_path / "r", 1000, 0, VARIANTS["diffaugment-translation+r3gan-1d"][1],
+                    eval_every=50, eval_with=scoring)
+    assert (base.optim.d_steps, one_d.optim.d_steps) == (2, 1)
+    assert (base.eval.every_kimg, one_d.eval.every_kimg) == pytest.approx((3.2, 1.6))
+    assert (base.augment.ada_kimg, one_d.augment.ada_kimg) == pytest.approx((16.0, 8.0))
+    assert _config(tmp_path, tmp_path / "n", 1000, 0, []).eval.every_kimg == 0
+
+
 def test_lowdata_equal_cpu_budget_scales_each_variants_steps_by_its_measured_cost():
     from bench.quality_lowdata import equal_cpu_steps, step_seconds
 
