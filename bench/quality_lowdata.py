@@ -306,12 +306,15 @@ def shorter_run(runs: Path, name: str, seed: int, cfg) -> Path | None:
     from bigan.checkpoint.store import list_checkpoints
     from bigan.config import load_config
 
-    if list_checkpoints(Path(cfg.train.out_dir) / "checkpoints"):
+    own = Path(cfg.train.out_dir)
+    if list_checkpoints(own / "checkpoints"):
         return None  # its own checkpoint: "auto" resumes from it
     want = _trajectory(cfg)
+    # What follows the seed in the run's name (e.g. "-eval50") is part of the runs it extends.
+    suffix = own.name.partition(f"steps-s{seed}")[2]
     found = []
-    for d in runs.glob(f"{name}-*steps-s{seed}"):
-        steps = d.name[len(name) + 1:-len(f"steps-s{seed}")]
+    for d in runs.glob(f"{name}-*steps-s{seed}{suffix}"):
+        steps = d.name[len(name) + 1:-len(f"steps-s{seed}{suffix}")]
         ckpts = list_checkpoints(d / "checkpoints")
         if not steps.isdigit() or not ckpts or int(steps) >= cfg.train.steps:
             continue

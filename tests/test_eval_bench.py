@@ -194,6 +194,19 @@ def test_lowdata_longer_run_extends_the_longest_shorter_run_it_continues_exactly
     _fake_run(runs, f"{ada}-2%-1000steps-s0", cfg(ada, 1000))
     assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 2000)) is None
     assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 1000)) is None
+    # runs scored during training carry their cadence after the seed: they extend their own kind
+    scoring = (tmp_path / "clf.safetensors", tmp_path / "heldout", 500, tmp_path)
+
+    def scored(steps):
+        return _config(data, runs / f"baseline-2%-{steps}steps-s0-eval50", steps, 0, [],
+                       eval_every=50, eval_with=scoring)
+
+    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) is None
+    _fake_run(runs, "baseline-2%-1000steps-s0", cfg("baseline", 1000))  # not scored: another run
+    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) is None
+    scored_1000 = _fake_run(runs, "baseline-2%-1000steps-s0-eval50", scored(1000))
+    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) == scored_1000
+    assert shorter_run(runs, "baseline-2%", 0, cfg("baseline", 2500)).parent.parent.name == "baseline-2%-1000steps-s0"
 
 
 @pytest.mark.slow
