@@ -201,6 +201,8 @@ def run_lowdata(out: Path, seeds: list[int], steps: int, n_eval: int, quick: boo
                               budget[variant], seed, extra, eval_every=eval_every,
                               eval_with=(clf_path, heldout, n_eval, out))
                 prefix = shorter_run(out / "runs", name, seed, cfg)
+                if prefix:
+                    continue_history(prefix, Path(cfg.train.out_dir))
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 res = train(cfg, resume=str(prefix) if prefix else "auto", evaluator=make_evaluator(cfg))
                 train_sec, train_cpu_sec = time.perf_counter() - t0, time.process_time() - cpu0
@@ -321,6 +323,25 @@ def shorter_run(runs: Path, name: str, seed: int, cfg) -> Path | None:
         if _trajectory(load_config(ckpts[-1] / "config.yaml")) == want:
             found.append((int(steps), ckpts[-1]))
     return max(found)[1] if found else None
+
+
+def continue_history(prefix: Path, run_dir: Path) -> None:
+    """Begin the evaluation history of a run extended from checkpoint `prefix` with the shorter
+    run's records up to that step, when it has none of its own yet: its best snapshot, FID curve
+    and curves PNG then cover the whole trajectory as a fresh run's would (and a run extended
+    from an extended run inherits them all)."""
+    from bigan.checkpoint.store import STEP_DIR
+    from bigan.eval.run_evaluator import HISTORY, read_history
+
+    path = run_dir / "eval" / HISTORY
+    if path.is_file():
+        return  # a resumed extension: its history already begins with the shorter run's
+    upto = int(STEP_DIR.match(prefix.name).group(1))
+    earlier = [r for r in read_history(prefix.parent.parent) if r["step"] <= upto]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    tmp.replace(path)  # a crash leaves no half history that the check above would then keep
 
 
 SCORES = ("fid", "kid", "precision", "recall", "class_accuracy")

@@ -209,6 +209,27 @@ def test_lowdata_longer_run_extends_the_longest_shorter_run_it_continues_exactly
     assert shorter_run(runs, "baseline-2%", 0, cfg("baseline", 2500)).parent.parent.name == "baseline-2%-1000steps-s0"
 
 
+def test_lowdata_extended_run_begins_its_history_with_the_shorter_runs_records(tmp_path):
+    from bench.quality_lowdata import SCORES, _best_snapshot, continue_history
+
+    def scores(fid):
+        return {f"eval/{k}": fid if k == "fid" else 0.5 for k in SCORES}
+    from bigan.eval.run_evaluator import read_history
+
+    short, longer = tmp_path / "runs" / "b-1000steps-s0-eval50", tmp_path / "runs" / "b-2500steps-s0-eval50"
+    (short / "eval").mkdir(parents=True)
+    fids = {500: 9.0, 1000: 5.0, 1050: 1.0}  # 1050: scored after the checkpoint the longer run resumes
+    (short / "eval" / "history.jsonl").write_text("".join(
+        json.dumps({"step": s, "kimg": s * 0.064, "metrics": scores(f)}) + "\n" for s, f in fids.items()))
+    continue_history(short / "checkpoints" / "step-00001000", longer)
+    assert [r["step"] for r in read_history(longer)] == [500, 1000]
+    with open(longer / "eval" / "history.jsonl", "a") as f:  # the extension's own evaluations
+        f.write(json.dumps({"step": 1500, "kimg": 96.0, "metrics": scores(6.0)}) + "\n")
+    continue_history(short / "checkpoints" / "step-00001000", longer)  # resumed again: kept as is
+    best = _best_snapshot(read_history(longer))
+    assert best["best"]["step"] == 1000 and best["fid_curve"] == [[500, 9.0], [1000, 5.0], [1500, 6.0]]
+
+
 @pytest.mark.slow
 def test_lowdata_run_extended_from_a_shorter_one_equals_a_fresh_run(tmp_path):
     """What makes reuse exact: resuming the 3-step run to 6 steps gives a fresh 6-step run's G and D
