@@ -476,8 +476,10 @@ def grids_png(runs: list[dict], path: Path) -> Path:
 
 
 def curves_png(runs: list[dict], path: Path) -> Path:
-    """FID against the held-out images over G steps, one line per run scored during training (a
-    colour per variant, a line style per seed), with the training images' own FID for reference."""
+    """FID against the held-out images over training, one line per run scored during training (a
+    colour per variant, a line style per seed), with the training images' own FID for reference.
+    Under the CPU budget the x axis is CPU time in the baseline's G steps (a variant's step times
+    its cost ratio), so every run ends at the same x and the curves compare at equal cost."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,17 +487,25 @@ def curves_png(runs: list[dict], path: Path) -> Path:
 
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    colours = {}
+    scored = [r for r in runs if r.get("fid_curve")]
+    bests: dict[str, list[str]] = {}
+    for r in sorted(scored, key=lambda r: r["seed"]):
+        bests.setdefault(r["variant"], []).append(f"{r['best']['fid']:.2f}")
+    cpu = bool(scored) and all(r["budget"] == "cpu" for r in scored)
+    colours: dict[str, str] = {}
+    for r in scored:
+        new = r["variant"] not in colours
+        c = colours.setdefault(r["variant"], f"C{len(colours)}")
+        steps, fids = zip(*r["fid_curve"])
+        scale = r["base_steps"] / r["steps"] if cpu else 1.0
+        ax.plot([s * scale for s in steps], fids, color=c, ls=("-", "--", ":", "-.")[r["seed"] % 4], lw=1.2,
+                label=f"{r['variant']} (best: {', '.join(bests[r['variant']])})" if new else None)
     for r in runs:
-        if r.get("fid_curve"):
-            c = colours.setdefault(r["variant"], f"C{len(colours)}")
-            steps, fids = zip(*r["fid_curve"])
-            ax.plot(steps, fids, color=c, ls=("-", "--", ":", "-.")[r["seed"] % 4], lw=1.2,
-                    label=f"{r['variant']} s{r['seed']} (best {r['best']['fid']:.2f} @ {r['best']['step']})")
-        elif r["variant"].startswith(COPIES):
+        if r["variant"].startswith(COPIES):
             ax.axhline(r["fid"], color="0.5", lw=0.8, ls=":", label=f"training images themselves ({r['fid']:.2f})")
-    ax.set(yscale="log", xlabel="G step", ylabel="FID vs held-out (domain features)",
-           title="FID during training")
+    ax.set(yscale="log", xlabel="CPU time, in the baseline's G steps" if cpu else "G step",
+           ylabel="FID vs held-out (domain features)",
+           title="FID during training (line style: seed)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6.5)
     fig.savefig(path, format="png", dpi=110)
