@@ -5,16 +5,17 @@ default 10%) of scikit-learn's 1,797 digits; the rest is held out and is what ev
 scored against. Variants, each with the same seeds: the baseline, DiffAugment (colour,
 translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment with translation
 alone, alone and with LeCam (lambda 0.1) or with R3GAN's objective (R1 + R2 at every D step or
-lazily; BigGAN's two D steps per G step or R3GAN's one), ADA with its full pipeline and without class-changing transforms, and the baseline on
-all the digits (which has seen the held-out images: it is the "all data" reference of
-DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
+lazily; BigGAN's two D steps per G step or R3GAN's one), ADA with its full pipeline and without
+class-changing transforms, and the baseline on all the digits (which has seen the held-out
+images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
 KID, precision, recall) and its class accuracy on the generated images, plus a reference row of
 the training images themselves (`train-copies`: what perfect memorisation scores).
 
 The budget is CPU time (`equal_cpu`, the default): the baseline trains `steps` G steps and every
 other variant the G steps that cost the same, from its cost per step measured in alternating
 short runs on this machine (`cost_ratios`; R3GAN's double backward makes its step 2.0x the
-baseline's in process CPU time with two D steps per G step, 1.2x with one). `train_cpu_sec` in every row shows what each run took.
+baseline's in process CPU time with two D steps per G step, 1.2x with one). `train_cpu_sec` in
+every row shows what each run took.
 `equal_cpu=False` gives every variant the same G steps instead. A larger budget extends the runs
 already in `out` (`shorter_run`: resume is bit-identical), so a row of an extended run counts
 only the extra steps' seconds and names the run it continued (`resumed_from`). The goal: the
@@ -347,8 +348,8 @@ def continue_history(prefix: Path, run_dir: Path) -> None:
 SCORES = ("fid", "kid", "precision", "recall", "class_accuracy")
 
 
-def _eval_overrides(every_kimg: float, clf: Path = None, heldout: Path = None, n_eval: int = 0,
-                    out: Path = None) -> list[str]:
+def _eval_overrides(every_kimg: float, clf: Path | None = None, heldout: Path | None = None,
+                    n_eval: int = 0, out: Path | None = None) -> list[str]:
     """In-training evaluation every `every_kimg` (none at 0) with the bench's own protocol:
     the digits classifier's features against the held-out images, N = n_eval, inside the
     training process (one core per run)."""
