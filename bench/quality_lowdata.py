@@ -7,9 +7,10 @@ translation, cutout), DiffAugment + LeCam (lambda 0.3, hinge), DiffAugment with 
 alone, alone and with LeCam (lambda 0.1) or with R3GAN's objective (R1 + R2 at every D step or
 lazily; BigGAN's two D steps per G step or R3GAN's one), ADA with its full pipeline and without
 class-changing transforms, and the baseline on all the digits (which has seen the held-out
-images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored with the domain classifier's features (FID,
-KID, precision, recall) and its class accuracy on the generated images, plus a reference row of
-the training images themselves (`train-copies`: what perfect memorisation scores).
+images: it is the "all data" reference of DiffAugment's Table 2, not a held-out score). Scored
+with the domain classifier's features (FID, KID, precision, recall) and its class accuracy on the
+generated images, plus a reference row of the training images themselves (`train-copies`: what
+perfect memorisation scores).
 
 The budget is CPU time (`equal_cpu`, the default): the baseline trains `steps` G steps and every
 other variant the G steps that cost the same, from its cost per step measured in alternating
@@ -254,10 +255,14 @@ def _locked(path: Path, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, row: dict) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    tmp.replace(path)  # atomic: a reader sees the whole row or none
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic: a reader (or a crash) sees the whole file or none
+
+
+def _write_json(path: Path, row: dict) -> None:
+    _write_text(path, json.dumps(row, indent=2))
 
 
 def read_rows(rows: Path) -> list[dict]:
@@ -340,9 +345,8 @@ def continue_history(prefix: Path, run_dir: Path) -> None:
     upto = int(STEP_DIR.match(prefix.name).group(1))
     earlier = [r for r in read_history(prefix.parent.parent) if r["step"] <= upto]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in earlier))
-    tmp.replace(path)  # a crash leaves no half history that the check above would then keep
+    # atomic: a half history would pass the check above on the next attempt and be kept
+    _write_text(path, "".join(json.dumps(r) + "\n" for r in earlier))
 
 
 SCORES = ("fid", "kid", "precision", "recall", "class_accuracy")

@@ -211,10 +211,10 @@ def test_lowdata_longer_run_extends_the_longest_shorter_run_it_continues_exactly
 
 def test_lowdata_extended_run_begins_its_history_with_the_shorter_runs_records(tmp_path):
     from bench.quality_lowdata import SCORES, _best_snapshot, continue_history
+    from bigan.eval.run_evaluator import read_history
 
     def scores(fid):
         return {f"eval/{k}": fid if k == "fid" else 0.5 for k in SCORES}
-    from bigan.eval.run_evaluator import read_history
 
     short, longer = tmp_path / "runs" / "b-1000steps-s0-eval50", tmp_path / "runs" / "b-2500steps-s0-eval50"
     (short / "eval").mkdir(parents=True)
