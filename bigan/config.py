@@ -27,6 +27,10 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("biggan", "biggan-deep", "dcgan", "mlp", "progan")
+# model.d_arch: D of the arch itself, or the projected D (bigan/models/projected.py), which any
+# of these image generators can train against.
+D_ARCHS = ("native", "projected")
+PROJECTED_G_ARCHS = ("biggan", "biggan-deep", "dcgan")
 LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan", "rpgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "r1+r2", "dragan")
 AUGMENTS = ("none", "diffaugment", "ada")  # see bigan/augment.py
@@ -105,6 +109,8 @@ class ModelConfig:
     ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
     d_ch: int = 96  # D base width
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
+    d_arch: str = "native"  # native (the arch's own D) | projected (frozen EfficientNet-Lite0 features, Sauer et al. 2021; the `projected` extra)
+    projected_res: int = 224  # projected D: side the images are resized to for the pretrained network (paper: 224; a power of two >= 32 or 224)
     hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block); biggan-deep always feeds all of z
     spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
@@ -122,6 +128,13 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         _one_of(f"{prefix}.arch", self.arch, ARCHS)
+        _one_of(f"{prefix}.d_arch", self.d_arch, D_ARCHS)
+        if self.d_arch == "projected":
+            _one_of(f"{prefix}.arch", self.arch, PROJECTED_G_ARCHS)
+            # Four levels at strides 2..16 of it, each an even side down to the heads' 4x4.
+            _require(self.projected_res >= 64 and self.projected_res % 32 == 0,
+                     f"{prefix}.projected_res", self.projected_res,
+                     "must be a multiple of 32 and >= 64 (the projected D's coarsest level is res / 16)")
         if self.arch in ("biggan", "biggan-deep"):
             _one_of(f"{prefix}.resolution", self.resolution, BIGGAN_RESOLUTIONS)
         elif self.arch == "dcgan":

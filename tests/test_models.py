@@ -31,6 +31,11 @@ CASES = {
         **{**TINY, "shared_dim": 0}),
     "dcgan-32": ModelConfig(arch="dcgan", resolution=32, **TINY),
     "dcgan-64-no-sn": ModelConfig(arch="dcgan", resolution=64, spectral_norm=False, **TINY),
+    # The projected D (frozen EfficientNet-Lite0) against two of the generators it serves.
+    "biggan-32-projected-d": ModelConfig(arch="biggan", resolution=32, d_arch="projected",
+                                         projected_res=64, **TINY),
+    "dcgan-64-projected-d-gray": ModelConfig(arch="dcgan", resolution=64, d_arch="projected",
+                                             projected_res=64, img_channels=1, **TINY),
     "mlp": ModelConfig(arch="mlp", num_classes=4, dim_z=8, mlp_hidden=16, mlp_layers=2),
     "mlp-1-class-3d": ModelConfig(arch="mlp", num_classes=1, dim_z=8, data_dim=3,
                                   mlp_hidden=16, mlp_layers=2, spectral_norm=False),

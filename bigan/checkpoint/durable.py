@@ -48,6 +48,14 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old file or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_durably(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def fsync_dir(path: Path) -> None:
     """Make renames and new entries in `path` durable (POSIX; Windows has no directory fsync)."""
     if os.name != "posix":

@@ -16,7 +16,8 @@ from bigan.config import ConfigError
 
 EVAL_USAGE = """bigan eval MODEL --data SHARDS [--n N] [--truncation PSI] [--classifier PATH]
                   [--inception-weights PATH | --no-inception] [--out DIR] [--baseline]
-       bigan eval train-classifier SHARDS --out PATH [--epochs E] [--width W] [--flip]"""
+       bigan eval train-classifier SHARDS --out PATH [--epochs E] [--width W] [--flip]
+       bigan eval nearest MODEL --data SHARDS --classifier PATH [--n N] [--k K] [--out DIR]"""
 
 
 def _extractor_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +42,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
                     "interpolation strip PNG (linear and spherical paths). `bigan eval "
                     "train-classifier SHARDS --out PATH` trains the offline domain classifier.")
     p.add_argument("model", help="checkpoint directory, run directory or .onnx file; or the word "
-                                 "train-classifier")
-    p.add_argument("shards", nargs="?", help="(train-classifier) the shard directory to train on")
+                                 "train-classifier or nearest")
+    p.add_argument("shards", nargs="?", help="(train-classifier) the shard directory to train on; "
+                                             "(nearest) the model")
     p.add_argument("--data", help="real shards (`bigan data pack`) to compare with")
     p.add_argument("--n", type=int, default=10000, help="generated and real samples (default 10000)")
     p.add_argument("--truncation", type=float, default=None, help="truncation psi > 0 (default none)")
@@ -53,6 +55,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10, help="(train-classifier) epochs (default 10)")
     p.add_argument("--width", type=int, default=32, help="(train-classifier) CNN base width (default 32)")
     p.add_argument("--flip", action="store_true", help="(train-classifier) random h-flips")
+    p.add_argument("--k", type=int, default=5, help="(nearest) training neighbours per image (default 5)")
+    p.add_argument("--max-train", type=int, default=50000,
+                   help="(nearest) training images searched, in shard order (default 50000)")
     _extractor_args(p)
     p.set_defaults(func=run_eval)
 
@@ -101,6 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         if args.model == "train-classifier":
             return _train_classifier(args)
+        if args.model == "nearest":
+            return _nearest(args)
         if args.shards is not None:
             raise ConfigError(f"unexpected argument {args.shards!r}; usage:\n{EVAL_USAGE}")
         return _evaluate(args)
@@ -118,6 +125,40 @@ def _train_classifier(args: argparse.Namespace) -> int:
     report = train_classifier(args.shards, args.out, epochs=args.epochs, width=args.width,
                               flip=args.flip, seed=args.seed)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def _nearest(args: argparse.Namespace) -> int:
+    """Each of --n generated images (class i mod K, seed --seed + i) beside its --k nearest
+    training images in the domain classifier's feature space: nearest.png and nearest.json."""
+    from bigan import pictures
+    from bigan.eval.evaluate import balanced_classes, check_classes
+    from bigan.eval.features import ClassifierExtractor
+    from bigan.eval.nearest import nearest_panel
+    from bigan.eval.real_data import read_shard_images
+    from bigan.generation import open_sampler
+
+    if not args.shards or not args.data or not args.classifier:
+        raise ConfigError(f"nearest needs MODEL, --data SHARDS and --classifier PATH; usage:\n{EVAL_USAGE}")
+    if args.k < 1 or args.n < 1 or args.max_train < 2:
+        raise ConfigError("--k and --n must be >= 1 and --max-train >= 2")
+    sampler, clf = open_sampler(args.shards), ClassifierExtractor(args.classifier)
+    check_classes(sampler, [clf])
+    labels = balanced_classes(args.n, sampler.num_classes)
+    generated = pictures.to_uint8(sampler.images(labels, range(args.seed, args.seed + args.n), args.truncation))
+    train, _, _ = read_shard_images(args.data, args.max_train, sampler.resolution)
+    if len(train) < 2:
+        raise ConfigError(f"--data {args.data} holds {len(train)} readable images; nearest needs >= 2")
+    out = Path(args.out) if args.out else _default_out(args.shards, "nearest")
+    report = nearest_panel(generated, clf.extract(generated)[0], train, clf.extract(train)[0],
+                           out / "nearest.png", k=args.k).to_dict()
+    report.update({"model": args.shards, "data": args.data, "train_images_searched": int(len(train)),
+                   "extractor": clf.describe()})
+    (out / "nearest.json").write_text(json.dumps(report, indent=2))
+    print(f"nearest: {report['n']} generated images, {report['near_copies']} near copies "
+          f"(distance < {report['near_copy_threshold']} x the typical training-image distance; "
+          f"min ratio {report['copy_ratio_min']:.3f}, median {report['copy_ratio_median']:.3f})")
+    print(f"  panel {report['png']}")
     return 0
 
 

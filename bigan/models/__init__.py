@@ -14,7 +14,7 @@ from types import ModuleType
 from torch import nn
 
 from bigan.config import ModelConfig
-from bigan.models import biggan, biggan_deep, dcgan, mlp, progan
+from bigan.models import biggan, biggan_deep, dcgan, mlp, progan, projected
 
 # arch -> the module holding its Generator and Discriminator classes (both take a ModelConfig).
 MODELS: dict[str, ModuleType] = {
@@ -36,7 +36,8 @@ def _module(cfg: ModelConfig) -> ModuleType:
 def build(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build the (G, D) pair for `cfg.arch`, freshly initialised from torch's global RNG."""
     module = _module(cfg)
-    return module.Generator(cfg), module.Discriminator(cfg)
+    G = module.Generator(cfg)
+    return G, (projected if cfg.d_arch == "projected" else module).Discriminator(cfg)
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:

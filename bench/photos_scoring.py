@@ -1,0 +1,189 @@
+"""Scoring of bench/quality_photos.py's runs: `score_all(out, dataset)`.
+
+Every kept checkpoint of every run is scored in the domain classifier's feature space (FD,
+KID, precision, recall, class accuracy at `N_DOMAIN`) and placed at the CPU seconds it had cost
+(`cpu_sec.json`), which gives the FID-over-CPU curves. The last checkpoint of each run is also
+scored with the FID Inception network (FID, KID with the real-vs-real figure at the same N), drawn
+as a class grid and searched for copies (nearest training images, `bigan.eval.nearest`).
+Results are cached per checkpoint in the run's `scores.json`, so a re-run scores only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bigan.checkpoint.durable import write_atomically
+
+N_DOMAIN = 2000  # generated and real images per domain-feature score (default)
+N_INCEPTION = 2000  # ... per Inception score (the issue's minimum)
+CLASSIFIER = {"cifar10": dict(epochs=4, width=16, max_images=20000, flip=True),
+              "imagenette": dict(epochs=15, width=16, max_images=None, flip=True)}
+
+
+def _write_json(path: Path, data) -> None:
+    write_atomically(path, json.dumps(data, indent=1).encode())
+
+
+def classifier_for(dataset: str, shards: Path, test: Path | None, out: Path) -> tuple[Path, dict]:
+    """The domain classifier (trained once; report with its accuracy on the test split)."""
+    from bigan.eval.classifier import train_classifier
+    from bigan.eval.features import ClassifierExtractor
+    from bigan.eval.metrics import class_accuracy
+    from bigan.eval.real_data import read_shard_images
+
+    path = out / f"{dataset}-classifier.safetensors"
+    report_file = path.with_suffix(".json")
+    if path.is_file() and report_file.is_file():
+        return path, json.loads(report_file.read_text())
+    report = train_classifier(shards, path, log=lambda s: None, **CLASSIFIER[dataset])
+    if test is not None:
+        images, labels, _ = read_shard_images(test, 10**6, read_resolution(shards))
+        report["test_accuracy"] = class_accuracy(ClassifierExtractor(path).extract(images)[1], labels)
+        report["test_images"] = int(len(images))
+    _write_json(report_file, report)
+    return path, report
+
+
+def read_resolution(shards: Path) -> int:
+    return int(json.loads((shards / "dataset.json").read_text())["resolution"])
+
+
+def score_run(run: Path, reference: Path, train_shards: Path, clf_path: Path, cache: Path,
+              n_domain: int, n_inception: int) -> dict:
+    """Scores of one run's checkpoints (cached in run/scores.json)."""
+    from bigan.checkpoint.store import list_checkpoints
+    from bigan.eval.evaluate import class_grid_png, evaluate
+    from bigan.eval.features import ClassifierExtractor, InceptionExtractor, default_inception_weights
+    from bigan.generation import open_sampler
+
+    clf = ClassifierExtractor(clf_path)
+    cpu = json.loads((run / "cpu_sec.json").read_text())
+    scores_file = run / "scores.json"
+    scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {"domain": {}}
+    ckpts = list_checkpoints(run / "checkpoints")
+    for ckpt in ckpts:
+        step = str(int(ckpt.name.split("-")[1]))
+        done = scores["domain"].get(step, {})
+        if done.get("n") == n_domain or step not in cpu["at_step"]:
+            continue
+        m = evaluate(open_sampler(ckpt), reference, [clf], n_domain, baseline=True, cache_dir=cache,
+                     log=lambda s: None)["metrics"][clf.name]
+        scores["domain"][step] = {"cpu_sec": cpu["at_step"][step], "n": n_domain,
+                                  **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
+                                  "real_vs_real": m["real_vs_real"]}
+        _write_json(scores_file, scores)
+        print(f"  {run.name} step {step}: domain FD {m['fid']:.3f}  acc {m['class_accuracy']:.3f}", flush=True)
+    last = ckpts[-1]
+    sampler = open_sampler(last)
+    scores["last_step"] = int(last.name.split("-")[1])
+    scores["grid_png"] = str(class_grid_png(sampler, run / "grid.png", per_class=10))
+    scores["nearest"] = nearest_for(sampler, train_shards, clf, run / "nearest.png")
+    weights = default_inception_weights()
+    done = scores.get("inception", {})
+    if n_inception and weights is not None and (done.get("step"), done.get("n")) != (scores["last_step"], n_inception):
+        t0 = time.perf_counter()
+        inc = InceptionExtractor(weights)
+        m = evaluate(sampler, reference, [inc], n_inception, baseline=True, cache_dir=cache,
+                     log=lambda s: None)["metrics"][inc.name]
+        scores["inception"] = {"step": scores["last_step"], "n": n_inception, "seconds": time.perf_counter() - t0,
+                               **{k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")},
+                               "real_vs_real": m["real_vs_real"]}
+    _write_json(scores_file, scores)
+    return scores
+
+
+def nearest_for(sampler, train_shards: Path, clf, png: Path, n: int = 10) -> dict:
+    """A generated image per class beside its 5 nearest training images (classifier features)."""
+    from bigan import pictures
+    from bigan.eval.evaluate import balanced_classes
+    from bigan.eval.nearest import nearest_panel
+    from bigan.eval.real_data import read_shard_images
+
+    labels = balanced_classes(n, sampler.num_classes)
+    generated = pictures.to_uint8(sampler.images(labels, range(n), None))
+    train, _, _ = read_shard_images(train_shards, 50000, sampler.resolution)
+    report = nearest_panel(generated, clf.extract(generated)[0], train, clf.extract(train)[0], png, k=5)
+    return report.to_dict()
+
+
+def curves_png(rows: list[dict], path: Path, dataset: str) -> Path:
+    """Domain FD (left) and class accuracy (right) over CPU hours, a colour per variant, a line
+    style per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_fid, ax_acc = fig.subplots(1, 2)
+    colours: dict[str, str] = {}
+    for r in rows:
+        new = r["variant"] not in colours
+        c = colours.setdefault(r["variant"], f"C{len(colours)}")
+        pts = sorted(r["curve"], key=lambda p: p["cpu_sec"])
+        hours = [p["cpu_sec"] / 3600 for p in pts]
+        ls = ("-", "--", ":", "-.")[r["seed"] % 4]
+        label = r["variant"] if new else None
+        ax_fid.plot(hours, [p["fid"] for p in pts], color=c, ls=ls, marker=".", label=label)
+        ax_acc.plot(hours, [p["class_accuracy"] for p in pts], color=c, ls=ls, marker=".", label=label)
+    if rows and rows[0]["curve"]:
+        floor = rows[0]["curve"][-1]["real_vs_real"]["fid"]
+        ax_fid.axhline(floor, color="0.5", ls=":", lw=0.8, label=f"real vs real ({floor:.2f})")
+    ax_fid.set(yscale="log", xlabel="process CPU hours", ylabel=f"domain FD (N={rows[0]['curve'][-1]['n'] if rows else 0})",
+               title=f"{dataset}: FD in the domain classifier's features")
+    ax_acc.set(xlabel="process CPU hours", ylabel="class accuracy (domain classifier)",
+               title=f"{dataset}: generated images of the asked class")
+    for ax in (ax_fid, ax_acc):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def score_all(out: Path, dataset: str, n_domain: int = N_DOMAIN, n_inception: int = N_INCEPTION) -> dict:
+    from bench.quality_photos import shards_for
+
+    shards, test = shards_for(dataset, out)
+    reference = test if test is not None else shards  # Imagenette: FID against itself
+    clf_path, clf_report = classifier_for(dataset, shards, test, out)
+    rows = []
+    for run in sorted((out / "runs").glob(f"{dataset}-*-seed*")):
+        if not (run / "cpu_sec.json").is_file():
+            continue
+        variant, seed = run.name[len(dataset) + 1:].rsplit("-seed", 1)
+        s = score_run(run, reference, shards, clf_path, out / "feature-cache", n_domain, n_inception)
+        curve = [s["domain"][k] for k in sorted(s["domain"], key=int)]
+        cpu = json.loads((run / "cpu_sec.json").read_text())
+        rows.append({"variant": variant, "seed": int(seed), "run": str(run), "cpu_sec": cpu["total"],
+                     "steps": s["last_step"], "last": curve[-1], "best_fid": min(p["fid"] for p in curve),
+                     "inception": s.get("inception"), "nearest": s["nearest"], "grid_png": s["grid_png"],
+                     "curve": curve})
+    result = {"dataset": dataset, "reference": str(reference), "classifier": clf_report, "rows": rows,
+              "curves_png": str(curves_png(rows, out / f"photos-{dataset}-curves.png", dataset))}
+    _write_json(out / f"photos-{dataset}.json", result)
+    print_table(result)
+    return result
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def print_table(result: dict) -> None:
+    c = result["classifier"]
+    print(f"\n{result['dataset']}: domain classifier {c.get('test_accuracy', c['val_accuracy']):.3f} on real "
+          f"{'test' if 'test_accuracy' in c else 'held-out'} images; reference {result['reference']}")
+    print(f"{'variant':12s} {'seed':>4s} {'CPU h':>6s} {'steps':>6s} {'dom FD':>7s} {'(r-v-r)':>7s} "
+          f"{'P':>5s} {'R':>5s} {'acc':>5s} {'Inc FID':>8s} {'(r-v-r)':>7s} {'KID':>7s} {'copies':>6s}")
+    for r in result["rows"]:
+        last, inc = r["last"], r["inception"] or {}
+        print(f"{r['variant']:12s} {r['seed']:4d} {r['cpu_sec'] / 3600:6.2f} {r['steps']:6d} {last['fid']:7.3f} "
+              f"{last['real_vs_real']['fid']:7.3f} {last['precision']:5.3f} {last['recall']:5.3f} "
+              f"{last['class_accuracy']:5.3f} {inc.get('fid', float('nan')):8.2f} "
+              f"{(inc.get('real_vs_real') or {}).get('fid', float('nan')):7.2f} {inc.get('kid', float('nan')):7.4f} "
+              f"{r['nearest']['near_copies']:6d}")
+    print(f"curves {result['curves_png']}")

