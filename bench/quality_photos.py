@@ -112,8 +112,10 @@ def train_run(out: Path, dataset: str, variant: str, seed: int, budget_sec: floa
     shards, _ = shards_for(dataset, out)
     rd = run_dir(out, dataset, variant, seed)
     res = DATASETS[dataset][2]
+    classes = len(json.loads((shards / "dataset.json").read_text())["class_names"])
     cfg = load_config(ROOT / "configs" / "demo.yaml",
-                      [*COMMON, *VARIANTS[variant], f"model.resolution={res}", f"data.path={shards}",
+                      [*COMMON, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
+                       f"data.path={shards}",
                        f"train.seed={seed}", f"train.out_dir={rd}", f"train.ckpt_every={ckpt_every}"])
     hooks = CpuBudget(rd, budget_sec)
     result = train(cfg, hooks, resume="auto")
