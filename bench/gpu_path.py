@@ -1,4 +1,4 @@
-"""The engine's GPU path against plain `session.run`, per batch size (serving/gpu_path.py).
+"""The engine's GPU path against plain `session.run`, per batch size (serving/core/gpu_path.py).
 
 For the BigGAN 128x128 generator of configs/biggan_128.yaml (random weights; `--quick` shrinks the
 width to 8), exported with `bigan export`'s own code, one generator call is timed at each batch
@@ -36,7 +36,7 @@ from bigan.checkpoint.store import save_checkpoint  # noqa: E402
 from bigan.config import dump_config, load_config  # noqa: E402
 from bigan.export.onnx import export_onnx  # noqa: E402
 from bigan.ort_session import cuda_usable, open_session, read_metadata  # noqa: E402
-from serving.gpu_path import BoundRunner, batch_buckets, cuda_provider_options  # noqa: E402
+from serving.core.gpu_path import BoundRunner, batch_buckets, cuda_provider_options  # noqa: E402
 
 
 def exported_model(out: Path, quick: bool) -> Path:

@@ -46,7 +46,7 @@ from bigan.config import dump_config, load_config  # noqa: E402
 from bigan.generation import load_ema_generator  # noqa: E402
 from bigan.export.onnx import export_onnx  # noqa: E402
 from bigan.checkpoint.store import save_checkpoint  # noqa: E402
-from serving.engine import EngineConfig, open_session  # noqa: E402
+from serving.core.engine import EngineConfig, open_session  # noqa: E402
 from bigan.ort_session import read_metadata  # noqa: E402
 from serving.client import started_server  # noqa: E402
 

@@ -93,10 +93,11 @@ def diff_cutout(x: Tensor, generator: torch.Generator | None = None,
 DIFFAUGMENT = {"color": diff_color, "translation": diff_translation, "cutout": diff_cutout}
 
 
-def diffaugment(x: Tensor, policy: str, generator: torch.Generator | None = None,
+def diffaugment(x: Tensor, policy: str | tuple[str, ...], generator: torch.Generator | None = None,
                 rows: tuple[int, int] | None = None) -> Tensor:
-    """The ops of `policy` ("color,translation,cutout") in that order, as the authors apply them."""
-    for op in comma_list(policy):
+    """The ops of `policy` ("color,translation,cutout", or the names already parsed, as
+    `AugmentConfig.policy_ops` holds them) in that order, as the authors apply them."""
+    for op in (comma_list(policy) if isinstance(policy, str) else policy):
         x = DIFFAUGMENT[op](x, generator, rows)
     return x
 
@@ -215,9 +216,11 @@ def ada_color(n: int, p: float | Tensor, generator: torch.Generator | None,
 
 
 def ada_augment(x: Tensor, p: float | Tensor, generator: torch.Generator | None = None,
-                rows: tuple[int, int] | None = None, pipeline: str = "bgc") -> Tensor:
+                rows: tuple[int, int] | None = None,
+                pipeline: str | frozenset[str] = "bgc") -> Tensor:
     """ADA's geometric then colour transforms on x [N, C, H, W], each with probability p; the
-    `pipeline` (`augment.ada_pipeline`: a named one or a comma list) says which may fire.
+    `pipeline` (`augment.ada_pipeline`: a named one or a comma list, or the transform names
+    already parsed, as `AugmentConfig.pipeline_ops` holds them) says which may fire.
 
     The warp samples bilinearly with reflection padding (`grid_sample`); the paper pads by
     reflection too but resamples with a wide low-pass filter at 2x, which costs several times
@@ -225,7 +228,7 @@ def ada_augment(x: Tensor, p: float | Tensor, generator: torch.Generator | None 
     and contrast through the same matrix applied to every channel. Samples no transform touched
     are returned unchanged, bit for bit (so p = 0 is the identity)."""
     n, c = x.shape[:2]
-    ops = ada_ops(pipeline)
+    ops = ada_ops(pipeline) if isinstance(pipeline, str) else pipeline
     inverse, moved = ada_geometry(n, p, generator, rows, x.device, ops)
     colour, tinted = ada_color(n, p, generator, rows, x.device, ops)
     out = x
@@ -259,9 +262,10 @@ def ada_adjust(p: Tensor, r_t: Tensor, target: float, nimg: int, kimg: float,
 
 def augment(x: Tensor, cfg: AugmentConfig, p: float | Tensor, generator: torch.Generator | None,
             rows: tuple[int, int] | None = None) -> Tensor:
-    """x augmented as `cfg.kind` says (none: x itself); p is ADA's current probability."""
+    """x augmented as `cfg.kind` says (none: x itself); p is ADA's current probability. Called
+    for every batch D sees, so it takes the op lists `cfg` parsed when it was loaded."""
     if cfg.kind == "diffaugment":
-        return diffaugment(x, cfg.policy, generator, rows)
+        return diffaugment(x, cfg.policy_ops, generator, rows)
     if cfg.kind == "ada":
-        return ada_augment(x, p, generator, rows, cfg.ada_pipeline)
+        return ada_augment(x, p, generator, rows, cfg.pipeline_ops)
     return x

@@ -90,14 +90,8 @@ def _import(args: argparse.Namespace) -> int:
         if args.bn_eps is not None or args.class_names:
             raise ConfigError("--bn-eps and --class-names apply to format biggan-pytorch only; "
                               "a hf-biggan directory's config.json carries its settings")
-        try:
-            import bigan.imports.hf_biggan as hf_biggan
-        except ModuleNotFoundError as e:
-            if e.name != "bigan.imports.hf_biggan":
-                raise
-            raise ConfigError("format hf-biggan is not in this build of bigan (no "
-                              "bigan/imports/hf_biggan.py); it comes with model.arch=biggan-deep") \
-                from e
+        from bigan.imports import hf_biggan
+
         result = hf_biggan.convert(args.src, args.out)
         print(f"imported hf-biggan {args.src} -> {args.out}")
         if result is not None:
@@ -130,23 +124,11 @@ def _import(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """`bigan serve`: the torch-free HTTP server of `serving/` (needs the `serve` extra)."""
+    from bigan.ort_session import ModelFileError
+    from serving.config import serve_config_from_args
+
     try:
-        from serving.engine import EngineConfig
-        from bigan.ort_session import ModelFileError
-        from serving.server import ServeConfig
-    except ImportError as e:
-        raise ConfigError(f"bigan serve needs the serve extra ({e}): "
-                          "pip install 'bigan[serve]' -c constraints.txt") from e
-    try:
-        engine = EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                              max_queue=args.max_queue, provider=args.provider,
-                              cuda_graphs=args.cuda_graphs, trt=args.trt,
-                              **({"trt_cache_dir": args.trt_cache} if args.trt_cache else {}))
-        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, port=args.port,
-                          grpc_port=args.grpc_port,
-                          workers=args.workers, max_images=args.max_images,
-                          body_timeout_s=args.body_timeout, cache_mb=args.cache_mb,
-                          shutdown_timeout_s=args.shutdown_timeout, engine=engine)
+        cfg = serve_config_from_args(args)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if args.ray and args.grpc_port is not None:
@@ -154,13 +136,14 @@ def _serve(args: argparse.Namespace) -> int:
                           "replicas; drop --ray or --grpc-port")
     try:
         if args.ray:
-            from serving.ray_serve import serve_forever
-
-            serve_forever(cfg)
+            from serving.ray_serve import serve_forever as run
         else:
-            from serving.server import serve
-
-            serve(cfg)
+            from serving.server import serve as run
+    except ImportError as e:
+        raise ConfigError(f"bigan serve needs the serve extra ({e}): "
+                          "pip install 'bigan[serve]' -c constraints.txt") from e
+    try:
+        run(cfg)
     except ModelFileError as e:
         raise ConfigError(str(e)) from e
     return 0
@@ -240,42 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "POST /v1/generate, the KServe v2 protocol under /v2, /metrics, "
                                    "/healthz, /readyz and a web page at /. Concurrent requests are "
                                    "merged into batches of up to --max-batch images.")
-    p.add_argument("model", help="exported .onnx file (`bigan export`), or a model repository: a "
-                                 "directory of NAME.onnx files and/or NAME/VERSION/model.onnx")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--grpc-port", type=int, default=None,
-                   help="also serve KServe v2 over gRPC on this port, as tritonclient.grpc calls "
-                        "it (Triton uses 8001; needs the grpc extra; default: off)")
-    p.add_argument("--max-batch", type=int, default=32, help="images per generator run (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=None,
-                   help="how long a batch that finds the runtime idle waits for more requests "
-                        "(default 5 ms on CUDA, 0 on CPU, where a larger batch saves nothing)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="requests waiting for a batch before 503 + Retry-After (default 64)")
-    p.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes, or Ray Serve replicas with --ray (default 1)")
-    p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
-                   help="onnxruntime execution provider (default auto: CUDA when a GPU is usable)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="CUDA provider: pad each batch to the next of a few fixed sizes and replay "
-                        "a captured CUDA graph per size (saves kernel launches at small batches)")
-    p.add_argument("--trt", action="store_true",
-                   help="try onnxruntime's TensorRT provider before CUDA, when it is installed; "
-                        "engines are cached (--trt-cache) so only the first start builds them")
-    p.add_argument("--trt-cache", default=None,
-                   help="directory of cached TensorRT engines (default ~/.cache/bigan/tensorrt)")
-    p.add_argument("--name", default=None,
-                   help="model name in URLs when one model is served (default: the file's stem)")
-    p.add_argument("--cache-mb", type=float, default=64.0,
-                   help="MiB of /v1 responses kept for repeated (class, seed, psi) requests "
-                        "(default 64; 0 turns the cache off)")
-    p.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds a request body may take to arrive before 408 (default 30; 0: none)")
-    p.add_argument("--shutdown-timeout", type=float, default=15.0,
-                   help="on SIGTERM, seconds open requests get before they are cancelled "
-                        "(default 15)")
+    from serving.config import add_serve_arguments  # stdlib only: --help needs no serve extra
+
+    add_serve_arguments(p)  # MODEL and one flag per ServeConfig / EngineConfig field
     p.add_argument("--ray", action="store_true",
                    help="run as Ray Serve replicas (needs ray[serve])")
     p.set_defaults(func=_serve)

@@ -1,14 +1,14 @@
 """Drawing images from a trained generator, whatever holds it: the one generation interface.
 
-`open_sampler(path)` takes a checkpoint (a step directory, a checkpoints root or run directory:
-its newest checkpoint; or a consolidated `.safetensors` file) or an exported `.onnx` file and
-returns an `ImageSampler`; `TorchSampler(G)` wraps a generator already in memory (the trainer's
-EMA copy). Every sampler follows one contract, shared with `bigan sample` and the server: the
-image for (class c, seed s, psi) uses `sampling.latents([s], dim_z, psi)[0]`, i.e. its own seeded
-NumPy generator, and G in eval mode, so it is the same whatever batch it is computed in, and a
-checkpoint and its export give the same images (within the export's parity tolerance). In a
-class grid the image in column j uses seed `seed + j` (the same latent down each column, one
-class per row).
+`open_sampler(path)` takes a checkpoint (a step directory, a checkpoints root or run directory: its
+newest checkpoint; or a consolidated `.safetensors` file) or an exported `.onnx` file and returns
+an `ImageSampler` (a `CheckpointSampler` or an `OnnxSampler`); `TorchSampler(G)` wraps a generator
+already in memory (the trainer's EMA copy). Every sampler follows one contract, shared with
+`bigan sample` and the server: the image for (class c, seed s, psi) uses
+`sampling.latents([s], dim_z, psi)[0]`, i.e. its own seeded NumPy generator, and G in eval mode,
+so it is the same whatever batch it is computed in, and a checkpoint and its export give the same
+images (within the export's parity tolerance). In a class grid the image in column j uses seed
+`seed + j` (the same latent down each column, one class per row).
 
 Importing this module loads neither torch nor onnxruntime: each sampler imports what it runs on.
 """
@@ -33,7 +33,7 @@ class ImageSampler:
     """Draws float32 NCHW images in [-1, 1] (2-D points [N, 2] for a point generator);
     subclasses implement `_images(z, y, psi)`."""
 
-    kind: str  # "torch" | "checkpoint" | "onnx"
+    kind: str  # "torch" | "checkpoint" | "onnx": a class attribute of each subclass
     path: Path | None
     class_names: list[str]
     dim_z: int
@@ -42,6 +42,11 @@ class ImageSampler:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one output: (C, R, R) for an image, (D,) for a point."""
+        raise NotImplementedError
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "classes": self.num_classes,
@@ -66,7 +71,7 @@ class ImageSampler:
                 progress(len(z))
         if outs:
             return np.concatenate(outs)
-        return np.zeros((0, 3, self.resolution or 1, self.resolution or 1), np.float32)
+        return np.zeros((0, *self.sample_shape), np.float32)
 
     def images_from_latents(self, z: np.ndarray, classes: Sequence[int],
                             psi: float | None = None) -> np.ndarray:
@@ -76,7 +81,7 @@ class ImageSampler:
     def class_grid(self, classes: Sequence[int], per_class: int, seed: int,
                    psi: float | None = None) -> np.ndarray:
         """uint8 HWC grid: one row per class, column j from seed `seed + j`."""
-        labels = sampling.class_grid(np.asarray(classes), per_class)
+        labels = sampling.grid_labels(classes, per_class)
         seeds = [seed + j for _ in classes for j in range(per_class)]
         images = pictures.to_uint8(self.images(labels, seeds, psi))
         return pictures.image_grid(images, rows=len(classes), cols=per_class)
@@ -99,6 +104,14 @@ class TorchSampler(ImageSampler):
         res = getattr(G, "resolution", None)
         self.resolution = None if res is None else int(res)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        G = self.G
+        if self.resolution is None:
+            return (int(G.data_dim),)
+        side = int(getattr(G, "current_resolution", self.resolution))  # ProGAN: the phase's side
+        return (int(G.img_channels), side, side)
+
     def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
         torch, G = self._torch, self.G
         device = next(G.parameters()).device
@@ -115,6 +128,16 @@ class TorchSampler(ImageSampler):
         return out.float().cpu().numpy()
 
 
+class CheckpointSampler(TorchSampler):
+    """The EMA generator of a checkpoint (`load_ema_generator`), on the CPU."""
+
+    kind = "checkpoint"
+
+    def __init__(self, path: str | Path):
+        G, names, resolved = load_ema_generator(path)
+        super().__init__(G, names, resolved)
+
+
 class OnnxSampler(ImageSampler):
     """An exported `.onnx` file through onnxruntime (CPU; no torch code path)."""
 
@@ -125,6 +148,10 @@ class OnnxSampler(ImageSampler):
         self.session, self.provider, self.meta = open_model(self.path, provider="cpu")
         self.class_names, self.dim_z = list(self.meta.class_names), self.meta.dim_z
         self.resolution = self.meta.resolution
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.meta.channels, self.resolution, self.resolution)
 
     def describe(self) -> dict:
         return {**super().describe(), "training_step": self.meta.training_step,
@@ -144,12 +171,10 @@ def open_sampler(path: str | Path) -> ImageSampler:
                              "run directory or an exported .onnx file")
     if path.suffix == ".onnx":
         return OnnxSampler(path)
-    G, names, resolved = load_ema_generator(path)
-    sampler = TorchSampler(G, names, resolved)
-    sampler.kind = "checkpoint"
+    sampler = CheckpointSampler(path)
     if sampler.resolution is None:
-        raise ModelFileError(f"{resolved} holds a 2-D point generator, not an image generator; "
-                             "evaluate it with bench/quality.py's mixture metrics")
+        raise ModelFileError(f"{sampler.path} holds a 2-D point generator, not an image "
+                             "generator; evaluate it with bench/quality.py's mixture metrics")
     return sampler
 
 

@@ -1,7 +1,7 @@
 """Opening an exported generator with onnxruntime, without torch: the one place for session options,
 the choice of execution provider, and the check that a file's metadata describes its graph.
 
-Three readers share it: the server (`serving.engine`), export's parity check (`bigan.export.onnx`)
+Three readers share it: the server (`serving.core.engine`), export's parity check (`bigan.export.onnx`)
 and the ONNX sampler of evaluation (`bigan.generation`). `open_model(path)` returns the session,
 the provider it actually runs on and the validated `ModelMetadata`; a foreign, corrupt or
 mismatched file raises `ModelFileError` naming the file and saying what to do, at open time

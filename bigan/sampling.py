@@ -57,9 +57,9 @@ def sample_classes(rng: np.random.Generator, n: int, num_classes: int) -> np.nda
     return rng.integers(0, num_classes, size=n, dtype=np.int64)
 
 
-def class_grid(classes: Sequence[int] | np.ndarray, per_class: int) -> np.ndarray:
-    """int64 labels of a grid, row-major: each class repeated `per_class` times in turn,
-    e.g. class_grid([3, 7], 2) -> [3, 3, 7, 7]."""
+def grid_labels(classes: Sequence[int] | np.ndarray, per_class: int) -> np.ndarray:
+    """int64 labels of a class grid (one row per class), row-major: each class repeated
+    `per_class` times in turn, e.g. grid_labels([3, 7], 2) -> [3, 3, 7, 7]."""
     if per_class < 1:
         raise ValueError(f"per_class={per_class} must be >= 1")
     return np.repeat(np.asarray(classes, dtype=np.int64).reshape(-1), per_class)

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bigan.checkpoint.store import step_dir_name
 from bigan.config import Config, ConfigError, config_from_dict
+from bigan.train.batches import check_global_batches
 from bigan.train.hooks import TrainHooks
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class _RayHooks(TrainHooks):
         first = ray.train.get_context().get_world_rank() == 0
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if first else None
         ray.train.report({**self.metrics, "step": step}, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"step-{step:08d}")
+                         checkpoint_dir_name=step_dir_name(step))
 
 
 def _record_worker(run_dir: Path, rank: int, resumed_from: str | None) -> None:
@@ -125,8 +127,7 @@ def worker_loop(config: dict[str, Any]) -> None:
 def launch(cfg: Config, lc: LaunchConfig, resume: str | None = None):
     """Run `cfg` on the Ray cluster at `lc.address`; returns Ray's `Result` (raises on failure)."""
     lc.validate()
-    if cfg.train.batch_size % lc.workers:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by --workers={lc.workers}")
+    check_global_batches(cfg, lc.workers, f"--workers={lc.workers}")  # before Ray starts
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from serving.repository import ModelRepository
+from serving.core.repository import ModelRepository
 from serving.server import CONFIG_ENV, ServeConfig, app_from_env
 
 

@@ -132,7 +132,7 @@ def test_export_parity_on_the_cuda_provider(tiny_checkpoint, tmp_path):
 
 def test_the_serving_engine_on_the_cuda_provider_matches_the_cpu(tiny_onnx):
     pytest.importorskip("onnxruntime")
-    from serving.engine import Engine, EngineConfig
+    from serving.core.engine import Engine, EngineConfig
 
     gpu, cpu = Engine(tiny_onnx, EngineConfig(provider="cuda")), Engine(tiny_onnx, EngineConfig(provider="cpu"))
     assert gpu.provider == "CUDAExecutionProvider"

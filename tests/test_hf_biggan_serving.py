@@ -51,7 +51,7 @@ def test_onnx_psi_input_matches_the_package_at_several_psi(deep_onnx):
 
 
 def test_requests_batched_together_keep_their_own_psi(deep_onnx):
-    from serving.engine import Engine, EngineConfig
+    from serving.core.engine import Engine, EngineConfig
 
     model, report = deep_onnx
     path = report.path
@@ -85,7 +85,7 @@ def test_v1_endpoint_draws_at_the_requested_psi(deep_onnx):
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
-    from serving.engine import Engine, EngineConfig
+    from serving.core.engine import Engine, EngineConfig
 
     model, report = deep_onnx
     path = report.path

@@ -1,4 +1,4 @@
-"""The package layers of ../shared/DESIGN.md ("Layers"): every package imports only the ones below
+"""The package layers of docs/design.md ("Layers"): every package imports only the ones below
 it (or beside it, without a cycle), and only the CLI composes everything.
 
 The graph is read from the source with `ast` (every `import`, including those inside functions,
@@ -27,17 +27,25 @@ LAYERS: list[set[str]] = [
     {"bigan.checkpoint", "bigan.generation"},
     {"bigan.train", "bigan.export", "bigan.imports"},
     {"bigan.eval"},
-    {"bigan.cli", "launch", "serving"},
+    {"bigan.cli", "launch", "serving", "serving.core", "serving.transports"},
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
-# What the torch-free server may import of bigan (DESIGN.md, layer 5).
+# The server's two wings and what composes them, lowest first (docs/design.md, layer 5): the core
+# (engine, batcher, repository, cache, metrics, GPU path) knows no transport; the transports (v1,
+# operations, KServe v2 HTTP and gRPC, page, middleware) know the core but not the app, the
+# server or the config that compose them.
+SERVING_WINGS = ["serving.core", "serving.transports", "serving"]
+# What the torch-free server may import of bigan (docs/design.md, layer 5).
 SERVING_MAY_IMPORT = {"bigan", "bigan.config", "bigan.sampling", "bigan.pictures",
                       "bigan.onnx_metadata", "bigan.ort_session"}
 
 
 def unit_of(module: str) -> str | None:
-    """`bigan.train.trainer` -> `bigan.train`; `bigan.losses` -> itself; others -> None."""
+    """`bigan.train.trainer` -> `bigan.train`; `bigan.losses` -> itself; `serving.core.engine` ->
+    `serving.core`, `serving.app` -> `serving`; others -> None."""
     parts = module.split(".")
+    if parts[0] == "serving" and len(parts) > 1 and f"serving.{parts[1]}" in SERVING_WINGS:
+        return f"serving.{parts[1]}"
     if parts[0] in ("launch", "serving"):
         return parts[0]
     if parts[0] != "bigan":
@@ -78,7 +86,7 @@ def import_edges() -> dict[tuple[str, str], list[str]]:
 def test_every_unit_has_a_layer():
     units = {unit for edge in import_edges() for unit in edge}
     missing = sorted(u for u in units if u not in LAYER_OF)
-    assert not missing, f"add these to LAYERS (and to DESIGN.md's table): {missing}"
+    assert not missing, f"add these to LAYERS (and to docs/design.md's table): {missing}"
 
 
 def test_no_package_imports_upward():
@@ -104,10 +112,22 @@ def test_no_package_cycles():
 
 
 def test_only_the_cli_composes_everything():
-    composers = {a for (a, b) in import_edges() if b in ("serving", "launch") and a not in (b,)}
-    assert composers <= {"bigan.cli", "serving", "launch"}, composers
-    serving_uses = {b for (a, b) in import_edges() if a == "serving" and b.startswith("bigan")}
+    top = {unit: unit.split(".")[0] for edge in import_edges() for unit in edge}
+    composers = {a for (a, b) in import_edges()
+                 if top[b] in ("serving", "launch") and top[a] != top[b]}
+    assert composers <= {"bigan.cli", "launch"}, composers
+    serving_uses = {b for (a, b) in import_edges()
+                    if top[a] == "serving" and b.startswith("bigan")}
     assert serving_uses <= SERVING_MAY_IMPORT, f"serving imports {serving_uses - SERVING_MAY_IMPORT}"
+
+
+def test_the_serving_core_knows_no_transport():
+    """Imports inside serving go down SERVING_WINGS only: core <- transports <- app/server."""
+    rank = {unit: i for i, unit in enumerate(SERVING_WINGS)}
+    upward = {f"{a} imports {b} in {sorted(set(files))}"
+              for (a, b), files in import_edges().items()
+              if a in rank and b in rank and rank[b] > rank[a]}
+    assert not upward, "\n".join(sorted(upward))
 
 
 def test_the_graph_is_read():
@@ -115,5 +135,7 @@ def test_the_graph_is_read():
     edges = import_edges()
     assert ("bigan.train", "bigan.checkpoint") in edges
     assert ("bigan.eval", "bigan.generation") in edges
-    assert ("serving", "bigan.ort_session") in edges
+    assert ("serving.core", "bigan.ort_session") in edges
+    assert ("serving.transports", "serving.core") in edges
+    assert ("serving", "serving.transports") in edges
     assert ("bigan.cli", "launch") in edges

@@ -1,4 +1,4 @@
-"""bigan.train.schedule and the `progressive` config section: phases and boundaries, alpha, batch
+"""bigan.train.phases and the `progressive` config section: phases and boundaries, alpha, batch
 size and learning rates against the official TrainingSchedule, applying a phase, the real-image
 cross-fade, and the shipped ProGAN configs."""
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from bigan import models
 from bigan.config import ConfigError, load_config
-from bigan.train import schedule
+from bigan.train import phases
 from tests.helpers import CONFIGS
 
 pytestmark = pytest.mark.unit
@@ -29,15 +29,15 @@ def cfg_with(*overrides: str):
 
 
 def test_phases_and_boundaries():
-    P = schedule.Phase
-    assert schedule.phases(cfg_with()) == [
+    P = phases.Phase
+    assert phases.all_phases(cfg_with()) == [
         P(0, 4, False, 0, 200), P(1, 8, True, 200, 300), P(2, 8, False, 300, 500),
         P(3, 16, True, 500, 600), P(4, 16, False, 600, None)]
-    assert schedule.phase_boundaries(cfg_with()) == [200, 300, 500, 600]
-    no_fade = schedule.phases(cfg_with("progressive.fade_nimg=0"))
+    assert phases.phase_boundaries(cfg_with()) == [200, 300, 500, 600]
+    no_fade = phases.all_phases(cfg_with("progressive.fade_nimg=0"))
     assert [(p.resolution, p.fading, p.start_nimg) for p in no_fade] == [
         (4, False, 0), (8, False, 200), (16, False, 400)]
-    single = schedule.phases(cfg_with("model.start_resolution=16"))
+    single = phases.all_phases(cfg_with("model.start_resolution=16"))
     assert single == [P(0, 16, False, 0, None)]
 
 
@@ -45,7 +45,7 @@ def test_phases_and_boundaries():
     (0, 0, 4, 1.0), (199, 0, 4, 1.0), (200, 1, 8, 0.0), (250, 1, 8, 0.5), (299, 1, 8, 0.99),
     (300, 2, 8, 1.0), (550, 3, 16, 0.5), (600, 4, 16, 1.0), (10**12, 4, 16, 1.0)])
 def test_phase_at(nimg, index, res, alpha):
-    ph = schedule.phase_at(nimg, cfg_with())
+    ph = phases.phase_at(nimg, cfg_with())
     assert (ph.index, ph.resolution, ph.phase.fading) == (index, res, index in (1, 3))
     assert ph.alpha == pytest.approx(alpha)
 
@@ -64,7 +64,7 @@ def _official(cur_nimg: int, resolution: int, initial: int, training: int, trans
 def test_matches_the_official_schedule():
     cfg = cfg_with("progressive.fade_nimg=300", "progressive.stab_nimg=300")
     for nimg in range(0, 3000, 7):
-        ph = schedule.phase_at(nimg, cfg)
+        ph = phases.phase_at(nimg, cfg)
         res, alpha = _official(nimg, 16, 4, 300, 300)
         assert ph.resolution == res and ph.alpha == pytest.approx(alpha), nimg
 
@@ -73,19 +73,19 @@ def test_batch_size_and_learning_rates_per_resolution():
     cfg = cfg_with("progressive.batch_size={4: 32, 16: 4}", "progressive.g_lr={8: 0.003}",
                    "progressive.d_lr.16=0.004")
     got = [(ph.batch_size, ph.g_lr, ph.d_lr) for ph in
-           (schedule.phase_at(n, cfg) for n in (0, 250, 300, 550, 700))]
+           (phases.phase_at(n, cfg) for n in (0, 250, 300, 550, 700))]
     assert got == [(32, 0.001, 0.002), (8, 0.003, 0.002), (8, 0.003, 0.002),
                    (4, 0.001, 0.004), (4, 0.001, 0.004)]  # a fade-in uses the new resolution's
 
 
 def test_entered_new_phase():
     cfg = cfg_with()
-    assert not schedule.entered_new_phase(0, 199, cfg)
-    assert schedule.entered_new_phase(192, 200, cfg)
-    assert schedule.entered_new_phase(296, 304, cfg)
-    assert not schedule.entered_new_phase(600, 10**9, cfg)
+    assert not phases.entered_new_phase(0, 199, cfg)
+    assert phases.entered_new_phase(192, 200, cfg)
+    assert phases.entered_new_phase(296, 304, cfg)
+    assert not phases.entered_new_phase(600, 10**9, cfg)
     with pytest.raises(ValueError, match="cur_nimg=-1"):
-        schedule.phase_at(-1, cfg)
+        phases.phase_at(-1, cfg)
 
 
 def test_apply_phase_and_reset_optimizer_state():
@@ -96,8 +96,8 @@ def test_apply_phase_and_reset_optimizer_state():
     G, D = models.build(cfg.model)
     G_ema = copy.deepcopy(G)
     opt_G, opt_D = (torch.optim.Adam(m.parameters(), lr=1.0) for m in (G, D))
-    ph = schedule.phase_at(250, cfg)
-    schedule.apply_phase(ph, [G, D, G_ema], opt_G, opt_D)
+    ph = phases.phase_at(250, cfg)
+    phases.apply_phase(ph, [G, D, G_ema], opt_G, opt_D)
     for net in (G, D, G_ema):
         assert (net.current_resolution, net.alpha) == (8, 0.5)
     assert [g["lr"] for g in opt_G.param_groups] == [0.003]
@@ -106,7 +106,7 @@ def test_apply_phase_and_reset_optimizer_state():
     D(G(z, y), y).mean().backward()
     opt_G.step(), opt_D.step()
     assert len(opt_G.state) > 0 and len(opt_D.state) > 0
-    schedule.reset_optimizer_state(opt_G, opt_D)
+    phases.reset_optimizer_state(opt_G, opt_D)
     assert len(opt_G.state) == 0 and len(opt_D.state) == 0
     opt_G.step()  # fresh moments from the next step on
     assert all(s["step"] == 1 for s in opt_G.state.values())
@@ -114,16 +114,16 @@ def test_apply_phase_and_reset_optimizer_state():
 
 def test_phase_reals():
     x = torch.randn(2, 3, 16, 16)
-    x8 = schedule.phase_reals(x, 8, 1.0)
+    x8 = phases.phase_reals(x, 8, 1.0)
     torch.testing.assert_close(x8, x.reshape(2, 3, 8, 2, 8, 2).mean(dim=(3, 5)))  # 2x2 box
-    x4 = schedule.phase_reals(x, 4, 1.0)
+    x4 = phases.phase_reals(x, 4, 1.0)
     torch.testing.assert_close(x4, F.avg_pool2d(F.avg_pool2d(x, 2), 2))  # the official pyramid
     coarse = F.interpolate(F.avg_pool2d(x8, 2), scale_factor=2.0, mode="nearest")
-    torch.testing.assert_close(schedule.phase_reals(x, 8, 0.0), coarse, rtol=0, atol=0)
-    torch.testing.assert_close(schedule.phase_reals(x, 8, 0.25), 0.75 * coarse + 0.25 * x8)
-    torch.testing.assert_close(schedule.phase_reals(x, 16, 1.0), x, rtol=0, atol=0)
+    torch.testing.assert_close(phases.phase_reals(x, 8, 0.0), coarse, rtol=0, atol=0)
+    torch.testing.assert_close(phases.phase_reals(x, 8, 0.25), 0.75 * coarse + 0.25 * x8)
+    torch.testing.assert_close(phases.phase_reals(x, 16, 1.0), x, rtol=0, atol=0)
     with pytest.raises(ValueError, match="power-of-two multiple"):
-        schedule.phase_reals(torch.randn(1, 3, 12, 12), 8, 1.0)
+        phases.phase_reals(torch.randn(1, 3, 12, 12), 8, 1.0)
 
 
 # --- the config section and the shipped configs ---------------------------------------------------
@@ -140,14 +140,14 @@ def test_progan_configs_load_and_validate():
         0.001, 0.001, [0.0, 0.99], 1e-8)
     assert (paper.loss.kind, paper.loss.penalty, paper.loss.penalty_weight,
             paper.loss.drift_weight) == ("wasserstein", "wgan-gp", 10.0, 0.001)
-    assert len(schedule.phases(paper)) == 17
+    assert len(phases.all_phases(paper)) == 17
     demo = load_config(CONFIGS / "progan_demo.yaml")
     assert demo.data.source == "synthetic" and demo.model.resolution == 64
-    assert [ph.resolution for ph in schedule.phases(demo)] == [4, 8, 8, 16, 16, 32, 32, 64, 64]
-    final_start = schedule.phases(demo)[-1].start_nimg
+    assert [ph.resolution for ph in phases.all_phases(demo)] == [4, 8, 8, 16, 16, 32, 32, 64, 64]
+    final_start = phases.all_phases(demo)[-1].start_nimg
     nimg = 0
     for _ in range(demo.train.steps):
-        nimg += schedule.phase_at(nimg, demo).batch_size * demo.optim.d_steps
+        nimg += phases.phase_at(nimg, demo).batch_size * demo.optim.d_steps
     assert nimg > final_start  # the demo reaches its last phase
 
 

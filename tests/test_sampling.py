@@ -76,8 +76,8 @@ def test_sample_classes_uniform_and_reproducible():
     assert_array_equal(labels, sampling.sample_classes(np.random.default_rng(0), 10_000, 10))
 
 
-def test_class_grid_repeats_labels_row_major():
-    grid = sampling.class_grid([3, 0, 7], 2)
+def test_grid_labels_repeat_classes_row_major():
+    grid = sampling.grid_labels([3, 0, 7], 2)
     assert grid.dtype == np.int64
     assert_array_equal(grid, [3, 3, 0, 0, 7, 7])
 

@@ -1,6 +1,6 @@
-"""serving.app and serving.kserve through starlette's TestClient: images equal `bigan sample`'s for
-the same (class, seed, psi), every format, 4xx (never 5xx) for bad input, 503 + Retry-After for a
-full queue, metrics, health, the v2 protocol in JSON and binary form, no torch in the server, and
+"""serving.app and serving.transports (v1, kserve_http) through starlette's TestClient: images
+equal `bigan sample`'s for the same (class, seed, psi), every format, 4xx (never 5xx) for bad
+input, 503 + Retry-After for a full queue, metrics, health, the v2 protocol in JSON and binary form, no torch in the server, and
 the `bigan serve` command line."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
-from serving.batcher import QueueFull  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.core.batcher import QueueFull  # noqa: E402
+from serving.core.engine import Engine, EngineConfig  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
@@ -147,7 +147,7 @@ def test_a_full_queue_answers_503_with_retry_after(client, monkeypatch):
     async def full(z, y, psi=None):
         raise QueueFull(64, retry_after_s=2)
 
-    monkeypatch.setattr(client.app.state.engine, "submit", full)
+    monkeypatch.setattr(client.app.state.server.repository.get("model"), "submit", full)
     r = client.post("/v1/generate", json={"class": 0})
     assert r.status_code == 503 and r.headers["retry-after"] == "2"
     assert "already waiting" in r.json()["detail"]
@@ -208,7 +208,8 @@ def _v2_body(z, y, binary_output=False):
 def test_v2_metadata_and_health(client):
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository",
+                                                      "statistics"]
     meta = client.get("/v2/models/model").json()
     assert meta["inputs"] == [{"name": "z", "datatype": "FP32", "shape": [-1, 16]},
                               {"name": "y", "datatype": "INT64", "shape": [-1]}]
@@ -374,6 +375,36 @@ def test_serve_command_help_and_a_bad_model_file(tmp_path, capsys):
     assert f"bigan serve: error: {bad}: onnxruntime cannot load this file" in capsys.readouterr().err
     assert main(["serve", str(bad), "--max-batch", "0"]) == 2
     assert "max_batch=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_serve_flags_and_create_app_take_their_defaults_from_the_config():
+    """The serve defaults are written once (ServeConfig, EngineConfig): the flags are generated
+    from the fields, and create_app's keyword defaults are the same values."""
+    import dataclasses
+    import inspect
+
+    from bigan.cli import build_parser
+    from serving.config import EngineConfig, ServeConfig, serve_config_from_args
+
+    parser = build_parser()
+    assert serve_config_from_args(parser.parse_args(["serve", "m.onnx"])) == ServeConfig("m.onnx")
+    args = parser.parse_args(["serve", "m.onnx", "--body-timeout", "3", "--grpc-port", "8001",
+                              "--threads", "2", "--trt-cache", "/x", "--cuda-graphs",
+                              "--max-wait-ms", "7", "--provider", "cpu", "--name", "n"])
+    cfg = serve_config_from_args(args)
+    assert (cfg.body_timeout_s, cfg.grpc_port, cfg.name) == (3.0, 8001, "n")
+    assert cfg.engine == EngineConfig(threads=2, trt_cache_dir="/x", cuda_graphs=True,
+                                      max_wait_ms=7.0, provider="cpu")
+    serve_help = next(a for a in parser._subparsers._group_actions[0].choices.items()
+                      if a[0] == "serve")[1].format_help()
+    for owner in (ServeConfig, EngineConfig):
+        for f in dataclasses.fields(owner):
+            if f.name not in ("model", "engine"):
+                assert (f.metadata["flag"] or "--" + f.name.replace("_", "-")) in serve_help
+    defaults = {n: p.default for n, p in inspect.signature(create_app).parameters.items()}
+    assert defaults["max_images"] == ServeConfig.max_images == 64
+    assert defaults["body_timeout_s"] == ServeConfig.body_timeout_s
+    assert defaults["cache_mb"] == ServeConfig.cache_mb and defaults["grpc_host"] == ServeConfig.host
 
 
 def test_ray_serve_deployment_is_built_with_replicas_and_enough_ongoing_requests(tiny_onnx):

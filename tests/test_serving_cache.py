@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from serving.cache import ENTRY_OVERHEAD_BYTES, CachedResponse, CacheKey, ResponseCache
+from serving.core.cache import ENTRY_OVERHEAD_BYTES, CachedResponse, CacheKey, ResponseCache
 
 pytestmark = pytest.mark.serving
 
@@ -59,7 +59,7 @@ def _app_client(model, cache_mb):
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
-    from serving.engine import Engine, EngineConfig
+    from serving.core.engine import Engine, EngineConfig
 
     return TestClient(create_app(Engine(model, EngineConfig(max_batch=8)), max_images=16,
                                  cache_mb=cache_mb))
@@ -109,7 +109,7 @@ def test_each_part_of_the_key_makes_another_entry(tiny_onnx):
 
 
 def test_a_replaced_model_file_is_never_answered_from_the_old_files_entries(tiny_onnx, tmp_path):
-    from serving.engine import Engine
+    from serving.core.engine import Engine
 
     import onnx
 

@@ -24,9 +24,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
-from serving.batcher import MicroBatcher, QueueFull  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
-from serving.metadata import ModelFileError  # noqa: E402
+from serving.core.batcher import MicroBatcher, QueueFull  # noqa: E402
+from serving.core.engine import Engine, EngineConfig  # noqa: E402
+from bigan.ort_session import ModelFileError  # noqa: E402
 
 pytestmark = pytest.mark.serving
 

@@ -1,5 +1,6 @@
-"""serving.engine, serving.metadata and serving.batcher: refusing bad model files with the file named,
-provider choice, requests merged into micro-batches without changing any image, a bounded queue."""
+"""serving.core.engine, serving.core.repository.scan and serving.core.batcher: refusing bad model
+files with the file named, provider choice, requests merged into micro-batches without changing
+any image, a bounded queue, and a stopped batcher answering every request it held."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from bigan import sampling  # noqa: E402
-from serving.batcher import MicroBatcher, QueueFull  # noqa: E402
-from serving.engine import DEFAULT_WAIT_MS, Engine, EngineConfig  # noqa: E402
-from serving.metadata import ModelFileError  # noqa: E402
+from serving.core.batcher import MicroBatcher, QueueFull  # noqa: E402
+from serving.core.engine import DEFAULT_WAIT_MS, Engine, EngineConfig  # noqa: E402
+from serving.core.repository import ModelRepository, scan  # noqa: E402
+from bigan.ort_session import ModelFileError  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
@@ -37,9 +39,9 @@ def _rewrite(src, dst, **changes):
     return dst
 
 
-def test_engine_loads_a_file_or_its_directory_on_cpu(tiny_onnx, caplog):
-    with caplog.at_level("INFO", logger="serving.engine"):
-        engine = Engine(tiny_onnx.parent, EngineConfig(provider="auto"))
+def test_engine_loads_a_file_and_the_repository_its_directory_on_cpu(tiny_onnx, caplog):
+    with caplog.at_level("INFO", logger="serving.core.engine"):
+        engine = ModelRepository.open(tiny_onnx.parent, EngineConfig(provider="auto")).get()
     assert engine.path == tiny_onnx and engine.name == "model"
     assert engine.provider == "CPUExecutionProvider"  # no GPU on this machine
     assert "on CPUExecutionProvider" in caplog.text  # the provider is logged
@@ -112,15 +114,18 @@ def test_bad_model_files_are_refused_naming_the_file(tiny_onnx, tmp_path, damage
     assert str(path) in str(info.value)
 
 
-def test_missing_files_and_ambiguous_directories_are_refused(tiny_onnx, tmp_path):
+def test_missing_files_and_empty_directories_are_refused(tiny_onnx, tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         Engine(tmp_path / "nope.onnx")
-    with pytest.raises(ModelFileError, match=r"exactly one \.onnx file \(found none\)"):
-        Engine(tmp_path)
+    with pytest.raises(ModelFileError, match="is not a file.*ModelRepository.open"):
+        Engine(tmp_path)  # a directory is the repository's to scan
+    with pytest.raises(ModelFileError, match="does not exist"):
+        scan(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match="holds no model"):
+        scan(tmp_path)
     (tmp_path / "a.onnx").write_bytes(tiny_onnx.read_bytes())
     (tmp_path / "b.onnx").write_bytes(tiny_onnx.read_bytes())
-    with pytest.raises(ModelFileError, match="found a.onnx, b.onnx"):
-        Engine(tmp_path)
+    assert [(f.name, f.version) for f in scan(tmp_path)] == [("a", "1"), ("b", "1")]
 
 
 def test_bad_engine_config_is_refused():
@@ -203,6 +208,55 @@ def test_requests_queued_during_a_run_go_next_without_waiting():
 
     asyncio.run(main())
     assert calls == [2, 1]
+
+
+def test_stop_answers_the_batch_being_run_as_well_as_the_queued_requests():
+    # Issue 32: stop() failed only the queued jobs; the batch cancelled mid-run (a stop, or a
+    # drain that timed out) never answered its futures, so its clients waited forever.
+    release, calls = threading.Event(), []
+    batcher = MicroBatcher(_blocking_run(release, calls), max_batch=1, max_wait_ms=0, max_queue=4)
+
+    async def main():
+        await batcher.start()
+        one = (np.zeros((1, 4), np.float32), np.zeros(1, np.int64))
+        running = asyncio.create_task(batcher.submit(*one))
+        await asyncio.sleep(0.05)  # taken into a batch, blocked in run
+        queued = asyncio.create_task(batcher.submit(*one))
+        await asyncio.sleep(0.05)
+        assert calls == [1] and batcher.depth == 1
+        await batcher.stop()
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(running, queued, return_exceptions=True), 2)
+        finally:
+            release.set()  # let the abandoned run's thread end
+
+    answers = asyncio.run(main())
+    assert [type(a) for a in answers] == [RuntimeError, RuntimeError]
+    assert all("shutting down" in str(a) for a in answers)
+    assert not batcher.running
+
+
+def test_stop_answers_a_batch_still_gathering_company():
+    # A batch waiting up to max_wait for more requests has taken its first job off the queue;
+    # stopping then must answer that job too.
+    release, calls = threading.Event(), []
+    batcher = MicroBatcher(_blocking_run(release, calls), max_batch=8, max_wait_ms=20_000,
+                           max_queue=4)
+    release.set()
+
+    async def main():
+        await batcher.start()
+        gathering = asyncio.create_task(batcher.submit(np.zeros((1, 4), np.float32),
+                                                       np.zeros(1, np.int64)))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 0 and calls == []  # taken, waiting for company
+        await batcher.stop()
+        return (await asyncio.wait_for(asyncio.gather(gathering, return_exceptions=True), 2))[0]
+
+    answer = asyncio.run(main())
+    assert isinstance(answer, RuntimeError) and "shutting down" in str(answer)
+    assert calls == []
 
 
 def test_a_full_queue_raises_queue_full_at_once():

@@ -1,4 +1,4 @@
-"""serving.gpu_path: the bucketing and padding logic and the IO-binding runner, checked on the CPU
+"""serving.core.gpu_path: the bucketing and padding logic and the IO-binding runner, checked on the CPU
 provider (padded runs give the images of unpadded runs, byte for byte; reused bucket buffers never
 leak rows of an earlier batch; float16 inputs are cast), the provider options and the command-line
 flags; and, marked `gpu`, the same on CUDA with IO binding, CUDA graphs and TensorRT."""
@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from bigan import sampling  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
-from serving.gpu_path import (BoundRunner, batch_buckets, bucket_for, cuda_provider_options,  # noqa: E402
+from serving.core.engine import Engine, EngineConfig  # noqa: E402
+from serving.core.gpu_path import (BoundRunner, batch_buckets, bucket_for, cuda_provider_options,  # noqa: E402
                               input_types, pad_rows, trt_provider_options)
 
 pytestmark = pytest.mark.serving
@@ -72,7 +72,7 @@ def test_padded_and_bound_runs_give_the_unpadded_images(tiny_onnx):
 
 
 def test_an_engine_on_cpu_keeps_session_run(tiny_onnx, caplog):
-    with caplog.at_level(logging.WARNING, logger="serving.gpu_path"):
+    with caplog.at_level(logging.WARNING, logger="serving.core.gpu_path"):
         engine = Engine(tiny_onnx, EngineConfig(provider="cpu", cuda_graphs=True, max_batch=4))
     assert engine.device_runner is None
     assert "--cuda-graphs needs the CUDA provider" in caplog.text

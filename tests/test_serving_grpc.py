@@ -1,4 +1,4 @@
-"""serving.grpc_service: the KServe v2 gRPC protocol through the real `tritonclient.grpc`, against
+"""serving.transports.grpc_service: the KServe v2 gRPC protocol through the real `tritonclient.grpc`, against
 a server holding two models (the service runs in the app's lifespan, over the same engines as
 HTTP): health, metadata, config, infer with raw and typed contents equal to HTTP's answers, the
 same limits with errors as gRPC status codes, the bidirectional stream, statistics and the
@@ -20,8 +20,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
 from serving.client import free_port, started_server  # noqa: E402
-from serving.engine import EngineConfig  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
+from serving.core.engine import EngineConfig  # noqa: E402
+from serving.core.repository import ModelRepository  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
@@ -69,6 +69,17 @@ def test_health_metadata_and_config(servers):
     with pytest.raises(InferenceServerException, match="unknown model 'c'") as info:
         grpc.get_model_metadata("c")
     assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_both_transports_advertise_the_extensions_both_implement(servers):
+    # Issue 32: HTTP advertised binary_tensor_data and gRPC model_repository and statistics,
+    # though both implement all three (each is exercised on both transports in these files).
+    http, grpc = servers
+    over_http = http.get("/v2").json()
+    over_grpc = grpc.get_server_metadata(as_json=True)
+    assert sorted(over_http["extensions"]) == sorted(over_grpc["extensions"]) == [
+        "binary_tensor_data", "model_repository", "statistics"]
+    assert over_http["version"] == over_grpc["version"]
 
 
 def test_infer_equals_http_and_errors_map_to_status_codes(servers):

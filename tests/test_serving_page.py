@@ -29,7 +29,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.core.engine import Engine, EngineConfig  # noqa: E402
 
 SCREENSHOT = ROOT / "docs" / "images" / "serving-page.png"
 _KINDS = ["tabby", "spotted", "great grey", "red", "striped", "common", "black-footed", "giant",

@@ -1,7 +1,8 @@
-"""serving.repository: `bigan serve DIR` holding several models (loose NAME.onnx files and Triton's
-NAME/VERSION/model.onnx), each version with its own engine; v1 and v2 routes by name and version;
-Triton's repository index, load and unload; a replaced file picked up on reload without failing
-the requests in flight; and the real tritonclient against a server holding two models."""
+"""serving.core.repository: `bigan serve DIR` holding several models (loose NAME.onnx files and
+Triton's NAME/VERSION/model.onnx), each version with its own engine; v1 and v2 routes by name and
+version; Triton's repository index, load and unload; a replaced file picked up on reload without
+failing the requests in flight, and nothing left holding the old engine; a stop that stops the
+engines still draining; and the real tritonclient against a server holding two models."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
 from serving.client import started_server  # noqa: E402
-from serving.engine import EngineConfig  # noqa: E402
-from serving.metadata import ModelFileError  # noqa: E402
-from serving.repository import ModelRepository, UnknownModel, scan  # noqa: E402
+from bigan.ort_session import ModelFileError  # noqa: E402
+from serving.core.engine import Engine, EngineConfig  # noqa: E402
+from serving.core.repository import ModelRepository, UnknownModel, scan  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
@@ -153,7 +154,7 @@ def test_unload_and_load_a_model(client, repo_dir):
 
 def test_a_replaced_file_is_picked_up_on_reload_and_unchanged_versions_keep_their_engine(
         client, repo_dir, tiny_onnx):
-    repo = client.app.state.repository
+    repo = client.app.state.server.repository
     b1, b2 = repo.get("b", "1"), repo.get("b", "2")
     body = {"model": "b", "class": 0, "seed": 3, "format": "json"}
     before = client.post("/v1/generate", json=body).json()
@@ -220,6 +221,38 @@ def test_a_reload_does_not_fail_requests_in_flight(repo_dir, tiny_onnx):
     assert np.abs(images.astype(int) - fresh.astype(int)).max() <= 1  # same graph
     with pytest.raises(UnknownModel, match="holds 2 models"):
         repo.get()
+
+
+def test_stopping_the_repository_stops_the_engines_still_draining(repo_dir):
+    # Issue 32: stop() cancelled the drain tasks, so an engine unloaded (or replaced) while a
+    # request held it was never stopped: its batcher outlived the server.
+    repo = ModelRepository.open(repo_dir, EngineConfig(max_batch=8))
+
+    async def main():
+        await repo.start()
+        with repo.use("a") as old:  # a request in flight: the unload drains instead of stopping
+            await repo.unload("a")
+            await asyncio.sleep(0.05)
+            draining = old.ready
+            await repo.stop()
+            return draining, old.ready, old.batcher.running
+
+    draining, ready_after, batching_after = asyncio.run(main())
+    assert draining  # the unloaded engine waits for its request
+    assert not ready_after and not batching_after  # and the stop stopped it anyway
+
+
+def test_after_a_reload_the_app_holds_no_stale_engine(client, repo_dir, tiny_onnx):
+    # Issue 32: app.state.engine pointed at the first engine for one test's monkeypatch and still
+    # did after a reload replaced it. Every engine the app state reaches must be one it serves.
+    repo = client.app.state.server.repository
+    renamed_classes(tiny_onnx, repo_dir / "a.onnx", "new-")
+    old = repo.get("a")
+    assert client.post("/v2/repository/models/a/load").status_code == 200
+    assert repo.get("a") is not old
+    held = [v for v in vars(client.app.state)["_state"].values() if isinstance(v, Engine)]
+    held += [v for v in vars(client.app.state.server).values() if isinstance(v, Engine)]
+    assert all(e in repo.engines() for e in held), held
 
 
 # --- the real server and tritonclient ----------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bigan.checkpoint import best as best_pointer
-from bigan.checkpoint import store
+from bigan.checkpoint import durable, store
 from bigan.cli import main
 from bigan.config import ConfigError, load_config
 from bigan.eval.run_evaluator import (BlockingEvaluator, ProcessEvaluator, make_evaluator,
@@ -68,7 +68,7 @@ def test_best_pointer_survives_a_crash_between_write_and_rename(tmp_path, monkey
         raise OSError("power cut")
 
     with monkeypatch.context() as m:
-        m.setattr(best_pointer.os, "replace", crash)
+        m.setattr(durable.os, "replace", crash)
         with pytest.raises(OSError, match="power cut"):
             best_pointer.offer_best(root, {"checkpoint": "step-00000002", "metric": "eval/fid",
                                            "value": 1.0}, "min")
@@ -96,6 +96,36 @@ def test_pruning_keeps_the_best_and_held_checkpoints(tmp_path):
     best_pointer.release(root, "step-00000002", HOLDER)
     _save(root, 5, keep=1)
     assert [p.name for p in store.list_checkpoints(root)] == ["step-00000001", "step-00000005"]
+
+
+def test_a_prune_between_the_evaluators_two_writes_keeps_the_new_best(tmp_path, monkeypatch):
+    """The evaluator points `best` at the checkpoint it scored, then releases its hold on it. A
+    prune reads the holds and `best` one after the other; here the evaluator's two writes land
+    between the prune's two reads, whichever it reads first. The scored checkpoint must survive
+    and `best` must name a directory that exists."""
+    root = tmp_path / "checkpoints"
+    _save(root, 1), _save(root, 2)
+    best_pointer.write_best(root, {"checkpoint": "step-00000001", "metric": "eval/fid", "value": 5.0})
+    best_pointer.hold(root, root / "step-00000002", HOLDER)
+    reads = []
+
+    def then_the_evaluator_finishes(read):
+        def first_read_then_evaluator(*args, **kwargs):
+            out = read(*args, **kwargs)
+            reads.append(read.__name__)
+            if len(reads) == 1:  # offer_best's write, then `record`'s release (run_evaluator.py)
+                best_pointer.write_best(root, {"checkpoint": "step-00000002", "metric": "eval/fid",
+                                               "value": 1.0, "direction": "min"})
+                best_pointer.release(root, "step-00000002", HOLDER)
+            return out
+        return first_read_then_evaluator
+
+    monkeypatch.setattr(best_pointer, "read_best", then_the_evaluator_finishes(best_pointer.read_best))
+    monkeypatch.setattr(best_pointer, "held", then_the_evaluator_finishes(best_pointer.held))
+    _save(root, 3, keep=1)
+    assert sorted(reads) == ["held", "read_best"]  # the prune read both, the writes between them
+    assert [p.name for p in store.list_checkpoints(root)] == ["step-00000002", "step-00000003"]
+    assert best_pointer.best_checkpoint(root) == root / "step-00000002"
 
 
 @pytest.mark.slow

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
+
+from bigan.checkpoint.checks import STEP_DIR
+from bigan.checkpoint.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
 BEST = "best"
 HOLDS = "holds"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _HOLDER = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -49,7 +50,7 @@ def read_best(root: str | Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("%s is unreadable (%s); ignoring it", path, e)
         return None
-    if not isinstance(record, dict) or not _STEP_DIR.match(str(record.get("checkpoint", ""))):
+    if not isinstance(record, dict) or not STEP_DIR.match(str(record.get("checkpoint", ""))):
         log.warning("%s does not name a step-* checkpoint; ignoring it", path)
         return None
     return record
@@ -58,20 +59,9 @@ def read_best(root: str | Path) -> dict | None:
 def write_best(root: str | Path, record: dict) -> None:
     """Point `best` at `record["checkpoint"]` (a step-* directory name under root) atomically."""
     root = Path(root)
-    if not _STEP_DIR.match(str(record.get("checkpoint", ""))):
+    if not STEP_DIR.match(str(record.get("checkpoint", ""))):
         raise ValueError(f"best record must name a step-* directory, got {record.get('checkpoint')!r}")
-    tmp = root / f"{BEST}.tmp"
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(record, indent=1) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / BEST)
-    if os.name == "posix":  # make the rename durable
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_atomically(root / BEST, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def offer_best(root: str | Path, record: dict, direction: str) -> bool:
@@ -103,7 +93,7 @@ def best_checkpoint(root: str | Path) -> Path:
 def hold(root: str | Path, checkpoint: str | Path, holder: str) -> Path:
     """Keep `checkpoint` (a step-* directory under root) from being pruned until `release`."""
     name = Path(checkpoint).name
-    if not _STEP_DIR.match(name) or not _HOLDER.match(holder):
+    if not STEP_DIR.match(name) or not _HOLDER.match(holder):
         raise ValueError(f"cannot hold {name!r} for {holder!r}")
     path = Path(root) / HOLDS / f"{name}.{holder}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,12 +113,17 @@ def held(root: str | Path, holder: str | None = None) -> list[str]:
     names = set()
     for p in folder.iterdir():
         name, _, who = p.name.partition(".")
-        if _STEP_DIR.match(name) and (holder is None or who == holder):
+        if STEP_DIR.match(name) and (holder is None or who == holder):
             names.add(name)
     return sorted(names)
 
 
 def protected(root: str | Path) -> set[str]:
     """Step-* names pruning must keep: the best checkpoint and every held one."""
+    # Holds first, then `best`: the evaluator writes `best` before it releases its hold on the
+    # checkpoint it scored, so a checkpoint that is no longer held when the holds are read is
+    # already named by the `best` read after them. Read the other way round, the evaluator's
+    # two writes could both land between the reads, and the new best would be pruned.
+    names = set(held(root))
     record = read_best(root)
-    return set(held(root)) | ({record["checkpoint"]} if record else set())
+    return names | ({record["checkpoint"]} if record else set())

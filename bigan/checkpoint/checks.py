@@ -1,6 +1,7 @@
 """What a checkpoint may hold, checked before anything touches the disk: plain file names, tensors
 in model state dicts, only types `torch.load(weights_only=True)` rebuilds in other state, JSON in
-the manifest; and the exceptions of the checkpoint format.
+the manifest; the step directory's name; and the exceptions of the checkpoint format. `store.py`
+re-exports the public names.
 """
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ from typing import Any
 
 import torch
 
+STEP_DIR = re.compile(r"^step-(\d{8,})$")  # what step_dir_name writes; group 1 is the step
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<rank>\d{5})-of-(?P<world>\d{5})$")
 _RESERVED = {"format", "version", "step", "created", "files"}
+# Exactly what torch's weights_only unpickler rebuilds without extra allow-listing (a subset of it).
 _PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray,
                  torch.dtype, torch.device, torch.Size)
 _PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
+
+
+def step_dir_name(step: int) -> str:
+    """`step-NNNNNNNN`: the directory of the checkpoint written after G step `step`."""
+    return f"step-{step:08d}"
 
 
 class CheckpointError(RuntimeError):

@@ -16,7 +16,9 @@ one state dict (or one nested dict of objects), so readers never see the shardin
 written by W writers loads onto any number of processes. This module knows nothing of the trainer,
 Accelerate or processes: callers hand it state dicts and seals (`checkpoint/sharded.py` runs the
 collective protocol). What may be saved is checked in `checks.py` (which also defines the
-exceptions, re-exported here); fsync, rename and sealing live in `durable.py`.
+exceptions and the step directory's name, `step_dir_name` and `STEP_DIR`, re-exported here; there
+rather than here because `best.py`, which this module imports, needs the name too); fsync, rename
+and sealing live in `durable.py`.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint.best import protected
-from bigan.checkpoint.checks import (_NAME, _SHARD, CheckpointError, CheckpointWarning,  # noqa: F401
-                                     check_commit, check_part, check_step)  # (re-exported)
+from bigan.checkpoint.checks import (_NAME, _SHARD, STEP_DIR, CheckpointError,  # noqa: F401
+                                     CheckpointWarning, check_commit, check_part, check_step,
+                                     step_dir_name)  # (re-exported)
 from bigan.checkpoint.durable import (failure_text, fsync_dir, install, no_space,  # noqa: F401
-                                      seal, write_durably)
+                                      seal, write_atomically, write_durably)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 LATEST = "latest"
-STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
-# Exactly what torch's weights_only unpickler rebuilds without extra allow-listing (a subset of it).
 
 
 @dataclass
@@ -60,10 +61,6 @@ class Checkpoint:
     models: dict[str, dict[str, torch.Tensor]]   # name -> state dict, from <name>.safetensors
     objects: dict[str, Any]                      # name -> torch.load(<name>.pt, weights_only=True)
     config_text: str                             # config.yaml as given at save time
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def shard_file_stem(name: str, rank: int, world: int) -> str:
@@ -185,9 +182,7 @@ def commit_checkpoint(root: str | Path, tmp: Path, step: int, files: dict[str, d
 
     # `latest` moves only once the directory rename is durable, so it never names a missing step.
     try:
-        write_durably(root / f"{LATEST}.tmp", (final.name + "\n").encode())
-        os.replace(root / f"{LATEST}.tmp", root / LATEST)
-        fsync_dir(root)
+        write_atomically(root / LATEST, (final.name + "\n").encode())
     except OSError as e:
         raise CheckpointError(f"checkpoint {final} was written but {root / LATEST} could not be "
                               f"updated ({e}); `--resume auto` still finds it") from e

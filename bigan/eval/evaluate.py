@@ -141,12 +141,9 @@ def evaluate(sampler: ImageSampler, data: str | Path, extractors: list, n: int,
 
 def class_grid_png(sampler: ImageSampler, path: str | Path, per_class: int = 8, seed: int = 0,
                    psi: float | None = None, max_classes: int = 10) -> Path:
-    """One row per class (first `max_classes`), column j from seed `seed + j`."""
+    """`sampler.class_grid` of the first `max_classes` classes as a PNG."""
     classes = list(range(min(max_classes, sampler.num_classes)))
-    labels = sampling.class_grid(classes, per_class)
-    seeds = [seed + j for _ in classes for j in range(per_class)]
-    images = pictures.to_uint8(sampler.images(labels, seeds, psi))
-    return pictures.save_png(pictures.image_grid(images, len(classes), per_class), path, min_side=256)
+    return pictures.save_png(sampler.class_grid(classes, per_class, seed, psi), path, min_side=256)
 
 
 def interpolation_png(sampler: ImageSampler, path: str | Path, seeds: tuple[int, int] = (0, 1),

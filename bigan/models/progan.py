@@ -44,10 +44,10 @@ signal ~50x per layer); G keeps equalized LR and pixel norm, so an exported G ne
 folding. D depends on the batch through minibatch std-dev by design (`uses_batch_statistics`);
 gradient penalties differentiate sum_i D(x_i) as the official WGAN-GP does.
 
-What a trainer does at a phase change (see `bigan.train.schedule`, which computes the phase
+What a trainer does at a phase change (see `bigan.train.phases`, which computes the phase
 from cur_nimg): call `set_phase(resolution, alpha)` on G, D and the EMA copy (`update_ema`
 copies buffers only, not the phase) -- every step during a fade-in, since alpha moves; feed reals
-at the phase resolution, cross-faded like G's output (`schedule.phase_reals`); at a phase
+at the phase resolution, cross-faded like G's output (`phases.phase_reals`); at a phase
 boundary set the learning rates and, as the official code, clear Adam's moments. Optimizers are
 built once over all parameters: parameters of blocks not yet in use get no gradient (grad None
 with `zero_grad(set_to_none=True)`), and Adam skips them, so a new block starts with fresh
@@ -306,7 +306,7 @@ class Discriminator(_Phased):
         if tuple(x.shape[-2:]) != (r, r):
             raise ValueError(f"D is at the {r}x{r} phase but got images of {list(x.shape)}; call "
                              "set_phase on G and D together and feed reals at the phase "
-                             "resolution (bigan.train.schedule.phase_reals)")
+                             "resolution (bigan.train.phases.phase_reals)")
         h = _lrelu(self.from_rgb[str(r)](x))
         if r > 4:
             h = self.blocks[str(r)](h)

@@ -11,10 +11,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bigan.config import Config
+from bigan.config import Config, ConfigError
 from bigan.data.feed import model_images
 from bigan.losses import RELATIVISTIC_KINDS
 from bigan.train.step import Batch
+
+
+def check_global_batches(cfg: Config, world: int, workers: str) -> None:
+    """Refuse a global batch the run trains with (train.batch_size; with model.arch=progan also
+    each phase's progressive.batch_size.R) that does not split evenly over `world` workers: the
+    ConfigError names the field, and `workers` how the user set their number ("--workers=3")."""
+    batches = {"train.batch_size": cfg.train.batch_size}
+    if cfg.model.arch == "progan":
+        batches |= {f"progressive.batch_size.{res}": b
+                    for res, b in sorted(cfg.progressive.batch_size.items())}
+    for field, b in batches.items():
+        if b % world:
+            raise ConfigError(f"{field}={b} must be divisible by {workers}")
 
 
 def step_generator(seed: int, step: int, sub: int) -> torch.Generator:

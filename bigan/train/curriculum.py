@@ -1,7 +1,7 @@
 """What changes as training goes on, behind one interface the loop calls every step: the batch
 size, the learning rates (`optim.lr_decay`), the values under `schedules:` (any float of the
-optim, loss, ema and augment sections, by kimg: `ScheduleConfig` in config.py) and, for ProGAN,
-the phase (resolution, fade-in alpha, per-phase batch and lrs; `schedule.py`).
+optim, loss, ema and augment sections, by kimg: `ScheduleConfig` in `bigan/config/schedules.py`)
+and, for ProGAN, the phase (resolution, fade-in alpha, per-phase batch and lrs; `phases.py`).
 
 `now` is the config in force for the current step, the scheduled values substituted: the loop
 reads the loss, EMA and augmentation settings from it, and the lrs and Adam betas are set from it
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bigan.config import Config, with_scheduled
-from bigan.train import lr_decay, schedule
+from bigan.train import lr_decay, phases
 
 
 class Fixed:
@@ -65,38 +65,38 @@ class Fixed:
 
 
 class Progressive(Fixed):
-    """ProGAN: resolution, alpha, batch and lrs follow cur_nimg (`schedule.py`)."""
+    """ProGAN: resolution, alpha, batch and lrs follow cur_nimg (`phases.py`)."""
 
     def __init__(self, cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
                  opt_D: torch.optim.Optimizer, cur_nimg: int):
         super().__init__(cfg, opt_G, opt_D)
         self.networks = list(networks)
-        self.ph = schedule.phase_at(cur_nimg, cfg)
+        self.ph = phases.phase_at(cur_nimg, cfg)
 
     def begin_step(self, step: int, cur_nimg: int) -> int:
         self.now = with_scheduled(self.cfg, cur_nimg / 1000)
-        self.ph = schedule.phase_at(cur_nimg, self.now)
-        schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
+        self.ph = phases.phase_at(cur_nimg, self.now)
+        phases.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
         self._decay(step, self.ph.g_lr, self.ph.d_lr)
         return self.ph.batch_size
 
     def prepare_reals(self, real: Tensor) -> Tensor:
-        return schedule.phase_reals(real, self.ph.resolution, self.ph.alpha)
+        return phases.phase_reals(real, self.ph.resolution, self.ph.alpha)
 
     def grid_name(self, prev_nimg: int, cur_nimg: int, last: bool) -> str | None:
         """A grid per phase, at its end (and at the end of training), named after the phase."""
-        if not (last or schedule.entered_new_phase(prev_nimg, cur_nimg, self.cfg)):
+        if not (last or phases.entered_new_phase(prev_nimg, cur_nimg, self.cfg)):
             return None
         kind = "fade" if self.ph.phase.fading else "stable"
         return f"phase-{self.ph.index:02d}-{self.ph.resolution}px-{kind}.png"
 
     def end_step(self, prev_nimg: int, cur_nimg: int) -> None:
-        if schedule.entered_new_phase(prev_nimg, cur_nimg, self.cfg):
+        if phases.entered_new_phase(prev_nimg, cur_nimg, self.cfg):
             if self.cfg.progressive.reset_optimizer:
-                schedule.reset_optimizer_state(self.opt_G, self.opt_D)
+                phases.reset_optimizer_state(self.opt_G, self.opt_D)
             # checkpoints and grids from here on show the phase the next step trains
-            self.ph = schedule.phase_at(cur_nimg, with_scheduled(self.cfg, cur_nimg / 1000))
-            schedule.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
+            self.ph = phases.phase_at(cur_nimg, with_scheduled(self.cfg, cur_nimg / 1000))
+            phases.apply_phase(self.ph, self.networks, self.opt_G, self.opt_D)
 
     def manifest(self) -> dict:
         return {"phase": {"index": self.ph.index, "resolution": self.ph.resolution,

@@ -35,7 +35,6 @@ Checkpoints (sharded and consolidated) are in `train/parallel_state.py`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
@@ -44,12 +43,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bigan.config import STRATEGIES
+from bigan.config import STRATEGIES, deep_merge
 from bigan.train.step import StepRuntime
 
 log = logging.getLogger(__name__)
 
-ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+ZERO_STAGES = {s: int(s.removeprefix("zero")) for s in STRATEGIES if s.startswith("zero")}  # zeroN -> N
 
 
 class ParallelError(ValueError):
@@ -61,7 +60,8 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def _rank() -> int:
+def process_rank() -> int:
+    """This process's rank in the default process group (0 when there is none)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -324,14 +324,7 @@ def deepspeed_config(stage: int, grad_clip: float, batch_per_worker: int = 1,
         "steps_per_print": 2**31 - 1,  # progress is logged by bigan
         "wall_clock_breakdown": False,
     }
-    return _merge(cfg, overrides or {})
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return deep_merge(cfg, overrides or {})
 
 
 @contextlib.contextmanager
@@ -368,7 +361,7 @@ def _prepare_zero(strategy: str, G: nn.Module, D: nn.Module, opt_G, opt_D, grad_
     g_cfg = deepspeed_config(stage, grad_clip, batch_per_worker, overrides)
     # D's penalty backward runs through weights ZeRO-3 has released (see the module docstring).
     d_cfg = deepspeed_config(min(stage, 2), grad_clip, batch_per_worker, overrides)
-    if stage == 3 and _rank() == 0:
+    if stage == 3 and process_rank() == 0:
         log.info("zero3: G runs ZeRO stage 3, D stage 2 (D's gradient penalty differentiates "
                  "through weights stage 3 would have released)")
     engines = {}

@@ -23,16 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from bigan.train.parallel import Prepared
+from bigan.train.parallel import Prepared, process_rank
 
 _SCALAR_KEYS = {"step"}  # optimizer-state entries shared by all elements (torch Adam's step)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _zero_optimizer(engine: Any) -> tuple[Any, torch.optim.Optimizer, list[torch.Tensor]]:
@@ -66,7 +61,7 @@ def full_state_dicts(p: Prepared) -> dict[str, dict] | None:
     `torch.optim.Adam(G.parameters()).load_state_dict(out["opt_G"])` accepts them.
     """
     out = state_dicts(p)
-    return out if _rank() == 0 else None
+    return out if process_rank() == 0 else None
 
 
 def state_dicts(p: Prepared, part: tuple[int, int] = (0, 1)) -> dict[str, dict]:

@@ -1,7 +1,8 @@
-"""ProGAN's phase schedule: which resolution, fade-in alpha, batch size and learning rates apply
-after `cur_nimg` real images, as pure functions of (cur_nimg, config); plus the two things a
-trainer does with a phase (`apply_phase`, `reset_optimizer_state`) and the real-image cross-fade
-(`phase_reals`). Follows `TrainingSchedule` and `process_reals` of the official code
+"""ProGAN's phases: which resolution, fade-in alpha, batch size and learning rates apply after
+`cur_nimg` real images, as pure functions of (cur_nimg, config); plus the two things a trainer
+does with a phase (`apply_phase`, `reset_optimizer_state`) and the real-image cross-fade
+(`phase_reals`). (The value ramps of the config's `schedules:` are another thing:
+`with_scheduled` in bigan.config, applied by `curriculum.py`.) Follows `TrainingSchedule` and `process_reals` of the official code
 (tkarras/progressive_growing_of_gans, `train.py`); Karras et al. 2018, Sec. 2 and App. A.1.
 
 Phases, counted in images shown to D (the trainer's cur_nimg):
@@ -74,7 +75,7 @@ class PhaseState:
         return self.phase.resolution
 
 
-def phases(cfg: Config) -> list[Phase]:
+def all_phases(cfg: Config) -> list[Phase]:
     """The schedule's phases in order (fade-ins are left out when progressive.fade_nimg == 0)."""
     m, p = cfg.model, cfg.progressive
     resolutions = [r for r in PROGAN_RESOLUTIONS if m.start_resolution <= r <= m.resolution]
@@ -92,14 +93,14 @@ def phases(cfg: Config) -> list[Phase]:
 
 def phase_boundaries(cfg: Config) -> list[int]:
     """cur_nimg at which each phase after the first begins."""
-    return [ph.start_nimg for ph in phases(cfg)[1:]]
+    return [ph.start_nimg for ph in all_phases(cfg)[1:]]
 
 
 def phase_at(cur_nimg: int, cfg: Config) -> PhaseState:
     """The phase, alpha, batch size and learning rates after `cur_nimg` real images."""
     if cur_nimg < 0:
         raise ValueError(f"cur_nimg={cur_nimg} must be >= 0")
-    phase = next(ph for ph in phases(cfg) if ph.end_nimg is None or cur_nimg < ph.end_nimg)
+    phase = next(ph for ph in all_phases(cfg) if ph.end_nimg is None or cur_nimg < ph.end_nimg)
     alpha = 1.0
     if phase.fading:
         alpha = (cur_nimg - phase.start_nimg) / cfg.progressive.fade_nimg

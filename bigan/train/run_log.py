@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from bigan import ema
+from bigan.checkpoint.durable import write_atomically
 from bigan.config import Config, ConfigError
 from bigan.generation import save_samples_png
 from bigan.train.batches import step_generator
@@ -146,12 +146,7 @@ def _drop_lines_after(path: Path, step: int) -> None:
     kept = [line for line in lines if (at := _line_step(line)) is not None and at <= step]
     if kept == lines:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, "".join(kept).encode("utf-8"))
 
 
 def _line_step(line: str) -> int | None:

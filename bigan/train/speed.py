@@ -32,10 +32,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from bigan.config import SpeedConfig
+from bigan.config import STRATEGIES, SpeedConfig
 from bigan.train.step import Batch
 
-DEEPSPEED = ("zero1", "zero2", "zero3")
+DEEPSPEED = tuple(s for s in STRATEGIES if s != "ddp")  # the ZeRO stages, run by DeepSpeed
 
 
 @dataclass(frozen=True)

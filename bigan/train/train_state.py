@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Position:
-    """Where a run stands: the start of a fresh run, or what a checkpoint recorded."""
+class ResumePoint:
+    """Where `train()` (re)starts: step 0 of a fresh run, or what a checkpoint recorded. The
+    data's own place is `data_state`, the feed's `state()` as saved (a streamed feed's holds a
+    `bigan.data.position.LoaderPosition`)."""
     step: int = 0  # G steps completed
     cur_nimg: int = 0  # real images shown to D so far
     step_state: StepState = field(default_factory=StepState)  # D updates, ADA's p, LeCam's EMAs
@@ -56,12 +58,12 @@ class TrainCheckpoints:
                         "checkpoint alone (put train.out_dir on a shared file system to write in "
                         "parallel)", root)
 
-    def restore(self, resume: str | None) -> Position:
+    def restore(self, resume: str | None) -> ResumePoint:
         """Load the checkpoint `resume` names ("auto": the newest valid one, else start fresh)
         into the models, optimizers and torch RNG; return the position it recorded."""
         c = load_resume(self.root, resume)  # verified, loaded weights_only, finite; or None
         if c is None:
-            return Position()
+            return ResumePoint()
         path = c.path
         _check_resumable(self.cfg, c.manifest["config"])
         parallel_state.load_full_state(self.p, {"G": c.models["G"], "D": c.models["D"],
@@ -83,7 +85,7 @@ class TrainCheckpoints:
         self.last = path
         # Checkpoints from before `step_state` recorded only the D-update count.
         step_state = StepState.from_dict({"d_updates": m["d_updates"], **m.get("step_state", {})})
-        return Position(m["step"], m["cur_nimg"], step_state, m["data_position"], path)
+        return ResumePoint(m["step"], m["cur_nimg"], step_state, m["data_position"], path)
 
     def save(self, step: int, cur_nimg: int, step_state: StepState, feed, manifest: dict) -> Path:
         """Write checkpoint `step` (collective); the path on every rank. `manifest`: further

@@ -22,7 +22,7 @@ from bigan import ema, models
 from bigan.config import Config, ConfigError, dump_config
 from bigan.data.feed import make_feed
 from bigan.train import parallel
-from bigan.train.batches import draw_batches
+from bigan.train.batches import check_global_batches, draw_batches
 from bigan.train.curriculum import curriculum
 from bigan.train.evaluation import Evaluator, TrainEvaluation
 from bigan.train.hooks import TrainHooks
@@ -137,10 +137,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
 def _strategy(cfg: Config, world: int) -> str:
     """The data-parallel strategy this run uses; ConfigError for settings it cannot honour."""
     progressive = cfg.model.arch == "progan"
-    for b in sorted({cfg.train.batch_size, *(cfg.progressive.batch_size.values() if progressive else ())}):
-        if b % world:
-            raise ConfigError(f"the global batch {b} (train.batch_size or progressive.batch_size) "
-                              f"must be divisible by the {world} workers")
+    check_global_batches(cfg, world, f"the {world} workers")
     strategy = cfg.train.strategy if world > 1 else "ddp"
     if progressive and strategy != "ddp" and cfg.progressive.reset_optimizer:
         raise ConfigError(f"train.strategy={strategy} cannot reset optimizer state at ProGAN phase "

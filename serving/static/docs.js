@@ -1,6 +1,6 @@
 // /docs without a CDN: renders this server's own /openapi.json (every route, its parameters,
 // request body fields and responses), with a form per JSON-body route that sends an editable
-// example and shows the answer (JSON, text, or an image). serving/page.py says why it exists.
+// example and shows the answer (JSON, text, or an image). serving/transports/page.py says why it exists.
 "use strict";
 
 const el = (tag, props = {}, ...children) => {

@@ -39,7 +39,7 @@ class ServingMetrics:
                                   registry=r)
 
     def track_cache(self, cache) -> None:
-        """Counters and gauges of a `serving.cache.ResponseCache`."""
+        """Counters and gauges of a `serving.core.cache.ResponseCache`."""
         r = self.registry
         self.cache_hits = Counter("bigan_cache_hits_total", "/v1 responses served from the cache",
                                   ["model"], registry=r)

@@ -9,7 +9,7 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from serving.metrics import ServingMetrics
+from serving.core.metrics import ServingMetrics
 
 
 class BodyLimit:

@@ -8,29 +8,33 @@ dependencies of ~1.5 MB for one page), so `/docs` is a small self-contained page
 (`static/docs.html` + `docs.js`) that renders the app's own `/openapi.json`: every route with its
 summary, parameters, request body fields and responses, and a form per POST route to send a
 JSON body and show the answer.
+
+`router` holds `/` and `/docs` (the app must be created with `docs_url=None, redoc_url=None`);
+the app mounts `static_files()` at `/static`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC = Path(__file__).with_name("static")
+STATIC = Path(__file__).parent.parent / "static"  # serving/static, the package data
+
+router = APIRouter(include_in_schema=False)
 
 
-def add_page_routes(app: FastAPI) -> None:
-    """`/` (the page), `/docs` (the API reference) and `/static/*` on `app`, which must have been
-    created with `docs_url=None, redoc_url=None`."""
+@router.get("/")
+def page():
+    return FileResponse(STATIC / "index.html")
 
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
 
-    @app.get("/docs", include_in_schema=False)
-    def docs():
-        return FileResponse(STATIC / "docs.html")
+@router.get("/docs")
+def docs():
+    return FileResponse(STATIC / "docs.html")
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=STATIC)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bigan.ort_session import ModelFileError
-from serving.engine import Engine, EngineConfig
+from serving.core.config import EngineConfig
+from serving.core.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ModelRepository:
             self.models.setdefault(engine.name, {})[engine.version] = engine
         self.on_engine: Callable[[Engine], None] | None = None  # set by the app (metrics hook)
         self._lock = asyncio.Lock()
-        self._draining: set[asyncio.Task] = set()
+        self._draining: dict[asyncio.Task, Engine] = {}  # drain task -> the engine it stops
 
     @classmethod
     def open(cls, root: str | Path, config: EngineConfig | None = None,
@@ -170,10 +171,13 @@ class ModelRepository:
             await engine.start()
 
     async def stop(self) -> None:
-        for engine in self.engines():
-            await engine.stop()
+        """Stop every engine, those still draining after a reload or unload included: their
+        waits are cancelled and the engines stopped here, so no batcher outlives the server."""
         for task in list(self._draining):
             task.cancel()
+        draining, self._draining = self._draining, {}
+        for engine in [*self.engines(), *draining.values()]:
+            await engine.stop()
 
     async def load(self, name: str) -> None:
         """(Re)load model `name` from disk: new or changed versions get new engines, removed ones
@@ -223,8 +227,8 @@ class ModelRepository:
     def _drain(self, engines: list[Engine]) -> None:
         for engine in engines:
             task = asyncio.create_task(_stop_when_idle(engine))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._draining[task] = engine
+            task.add_done_callback(lambda done: self._draining.pop(done, None))
 
 
 async def _stop_when_idle(engine: Engine) -> None:

@@ -111,7 +111,8 @@ class MicroBatcher:
             self._task = asyncio.create_task(self._loop(), name="bigan-micro-batcher")
 
     async def stop(self) -> None:
-        """Stop batching; requests still waiting fail with RuntimeError."""
+        """Stop batching; every request not yet answered, waiting or in the batch being run,
+        fails with RuntimeError (the run itself finishes in its thread, unseen)."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -119,10 +120,8 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while self._jobs:
-            job = self._jobs.popleft()
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+        _fail_unanswered(self._jobs)
+        self._jobs.clear()
 
     async def submit(self, z: np.ndarray, y: np.ndarray,
                      psi: np.ndarray | None = None) -> np.ndarray:
@@ -171,9 +170,20 @@ class MicroBatcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
+            except asyncio.CancelledError:  # stopped while gathering: stop() answers them
+                self._jobs.extendleft(reversed(batch))
+                raise
         return [job for job in batch if not job.future.done()]  # drop cancelled clients
 
     async def _execute(self, batch: list[_Job]) -> None:
+        """Run `batch` and answer every job of it, also when the run is cancelled (by `stop`,
+        or a drain that timed out): a cancelled run's jobs fail rather than wait forever."""
+        try:
+            await self._run_batch(batch)
+        finally:
+            _fail_unanswered(batch)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
         now = time.perf_counter()
         self.queued_requests += len(batch)
         self.queue_seconds += sum(now - job.queued_at for job in batch)
@@ -221,3 +231,10 @@ class MicroBatcher:
         if self.on_batch is not None:
             self.on_batch(len(y), seconds)
         return images
+
+
+def _fail_unanswered(jobs) -> None:
+    """Fail each job whose future has no answer yet: the batcher is stopping."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(RuntimeError("the server is shutting down"))

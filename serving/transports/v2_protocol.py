@@ -1,5 +1,6 @@
-"""The KServe v2 inference protocol's content, shared by its HTTP (`serving.kserve`) and gRPC
-(`serving.grpc_service`) forms: a model's metadata, Triton's model configuration and statistics,
+"""The KServe v2 inference protocol's content, shared by its HTTP (`serving.transports.kserve_http`)
+and gRPC (`serving.transports.grpc_service`) forms: the server's metadata with the extensions both
+transports implement, a model's metadata, Triton's model configuration and statistics,
 and reading and checking the input tensors of an infer request: `z` FP32 [N, dim_z] and `y` INT64
 [N], given as typed data or as raw little-endian bytes. Every malformed request raises
 `InferError` with a message; the transports map it to 4xx or to a gRPC status code.
@@ -13,12 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from serving.engine import Engine
-from serving.repository import ModelRepository
+import bigan
+from serving.core.engine import Engine
+from serving.core.repository import ModelRepository
 
 _DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "UINT8": np.dtype("u1")}
 _RANKS = {"z": 2, "y": 1}
 _JSON_KINDS = {"FP32": "fiu", "INT64": "iu"}  # numpy kinds accepted in JSON data, before the cast
+# The protocol extensions this server implements on both transports: binary tensors (HTTP's
+# binary section, gRPC's raw contents), Triton's repository index/load/unload and statistics.
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
+
 
 class InferError(ValueError):
     """A request the protocol rejects; `status` is its HTTP status (4xx)."""
@@ -26,6 +32,11 @@ class InferError(ValueError):
     def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers
+
+
+def server_metadata() -> dict[str, Any]:
+    """`GET /v2` and gRPC ServerMetadata: the same name, version and extensions on both."""
+    return {"name": "bigan", "version": bigan.__version__, "extensions": list(EXTENSIONS)}
 
 
 def model_metadata(engine: Engine, repo: ModelRepository) -> dict[str, Any]:
@@ -61,7 +72,8 @@ def model_config(engine: Engine, max_images: int) -> dict[str, Any]:
 
 def model_statistics(engine: Engine, cache: Any = None) -> dict[str, Any]:
     """One entry of Triton's statistics extension (`get_inference_statistics`); durations in ns.
-    Cache hits and misses are those of /v1 (`serving.cache`); their durations are not measured."""
+    Cache hits and misses are those of /v1 (`serving.core.cache`); their durations are not
+    measured."""
     b, r = engine.batcher, engine.stats
     hits, misses = (0, 0) if cache is None else (cache.hits[engine.name], cache.misses[engine.name])
 

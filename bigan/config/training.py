@@ -1,0 +1,198 @@
+"""The training sections: `loss:`, `optim:`, `ema:`, `train:` (batch, length, cadences,
+strategy), `speed:` (how an iteration runs, never what it computes) and `augment:` (what D sees,
+for little data).
+
+A field's trailing comment is its documentation; `validate(prefix)` checks one section alone.
+`AugmentConfig` parses its op lists when a value is set, so the training step reads names, never
+strings to split (`bigan/augment.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigan.config.vocabulary import (
+    ADA_COLOR,
+    ADA_GEOMETRY,
+    ADA_PIPELINES,
+    AUGMENTS,
+    DIFFAUGMENT_OPS,
+    LOSSES,
+    LR_DECAYS,
+    MEMORY_FORMATS,
+    OPTIMIZER_IMPLS,
+    PENALTIES,
+    PRECISIONS,
+    RESAMPLING,
+    STRATEGIES,
+    TRACKERS,
+    _distinct_names,
+    _one_of,
+    _positive,
+    _require,
+    ada_ops,
+    comma_list,
+)
+
+
+@dataclass
+class LossConfig:
+    kind: str = "hinge"  # hinge | nonsaturating | minimax | wasserstein | lsgan | rpgan (relativistic pairing, R3GAN)
+    label_smoothing: float = 0.0  # one-sided: D's real target becomes 1 - label_smoothing
+    label_noise: float = 0.0  # probability of flipping each real/fake label in the D loss
+    penalty: str = "none"  # none | wgan-gp | r1 | r2 | r1+r2 | dragan; always on the images before augmentation
+    penalty_weight: float = 10.0  # lambda of the penalty (R1, R2, R1+R2: gamma, used as gamma / 2)
+    penalty_interval: int = 1  # lazy regularization: apply every N D steps, scaled by N
+    penalty_target: float = 1.0  # WGAN-GP / DRAGAN: target gradient norm k
+    dragan_c: float = 0.5  # DRAGAN: perturbation scale, delta ~ N(0, c * std(x))
+    drift_weight: float = 0.0  # ProGAN's epsilon_drift * E[D(x)^2] (0 = off)
+    ortho_weight: float = 0.0  # BigGAN's orthogonal regularization on G (paper: 1e-4)
+
+    def validate(self, prefix: str = "loss") -> None:
+        _one_of(f"{prefix}.kind", self.kind, LOSSES)
+        _one_of(f"{prefix}.penalty", self.penalty, PENALTIES)
+        _require(0 <= self.label_smoothing < 0.5, f"{prefix}.label_smoothing",
+                 self.label_smoothing, "must be in [0, 0.5)")
+        _require(0 <= self.label_noise < 0.5, f"{prefix}.label_noise", self.label_noise,
+                 "must be in [0, 0.5)")
+        if self.label_smoothing or self.label_noise:
+            _require(self.kind in ("nonsaturating", "minimax", "lsgan"), f"{prefix}.kind",
+                     self.kind, "label smoothing/noise need a probabilistic loss "
+                     "(nonsaturating, minimax or lsgan)")
+        for name in ("penalty_weight", "penalty_target", "dragan_c", "drift_weight",
+                     "ortho_weight"):
+            _positive(f"{prefix}.{name}", getattr(self, name), zero_ok=True)
+        _positive(f"{prefix}.penalty_interval", self.penalty_interval)
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 1e-4  # generator Adam learning rate (BigGAN: 1e-4)
+    d_lr: float = 4e-4  # discriminator Adam learning rate (BigGAN: 4e-4)
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # Adam betas for G and D
+    eps: float = 1e-6  # Adam epsilon (BigGAN-PyTorch uses 1e-6)
+    d_steps: int = 2  # D updates per G update (BigGAN: 2)
+    grad_clip: float = 0.0  # max grad norm for G and D (0 = no clipping)
+    lr_decay: str = "none"  # none | linear | cosine: both lrs fall to 0 at train.steps ...
+    lr_decay_start: float = 0.5  # ... from this fraction of train.steps on (bigan.train.lr_decay)
+
+    def validate(self, prefix: str = "optim") -> None:
+        _positive(f"{prefix}.g_lr", self.g_lr)
+        _positive(f"{prefix}.d_lr", self.d_lr)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"{prefix}.betas", self.betas, "must be two numbers in [0, 1)")
+        _positive(f"{prefix}.eps", self.eps)
+        _positive(f"{prefix}.d_steps", self.d_steps)
+        _positive(f"{prefix}.grad_clip", self.grad_clip, zero_ok=True)
+        _one_of(f"{prefix}.lr_decay", self.lr_decay, LR_DECAYS)
+        _require(0 <= self.lr_decay_start < 1, f"{prefix}.lr_decay_start", self.lr_decay_start,
+                 "must be in [0, 1)")
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.9999  # weight of the old average per G step (BigGAN: 0.9999)
+    start_step: int = 0  # before this G step the EMA copy just follows G (BigGAN: 20000)
+    standing_stats_batches: int = 0  # >0: recompute EMA batch-norm stats before sampling
+
+    def validate(self, prefix: str = "ema") -> None:
+        _require(0 <= self.decay < 1, f"{prefix}.decay", self.decay, "must be in [0, 1)")
+        _positive(f"{prefix}.start_step", self.start_step, zero_ok=True)
+        _positive(f"{prefix}.standing_stats_batches", self.standing_stats_batches, zero_ok=True)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (all workers together) of one D or G step
+    steps: int = 1000  # G steps to train
+    seed: int = 0  # seeds weights, data order and training noise
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and GPU)
+    log_every: int = 10  # steps between scalar logs (TensorBoard, progress bar)
+    sample_every: int = 200  # steps between per-class grids from the EMA generator
+    ckpt_every: int = 500  # steps between checkpoints (a final one is always written)
+    keep_ckpts: int = 3  # newest checkpoints kept (0 = keep all)
+    grid_per_class: int = 8  # grid columns: samples per class
+    grid_classes: int = 10  # grid rows: first N classes
+    grid_seed: int = 1234  # fixed seed of the grid latents, so grids compare across steps
+    deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
+    strategy: str = "ddp"  # data parallelism with several processes: ddp | zero1 | zero2 | zero3
+    out_dir: str = "runs/default"  # run directory: checkpoints/, tb/, grids/, config.yaml
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers beside metrics.jsonl: tensorboard (RUN/tb) and, through Accelerate, wandb | mlflow | aim | comet_ml | clearml | dvclive | swanlab | trackio (installed ones)
+
+    def validate(self, prefix: str = "train") -> None:
+        for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every",
+                     "grid_per_class", "grid_classes"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
+        _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
+        _one_of(f"{prefix}.strategy", self.strategy, STRATEGIES)
+        for name in self.log_with:
+            _one_of(f"{prefix}.log_with", name, TRACKERS)
+        _require(len(set(self.log_with)) == len(self.log_with), f"{prefix}.log_with",
+                 self.log_with, "names a tracker twice")
+
+
+@dataclass
+class SpeedConfig:
+    """How the training iteration runs, never what it computes (`bigan/train/speed.py`): weights
+    after N steps equal the plain eager NCHW path's within float tolerance (tests/test_speed.py).
+    `auto` picks per device and strategy (measurements: docs/benchmarks.md); `bench/train_step.py` times
+    the plain path against these defaults."""
+
+    memory_format: str = "auto"  # auto (channels_last on CUDA; contiguous on CPU, where it measured no gain, and under DeepSpeed) | channels_last | contiguous: layout of G, D, the EMA G and the batch
+    optimizer: str = "auto"  # auto (fused on CUDA; torch's default on CPU and under DeepSpeed) | for-loop | foreach | fused: how each Adam step runs over the parameters
+    resample: str = "auto"  # auto (folded everywhere) | folded: 2x nearest upsampling and 2x2 average pooling folded into the adjacent 3x3 conv as one 4x4 stride-2 conv (2.25x fewer FLOPs there; layers.upsample_conv3x3) | separate: resample and convolve as two ops, as BigGAN-PyTorch
+
+    def validate(self, prefix: str = "speed") -> None:
+        _one_of(f"{prefix}.memory_format", self.memory_format, MEMORY_FORMATS)
+        _one_of(f"{prefix}.optimizer", self.optimizer, OPTIMIZER_IMPLS)
+        _one_of(f"{prefix}.resample", self.resample, RESAMPLING)
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of every image D sees, real and fake, in D and G updates (`bigan/augment.py`),
+    and LeCam's regularization of D (Tseng et al. 2021), both for training on little data.
+
+    Beside the fields, `policy_ops` (the DiffAugment ops of `policy`, in order) and `pipeline_ops`
+    (the ADA transforms `ada_pipeline` lets fire) hold the two lists parsed: set whenever those
+    fields are, so they are parsed at load time, once, not at every training step. They are not
+    fields: neither dumped with the config nor compared."""
+
+    kind: str = "none"  # none | diffaugment (Zhao et al. 2020) | ada (adaptive, Karras et al. 2020)
+    policy: str = "color,translation,cutout"  # diffaugment: comma list of color | translation | cutout
+    # ada: which transforms: bgc (all, the paper's default) | blit | geom | color | bg, or a comma
+    # list of xflip, rotate90, xint, scale, rotate, aniso, xfrac, brightness, contrast, lumaflip,
+    # hue, saturation. Data whose classes change under flips or rotations (digits: 6 and 9)
+    # should leave those out: at p < 1 they cannot leak in theory, but they cost G's learning time.
+    ada_pipeline: str = "bgc"
+    ada_target: float = 0.6  # ada: target of the overfitting heuristic r_t = E[sign(D(real))]
+    ada_interval: int = 4  # ada: D updates between adjustments of p
+    ada_kimg: float = 500.0  # ada: thousands of real images over which p can move by 1 (paper: 500)
+    ada_p_max: float = 0.8  # ada: cap on p, < 1 so the augmentations cannot leak into G (stylegan2-ada-pytorch #175)
+    lecam_weight: float = 0.0  # LeCam lambda (0 = off; Tseng et al. use 0.3 with the hinge loss)
+    lecam_decay: float = 0.99  # LeCam: decay of the EMAs of D(real) and D(fake) per D update (lecam-gan utils.ema_losses)
+    lecam_start: int = 1000  # LeCam: before this many D updates the EMAs equal the current means (decay 0)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        text = value if isinstance(value, str) else ""  # a non-string is refused by validate
+        if name == "policy":
+            super().__setattr__("policy_ops", tuple(comma_list(text)))
+        elif name == "ada_pipeline":
+            super().__setattr__("pipeline_ops", ada_ops(text))
+
+    def validate(self, prefix: str = "augment") -> None:
+        _one_of(f"{prefix}.kind", self.kind, AUGMENTS)
+        _distinct_names(f"{prefix}.policy", self.policy, DIFFAUGMENT_OPS)
+        _distinct_names(f"{prefix}.ada_pipeline", self.ada_pipeline, ADA_GEOMETRY + ADA_COLOR,
+                        tuple(ADA_PIPELINES))
+        _require(0 < self.ada_target < 1, f"{prefix}.ada_target", self.ada_target, "must be in (0, 1)")
+        _positive(f"{prefix}.ada_interval", self.ada_interval)
+        _positive(f"{prefix}.ada_kimg", self.ada_kimg)
+        _require(0 < self.ada_p_max < 1, f"{prefix}.ada_p_max", self.ada_p_max,
+                 "must be in (0, 1): at p = 1 G learns the augmented distribution")
+        _positive(f"{prefix}.lecam_weight", self.lecam_weight, zero_ok=True)
+        _require(0 <= self.lecam_decay < 1, f"{prefix}.lecam_decay", self.lecam_decay, "must be in [0, 1)")
+        _positive(f"{prefix}.lecam_start", self.lecam_start, zero_ok=True)
