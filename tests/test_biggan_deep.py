@@ -6,6 +6,7 @@ gradients, per-sample outputs) is tests/test_models.py's, which covers biggan-de
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -93,6 +94,72 @@ def test_psi_statistics_follow_the_pretrained_biggan_lookup():
     # Outside [0, 1] the end sets are used.
     ends = biggan_deep.interpolate_psi_stats(stats, torch.tensor([-0.5, 3.0], dtype=torch.float64))
     torch.testing.assert_close(ends, stats[[0, 50]], rtol=0, atol=0)
+
+
+# psi = k / 100 for k = 0..100: what a user types. The even k lie on the 51-set grid (TF-Hub's).
+HUNDREDTHS = range(101)
+
+
+def _exact_weights(sets: int) -> torch.Tensor:
+    """psi_stat_weights [101, S] at psi = k / 100, from exact rational t = k (S - 1) / 100: a psi on
+    the grid (c = 0) gets its own set alone. Not math.modf on floats: the package's own float64
+    arithmetic lands off the grid at 0.14, 0.28, 0.56 (next set) and 0.58, 0.94 (previous set)."""
+    rows = torch.zeros(len(HUNDREDTHS), sets, dtype=torch.float64)
+    for k in HUNDREDTHS:
+        t = Fraction(k * (sets - 1), 100)
+        i, c = math.floor(t), t - math.floor(t)
+        if c == 0:
+            rows[k, i] = 1.0
+        else:
+            rows[k, i], rows[k, i + 1] = float(c), float(1 - c)
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_two_decimal_psi_on_the_grid_picks_its_own_set(dtype):
+    """In float32, 0.18, 0.3, 0.36, 0.54, 0.6, 0.66, 0.72, 0.98 land just above their grid point
+    (so the next set was used); in float64 0.14, 0.28, 0.56, 0.58, 0.94 land beside it."""
+    want = _exact_weights(51)
+    psi = torch.tensor([k / 100 for k in HUNDREDTHS], dtype=dtype)
+    got = biggan_deep.psi_stat_weights(psi, 51).double()
+    on_grid = [k for k in HUNDREDTHS if k % 2 == 0]
+    assert got[on_grid].argmax(1).tolist() == [k // 2 for k in on_grid]
+    torch.testing.assert_close(got[on_grid], want[on_grid], rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)  # between grid points: c = 0.5
+
+
+def test_two_decimal_psi_picks_the_grid_set_in_pytorch_and_the_onnx_graph(monkeypatch, tmp_path):
+    """G and its exported graph (float32 psi input) against G with the exact weights of
+    `_exact_weights` at every psi = k / 100. Before the grid tolerance both missed at the 8 float32
+psi of the test above, by up to 1.9 in pixel value."""
+    ort = pytest.importorskip("onnxruntime")
+    from bigan.export.onnx import ServingGenerator, _to_onnx
+
+    G, _ = _build(psi_stats=51, spectral_norm=False)
+    with torch.no_grad():
+        for name, buf in G.named_buffers():
+            if name.endswith("running_means"):
+                buf.normal_()
+            elif name.endswith("running_vars"):
+                buf.uniform_(0.5, 2.0)
+    serving = ServingGenerator(G.eval())
+    n = len(HUNDREDTHS)
+    z = torch.randn(1, 16, generator=torch.Generator().manual_seed(1)).expand(n, 16).contiguous()
+    y = torch.full((n,), 2)
+    psi = torch.tensor([k / 100 for k in HUNDREDTHS], dtype=torch.float32)
+    program = _to_onnx(serving, 16, None, psi_input=True)
+    with torch.no_grad():
+        got_torch = serving(z, y, psi)[1]
+        with monkeypatch.context() as patch:
+            patch.setattr(biggan_deep, "psi_stat_weights",
+                          lambda _, sets: _exact_weights(sets).float())
+            want = serving(z, y, psi)[1]
+    program.save(str(tmp_path / "g.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    (got_onnx,) = session.run(["images_float"],
+                              {"z": z.numpy(), "y": y.numpy(), "psi": psi.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got_onnx), want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got_torch, want, rtol=0, atol=1e-5)
 
 
 def test_psi_picks_each_samples_statistics_and_none_means_one():

@@ -1,7 +1,8 @@
 """An imported TF-Hub-style BigGAN-deep (tests/test_hf_biggan.py) exported and served: the ONNX
 psi input gives the package's images at several psi and with mixed psi in one batch (<= 1e-4),
 the server passes each request's psi to it, requests merged into one micro-batch keep their own,
-and /v1/generate returns the package model's images at the requested psi. One export for all."""
+/v1/generate returns the package model's images at the requested psi, and /v1/interpolate's ends
+are /v1/generate's images at that psi (on and between grid points). One export for all."""
 
 from __future__ import annotations
 
@@ -111,3 +112,23 @@ def test_samplers_of_the_checkpoint_and_the_export_pass_psi(deep_onnx):
     for sampler in (open_sampler(checkpoint), OnnxSampler(report.path)):
         got = sampler.images([1, 2], [5, 6], psi=0.61)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=sampler.kind)
+
+
+@pytest.mark.parametrize("psi", [0.3, 0.37])  # on a grid point, between two
+def test_v1_interpolate_ends_are_v1_generate_images_at_the_requested_psi(deep_onnx, psi):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.core.engine import Engine, EngineConfig
+
+    _, report = deep_onnx
+    with TestClient(create_app(Engine(report.path, EngineConfig(provider="cpu")))) as client:
+        r = client.post("/v1/interpolate", json={"class": 2, "seed_a": 7, "seed_b": 9, "steps": 3,
+                                                 "truncation": psi, "format": "npy"})
+        assert r.status_code == 200, r.text
+        path = np.load(io.BytesIO(r.content))
+        for seed, end in ((7, path[0]), (9, path[-1])):
+            r = client.post("/v1/generate", json={"class": 2, "seed": seed, "truncation": psi,
+                                                  "format": "npy"})
+            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(end, np.load(io.BytesIO(r.content))[0])

@@ -109,7 +109,7 @@ class ServingGenerator(nn.Module):
         if psi is None:
             x = self.G(z.to(self.compute_dtype), y).float()
         else:
-            x = self.G(z.to(self.compute_dtype), y, psi.to(self.compute_dtype)).float()
+            x = self.G(z.to(self.compute_dtype), y, psi).float()  # G picks its set in float32
         images = ((x + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).floor().to(torch.uint8)
         return images.permute(0, 2, 3, 1), x
 

@@ -38,6 +38,16 @@ def _check_resolution(cfg: ModelConfig) -> None:
                          f"use one of {', '.join(map(str, BIGGAN_G_WIDTHS))}")
 
 
+# A psi this close to a grid point psi_k = k / (S - 1) is psi_k: the set is picked as the package
+# means it, not as float rounding of psi (S - 1) happens to fall. float32 holds a decimal psi within
+# 3e-8, and psi (S - 1) in float32 adds at most (S - 1) 6e-8, so 1e-5 leaves a 100x margin; a psi
+# within 1e-5 of the grid but meant beside it is where the package's pick depends on rounding too.
+# Rounding t to the grid is exact in float32 and exports to plain ONNX ops (Round, Abs, Where);
+# computing in float64 inside the graph would not help, since the float32 input is already off
+# the grid (0.3f = 0.30000001) before any cast.
+PSI_GRID_TOLERANCE = 1e-5
+
+
 def psi_stat_weights(psi: Tensor, sets: int) -> Tensor:
     """Per-sample weights [N, S] over a table of S batch-norm statistic sets, row k measured at
     psi_k = k / (S - 1), such that `weights @ table` is each sample's statistics for its psi.
@@ -48,11 +58,17 @@ def psi_stat_weights(psi: Tensor, sets: int) -> Tensor:
         stats(psi) = c * stats[i] + (1 - c) * stats[i + 1]   if c != 0,   stats[i] if c == 0.
 
     Note the weights: the fraction c goes to the lower grid point, so the result jumps at every
-    grid point (just above psi_i it is ~stats[i + 1], at psi_i it is stats[i]). psi is clamped to
-    [0, 1] first: psi > 1 (or no truncation) uses the psi = 1 set. psi: [N] -> [N, S].
+    grid point (just above psi_i it is ~stats[i + 1], at psi_i it is stats[i]). Because of that
+    jump, t within `PSI_GRID_TOLERANCE` (S - 1) of an integer is taken as that integer: a psi on
+    the grid picks its own set in float32 and float64 alike (the package's float64 t lands beside
+    the grid at 0.14, 0.28, 0.56, 0.58 and 0.94; float32's at 0.18, 0.3, 0.6 and five more).
+    psi is clamped to [0, 1] first: psi > 1 (or no truncation) uses the psi = 1 set.
+    psi: [N] float32 or float64 -> [N, S] in psi's dtype.
     """
     steps = sets - 1
-    t = psi.clamp(0.0, 1.0) / (1.0 / steps)  # as the package: psi / step_size
+    t = psi.clamp(0.0, 1.0) * steps
+    grid = t.round()
+    t = torch.where((t - grid).abs() <= PSI_GRID_TOLERANCE * steps, grid, t)
     lower = t.floor()
     c = (t - lower)[:, None]
     i = lower.long().clamp(0, steps)
@@ -203,9 +219,11 @@ class Generator(nn.Module):
         if z.shape[1] != self.dim_z:
             raise ValueError(f"G expects z of shape [N, {self.dim_z}], got {list(z.shape)}")
         c = torch.cat([self.class_vector(y), z], dim=1)
-        # Computed once here rather than in each of the 4 * blocks + 1 batch norms.
+        # Computed once here rather than in each of the 4 * blocks + 1 batch norms, in at least
+        # float32 (an fp16 psi is off the grid by up to 2e-4, beyond PSI_GRID_TOLERANCE), then
+        # cast to G's dtype for the mixing.
         w = None if psi is None or not self.psi_stats else psi_stat_weights(
-            psi.to(z.dtype), self.psi_stats)
+            psi.to(torch.promote_types(psi.dtype, torch.float32)), self.psi_stats).to(z.dtype)
         h = self.linear(c).view(z.shape[0], -1, BOTTOM, BOTTOM)
         for i, block in enumerate(self.blocks):
             h = block(h, c, w)

@@ -112,7 +112,8 @@ async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) ->
 @router.post("/v1/interpolate", response_class=Response, responses=_IMAGE_RESPONSES)
 async def interpolate(req: InterpolateRequest, state: ServerState = Depends(server_state)):
     """`steps` images of one class along the slerp from seed_a's latent to seed_b's
-    (`bigan.sampling.interpolate`): the ends are /v1/generate's images of those seeds."""
+    (`bigan.sampling.interpolate`), all at the request's psi (the latents' truncation, and the
+    statistics of a psi-input graph): the ends are /v1/generate's images of those seeds."""
     _check_model_named(state.repository, req.model)
     if req.steps > state.max_images:
         raise BadRequest(f"steps={req.steps} is above this server's limit of {state.max_images} "
@@ -124,7 +125,8 @@ async def interpolate(req: InterpolateRequest, state: ServerState = Depends(serv
                else meta.recommended_truncation)
         ends = await asyncio.to_thread(engine.latents, [req.seed_a, req.seed_b], psi)
         z = sampling.interpolate(ends[0], ends[1], req.steps, "spherical")
-        images = await engine.submit(z, np.full(req.steps, class_id, dtype=np.int64))
+        # psi travels with the latents: a psi-input graph picks its statistics by it.
+        images = await engine.submit(z, np.full(req.steps, class_id, dtype=np.int64), psi)
     headers = {"X-Truncation": "none" if psi is None else repr(psi), "X-Class-Id": str(class_id)}
     if req.format == "png":
         return Response(encode.grid_png(images, req.steps), media_type="image/png",
