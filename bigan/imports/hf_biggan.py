@@ -16,7 +16,9 @@ take like a training run. What the package's layout needs, and how it is carried
 - `weight_orig` / `weight_u` / `weight_v` (the old `nn.utils.spectral_norm`) become the
   parametrization's `original` / `_u` / `_v`: in eval mode both compute W / (u^T W v);
 - the batch-norm statistics, one set per truncation value (`n_stats`), stay as they are
-  (`model.psi_stats`; `psi_stat_weights` follows the package's lookup), eps = config `eps`;
+  (`model.psi_stats`; `psi_stat_weights` follows the package's lookup, except that a psi on
+  the grid always picks its own set, where the package's float64 arithmetic picks a neighbour
+  at psi = 0.14, 0.28, 0.56, 0.58 and 0.94), eps = config `eps`;
 - the output conv has `channel_width` channels, sliced to RGB (`model.out_conv_channels`).
 
 A key missing, unexpected or of the wrong shape raises `ImportFileError` naming the first such key
