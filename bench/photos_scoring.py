@@ -53,47 +53,67 @@ def read_resolution(shards: Path) -> int:
 
 
 def score_run(run: Path, reference: Path, train_shards: Path, clf_path: Path, cache: Path,
-              n_domain: int, n_inception: int) -> dict:
-    """Scores of one run's checkpoints (cached in run/scores.json)."""
+              n_domain: int) -> dict:
+    """Domain scores of every kept checkpoint of one run, its last class grid and nearest-neighbour
+    panel (cached in run/scores.json)."""
     from bigan.checkpoint.store import list_checkpoints
     from bigan.eval.evaluate import class_grid_png, evaluate
-    from bigan.eval.features import ClassifierExtractor, InceptionExtractor, default_inception_weights
+    from bigan.eval.features import ClassifierExtractor
     from bigan.generation import open_sampler
 
     clf = ClassifierExtractor(clf_path)
     cpu = json.loads((run / "cpu_sec.json").read_text())
     scores_file = run / "scores.json"
     scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {"domain": {}}
-    ckpts = list_checkpoints(run / "checkpoints")
+    scores.setdefault("inception", {})
+    ckpts = [c for c in list_checkpoints(run / "checkpoints") if str(_step(c)) in cpu["at_step"]]
     for ckpt in ckpts:
-        step = str(int(ckpt.name.split("-")[1]))
-        done = scores["domain"].get(step, {})
-        if done.get("n") == n_domain or step not in cpu["at_step"]:
+        step = str(_step(ckpt))
+        if scores["domain"].get(step, {}).get("n") == n_domain:
             continue
         m = evaluate(open_sampler(ckpt), reference, [clf], n_domain, baseline=True, cache_dir=cache,
                      log=lambda s: None)["metrics"][clf.name]
-        scores["domain"][step] = {"cpu_sec": cpu["at_step"][step], "n": n_domain,
+        scores["domain"][step] = {"step": int(step), "cpu_sec": cpu["at_step"][step], "n": n_domain,
                                   **{k: m[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")},
                                   "real_vs_real": m["real_vs_real"]}
         _write_json(scores_file, scores)
         print(f"  {run.name} step {step}: domain FD {m['fid']:.3f}  acc {m['class_accuracy']:.3f}", flush=True)
-    last = ckpts[-1]
-    sampler = open_sampler(last)
-    scores["last_step"] = int(last.name.split("-")[1])
-    scores["grid_png"] = str(class_grid_png(sampler, run / "grid.png", per_class=10))
-    scores["nearest"] = nearest_for(sampler, train_shards, clf, run / "nearest.png")
-    weights = default_inception_weights()
-    done = scores.get("inception", {})
-    if n_inception and weights is not None and (done.get("step"), done.get("n")) != (scores["last_step"], n_inception):
-        t0 = time.perf_counter()
-        inc = InceptionExtractor(weights)
-        m = evaluate(sampler, reference, [inc], n_inception, baseline=True, cache_dir=cache,
-                     log=lambda s: None)["metrics"][inc.name]
-        scores["inception"] = {"step": scores["last_step"], "n": n_inception, "seconds": time.perf_counter() - t0,
-                               **{k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")},
-                               "real_vs_real": m["real_vs_real"]}
-    _write_json(scores_file, scores)
+    if scores.get("last_step") != _step(ckpts[-1]) or not Path(scores.get("grid_png", "")).is_file():
+        sampler = open_sampler(ckpts[-1])
+        scores["last_step"] = _step(ckpts[-1])
+        scores["grid_png"] = str(class_grid_png(sampler, run / "grid.png", per_class=10))
+        scores["nearest"] = nearest_for(sampler, train_shards, clf, run / "nearest.png")
+        _write_json(scores_file, scores)
     return scores
+
+
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[1])
+
+
+def inception_at(run: Path, step: int, reference: Path, cache: Path, n: int) -> dict | None:
+    """Inception FID/KID/PR of one checkpoint with the real-vs-real figure (cached in scores.json)."""
+    from bigan.eval.evaluate import evaluate
+    from bigan.eval.features import InceptionExtractor, default_inception_weights
+    from bigan.generation import open_sampler
+
+    scores_file = run / "scores.json"
+    scores = json.loads(scores_file.read_text())
+    done = scores["inception"].get(str(step))
+    weights = default_inception_weights()
+    if not n or weights is None or (done and done["n"] == n):
+        return done
+    t0 = time.perf_counter()
+    inc = InceptionExtractor(weights)
+    ckpt = run / "checkpoints" / f"step-{step:08d}"
+    m = evaluate(open_sampler(ckpt), reference, [inc], n, baseline=True, cache_dir=cache,
+                 log=lambda s: None)["metrics"][inc.name]
+    scores["inception"][str(step)] = {"step": step, "n": n, "seconds": time.perf_counter() - t0,
+                                      **{k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")},
+                                      "real_vs_real": m["real_vs_real"]}
+    _write_json(scores_file, scores)
+    print(f"  {run.name} step {step}: Inception FID {m['fid']:.2f}", flush=True)
+    return scores["inception"][str(step)]
 
 
 def nearest_for(sampler, train_shards: Path, clf, png: Path, n: int = 10) -> dict:
@@ -144,46 +164,73 @@ def curves_png(rows: list[dict], path: Path, dataset: str) -> Path:
     return path
 
 
+def grids_png(rows: list[dict], path: Path, dataset: str) -> Path:
+    """Each run's last class grid (a row per class, 10 seeds) side by side, titled with its
+    variant, CPU hours and domain metrics: the picture the README shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(4.2 * max(1, len(rows)), 4.9), layout="constrained")
+    for i, r in enumerate(rows):
+        ax = fig.add_subplot(1, len(rows), i + 1)
+        ax.imshow(np.asarray(Image.open(r["grid_png"])))
+        last = r["last"]
+        ax.set_title(f"{dataset}, {r['variant']} (seed {r['seed']}), {r['cpu_sec'] / 3600:.2f} CPU h\n"
+                     f"domain FD {last['fid']:.2f}  recall {last['recall']:.2f}  "
+                     f"class acc. {last['class_accuracy']:.2f}", fontsize=8)
+        ax.axis("off")
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
 def score_all(out: Path, dataset: str, n_domain: int = N_DOMAIN, n_inception: int = N_INCEPTION) -> dict:
     from bench.quality_photos import shards_for
 
     shards, test = shards_for(dataset, out)
     reference = test if test is not None else shards  # Imagenette: FID against itself
     clf_path, clf_report = classifier_for(dataset, shards, test, out)
-    rows = []
+    rows, cache = [], out / "feature-cache"
     for run in sorted((out / "runs").glob(f"{dataset}-*-seed*")):
         if not (run / "cpu_sec.json").is_file():
             continue
         variant, seed = run.name[len(dataset) + 1:].rsplit("-seed", 1)
-        s = score_run(run, reference, shards, clf_path, out / "feature-cache", n_domain, n_inception)
+        s = score_run(run, reference, shards, clf_path, cache, n_domain)
         curve = [s["domain"][k] for k in sorted(s["domain"], key=int)]
-        cpu = json.loads((run / "cpu_sec.json").read_text())
-        rows.append({"variant": variant, "seed": int(seed), "run": str(run), "cpu_sec": cpu["total"],
+        rows.append({"variant": variant, "seed": int(seed), "run": str(run), "cpu_sec": curve[-1]["cpu_sec"],
                      "steps": s["last_step"], "last": curve[-1], "best_fid": min(p["fid"] for p in curve),
-                     "inception": s.get("inception"), "nearest": s["nearest"], "grid_png": s["grid_png"],
-                     "curve": curve})
+                     "nearest": s["nearest"], "grid_png": s["grid_png"], "curve": curve})
+    # Equal CPU: every run also at the last checkpoint that all of them reached in CPU time.
+    common = min((r["cpu_sec"] for r in rows), default=0.0)
+    for r in rows:
+        r["at_common"] = [p for p in r["curve"] if p["cpu_sec"] <= common * 1.02][-1]
+        for key, point in (("inception", r["last"]), ("inception_at_common", r["at_common"])):
+            r[key] = inception_at(Path(r["run"]), point["step"], reference, cache, n_inception)
     result = {"dataset": dataset, "reference": str(reference), "classifier": clf_report, "rows": rows,
-              "curves_png": str(curves_png(rows, out / f"photos-{dataset}-curves.png", dataset))}
+              "common_cpu_sec": common,
+              "curves_png": str(curves_png(rows, out / f"photos-{dataset}-curves.png", dataset)),
+              "grids_png": str(grids_png(rows, out / f"photos-{dataset}-grids.png", dataset))}
     _write_json(out / f"photos-{dataset}.json", result)
     print_table(result)
     return result
 
 
-def _mean(xs: list[float]) -> float:
-    return float(np.mean(xs)) if xs else float("nan")
-
-
 def print_table(result: dict) -> None:
+    """Each run at its last checkpoint, then at the CPU time every run reached (equal budget)."""
     c = result["classifier"]
     print(f"\n{result['dataset']}: domain classifier {c.get('test_accuracy', c['val_accuracy']):.3f} on real "
           f"{'test' if 'test_accuracy' in c else 'held-out'} images; reference {result['reference']}")
-    print(f"{'variant':12s} {'seed':>4s} {'CPU h':>6s} {'steps':>6s} {'dom FD':>7s} {'(r-v-r)':>7s} "
+    print(f"{'variant':12s} {'seed':>4s} {'at':>6s} {'CPU h':>6s} {'steps':>6s} {'dom FD':>7s} {'(r-v-r)':>7s} "
           f"{'P':>5s} {'R':>5s} {'acc':>5s} {'Inc FID':>8s} {'(r-v-r)':>7s} {'KID':>7s} {'copies':>6s}")
-    for r in result["rows"]:
-        last, inc = r["last"], r["inception"] or {}
-        print(f"{r['variant']:12s} {r['seed']:4d} {r['cpu_sec'] / 3600:6.2f} {r['steps']:6d} {last['fid']:7.3f} "
-              f"{last['real_vs_real']['fid']:7.3f} {last['precision']:5.3f} {last['recall']:5.3f} "
-              f"{last['class_accuracy']:5.3f} {inc.get('fid', float('nan')):8.2f} "
-              f"{(inc.get('real_vs_real') or {}).get('fid', float('nan')):7.2f} {inc.get('kid', float('nan')):7.4f} "
-              f"{r['nearest']['near_copies']:6d}")
-    print(f"curves {result['curves_png']}")
+    nan = float("nan")
+    for at, point_key, inc_key in (("last", "last", "inception"), ("equal", "at_common", "inception_at_common")):
+        for r in result["rows"]:
+            p, inc = r[point_key], r[inc_key] or {}
+            print(f"{r['variant']:12s} {r['seed']:4d} {at:>6s} {p['cpu_sec'] / 3600:6.2f} {p['step']:6d} "
+                  f"{p['fid']:7.3f} {p['real_vs_real']['fid']:7.3f} {p['precision']:5.3f} {p['recall']:5.3f} "
+                  f"{p['class_accuracy']:5.3f} {inc.get('fid', nan):8.2f} "
+                  f"{(inc.get('real_vs_real') or {}).get('fid', nan):7.2f} {inc.get('kid', nan):7.4f} "
+                  f"{r['nearest']['near_copies'] if at == 'last' else '':>6}")
+    print(f"curves {result['curves_png']}\ngrids {result['grids_png']}")

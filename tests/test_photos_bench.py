@@ -50,6 +50,8 @@ def test_a_run_keeps_its_cpu_budget_across_a_resume_and_is_scored(tmp_path, monk
     (row,) = result["rows"]
     assert (row["variant"], row["seed"], row["steps"]) == ("biggan", 0, second["steps"])
     assert [p["cpu_sec"] for p in row["curve"]] == [at[s] for s in steps]
+    assert row["at_common"] == row["last"] and result["common_cpu_sec"] == row["cpu_sec"]  # one run
     assert row["nearest"]["k"] == 5 and Path(row["nearest"]["png"]).is_file()
     assert Path(row["grid_png"]).is_file() and Path(result["curves_png"]).is_file()
+    assert Path(result["grids_png"]).is_file()
     assert json.loads((out / "photos-tiny.json").read_text())["rows"][0]["last"]["fid"] == row["last"]["fid"]
