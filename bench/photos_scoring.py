@@ -131,36 +131,38 @@ def nearest_for(sampler, train_shards: Path, clf, png: Path, n: int = 10) -> dic
 
 
 def curves_png(rows: list[dict], path: Path, dataset: str) -> Path:
-    """Domain FD (left) and class accuracy (right) over CPU hours, a colour per variant, a line
-    style per seed."""
+    """Domain FD, recall and class accuracy over CPU hours, a colour per variant, a line style
+    per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_fid, ax_acc = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = (("fid", "domain FD", "FD in the domain classifier's features"),
+              ("recall", "recall (k = 3)", "variety: recall in the same features"),
+              ("class_accuracy", "class accuracy", "generated images of the asked class"))
     colours: dict[str, str] = {}
     for r in rows:
         new = r["variant"] not in colours
         c = colours.setdefault(r["variant"], f"C{len(colours)}")
         pts = sorted(r["curve"], key=lambda p: p["cpu_sec"])
         hours = [p["cpu_sec"] / 3600 for p in pts]
-        ls = ("-", "--", ":", "-.")[r["seed"] % 4]
-        label = r["variant"] if new else None
-        ax_fid.plot(hours, [p["fid"] for p in pts], color=c, ls=ls, marker=".", label=label)
-        ax_acc.plot(hours, [p["class_accuracy"] for p in pts], color=c, ls=ls, marker=".", label=label)
-    if rows and rows[0]["curve"]:
-        floor = rows[0]["curve"][-1]["real_vs_real"]["fid"]
-        ax_fid.axhline(floor, color="0.5", ls=":", lw=0.8, label=f"real vs real ({floor:.2f})")
-    ax_fid.set(yscale="log", xlabel="process CPU hours", ylabel=f"domain FD (N={rows[0]['curve'][-1]['n'] if rows else 0})",
-               title=f"{dataset}: FD in the domain classifier's features")
-    ax_acc.set(xlabel="process CPU hours", ylabel="class accuracy (domain classifier)",
-               title=f"{dataset}: generated images of the asked class")
-    for ax in (ax_fid, ax_acc):
+        for ax, (key, _, _) in zip(axes, panels):
+            ax.plot(hours, [p[key] for p in pts], color=c, ls=("-", "--", ":", "-.")[r["seed"] % 4],
+                    marker=".", label=r["variant"] if new else None)
+    if rows:
+        floor = rows[0]["curve"][-1]["real_vs_real"]
+        axes[0].axhline(floor["fid"], color="0.5", ls=":", lw=0.8, label=f"real vs real ({floor['fid']:.2f})")
+        axes[1].axhline(floor["recall"], color="0.5", ls=":", lw=0.8, label=f"real vs real ({floor['recall']:.2f})")
+    n = rows[0]["curve"][-1]["n"] if rows else 0
+    for ax, (key, ylabel, title) in zip(axes, panels):
+        ax.set(xlabel="process CPU hours", ylabel=f"{ylabel} (N={n})", title=f"{dataset}: {title}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.savefig(path, format="png", dpi=110)
+    axes[0].set_yscale("log")
+    fig.savefig(path, format="png", dpi=100)
     return path
 
 
