@@ -10,6 +10,7 @@ Results are cached per checkpoint in the run's `scores.json`, so a re-run scores
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -121,13 +122,22 @@ def nearest_for(sampler, train_shards: Path, clf, png: Path, n: int = 10) -> dic
     from bigan import pictures
     from bigan.eval.evaluate import balanced_classes
     from bigan.eval.nearest import nearest_panel
-    from bigan.eval.real_data import read_shard_images
 
     labels = balanced_classes(n, sampler.num_classes)
     generated = pictures.to_uint8(sampler.images(labels, range(n), None))
-    train, _, _ = read_shard_images(train_shards, 50000, sampler.resolution)
-    report = nearest_panel(generated, clf.extract(generated)[0], train, clf.extract(train)[0], png, k=5)
+    train, train_features = training_images(train_shards, clf.path, sampler.resolution)
+    report = nearest_panel(generated, clf.extract(generated)[0], train, train_features, png, k=5)
     return report.to_dict()
+
+
+@functools.lru_cache(maxsize=2)
+def training_images(train_shards: Path, clf_path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to 50,000 training images and their classifier features, read once for every run."""
+    from bigan.eval.features import ClassifierExtractor
+    from bigan.eval.real_data import read_shard_images
+
+    train, _, _ = read_shard_images(train_shards, 50000, resolution)
+    return train, ClassifierExtractor(clf_path).extract(train)[0]
 
 
 def curves_png(rows: list[dict], path: Path, dataset: str) -> Path:

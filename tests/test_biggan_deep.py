@@ -100,6 +100,16 @@ def test_psi_statistics_follow_the_pretrained_biggan_lookup():
 HUNDREDTHS = range(101)
 
 
+
+def _randomise_psi_stats(G) -> None:
+    """Distinct batch-norm statistics per psi set, so picking the wrong set shows."""
+    with torch.no_grad():
+        for name, buf in G.named_buffers():
+            if name.endswith("running_means"):
+                buf.normal_()
+            elif name.endswith("running_vars"):
+                buf.uniform_(0.5, 2.0)
+
 def _exact_weights(sets: int) -> torch.Tensor:
     """psi_stat_weights [101, S] at psi = k / 100, from exact rational t = k (S - 1) / 100: a psi on
     the grid (c = 0) gets its own set alone. Not math.modf on floats: the package's own float64
@@ -136,12 +146,7 @@ psi of the test above, by up to 1.9 in pixel value."""
     from bigan.export.onnx import ServingGenerator, _to_onnx
 
     G, _ = _build(psi_stats=51, spectral_norm=False)
-    with torch.no_grad():
-        for name, buf in G.named_buffers():
-            if name.endswith("running_means"):
-                buf.normal_()
-            elif name.endswith("running_vars"):
-                buf.uniform_(0.5, 2.0)
+    _randomise_psi_stats(G)
     serving = ServingGenerator(G.eval())
     n = len(HUNDREDTHS)
     z = torch.randn(1, 16, generator=torch.Generator().manual_seed(1)).expand(n, 16).contiguous()
@@ -164,12 +169,7 @@ psi of the test above, by up to 1.9 in pixel value."""
 
 def test_psi_picks_each_samples_statistics_and_none_means_one():
     G, _ = _build(psi_stats=11)
-    with torch.no_grad():
-        for name, buf in G.named_buffers():
-            if name.endswith("running_means"):
-                buf.normal_()
-            elif name.endswith("running_vars"):
-                buf.uniform_(0.5, 2.0)
+    _randomise_psi_stats(G)
     G.eval()
     gen = torch.Generator().manual_seed(0)
     z, y = torch.randn(3, 16, generator=gen), torch.tensor([0, 1, 2])

@@ -38,13 +38,18 @@ _IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "application/octet-stream
 router = APIRouter(tags=["v1"])
 
 
-class GenerateRequest(BaseModel):
+class ModelClassRequest(BaseModel):
+    """What every /v1 image request names: the model (and version) and the class."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
     model: str | None = Field(None, description="model name from /v1/models (default: the only "
                                                 "one)")
     version: str | None = Field(None, description="model version (default: its highest)")
     class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
+
+
+class GenerateRequest(ModelClassRequest):
     n: int = Field(1, ge=1, description="number of images; image i uses seed + i")
     truncation: float | None = Field(
         None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
@@ -55,13 +60,7 @@ class GenerateRequest(BaseModel):
     columns: int | None = Field(None, ge=1, description="grid width for png (default ~square)")
 
 
-class InterpolateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
-
-    model: str | None = Field(None, description="model name from /v1/models (default: the only "
-                                                "one)")
-    version: str | None = Field(None, description="model version (default: its highest)")
-    class_: int | str = Field(alias="class", description="class id, or class name from /v1/models")
+class InterpolateRequest(ModelClassRequest):
     seed_a: int = Field(ge=0, le=MAX_SEED, description="seed of the first image")
     seed_b: int = Field(ge=0, le=MAX_SEED, description="seed of the last image")
     steps: int = Field(8, ge=2, description="images from seed_a's to seed_b's, both included")
