@@ -20,6 +20,8 @@ Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in
   (translation) with R3GAN's objective (relativistic pairing, R1 + R2 at gamma 1), 1 D step.
 - `projected`: the projected discriminator (bigan/models/projected.py) at 64 px input, with
   Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step.
+- `progan`: Progressive GAN 4 -> 128 px (`--dataset imagenette128`), the paper's recipe at CPU
+  widths (PROGAN below); a grid at every `train.sample_every` and a checkpoint per phase.
 
 Scoring (`--score`): per kept checkpoint, FD / precision / recall / class accuracy in the feature
 space of a domain classifier trained on the data (`bigan eval train-classifier`; it shares
@@ -47,6 +49,7 @@ SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {  # name -> (source folder, test folder or None, resolution)
     "cifar10": (SHARED / "cifar10-jpg" / "train", SHARED / "cifar10-jpg" / "test", 32),
     "imagenette": (SHARED / "imagenette-224" / "val", None, 64),
+    "imagenette128": (SHARED / "imagenette-224" / "val", None, 128),  # the ProGAN run
 }
 # The same G everywhere: BigGAN at the data's resolution, ch 16 (64 channels per block, a quarter
 # of BigGAN-PyTorch's CIFAR width, for one CPU core), no shared embedding and no hierarchical z
@@ -65,6 +68,23 @@ VARIANTS = {
     "projected": ["model.d_arch=projected", "model.projected_res=64", "loss.kind=hinge", "optim.d_steps=1",
                   "augment.kind=diffaugment", "augment.policy=color,translation,cutout"],
 }
+# ProGAN 4 -> 128 px (its own G and D, not the BigGAN above): the paper's loss (WGAN-GP + drift),
+# Adam (0, 0.99) at 1e-3, equalized lr, pixel norm, minibatch std-dev; widths nf = min(128,
+# 1024 / 2^stage): 128 up to 16 px, then 64, 32, 16 at 128 px, for one core. Phases of
+# PROGAN_PHASE_KIMG thousand real images each (fade and stabilisation); the 128 px phase runs
+# until the budget ends. Batch 32 below 64 px, 16 above (the paper lowers it with resolution too).
+PROGAN_PHASE_KIMG = float(os.environ.get("PROGAN_PHASE_KIMG", 10))
+PROGAN = ["model.arch=progan", "model.start_resolution=4", "model.dim_z=128", "model.shared_dim=16",
+          "model.fmap_base=1024", "model.fmap_max=128", "model.mbstd_group_size=4",
+          "model.spectral_norm=false", "model.attention=[]", "loss.kind=wasserstein", "loss.penalty=wgan-gp",
+          "loss.penalty_weight=10.0", "loss.drift_weight=0.001", "optim.g_lr=1e-3", "optim.d_lr=1e-3",
+          "optim.betas=[0.0,0.99]", "optim.eps=1e-8", "optim.d_steps=1", "ema.decay=0.998",
+          "ema.start_step=100", f"progressive.fade_nimg={int(PROGAN_PHASE_KIMG * 1000)}",
+          f"progressive.stab_nimg={int(PROGAN_PHASE_KIMG * 1000)}",
+          "progressive.batch_size={4: 32, 8: 32, 16: 32, 32: 32, 64: 16, 128: 16}",
+          "progressive.reset_optimizer=true", "train.batch_size=16", "data.flip=true", "data.num_workers=0",
+          "train.steps=1000000", "train.log_every=50", "train.sample_every=250", "train.keep_ckpts=0"]
+VARIANTS["progan"] = PROGAN
 
 
 class CpuBudget(TrainHooks):
@@ -113,14 +133,32 @@ def train_run(out: Path, dataset: str, variant: str, seed: int, budget_sec: floa
     rd = run_dir(out, dataset, variant, seed)
     res = DATASETS[dataset][2]
     classes = len(json.loads((shards / "dataset.json").read_text())["class_names"])
+    base = [] if variant == "progan" else COMMON
     cfg = load_config(ROOT / "configs" / "demo.yaml",
-                      [*COMMON, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
+                      [*base, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
                        f"data.path={shards}",
                        f"train.seed={seed}", f"train.out_dir={rd}", f"train.ckpt_every={ckpt_every}"])
     hooks = CpuBudget(rd, budget_sec)
     result = train(cfg, hooks, resume="auto")
     return {"run": str(rd), "steps": result.step, "kimg": result.cur_nimg / 1000,
             "cpu_sec": hooks.spent(), "budget_sec": budget_sec}
+
+
+def score_progan(out: Path, seed: int, n_domain: int, n_inception: int) -> dict:
+    """The ProGAN run phase by phase (bench/photos_progan.py). Imagenette has 3,925 images, so N
+    is at most 1,900: the real-vs-real figure needs 2N of them. The domain classifier is the
+    64 px Imagenette one (128 px samples are downsampled to it; lower phases upsampled)."""
+    from bench.photos_progan import print_phases, score_phases
+    from bench.photos_scoring import classifier_for
+
+    shards, _ = shards_for("imagenette", out)
+    clf_path, clf_report = classifier_for("imagenette", shards, None, out)
+    print(f"domain classifier: {clf_report['val_accuracy']:.3f} on held-out real images")
+    scores = score_phases(run_dir(out, "imagenette128", "progan", seed), "imagenette128",
+                          DATASETS["imagenette128"][0], out,
+                          clf_path, n_domain, n_inception)
+    print_phases(scores)
+    return scores
 
 
 def main() -> int:
@@ -138,6 +176,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     out = Path(args.out)
+    if args.score and args.dataset == "imagenette128":
+        score_progan(out, args.seed, min(args.n_domain, 1900), min(args.n_inception, 1900))
+        return 0
     if args.score:
         from bench.photos_scoring import score_all
 

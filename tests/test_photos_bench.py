@@ -55,3 +55,43 @@ def test_a_run_keeps_its_cpu_budget_across_a_resume_and_is_scored(tmp_path, monk
     assert Path(row["grid_png"]).is_file() and Path(result["curves_png"]).is_file()
     assert Path(result["grids_png"]).is_file()
     assert json.loads((out / "photos-tiny.json").read_text())["rows"][0]["last"]["fid"] == row["last"]["fid"]
+
+
+@pytest.mark.slow
+def test_a_progan_run_is_scored_phase_by_phase_against_reals_at_each_phase_side(tmp_path, monkeypatch):
+    src = _photo_folder(tmp_path / "src")
+    monkeypatch.setitem(quality_photos.DATASETS, "tiny", (src, None, 16))
+    monkeypatch.setitem(photos_scoring.CLASSIFIER, "tiny", dict(epochs=1, width=4, max_images=None, flip=False))
+    # The bench's ProGAN recipe, cut to phases of 16 images at widths 8, batch 8: 4 -> 8 -> 16 px.
+    monkeypatch.setitem(quality_photos.VARIANTS, "progan", [
+        *quality_photos.PROGAN, "model.fmap_base=32", "model.fmap_max=8", "progressive.fade_nimg=16",
+        "progressive.stab_nimg=16", "progressive.batch_size={4: 8, 8: 8, 16: 8}", "train.batch_size=8"])
+    out = tmp_path / "out"
+    # 5 phases of 2 steps each (4 stable, 8 fade, 8 stable, 16 fade, 16 stable): stop after 12 steps.
+    monkeypatch.setattr(quality_photos.CpuBudget, "should_stop", lambda self, step: step >= 12)
+    row = quality_photos.train_run(out, "tiny", "progan", 0, budget_sec=1e9, ckpt_every=1)
+    run = Path(row["run"])
+    shards, _ = quality_photos.shards_for("tiny", out)
+    clf_path, _ = photos_scoring.classifier_for("tiny", shards, None, out)
+
+    from bench import photos_progan
+
+    scores = photos_progan.score_phases(run, "tiny", src, out, clf_path, n_domain=16, n_inception=0)
+    phases = scores["phases"]
+    assert sorted(phases, key=int) == ["4", "8", "16"]
+    cpu = json.loads((run / "cpu_sec.json").read_text())["at_step"]
+    for side, p in phases.items():
+        # The last fully faded-in checkpoint of the phase, scored against reals packed at its side.
+        ref = json.loads((out / "data" / f"tiny-phase-{side}" / "dataset.json").read_text())
+        assert ref["resolution"] == int(side) and p["n"] == 16 and p["cpu_sec"] == cpu[str(p["step"])]
+    # Each phase's row is its last checkpoint at that side with the block faded in: the next
+    # checkpoint is already fading in the next side.
+    from bigan.generation import open_sampler
+
+    assert phases["16"]["step"] == 12
+    for side, nxt in (("4", 8), ("8", 16)):
+        G = open_sampler(run / "checkpoints" / f"step-{phases[side]['step'] + 1:08d}").G
+        assert (G.current_resolution, G.alpha < 1.0) == (nxt, True)
+    png = Image.open(scores["phase_grids_png"])
+    side = photos_progan.DISPLAY_SIDE
+    assert png.size == (3 * photos_progan.PHASE_GRID_PER_CLASS * side + 2 * 8, 2 * side + 16)
