@@ -138,3 +138,15 @@ def test_standing_stats_restore_eval_mode_and_refuse_zero_batches():
     assert not torch.equal(G.bn_hidden.running_mean, before)
     with pytest.raises(ValueError, match="n_batches"):
         ema.standing_stats(G, lambda: None, 0)
+
+
+def test_ramped_decay_caps_the_half_life_by_the_age_of_the_average():
+    # Half-life of decay 0.998 at batch 32: 32 * ln 0.5 / ln 0.998 = 11,075 images.
+    assert ema.ramped_decay(0.998, 32, age_nimg=10**9, rampup=0.05) == 0.998  # old enough: unchanged
+    assert ema.ramped_decay(0.998, 32, age_nimg=1000, rampup=0.0) == 0.998  # off
+    young = ema.ramped_decay(0.998, 32, age_nimg=6400, rampup=0.05)  # cap 320 images = 10 steps
+    assert young == pytest.approx(0.5 ** (1 / 10))
+    assert ema.ramped_decay(0.9, 32, age_nimg=0, rampup=0.05) == pytest.approx(0.5 ** (32 / 1.6))  # age >= batch
+    assert ema.ramped_decay(0.0, 32, age_nimg=10, rampup=0.05) == 0.0  # BigGAN's warm-up copy stays a copy
+    ages = [ema.ramped_decay(0.998, 32, age_nimg=a, rampup=0.05) for a in (640, 6400, 64000, 640000)]
+    assert ages == sorted(ages) and ages[-1] == 0.998

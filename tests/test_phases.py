@@ -175,3 +175,26 @@ def test_dotted_override_of_one_resolution():
     cfg = load_config(CONFIGS / "progan_1024.yaml", ["progressive.batch_size.1024=4"])
     assert cfg.progressive.batch_size[1024] == 4 and cfg.progressive.batch_size[512] == 6
     assert all(isinstance(k, int) for k in cfg.progressive.batch_size)
+
+
+def test_the_ema_age_restarts_when_a_new_block_fades_in():
+    """ema.rampup counts images since the newest block's layers began: the fade-in's start, kept
+    through the stabilisation after it; a fixed-resolution run counts from the start."""
+    import torch
+
+    from bigan.train.curriculum import Fixed, Progressive
+
+    cfg = cfg_with()
+    stab, fade = cfg.progressive.stab_nimg, cfg.progressive.fade_nimg
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    course = Progressive(cfg, [], opt, opt, 0)
+
+    def age(nimg: int) -> int:
+        course.begin_step(0, nimg)
+        return course.ema_age_nimg(nimg)
+
+    assert age(stab - 1) == stab - 1  # first phase: since the start
+    assert age(stab + 5) == 5  # fading in the first new block
+    assert age(stab + fade + 7) == fade + 7  # stabilising it: still since its fade-in began
+    assert age(2 * stab + fade + 3) == 3  # the next block's fade-in
+    assert Fixed(cfg, opt, opt).ema_age_nimg(12345) == 12345

@@ -95,11 +95,15 @@ class EMAConfig:
     decay: float = 0.9999  # weight of the old average per G step (BigGAN: 0.9999)
     start_step: int = 0  # before this G step the EMA copy just follows G (BigGAN: 20000)
     standing_stats_batches: int = 0  # >0: recompute EMA batch-norm stats before sampling
+    # StyleGAN2-ADA's ema_rampup: the half-life is at most rampup x the images since the average
+    # began (ProGAN: since the newest block's fade-in began); 0 = off. StyleGAN2-ADA: 0.05.
+    rampup: float = 0.0
 
     def validate(self, prefix: str = "ema") -> None:
         _require(0 <= self.decay < 1, f"{prefix}.decay", self.decay, "must be in [0, 1)")
         _positive(f"{prefix}.start_step", self.start_step, zero_ok=True)
         _positive(f"{prefix}.standing_stats_batches", self.standing_stats_batches, zero_ok=True)
+        _require(0 <= self.rampup <= 1, f"{prefix}.rampup", self.rampup, "must be in [0, 1] (0 = off)")
 
 
 @dataclass

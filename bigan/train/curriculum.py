@@ -63,6 +63,10 @@ class Fixed:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def ema_age_nimg(self, cur_nimg: int) -> int:
+        """Images since G's newest weights began (`ema.rampup` caps the half-life by it)."""
+        return cur_nimg
+
 
 class Progressive(Fixed):
     """ProGAN: resolution, alpha, batch and lrs follow cur_nimg (`phases.py`)."""
@@ -104,6 +108,16 @@ class Progressive(Fixed):
 
     def metrics(self) -> dict[str, float]:
         return {"progress/resolution": float(self.ph.resolution), "progress/alpha": self.ph.alpha}
+
+    def ema_age_nimg(self, cur_nimg: int) -> int:
+        """Images since the newest block's fade-in began (its layers were at their
+        initialization before): the start of this phase when fading, of the fade before it
+        when stabilising, 0 in the first phase."""
+        ph = self.ph.phase
+        if ph.index == 0:
+            return cur_nimg
+        began = ph.start_nimg if ph.fading else ph.start_nimg - self.cfg.progressive.fade_nimg
+        return cur_nimg - began
 
 
 def curriculum(cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
