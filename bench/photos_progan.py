@@ -7,7 +7,7 @@ phase), so an 8 px phase is judged as an 8 px model and not as a blurred 128 px 
   classifier and the generated and real images meet at the classifier's input side);
 - recall per phase is the within-class variety check: a G whose samples of a class look alike
   covers little of the real distribution and its recall falls;
-- Inception FID/KID (N images, real-vs-real beside it) at the last two resolutions;
+- Inception FID/KID (N images, real-vs-real beside it) at the last resolution;
 - a class grid per phase, drawn side by side at one display size (nearest-neighbour upscaling, so
   a 4 px phase shows its 4 px), as one PNG.
 Scores are cached in the run's `scores.json` like the other variants'.
@@ -56,7 +56,7 @@ def reference_at(name: str, src: Path, out: Path, side: int) -> Path:
 
 
 def score_phases(run: Path, name: str, src: Path, out: Path, clf_path: Path, n_domain: int, n_inception: int) -> dict:
-    """Domain scores of every phase's last checkpoint, Inception at the last two phases."""
+    """Domain scores of every phase's last checkpoint, Inception at the last one."""
     from bigan.eval.evaluate import evaluate
     from bigan.eval.features import ClassifierExtractor, InceptionExtractor, default_inception_weights
     from bigan.generation import open_sampler
@@ -68,7 +68,7 @@ def score_phases(run: Path, name: str, src: Path, out: Path, clf_path: Path, n_d
     clf, cache = ClassifierExtractor(clf_path), out / "feature-cache"
     ckpts = phase_checkpoints(run, cpu)
     weights = default_inception_weights()
-    inception_sides = list(ckpts)[-2:] if n_inception and weights is not None else []
+    inception_sides = list(ckpts)[-1:] if n_inception and weights is not None else []
     for side, ckpt in ckpts.items():
         step, row = _step(ckpt), phases.get(str(side), {})
         if row.get("step") != step or row.get("n") != n_domain:

@@ -16,6 +16,9 @@ to the machine's cores (an upper bound for what any iteration on this machine re
 
     python bench/train_step.py [--quick] [--cases biggan-32] [--rounds 3] [--speed memory_format=channels_last]
                                [--out bench/results]
+
+`--against biggan-pytorch` times bigan's default path against BigGAN-PyTorch's own code instead
+(`bench/train_vs_reference.py`, which takes the remaining options).
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class Runner:
         batches = [random_batch(m, self.batch, DEVICE, self.gen) for _ in range(k + 1)]
         gan_iteration(self.G, self.D, self.opt_G, self.opt_D,
                       [self.fast.batch(b) for b in batches[:-1]], batches[-1], self.cfg.loss,
-                      StepState(), self.runtime)
+                      StepState(), self.runtime, d_call=self.fast.d_call)
 
     def time(self, iters: int) -> tuple[float, float]:
         """(wall seconds, this process's CPU seconds) per iteration."""
@@ -149,11 +152,13 @@ class Runner:
 
 
 def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int,
-               speed: SpeedConfig) -> dict:
+               speed: SpeedConfig, baseline: SpeedConfig | None = None) -> dict:
     path, overrides = CASES[name]
     cfg = load_config(path, overrides + [f"train.batch_size={batch}"])
     fast = FastPath.resolve(speed, DEVICE)  # bigan's default on this device unless --speed says
-    paths = {"plain": Runner(cfg, PLAIN, precision, batch), "bigan": Runner(cfg, fast, precision, batch)}
+    # "plain" is PLAIN unless --baseline-speed makes it another bigan path (one switch's A/B)
+    base = PLAIN if baseline is None else FastPath.resolve(baseline, DEVICE)
+    paths = {"plain": Runner(cfg, base, precision, batch), "bigan": Runner(cfg, fast, precision, batch)}
     for r in paths.values():
         r.one()  # warm-up: allocator, lazy init, oneDNN/cuDNN algorithm choice
     flops = {}
@@ -175,7 +180,7 @@ def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int,
     bigan_sec = statistics.median(r["bigan_sec"] for r in per_round)
     return {"case": name, "precision": precision, "batch": batch, "d_steps": cfg.optim.d_steps,
             "loss": cfg.loss.kind, "attention": cfg.model.attention,
-            "bigan_path": asdict(fast),
+            "bigan_path": asdict(fast), "plain_path": asdict(base),
             "params_G": sum(p.numel() for p in paths["plain"].G.parameters()),
             "params_D": sum(p.numel() for p in paths["plain"].D.parameters()),
             "iters_per_round": iters, "rounds": per_round,
@@ -188,8 +193,14 @@ def bench_case(name: str, precision: str, batch: int, iters: int, rounds: int,
             "bigan_gflop_per_sec": flops["bigan"] / bigan_sec / 1e9}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> dict | None:
+    against = argparse.ArgumentParser(add_help=False)
+    against.add_argument("--against", choices=["biggan-pytorch"])
+    known, rest = against.parse_known_args(argv)
+    if known.against:  # the reference's own code: its own bench, which takes the other options
+        import train_vs_reference  # beside this file (bench/ is on sys.path as the script's folder)
+        return train_vs_reference.main(rest)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[against])
     parser.add_argument("--quick", action="store_true", help="small batches, 1 iteration per round")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     parser.add_argument("--precisions", default="auto",
@@ -200,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed", action="append", default=[], metavar="FIELD=VALUE",
                         help="a `speed:` setting for the bigan path instead of its auto value, e.g. "
                              "memory_format=channels_last (repeatable)")
+    parser.add_argument("--baseline-speed", action="append", default=None, metavar="FIELD=VALUE",
+                        help="time against bigan's path with this `speed:` setting instead of the "
+                             "plain path, e.g. d_call=separate (repeatable)")
     parser.add_argument("--out", default="bench/results", help="directory for the JSON")
     parser.add_argument("--name", default="train_step.json", help="JSON file name")
     args = parser.parse_args(argv)
@@ -210,8 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     try:  # the config's own override parser: unknown fields and bad values named as in a config
         speed = load_config(None, [f"speed.{kv}" for kv in args.speed]).speed
+        baseline = None if args.baseline_speed is None else \
+            load_config(None, [f"speed.{kv}" for kv in args.baseline_speed]).speed
     except ConfigError as e:
-        parser.error(f"--speed: {e}")
+        parser.error(f"--speed/--baseline-speed: {e}")
     precisions = (["fp32", "bf16"] if has_fast_bf16() else ["fp32"]) if args.precisions == "auto" \
         else [p.strip() for p in args.precisions.split(",")]
     peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in cases:
         batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)[name]
         for precision in precisions:
-            r = bench_case(name, precision, batch, iters, max(1, args.rounds), speed)
+            r = bench_case(name, precision, batch, iters, max(1, args.rounds), speed, baseline)
             r["peak_gflop_per_sec"] = peaks[precision]["gflop_per_sec"]
             r["bigan_fraction_of_peak"] = r["bigan_gflop_per_sec"] / r["peak_gflop_per_sec"]
             rows.append(r)

@@ -26,6 +26,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
+    if args.finetune_from:  # the source's model settings, the config's classes (bigan/train/finetune.py)
+        from bigan.train.finetune import for_source
+
+        cfg = for_source(cfg, args.finetune_from)
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0
@@ -71,54 +75,20 @@ def _parse_classes(text: str, names: list[str]) -> list[int]:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from bigan.generation import load_ema_generator, save_samples_png
+    from bigan.generation import open_sampler, save_samples_png
+    from bigan.onnx_metadata import parse_truncation
 
-    if args.truncation is not None and args.truncation <= 0:
-        raise ConfigError(f"--truncation={args.truncation} must be > 0 (omit it for no truncation)")
+    psi = None if args.truncation is None else parse_truncation(args.truncation, "--truncation")
     if args.n < 1:
         raise ConfigError(f"--n={args.n} must be >= 1")
-    G, class_names, path = load_ema_generator(args.checkpoint)
+    sampler = open_sampler(args.checkpoint, points=True)
+    if args.truncation is None:  # the model's own default, as the server's
+        psi = sampler.default_truncation
+    class_names = sampler.class_names
     classes = _parse_classes(args.classes, class_names) if args.classes else list(range(min(10, len(class_names))))
-    out = save_samples_png(G, args.out, classes, args.n, args.seed, args.truncation)
-    print(f"{len(classes)} classes x {args.n} samples from {path} -> {out}")
-    return 0
-
-
-def _import(args: argparse.Namespace) -> int:
-    """`bigan import FORMAT SRC --out DIR`: released weights as a checkpoint (bigan/imports/)."""
-    if args.format == "hf-biggan":
-        if args.bn_eps is not None or args.class_names:
-            raise ConfigError("--bn-eps and --class-names apply to format biggan-pytorch only; "
-                              "a hf-biggan directory's config.json carries its settings")
-        from bigan.imports import hf_biggan
-
-        result = hf_biggan.convert(args.src, args.out)
-        print(f"imported hf-biggan {args.src} -> {args.out}")
-        if result is not None:
-            print(f"  {result}")
-    else:
-        from pathlib import Path
-
-        from bigan.imports import biggan_pytorch
-
-        if args.bn_eps is not None and not args.bn_eps > 0:
-            raise ConfigError(f"--bn-eps={args.bn_eps} must be > 0")
-
-        names = None
-        if args.class_names:
-            path = Path(args.class_names)
-            if not path.is_file():
-                raise FileNotFoundError(f"--class-names {str(path)!r} does not exist")
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip()]
-        report = biggan_pytorch.convert(args.src, args.out, bn_eps=1e-5 if args.bn_eps is None else args.bn_eps,
-                                        class_names=names)
-        m = report.model
-        print(f"imported biggan-pytorch {report.source} -> {report.checkpoint}")
-        print(f"  model       biggan {m.resolution}px, ch {m.ch}, {m.num_classes} classes, "
-              f"dim_z {m.dim_z}, shared_dim {m.shared_dim}, attention {m.attention}, "
-              f"{report.parameters:,} parameters")
-    print(f"  next        bigan export {args.out} --out model.onnx && bigan serve model.onnx")
+    out = save_samples_png(sampler, args.out, classes, args.n, args.seed, psi)
+    print(f"{len(classes)} classes x {args.n} samples from {sampler.path} "
+          f"(truncation {'none' if psi is None else psi}) -> {out}")
     return 0
 
 
@@ -134,6 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ray and args.grpc_port is not None:
         raise ConfigError("--grpc-port is served by `bigan serve` itself, not by Ray Serve "
                           "replicas; drop --ray or --grpc-port")
+    if not args.ray and (args.min_replicas is not None or args.max_replicas is not None):
+        raise ConfigError("--min-replicas and --max-replicas autoscale Ray Serve replicas; add "
+                          "--ray (or use --workers for a fixed number of processes)")
     try:
         if args.ray:
             from serving.ray_serve import serve_forever as run
@@ -152,18 +125,21 @@ def _serve(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", imported lazily so `--help` needs no torch."""
     from bigan.data.sources import DataError
+    from bigan.onnx_metadata import TruncationError
     from bigan.ort_session import ModelFileError
 
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, DataError]
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, DataError,
+                                         TruncationError]
     try:
         from bigan.checkpoint.store import CheckpointError
         from bigan.export.onnx import ExportError
         from bigan.imports.common import ImportFileError
+        from bigan.train.run_lock import RunLockError
         from bigan.train.trainer import TrainingDiverged
     except ImportError:
         return tuple(errors)
     return (*errors, ModelFileError, CheckpointError, TrainingDiverged, ExportError,
-            ImportFileError)
+            ImportFileError, RunLockError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,46 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.ch=64 train.steps=500")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
-    p.add_argument("--resume", help="'auto' (newest valid checkpoint in the run directory, "
-                                    "else start fresh), a checkpoint directory, or a checkpoint "
-                                    "URL (s3://..., fetched first)")
+    p.add_argument("--resume", help="'auto' (newest valid checkpoint in the run directory; "
+                                    "step 0 when it has none; refused when it has some but all "
+                                    "are damaged), 'auto-or-fresh' (the same, but then start from "
+                                    "step 0, overwriting them), a checkpoint directory, or a "
+                                    "checkpoint URL (s3://..., fetched first)")
+    p.add_argument("--finetune-from", metavar="SOURCE",
+                   help="start a fresh run from SOURCE's weights (checkpoint or run directory, "
+                        "or a .safetensors from `bigan checkpoint consolidate`; an imported "
+                        "generator's run directory), with its model settings and this config's "
+                        "classes: classes of the same name keep their rows (finetune.* options)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("sample", help="draw a per-class grid PNG from a checkpoint's EMA generator",
+    p = sub.add_parser("sample", help="draw a per-class grid PNG from a checkpoint's EMA generator "
+                                      "or an exported .onnx file",
                        description="Row per class, column j uses seed SEED+j; the same inputs "
-                                   "always give the same images (and the server gives them too).")
+                                   "always give the same images (and the server gives them too: "
+                                   "byte for byte from the same .onnx file).")
     p.add_argument("checkpoint", help="checkpoint directory, a run/checkpoints directory (uses latest), "
-                                      "or a consolidated .safetensors weights file")
+                                      "a consolidated .safetensors weights file or an exported .onnx")
     p.add_argument("--classes", default="", help="comma-separated class ids or names (default: first 10)")
     p.add_argument("--n", type=int, default=8, help="samples per class (default 8)")
-    p.add_argument("--truncation", type=float, default=None,
-                   help="truncation psi > 0: latents resampled into [-psi, psi] (default: none)")
+    p.add_argument("--truncation", default=None, metavar="PSI",
+                   help="truncation psi in [0.01, 4] (latents drawn by the model's z sampling: "
+                        "resampled into [-psi, psi], or psi * truncnorm(-2, 2) for imported "
+                        "TF-Hub weights), or none (default: the model's recommended psi, per "
+                        "class where it has one, as the server's; none for a checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first column (default 0)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=_sample)
-
-    from bigan.imports import FORMATS
-
-    p = sub.add_parser("import", help="turn released generator weights into a bigan checkpoint",
-                       description="Read released weights without running any code from them "
-                                   "(weights_only / safetensors) and write OUT/checkpoints/"
-                                   "step-00000000 with the generator as the EMA weights and its "
-                                   "config, for `bigan sample/export/eval OUT`. biggan-pytorch: "
-                                   "BigGAN-PyTorch's G_ema.pth (or G.pth, or their weights "
-                                   "directory), as model.arch=biggan; hf-biggan: a huggingface "
-                                   "pytorch-pretrained-BigGAN directory (pytorch_model.bin + "
-                                   "config.json), as model.arch=biggan-deep.")
-    p.add_argument("format", choices=FORMATS, help="the layout of SRC")
-    p.add_argument("src", help="weights file or directory")
-    p.add_argument("--out", required=True, help="new run directory to write (must not exist or "
-                                                "be empty)")
-    p.add_argument("--bn-eps", type=float, default=None,
-                   help="biggan-pytorch: the BN_eps it was trained with (not stored in the "
-                        "weights; default 1e-5, as in all its launch scripts)")
-    p.add_argument("--class-names", default=None,
-                   help="biggan-pytorch: text file with one class name per line (default: ids)")
-    p.set_defaults(func=_import)
 
     p = sub.add_parser("serve", help="serve an exported ONNX generator over HTTP (no torch needed)",
                        description="Serve MODEL (.onnx, or a repository of models) with onnxruntime: "
@@ -233,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bigan.data.commands import add_data_commands
     from bigan.eval.commands import add_eval_commands
     from bigan.export.commands import add_export_command
+    from bigan.imports.commands import add_import_command
     from bigan.checkpoint.commands import add_checkpoint_commands
+    from bigan.train.plan import add_plan_command
     from launch.commands import add_launch_command  # launch/ ships beside bigan/
 
     add_data_commands(sub)
@@ -241,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)
     add_launch_command(sub)
     add_checkpoint_commands(sub)
+    add_import_command(sub)
+    add_plan_command(sub)
     return parser
 
 
@@ -248,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args lets overrides come after options too (`train C --out D model.ch=8`).
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "launch")]
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "launch", "plan")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -7,8 +7,11 @@ already in memory (the trainer's EMA copy). Every sampler follows one contract, 
 `bigan sample` and the server: the image for (class c, seed s, psi) uses
 `sampling.latents([s], dim_z, psi)[0]`, i.e. its own seeded NumPy generator, and G in eval mode,
 so it is the same whatever batch it is computed in, and a checkpoint and its export give the same
-images (within the export's parity tolerance). In a class grid the image in column j uses seed
-`seed + j` (the same latent down each column, one class per row).
+images (within the export's parity tolerance). `sampling.latents` draws by the model's
+`z_sampling` (bigan's "resample", or "tfhub-scaled" for imported TF-Hub weights: the manifest's
+`z_sampling`, the ONNX metadata's). psi may be a `PerClassTruncation` (the default of a model
+with one psi per class): each row is then drawn at its class's psi. In a class grid the image in
+column j uses seed `seed + j` (the same latent down each column, one class per row).
 
 Importing this module loads neither torch nor onnxruntime: each sampler imports what it runs on.
 """
@@ -21,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from bigan import pictures, sampling
+from bigan.onnx_metadata import (DEFAULT_TRUNCATION, DEFAULT_Z_SAMPLING, Z_SAMPLINGS,
+                                 PerClassTruncation)
 from bigan.ort_session import ModelFileError, open_model, psi_column, run_inputs
 
 if TYPE_CHECKING:
@@ -38,10 +43,17 @@ class ImageSampler:
     class_names: list[str]
     dim_z: int
     resolution: int | None  # None for a 2-D point generator
+    z_sampling: str = DEFAULT_Z_SAMPLING  # how z is drawn from a seed (`sampling.latents`)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def default_truncation(self) -> float | None:
+        """The psi of a command that names none: the model's recommended psi, the server's
+        default too (`ModelMetadata.default_truncation`); a checkpoint recommends none."""
+        return DEFAULT_TRUNCATION
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -50,7 +62,12 @@ class ImageSampler:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "classes": self.num_classes,
-                "dim_z": self.dim_z, "resolution": self.resolution}
+                "dim_z": self.dim_z, "resolution": self.resolution, "z_sampling": self.z_sampling}
+
+    def latents(self, seeds: Sequence[int], psi: float | None | Sequence[float | None]
+                ) -> np.ndarray:
+        """float32 [len(seeds), dim_z]: `sampling.latents` by this model's z sampling."""
+        return sampling.latents(list(seeds), self.dim_z, psi, self.z_sampling)
 
     def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
         """psi: the truncation z was drawn with; only generators whose batch-norm statistics
@@ -59,14 +76,17 @@ class ImageSampler:
 
     def images(self, classes: Sequence[int], seeds: Sequence[int], psi: float | None = None,
                batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """float32 [N, C, R, R] for pairs (classes[i], seeds[i]) at truncation psi."""
+        """float32 [N, C, R, R] for pairs (classes[i], seeds[i]) at truncation psi (one value,
+        or a PerClassTruncation: row i at its class's psi)."""
         if len(classes) != len(seeds):
             raise ValueError(f"{len(classes)} classes but {len(seeds)} seeds")
         y = np.asarray(classes, dtype=np.int64)
+        rows = psi.for_classes(y) if isinstance(psi, PerClassTruncation) else None
         outs = []
         for i in range(0, len(y), batch_size):
-            z = sampling.latents(list(seeds[i:i + batch_size]), self.dim_z, psi)
-            outs.append(self._images(z, y[i:i + batch_size], psi))
+            part = psi if rows is None else rows[i:i + batch_size]
+            z = self.latents(seeds[i:i + batch_size], part)
+            outs.append(self._images(z, y[i:i + batch_size], part))
             if progress is not None:
                 progress(len(z))
         if outs:
@@ -134,8 +154,12 @@ class CheckpointSampler(TorchSampler):
     kind = "checkpoint"
 
     def __init__(self, path: str | Path):
-        G, names, resolved = load_ema_generator(path)
-        super().__init__(G, names, resolved)
+        from bigan.checkpoint.weights import read_weights
+
+        w = read_weights(path)
+        G, names = ema_generator(w)
+        super().__init__(G, names, w.path)
+        self.z_sampling = manifest_z_sampling(w.manifest, w.path)
 
 
 class OnnxSampler(ImageSampler):
@@ -147,24 +171,31 @@ class OnnxSampler(ImageSampler):
         self.path = Path(path)
         self.session, self.provider, self.meta = open_model(self.path, provider="cpu")
         self.class_names, self.dim_z = list(self.meta.class_names), self.meta.dim_z
-        self.resolution = self.meta.resolution
+        self.resolution, self.z_sampling = self.meta.resolution, self.meta.z_sampling
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (self.meta.channels, self.resolution, self.resolution)
 
+    @property
+    def default_truncation(self) -> float | None | PerClassTruncation:
+        """The model's default psi, one per class where it has a per-class vector."""
+        return self.meta.default_truncations()
+
     def describe(self) -> dict:
         return {**super().describe(), "training_step": self.meta.training_step,
-                "recommended_truncation": self.meta.recommended_truncation}
+                "recommended_truncation": self.meta.recommended_truncation,
+                "recommended_truncation_per_class": self.meta.recommended_truncation_per_class}
 
     def _images(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
         (out,) = self.session.run(["images_float"], run_inputs(self.meta, z, y, psi))
         return out
 
 
-def open_sampler(path: str | Path) -> ImageSampler:
+def open_sampler(path: str | Path, points: bool = False) -> ImageSampler:
     """An image sampler for an `.onnx` file or a checkpoint / run directory / weights file.
-    Raises ModelFileError when the path is missing or holds a 2-D point generator."""
+    Raises ModelFileError when the path is missing, or holds a 2-D point generator and `points`
+    is off (metrics need images; `bigan sample` draws points too)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model {str(path)!r} does not exist: pass a checkpoint directory, a "
@@ -172,10 +203,22 @@ def open_sampler(path: str | Path) -> ImageSampler:
     if path.suffix == ".onnx":
         return OnnxSampler(path)
     sampler = CheckpointSampler(path)
-    if sampler.resolution is None:
+    if sampler.resolution is None and not points:
         raise ModelFileError(f"{sampler.path} holds a 2-D point generator, not an image "
                              "generator; evaluate it with bench/quality.py's mixture metrics")
     return sampler
+
+
+def manifest_z_sampling(manifest: dict, path: Path | None = None) -> str:
+    """How a checkpoint's model draws z from a seed: the manifest's `z_sampling` (written by
+    `bigan import hf-biggan`), bigan's "resample" where absent (every trained run)."""
+    from bigan.checkpoint.store import CheckpointError
+
+    mode = manifest.get("z_sampling", DEFAULT_Z_SAMPLING)
+    if mode not in Z_SAMPLINGS:
+        raise CheckpointError(f"{path}: manifest z_sampling={mode!r} must be one of "
+                              f"{', '.join(Z_SAMPLINGS)}")
+    return mode
 
 
 def load_ema_generator(path: str | Path) -> tuple["nn.Module", list[str], Path]:
@@ -195,6 +238,7 @@ def load_ema_generator(path: str | Path) -> tuple["nn.Module", list[str], Path]:
 def ema_generator(w: "Weights") -> tuple["nn.Module", list[str]]:
     """(G in eval mode with the EMA weights of `w`, class names)."""
     from bigan import models
+    from bigan.checkpoint.shapes import shape_problems
     from bigan.checkpoint.store import CheckpointError
     from bigan.config import config_from_dict
 
@@ -202,6 +246,12 @@ def ema_generator(w: "Weights") -> tuple["nn.Module", list[str]]:
         raise CheckpointError(f"{w.path} holds no EMA generator weights (G_ema)")
     cfg = config_from_dict(w.manifest["config"])
     G = models.build_generator(cfg.model)
+    expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
+    problems = shape_problems("G_ema", expected, w.models["G_ema"])
+    if problems:  # else load_state_dict's size-mismatch traceback
+        raise CheckpointError(f"{w.path}: {'; '.join(problems[:2])}: the EMA weights do not fit "
+                              "the model of the config in its manifest (another run's weights, or "
+                              "an edited manifest); sample from another checkpoint")
     G.load_state_dict(w.models["G_ema"])
     names = w.manifest.get("class_names") or [str(k) for k in range(cfg.model.num_classes)]
     return G.eval().requires_grad_(False), names

@@ -37,16 +37,77 @@ INPUT_NAMES = ("z", "y")
 PSI_INPUT = "psi"  # the third input of graphs with `psi_input`
 OUTPUT_NAMES = ("images", "images_float")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# The truncation psi a server accepts in a request, and so the range a file's recommended psi
-# must lie in (a recommendation the server would refuse as a request is a broken default).
-# Below MIN, resampling needs ~1/psi rounds per value: a bound on the work one request can ask.
-# Above MAX, truncation keeps > 99.99% of N(0, 1): no truncation at all, most likely a typo.
+# The truncation contract, the one place every path (export, sweep, `bigan sample`, evaluation,
+# /v1, KServe v2 HTTP and gRPC, the page) takes it from. A psi anyone may ask for lies in
+# [MIN_TRUNCATION, MAX_TRUNCATION], and so must a file's recommended psi (a recommendation the
+# server would refuse as a request is a broken default). Below MIN, resampling needs ~1/psi
+# rounds per value: a bound on the work one request can ask. Above MAX, truncation keeps > 99.99%
+# of N(0, 1): no truncation at all, most likely a typo.
 MIN_TRUNCATION = 0.01
 MAX_TRUNCATION = 4.0
+# What `bigan export` writes without --truncation, and so every path's default for a model
+# without a recommendation (a checkpoint, a fresh export): None, no truncation, as in training.
+# A request, a command or an evaluation that names no psi takes `ModelMetadata.default_truncation`.
+DEFAULT_TRUNCATION: float | None = None
+TRUNCATION_FIELD = "recommended_truncation"  # the metadata key of the default psi
+PER_CLASS_FIELD = "recommended_truncation_per_class"  # ... and of one default psi per class
+PSI_INPUT_FIELD = "psi_input"                # the metadata key saying the graph takes `psi`
+# How z is drawn from a seed and psi (`bigan.sampling.latents`), a property of the model since an
+# imported generator was trained, and is sampled by its authors, under its own convention:
+#   resample      bigan's: one `np.random.default_rng(seed)` per seed, N(0, 1) truncated to
+#                 [-psi, psi] by redrawing the values outside (Brock et al. 2019, Sec. 3.1)
+#   tfhub-scaled  TF-Hub's and pytorch-pretrained-BigGAN's `truncated_noise_sample`:
+#                 z = psi * truncnorm(-2, 2) drawn from `np.random.RandomState(seed)`, so a seed
+#                 gives the package's z of `truncated_noise_sample(1, dim_z, psi, seed)`
+# psi = None (no truncation) draws plain N(0, 1) under both.
+Z_SAMPLINGS = ("resample", "tfhub-scaled")
+DEFAULT_Z_SAMPLING = "resample"
+Z_SAMPLING_FIELD = "z_sampling"
 
 
 class MetadataError(ValueError):
     """An ONNX file's metadata is missing a key or holds a bad value; the message names the key."""
+
+
+class TruncationError(ValueError):
+    """A truncation psi outside the contract's range; the message names where it came from."""
+
+
+def check_truncation(psi: Any, what: str) -> float | None:
+    """psi as a float, or None (no truncation), if it lies in [MIN_TRUNCATION, MAX_TRUNCATION];
+    else TruncationError naming `what` (the option, field or input that gave it)."""
+    if psi is None:
+        return None
+    if (isinstance(psi, bool) or not isinstance(psi, (int, float)) or not math.isfinite(psi)
+            or not MIN_TRUNCATION <= psi <= MAX_TRUNCATION):
+        raise TruncationError(f"{what}={psi!r} must be a truncation psi in [{MIN_TRUNCATION:g}, "
+                              f"{MAX_TRUNCATION:g}] (or none)")
+    return float(psi)
+
+
+class PerClassTruncation(tuple):
+    """One psi per class id (a model's per-class default, `ModelMetadata.default_truncations`):
+    a sample of class c is drawn at self[c]. A distinct type, so that nothing mistakes it for one
+    psi per row; JSON writes it as a list."""
+
+    def for_classes(self, classes: Any) -> list[float]:
+        """The psi of each row of a batch of these classes."""
+        return [self[int(c)] for c in classes]
+
+    def __str__(self) -> str:
+        return f"per class ({min(self):g} to {max(self):g})"
+
+
+def parse_truncation(text: str, what: str) -> float | None:
+    """A command-line psi: a number in the contract's range, or "none" for no truncation."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise TruncationError(f"{what}={text!r} is not a number; give a psi in "
+                              f"[{MIN_TRUNCATION:g}, {MAX_TRUNCATION:g}] or none") from None
+    return check_truncation(value, what)
 
 
 @dataclass
@@ -59,8 +120,13 @@ class ModelMetadata:
     channels: int                   # image channels (3 = RGB)
     training_step: int              # G steps of the checkpoint the weights come from
     source_checkpoint_sha256: str   # sha256 (hex) of that checkpoint's manifest.json
-    recommended_truncation: float | None = 1.0  # psi for `latents` in [MIN_TRUNCATION,
+    recommended_truncation: float | None = DEFAULT_TRUNCATION  # the default psi of every path
+                                                # (`default_truncation`), in [MIN_TRUNCATION,
                                                 # MAX_TRUNCATION]; None = no truncation
+    recommended_truncation_per_class: list[float] | None = None  # one default psi per class id
+                                    # (`truncation-sweep --per-class`), each in the psi range;
+                                    # None: every class takes recommended_truncation
+    z_sampling: str = DEFAULT_Z_SAMPLING  # how z is drawn from a seed: resample | tfhub-scaled
     precision: str = "fp32"         # weights and compute inside the graph: fp32 | fp16
     psi_input: bool = False         # the graph takes input `psi` float32 [N] (truncation-dependent
                                     # batch-norm statistics); absent from files written before it
@@ -98,12 +164,14 @@ class ModelMetadata:
                 self.source_checkpoint_sha256):
             _bad("source_checkpoint_sha256", self.source_checkpoint_sha256,
                  "must be 64 lowercase hex digits")
-        psi = self.recommended_truncation
-        if psi is not None and (isinstance(psi, bool) or not isinstance(psi, (int, float))
-                                or not math.isfinite(psi)
-                                or not MIN_TRUNCATION <= psi <= MAX_TRUNCATION):
-            _bad("recommended_truncation", psi, f"must be a number in [{MIN_TRUNCATION}, "
-                 f"{MAX_TRUNCATION}] (the psi a request may ask for) or null")
+        try:
+            check_truncation(self.recommended_truncation, TRUNCATION_FIELD)
+        except TruncationError:
+            _bad(TRUNCATION_FIELD, self.recommended_truncation, f"must be a number in "
+                 f"[{MIN_TRUNCATION}, {MAX_TRUNCATION}] (the psi a request may ask for) or null")
+        self._validate_per_class()
+        if self.z_sampling not in Z_SAMPLINGS:
+            _bad(Z_SAMPLING_FIELD, self.z_sampling, f"must be one of {', '.join(Z_SAMPLINGS)}")
         if not isinstance(self.psi_input, bool):
             _bad("psi_input", self.psi_input, "must be true or false")
         if self.precision not in PRECISIONS:
@@ -116,6 +184,38 @@ class ModelMetadata:
             datetime.fromisoformat(self.exported_at)
         except ValueError:
             _bad("exported_at", self.exported_at, "must be an ISO 8601 string")
+
+    def _validate_per_class(self) -> None:
+        vector = self.recommended_truncation_per_class
+        if vector is None:
+            return
+        if not isinstance(vector, list):
+            _bad(PER_CLASS_FIELD, vector, "must be a list of one psi per class, or null")
+        if len(vector) != self.num_classes:
+            _bad(PER_CLASS_FIELD, _short(vector), f"has {len(vector)} values but num_classes is "
+                 f"{self.num_classes} (one psi per class id)")
+        for k, psi in enumerate(vector):
+            try:
+                if check_truncation(psi, PER_CLASS_FIELD) is None:
+                    raise TruncationError
+            except TruncationError:
+                _bad(PER_CLASS_FIELD, _short(vector), f"holds {psi!r} at class {k}: each must be "
+                     f"a psi in [{MIN_TRUNCATION}, {MAX_TRUNCATION}]")
+
+    def default_truncation(self, class_id: int | None = None) -> float | None:
+        """The psi of a request, command or evaluation that names none (None: no truncation), for
+        a sample of class `class_id`: its class's psi where the model has one per class, else
+        (and for class_id None) the model's one recommended psi."""
+        if class_id is not None and self.recommended_truncation_per_class is not None:
+            return float(self.recommended_truncation_per_class[int(class_id)])
+        return self.recommended_truncation
+
+    def default_truncations(self) -> float | None | PerClassTruncation:
+        """Every class's `default_truncation` at once: one value, or one per class id (what a
+        sampler is handed, to resolve per row by each row's class)."""
+        if self.recommended_truncation_per_class is None:
+            return self.default_truncation()
+        return PerClassTruncation(self.default_truncation(k) for k in range(self.num_classes))
 
     def to_props(self) -> dict[str, str]:
         """The `metadata_props` entries: strings verbatim, everything else as JSON."""
@@ -155,11 +255,16 @@ class ModelMetadata:
 
 
 _STRING_FIELDS = {f.name for f in fields(ModelMetadata) if f.type == "str"}
-_OPTIONAL = {"psi_input"}
+_OPTIONAL = {PSI_INPUT_FIELD, PER_CLASS_FIELD, Z_SAMPLING_FIELD}  # added within version 1
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(vector: list) -> Any:
+    """A long per-class vector shown by its first values, so an error stays one readable line."""
+    return vector if len(vector) <= 8 else f"[{', '.join(map(repr, vector[:6]))}, ... {len(vector)} values]"
 
 
 def _bad(key: str, value: Any, why: str) -> None:

@@ -193,6 +193,21 @@ def psi_column(psi: Any, n: int) -> Any:
     return np.full(n, column, np.float32) if column.ndim == 0 else column
 
 
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a server of `max_batch` runs at: 1, 2, 4, ... below max_batch, and
+    max_batch. The GPU path pads a batch of n to the smallest bucket >= n (at most half of a run
+    is padding, with log2(max_batch) + 1 captured graphs, each holding its activations' memory);
+    the engine warms every bucket before it reports ready, and `bigan export --triton-repo`
+    declares them as Triton's preferred batch sizes. Here, below both, so they share one rule."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch={max_batch} must be >= 1")
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, max_batch)
+
+
 def _shape_matches(actual: list, expected: list) -> bool:
     """Symbolic dimensions (strings, None) match anything; fixed ones must be equal."""
     if len(actual) != len(expected):

@@ -4,14 +4,23 @@ The torch-free server imports this module, so it must never import torch; the tr
 `bigan sample` command and the server all draw latents here, which is what makes an image
 for (class, seed, psi) identical everywhere. Each seed gets its own `np.random.Generator`
 (as edm2's StackedRandomGenerator), so a sample never depends on the batch it is drawn in.
-Truncation follows BigGAN (Brock et al. 2019, Sec. 3.1): values outside [-psi, psi] are redrawn.
+Truncation follows BigGAN (Brock et al. 2019, Sec. 3.1): values outside [-psi, psi] are redrawn
+(`mode` "resample", bigan's own); a model imported from TF-Hub may instead draw as TF-Hub and
+pytorch-pretrained-BigGAN do, z = psi * truncnorm(-2, 2) (`mode` "tfhub-scaled", `tfhub_scaled`).
+The model's metadata names its mode (`bigan.onnx_metadata.Z_SAMPLINGS`).
 """
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
+
+from bigan.onnx_metadata import DEFAULT_Z_SAMPLING, Z_SAMPLINGS, PerClassTruncation
+
+_NORMAL = NormalDist()
+_TFHUB_BOUND = 2.0  # TF-Hub's truncnorm(-2, 2): z / psi lies in [-2, 2]
 
 _PARALLEL_SIN = 1e-6  # below this sin(angle), slerp's path is ill-defined: use lerp
 
@@ -39,14 +48,49 @@ def truncated_normal(rng: np.random.Generator, shape: int | tuple[int, ...],
     return z
 
 
-def latents(seeds: Sequence[int], dim_z: int, psi: float | None = None) -> np.ndarray:
-    """float32 [len(seeds), dim_z]: row i is truncated_normal(default_rng(seeds[i]), dim_z, psi).
+def tfhub_scaled(seed: int, dim_z: int, psi: float) -> np.ndarray:
+    """float32 [dim_z] = psi * truncnorm(-2, 2), drawn as pytorch-pretrained-BigGAN's
+    `truncated_noise_sample(1, dim_z, psi, seed)` draws it (the TF-Hub BigGAN Colab's formula):
+    `scipy.stats.truncnorm.rvs(-2, 2, random_state=np.random.RandomState(seed))`, which is the
+    inverse CDF of N(0, 1) truncated to [-2, 2] at uniform draws,
+    x = Phi^-1(Phi(-2) + u (Phi(2) - Phi(-2))), cast to float32 and scaled by psi in float32.
+    Phi and Phi^-1 come from the standard library (`statistics.NormalDist`, Wichura's AS 241), so
+    the torch- and scipy-free server draws the package's z for a seed (equal in float32 over
+    38,400 values checked against scipy 1.17). Seeds >= 2**32, which RandomState refuses as one
+    integer, seed it with their 32-bit words (no package equivalent)."""
+    if not psi > 0:
+        raise ValueError(f"truncation psi={psi} must be > 0 for tfhub-scaled sampling")
+    seed = int(seed)
+    words = seed if seed < 2**32 else [(seed >> s) & 0xFFFFFFFF for s in range(0, seed.bit_length(), 32)]
+    u = np.random.RandomState(words).uniform(size=dim_z)
+    lo, hi = _NORMAL.cdf(-_TFHUB_BOUND), _NORMAL.cdf(_TFHUB_BOUND)
+    x = np.array([_NORMAL.inv_cdf(lo + v * (hi - lo)) for v in u.tolist()], np.float32)
+    return x * np.float32(psi)
 
-    One generator per seed, so a seed's latent is the same whatever batch it is in.
+
+def latents(seeds: Sequence[int], dim_z: int, psi: float | None | Sequence[float | None] = None,
+            mode: str = DEFAULT_Z_SAMPLING) -> np.ndarray:
+    """float32 [len(seeds), dim_z]: row i drawn from seeds[i] alone at its psi, by `mode`:
+    "resample": truncated_normal(default_rng(seeds[i]), dim_z, psi); "tfhub-scaled":
+    `tfhub_scaled(seeds[i], dim_z, psi)` (psi None: plain N(0, 1), as "resample" draws it).
+
+    psi: one truncation for every row, or one per seed (a per-class default resolved by each
+    row's class). One generator per seed, so a seed's latent is the same whatever batch it is in.
     """
     if dim_z < 1:
         raise ValueError(f"dim_z={dim_z} must be >= 1")
-    rows = [truncated_normal(np.random.default_rng(int(s)), (dim_z,), psi) for s in seeds]
+    if mode not in Z_SAMPLINGS:
+        raise ValueError(f"unknown z sampling {mode!r}; choose one of {', '.join(Z_SAMPLINGS)}")
+    if isinstance(psi, PerClassTruncation):
+        raise TypeError("a per-class psi must be resolved by each row's class first "
+                        "(PerClassTruncation.for_classes)")
+    psis = list(psi) if isinstance(psi, (list, tuple, np.ndarray)) else [psi] * len(seeds)
+    if len(psis) != len(seeds):
+        raise ValueError(f"{len(psis)} psi values for {len(seeds)} seeds")
+    rows = [tfhub_scaled(s, dim_z, float(p)) if mode == "tfhub-scaled" and p is not None
+            else truncated_normal(np.random.default_rng(int(s)), (dim_z,),
+                                  None if p is None else float(p))
+            for s, p in zip(seeds, psis)]
     return np.stack(rows) if rows else np.zeros((0, dim_z), np.float32)
 
 

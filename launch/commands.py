@@ -54,7 +54,8 @@ def add_launch_command(sub: argparse._SubParsersAction) -> None:
                    help="CPUs of the evaluator actor beside the workers (eval.every_kimg > 0; default 1)")
     p.add_argument("--eval-gpus", type=float, default=0, help="GPUs of the evaluator actor (default 0)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
-    p.add_argument("--resume", help="'auto', a checkpoint directory, or a checkpoint URL (e.g. "
+    p.add_argument("--resume", help="'auto' or 'auto-or-fresh' (as in bigan train), a "
+                                    "checkpoint directory, or a checkpoint URL (e.g. "
                                     "s3://bucket/runs/bigan/step-00000400, or the run's storage "
                                     "URL for its newest step), for the first attempt")
     p.add_argument("--name", default="bigan", help="Ray run name (default bigan)")

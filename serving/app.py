@@ -22,7 +22,8 @@ from serving.core.metrics import ServingMetrics
 from serving.core.repository import ModelRepository
 from serving.transports import kserve_http, operations, page, v1
 from serving.transports.errors import EXCEPTION_HANDLERS
-from serving.transports.middleware import BodyDeadline, BodyLimit, RequestMetrics
+from serving.transports.middleware import (BodyDeadline, BodyLimit, CancelledAtShutdown,
+                                           RequestMetrics)
 from serving.transports.server_state import ServerState
 
 MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer sets its own limit
@@ -31,13 +32,16 @@ MAX_BODY_BYTES = 64 << 10  # a /v1 request is a few fields of JSON; /v2 infer se
 def create_app(models: Engine | ModelRepository, max_images: int = ServeConfig.max_images,
                body_timeout_s: float = ServeConfig.body_timeout_s,
                cache_mb: float = ServeConfig.cache_mb, grpc_port: int | None = None,
-               grpc_host: str = ServeConfig.host) -> FastAPI:
+               grpc_host: str = ServeConfig.host,
+               shutdown_timeout_s: float = ServeConfig.shutdown_timeout_s) -> FastAPI:
     """The app serving `models`; the engines' batchers start and stop with the app's lifespan.
     `max_images` bounds n on /v1/generate and N on /v2 infer; a request body must arrive within
     `body_timeout_s` (0: no limit); /v1 responses are cached in up to `cache_mb` MiB (0: off).
     With `grpc_port` (0: any free port, then `app.state.grpc_port`), the lifespan also runs the
-    KServe v2 gRPC service (`serving.transports.grpc_service`) over the same engines."""
+    KServe v2 gRPC service (`serving.transports.grpc_service`) over the same engines, whose calls
+    get `shutdown_timeout_s` to finish when the app stops."""
     state = server_state(models, max_images, cache_mb, grpc_port, grpc_host)
+    state.shutdown_timeout_s = shutdown_timeout_s
     app = FastAPI(title="bigan generator", version="1",
                   description="Class-conditional images from exported bigan generators",
                   lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
@@ -45,10 +49,12 @@ def create_app(models: Engine | ModelRepository, max_images: int = ServeConfig.m
     app.state.server = state
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
+    app.add_middleware(CancelledAtShutdown)  # inside the metrics: they count its 503s
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: counts the 413s too
     for router in (v1.router, operations.router, kserve_http.router, page.router):
         app.include_router(router)
     app.mount("/static", page.static_files(), name="static")
+    app.openapi = page.exact_bounds_openapi(app)  # 2^63 - 1, not 9.223372036854776e+18
     return app
 
 
@@ -63,14 +69,15 @@ def server_state(models: Engine | ModelRepository, max_images: int, cache_mb: fl
     cache = ResponseCache(int(cache_mb * (1 << 20))) if cache_mb > 0 else None
     if cache is not None:
         metrics.track_cache(cache)
-    metrics.track_queue(lambda: sum(e.batcher.depth for e in repo.engines()),
-                        lambda: sum(e.batcher.queued_images for e in repo.engines()))
 
-    def count_batches(engine: Engine) -> None:
-        engine.batcher.on_batch = metrics.observe_batch
-    repo.on_engine = count_batches
+    def queues() -> dict[str, tuple[int, int]]:
+        return {name: (sum(e.batcher.depth for e in versions.values()),
+                       sum(e.batcher.queued_images for e in versions.values()))
+                for name, versions in repo.models.items()}
+    metrics.track_queue(queues)
+    repo.on_engine = metrics.track_engine
     for engine in repo.engines():
-        count_batches(engine)
+        metrics.track_engine(engine)
     return ServerState(repo, metrics, cache, max_images, grpc_port, grpc_host)
 
 
@@ -91,5 +98,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         if grpc_server is not None:
-            await grpc_server.stop(grace=5)
+            # HTTP requests had up to --shutdown-timeout before this lifespan ended; gRPC calls
+            # (streams included) get the same bound, then are cancelled.
+            await grpc_server.stop(grace=state.shutdown_timeout_s)
         await state.repository.stop()

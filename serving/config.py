@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
 import typing
 from dataclasses import dataclass, field, fields
 
-from serving.core.config import EngineConfig, option
+from serving.core.config import EngineConfig, check_finite, check_model_name, option
 
 __all__ = ["EngineConfig", "ServeConfig", "add_serve_arguments", "serve_config_from_args"]
 
@@ -41,11 +42,42 @@ class ServeConfig:
     shutdown_timeout_s: float = option(15.0, "on SIGTERM, seconds open requests get before they "
                                              "are cancelled (under Kubernetes' default 30 s grace "
                                              "period)", flag="--shutdown-timeout")
+    header_timeout_s: float = option(10.0, "seconds a request's headers (and a new connection's "
+                                           "first request) may take to arrive before 408 and the "
+                                           "connection closed (0: no limit)",
+                                     flag="--header-timeout")
+    max_connections: int = option(1024, "open HTTP connections per server process; one more "
+                                        "gets 503 and is closed at once")
+    # --ray only (serving.ray_serve): Ray Serve's autoscaling, off unless a bound is set.
+    min_replicas: int | None = option(None, "--ray: autoscale from this many replicas (default: "
+                                            "1 once --max-replicas is set; without either, "
+                                            "--workers fixed replicas)")
+    max_replicas: int | None = option(None, "--ray: autoscale up to this many replicas (default: "
+                                            "--workers once --min-replicas is set)")
+    target_ongoing_requests: float = option(2.0, "--ray autoscaling: requests in flight per "
+                                                 "replica that the replica count aims at (Ray "
+                                                 "Serve's default)")
+    upscale_delay_s: float = option(30.0, "--ray autoscaling: seconds the load must stay above "
+                                          "target before a replica is added (Ray Serve's "
+                                          "default)", flag="--upscale-delay")
+    downscale_delay_s: float = option(600.0, "--ray autoscaling: seconds the load must stay "
+                                             "below target before a replica is removed (Ray "
+                                             "Serve's default)", flag="--downscale-delay")
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.engine, dict):
             self.engine = EngineConfig(**self.engine)
+        check_finite(self)
+        if self.header_timeout_s < 0 or self.max_connections < 1:
+            raise ValueError(f"--header-timeout={self.header_timeout_s} must be >= 0 and "
+                             f"--max-connections={self.max_connections} >= 1")
+        if self.name is not None:
+            try:
+                check_model_name(self.name)
+            except ValueError as e:
+                raise ValueError(f"--name: {e}") from None
+        _check_host(self.host)
         if self.workers < 1 or self.max_images < 1:
             raise ValueError(f"workers={self.workers} and max_images={self.max_images} must be >= 1")
         for name in ("port", "grpc_port"):
@@ -56,6 +88,20 @@ class ServeConfig:
         if self.body_timeout_s < 0 or self.shutdown_timeout_s <= 0:
             raise ValueError(f"body_timeout_s={self.body_timeout_s} must be >= 0 and "
                              f"shutdown_timeout_s={self.shutdown_timeout_s} > 0")
+        self._check_replicas()
+
+    def _check_replicas(self) -> None:
+        """The autoscaling bounds (`check_finite` has refused NaN and infinities already)."""
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and low < 1:  # a cold replica takes seconds to load: never scale to 0
+            raise ValueError(f"--min-replicas={low} must be >= 1")
+        if high is not None and high < (low or 1):
+            raise ValueError(f"--max-replicas={high} must be >= --min-replicas ({low or 1})")
+        if self.target_ongoing_requests <= 0 or min(self.upscale_delay_s,
+                                                    self.downscale_delay_s) < 0:
+            raise ValueError(f"--target-ongoing-requests={self.target_ongoing_requests} must be "
+                             f"> 0, --upscale-delay={self.upscale_delay_s} and --downscale-delay="
+                             f"{self.downscale_delay_s} >= 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -63,6 +109,17 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> ServeConfig:
         return cls(**json.loads(text))
+
+
+def _check_host(host: str) -> None:
+    """Raise ValueError unless `host` is an address or a name this machine resolves (uvicorn
+    found out only after loading the models, and exited 3 with its own text)."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"--host {host[:80]!r} is not an address or a name this machine "
+                         f"resolves ({getattr(e, 'strerror', None) or e}); e.g. 127.0.0.1 or "
+                         "0.0.0.0") from None
 
 
 def _options(cls) -> list[dataclasses.Field]:

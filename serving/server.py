@@ -4,7 +4,8 @@
 The models are loaded and checked before the port is bound, so a bad file stops `bigan serve` with a
 message instead of a server that answers 500. With `workers > 1` uvicorn starts that many processes,
 each with its own session and batcher; they build their app from the config in `$BIGAN_SERVE_CONFIG`
-through `app_from_env`, the same factory Ray Serve replicas use (`serving.ray_serve`).
+through `app_from_env`. Ray Serve replicas (`serving.ray_serve`) call `build_app` with the config
+they are given.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the models (raises ModelFileError naming a bad file) and wrap them in the HTTP app."""
     return create_app(ModelRepository.open(cfg.model, cfg.engine, cfg.name),
                       max_images=cfg.max_images, body_timeout_s=cfg.body_timeout_s,
-                      cache_mb=cfg.cache_mb, grpc_port=cfg.grpc_port, grpc_host=cfg.host)
+                      cache_mb=cfg.cache_mb, grpc_port=cfg.grpc_port, grpc_host=cfg.host,
+                      shutdown_timeout_s=cfg.shutdown_timeout_s)
 
 
 def app_from_env() -> FastAPI:
-    """The app for the config in $BIGAN_SERVE_CONFIG (uvicorn --factory workers, Ray replicas)."""
+    """The app for the config in $BIGAN_SERVE_CONFIG (uvicorn --factory workers)."""
     if CONFIG_ENV not in os.environ:
         raise RuntimeError(f"${CONFIG_ENV} is not set; start the server with `bigan serve`")
     # A fresh worker process: log like `bigan serve` does (a no-op where logging is configured).
@@ -45,14 +47,17 @@ def serve(cfg: ServeConfig) -> None:
     """Serve until interrupted."""
     import uvicorn
 
+    from serving.http_protocol import GuardedHttpToolsProtocol
+
     app = build_app(cfg)  # fails here, before binding, for a bad model file
     # Without a graceful-shutdown bound uvicorn waits on SIGTERM for every open request, however
     # slowly its client sends; after it, open requests are cancelled and the process exits.
     options = dict(host=cfg.host, port=cfg.port, log_level="info",
-                   timeout_graceful_shutdown=cfg.shutdown_timeout_s)
+                   timeout_graceful_shutdown=cfg.shutdown_timeout_s,
+                   http=GuardedHttpToolsProtocol)  # header deadline, connection cap
+    os.environ[CONFIG_ENV] = cfg.to_json()  # the protocol's bounds, here and in every worker
     if cfg.workers == 1:
         uvicorn.run(app, **options)
         return
     del app  # each worker process loads its own session
-    os.environ[CONFIG_ENV] = cfg.to_json()
     uvicorn.run("serving.server:app_from_env", factory=True, workers=cfg.workers, **options)

@@ -63,7 +63,7 @@ def test_train_then_sample_is_reproducible(trained_run, tmp_path, capsys):
 @pytest.mark.parametrize("extra, words", [
     (["--classes", "zebra"], "zebra"),
     (["--classes", "9"], "outside"),
-    (["--truncation", "0"], "must be > 0"),
+    (["--truncation", "0"], "must be a truncation psi in [0.01, 4]"),
 ])
 def test_sample_rejects_bad_arguments(trained_run, tmp_path, capsys, extra, words):
     assert main(["sample", str(trained_run), *extra, "--out", str(tmp_path / "x.png")]) == 2

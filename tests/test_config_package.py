@@ -36,6 +36,9 @@ pytestmark = pytest.mark.unit
 PACKAGE = ROOT / "bigan" / "config"
 # Bottom up: a module may import (of bigan) only the modules before it in this list.
 ORDER = ["vocabulary", "loading", "schedules", "training", "model", "data_eval", "__init__"]
+# Beyond the package, only leaves that import nothing of bigan, so no cycle can form through them:
+# the ONNX contract owns the truncation psi range that eval.psi is checked against.
+LEAVES = {"data_eval": {"bigan.onnx_metadata"}}
 
 
 def _bigan_imports(path) -> set[str]:
@@ -54,7 +57,7 @@ def test_the_modules_stack_bottom_up():
     names Config, in __init__, under TYPE_CHECKING only): no cycle can form."""
     assert sorted(p.stem for p in PACKAGE.glob("*.py")) == sorted(ORDER)
     for i, name in enumerate(ORDER):
-        allowed = {f"bigan.config.{m}" for m in ORDER[:i] if m != "__init__"}
+        allowed = {f"bigan.config.{m}" for m in ORDER[:i] if m != "__init__"} | LEAVES.get(name, set())
         imported = _bigan_imports(PACKAGE / f"{name}.py")
         if name == "schedules":
             imported.discard("bigan.config")  # `Config` in a type annotation (TYPE_CHECKING)

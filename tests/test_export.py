@@ -38,7 +38,7 @@ def test_metadata_round_trips_through_string_props():
     assert props["recommended_truncation"] == "null" and props["version"] == str(VERSION)
     # Keys written by others (torch puts pkg.torch.* entries in files) are ignored.
     assert ModelMetadata.from_props({**props, "pkg.torch.x": "1"}) == meta
-    assert _meta().recommended_truncation == 1.0 and _meta().output == "uint8 NHWC"
+    assert _meta().recommended_truncation is None and _meta().output == "uint8 NHWC"  # no psi
 
 
 @pytest.mark.parametrize("key", ["dim_z", "class_names", "source_checkpoint_sha256", "version"])

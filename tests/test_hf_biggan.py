@@ -25,13 +25,14 @@ Z_DIM, CLASSES = 16, 5
 PSIS = (0.37, 0.61, 0.83, 1.0)  # between grid points of the 51-set table, and its end
 
 
-def make_hf_model(out: Path, resolution: int = 128, ch: int = 4, seed: int = 0):
+def make_hf_model(out: Path, resolution: int = 128, ch: int = 4, seed: int = 0,
+                  num_classes: int = CLASSES):
     """The package's BigGAN at `resolution` (TF-Hub's layout) with width `ch`, random weights and
     statistics, saved to `out` as pytorch_model.bin + config.json; returns it in eval mode."""
     w = BIGGAN_G_WIDTHS[resolution]
     layers = [x for i in range(len(w) - 1) for x in ((False, w[i], w[i]), (True, w[i], w[i + 1]))]
     cfg = biggan_pkg.BigGANConfig(output_dim=resolution, z_dim=Z_DIM, class_embed_dim=Z_DIM,
-                                  channel_width=ch, num_classes=CLASSES, layers=layers,
+                                  channel_width=ch, num_classes=num_classes, layers=layers,
                                   attention_layer_position=len(layers) - 2, eps=1e-4, n_stats=51)
     torch.manual_seed(seed)
     model = biggan_pkg.BigGAN(cfg)
@@ -48,7 +49,7 @@ def make_hf_model(out: Path, resolution: int = 128, ch: int = 4, seed: int = 0):
                 p.normal_()  # the package leaves these uninitialised
         model.train()  # its spectral norm starts from random u, v: power-iterate them first
         for _ in range(5):
-            model(torch.zeros(1, Z_DIM), torch.zeros(1, CLASSES), 1.0)
+            model(torch.zeros(1, Z_DIM), torch.zeros(1, num_classes), 1.0)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / hf_biggan.WEIGHTS)
@@ -71,7 +72,7 @@ def inputs(n: int = 4, seed: int = 1):
 def hf(tmp_path_factory):
     src = tmp_path_factory.mktemp("hf") / "biggan-deep-tiny"
     model = make_hf_model(src)
-    step = hf_biggan.convert(src, src.parent / "imported")
+    step = hf_biggan.convert(src, src.parent / "imported").checkpoint
     return model, src, step
 
 
@@ -196,3 +197,51 @@ def test_an_existing_output_is_never_overwritten(hf, tmp_path):
     with pytest.raises(ImportFileError, match="already exists and is not empty"):
         hf_biggan.convert(src, out)
     assert [p.name for p in out.iterdir()] == ["keep"]
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.strip().splitlines()]
+
+
+def test_a_1000_class_import_gets_the_imagenet_names_and_prints_its_summary(tmp_path, capsys):
+    """TF-Hub's BigGAN-deep has ImageNet-1k's 1,000 classes: without --class-names they are
+    named (not "0".."999"), so the server's and the page's class search work."""
+    from bigan.cli import main
+    from bigan.generation import load_ema_generator
+
+    make_hf_model(tmp_path / "src", num_classes=1000)
+    out = tmp_path / "run"
+    assert main(["import", "hf-biggan", str(tmp_path / "src"), "--out", str(out)]) == 0
+    names = load_ema_generator(out)[1]
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert (names[0], names[207], names[999]) == ("tench", "golden retriever", "toilet tissue")
+    printed = _lines(capsys.readouterr().out)
+    assert printed[0].startswith(f"imported hf-biggan {tmp_path / 'src' / hf_biggan.WEIGHTS} -> ")
+    assert printed[1].startswith("model      biggan-deep 128px, ch 4, 1000 classes, dim_z 16, "
+                                 "shared_dim 16, attention [64], ")
+    assert printed[1].endswith(" parameters")
+    assert printed[2] == ("classes    ImageNet-1k names (imagenet_classes.txt): tench, "
+                          "goldfish, great white shark, ...")
+    assert printed[3] == "z sampling tfhub-scaled"
+    assert printed[4] == (f"next       bigan export {out} --out model.onnx && "
+                          "bigan serve model.onnx")
+
+
+def test_class_names_are_taken_and_counted_for_hf_biggan(hf, tmp_path, capsys):
+    from bigan.cli import main
+    from bigan.generation import load_ema_generator
+
+    _, src, _ = hf
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nowl\nfox\nelk\n")
+    assert main(["import", "hf-biggan", str(src), "--out", str(tmp_path / "run"),
+                 "--class-names", str(names)]) == 0
+    assert load_ema_generator(tmp_path / "run")[1] == ["cat", "dog", "owl", "fox", "elk"]
+    assert f"classes    from {names}: cat, dog, owl, ..." in _lines(capsys.readouterr().out)
+    names.write_text("cat\ndog\nowl\n")
+    assert main(["import", "hf-biggan", str(src), "--out", str(tmp_path / "other"),
+                 "--class-names", str(names)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("bigan import: error: --class-names: 3 class names given but the model has 5 "
+                   "classes (one name per class, one per line)")
+    assert not (tmp_path / "other").exists()

@@ -1,8 +1,9 @@
 """An imported TF-Hub-style BigGAN-deep (tests/test_hf_biggan.py) exported and served: the ONNX
 psi input gives the package's images at several psi and with mixed psi in one batch (<= 1e-4),
 the server passes each request's psi to it, requests merged into one micro-batch keep their own,
-/v1/generate returns the package model's images at the requested psi, and /v1/interpolate's ends
-are /v1/generate's images at that psi (on and between grid points). One export for all."""
+/v1/generate returns the package model's images at the requested psi for the package's z of the
+same seed (`truncated_noise_sample`: the import's tfhub-scaled z sampling), and /v1/interpolate's
+ends are /v1/generate's images at that psi (on and between grid points). One export for all."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def deep_onnx(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hf-serve")
     model = make_hf_model(root / "src", seed=3)
-    step = hf_biggan.convert(root / "src", root / "imported")
+    step = hf_biggan.convert(root / "src", root / "imported").checkpoint
     return model, export_onnx(step, root / "deep.onnx", parity_batch=5)
 
 
@@ -74,7 +75,7 @@ def test_requests_batched_together_keep_their_own_psi(deep_onnx):
     answers = asyncio.run(serve_all())
     assert sizes == [5]  # one run for the three requests
     for (seeds, c, psi), images in zip(requests, answers):
-        z = torch.from_numpy(sampling.latents(seeds, 16, psi))
+        z = torch.from_numpy(sampling.latents(seeds, 16, psi, "tfhub-scaled"))
         want = reference(model, z, torch.full((len(seeds),), c), 1.0 if psi is None else psi)
         want_u8 = ((want + 1) * 127.5 + 0.5).clamp(0, 255).floor().to(torch.uint8)
         assert np.abs(images.astype(int) - want_u8.permute(0, 2, 3, 1).numpy()).max() <= 1
@@ -82,21 +83,27 @@ def test_requests_batched_together_keep_their_own_psi(deep_onnx):
         np.testing.assert_array_equal(images, alone)
 
 
-def test_v1_endpoint_draws_at_the_requested_psi(deep_onnx):
+def test_v1_endpoint_draws_the_packages_image_of_a_seed_and_psi(deep_onnx):
+    """The package's own z (`truncated_noise_sample(1, dim_z, psi, seed)`, TF-Hub's formula) and
+    forward at psi: /v1/generate of that seed and psi gives it (the import's z sampling is
+    tfhub-scaled; with bigan's resample the z differ entirely and this fails)."""
     from fastapi.testclient import TestClient
+    from pytorch_pretrained_biggan import truncated_noise_sample
 
     from serving.app import create_app
     from serving.core.engine import Engine, EngineConfig
 
     model, report = deep_onnx
     path = report.path
+    assert report.metadata.z_sampling == "tfhub-scaled"
     with TestClient(create_app(Engine(path, EngineConfig(provider="cpu")))) as client:
         for psi in (0.5, 0.9):
             r = client.post("/v1/generate", json={"class": 3, "seed": 7, "n": 2,
                                                   "truncation": psi, "format": "npy"})
             assert r.status_code == 200, r.text
             images = np.load(io.BytesIO(r.content))
-            z = torch.from_numpy(sampling.latents([7, 8], 16, psi))
+            z = torch.from_numpy(np.concatenate([truncated_noise_sample(1, 16, psi, seed)
+                                                 for seed in (7, 8)]))
             want = reference(model, z, torch.tensor([3, 3]), psi)
             want_u8 = ((want + 1) * 127.5 + 0.5).clamp(0, 255).floor().to(torch.uint8)
             assert np.abs(images.astype(int) - want_u8.permute(0, 2, 3, 1).numpy()).max() <= 1
@@ -107,9 +114,10 @@ def test_samplers_of_the_checkpoint_and_the_export_pass_psi(deep_onnx):
 
     model, report = deep_onnx
     checkpoint = report.path.parent / "imported"
-    z = torch.from_numpy(sampling.latents([5, 6], 16, 0.61))
+    z = torch.from_numpy(sampling.latents([5, 6], 16, 0.61, "tfhub-scaled"))
     want = reference(model, z, torch.tensor([1, 2]), 0.61).numpy()
     for sampler in (open_sampler(checkpoint), OnnxSampler(report.path)):
+        assert sampler.z_sampling == "tfhub-scaled", sampler.kind
         got = sampler.images([1, 2], [5, 6], psi=0.61)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=sampler.kind)
 

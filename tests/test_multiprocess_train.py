@@ -33,6 +33,12 @@ from tests.helpers import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.dist
 TOL = 1e-4
+# Spectral norm's power-iteration vectors: D's one call on the concatenated real and fake batch
+# (speed.d_call auto) gives GEMMs of other heights under 2 processes than under 1, and u follows
+# the weights' rounding through R1's double backward: measured 2.1e-4 on one element of 32 of a
+# G u after the 2 -> 1 resume (the weights themselves stay within TOL; 2.2e-5 with d_call
+# separate).
+TOL_UV = 1e-3
 # One execution path for every strategy (ZeRO's `auto` is contiguous + torch's Adam; ddp's would
 # be channels_last + fused): a resume across strategies would otherwise add that path's other
 # rounding to the strategies' (measured: the zero2 -> 1 resume then differed by 1.7e-4 on a few
@@ -81,7 +87,8 @@ def _manifest(ckpt: Path) -> dict:
 def _assert_close(a: dict, b: dict, what: str) -> None:
     for model in a:
         for key, value in a[model].items():
-            torch.testing.assert_close(b[model][key], value, rtol=TOL, atol=TOL,
+            tol = TOL_UV if key.endswith(("._u", "._v")) else TOL
+            torch.testing.assert_close(b[model][key], value, rtol=tol, atol=tol,
                                        msg=lambda m: f"{what}: {model}.{key}: {m}")
 
 

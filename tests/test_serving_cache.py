@@ -75,7 +75,8 @@ def test_a_repeated_request_is_answered_from_the_cache_without_a_run(tiny_onnx, 
     with _app_client(tiny_onnx, cache_mb=4) as client:
         body = {"class": 2, "n": 3, "seed": 11, "truncation": 0.7, "format": fmt}
         first = client.post("/v1/generate", json=body)
-        images = _metric(client.get("/metrics").text, "bigan_images_generated_total")
+        images_total = 'bigan_images_generated_total{model="model"}'
+        images = _metric(client.get("/metrics").text, images_total)
         second = client.post("/v1/generate", json=body)
         assert first.status_code == second.status_code == 200
         assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
@@ -83,7 +84,7 @@ def test_a_repeated_request_is_answered_from_the_cache_without_a_run(tiny_onnx, 
         for header in ("content-type", "x-seed", "x-truncation", "x-class-id"):
             assert second.headers[header] == first.headers[header]
         text = client.get("/metrics").text
-        assert _metric(text, "bigan_images_generated_total") == images == 3  # no second run
+        assert _metric(text, images_total) == images == 3  # no second run
         assert _metric(text, 'bigan_cache_hits_total{model="model"}') == 1
         assert _metric(text, 'bigan_cache_misses_total{model="model"}') == 1
         assert _metric(text, "bigan_cache_entries") == 1
@@ -131,7 +132,7 @@ def test_cache_mb_0_turns_the_cache_off(tiny_onnx):
         assert all(a.status_code == 200 and "x-cache" not in a.headers for a in answers)
         text = client.get("/metrics").text
         assert "bigan_cache" not in text
-        assert _metric(text, "bigan_images_generated_total") == 2
+        assert _metric(text, 'bigan_images_generated_total{model="model"}') == 2
     with pytest.raises(ValueError, match="cache_mb=-1"):
         _app_client(tiny_onnx, cache_mb=-1)
 

@@ -90,9 +90,12 @@ def test_concurrent_clients_are_merged_into_batches(server):
 
     def batches() -> tuple[float, float]:
         text = _get(f"{server}/metrics")[1].decode()
-        count = float(re.search(r"^bigan_batch_size_images_count (\S+)$", text, re.M).group(1))
-        images = float(re.search(r"^bigan_images_generated_total (\S+)$", text, re.M).group(1))
-        return count, images
+
+        def value(line: str) -> float:  # model "model"'s sample; none before its first batch
+            found = re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+        return (value('bigan_batch_size_images_count{model="model"}'),
+                value('bigan_images_generated_total{model="model"}'))
 
     before = batches()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -15,14 +15,23 @@ loss, a skipped update or another lr would show.
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from bigan import models
 from bigan.config import ConfigError, LossConfig, ModelConfig, OptimConfig, SpeedConfig, load_config
 from bigan.train.optimizers import apply_settings, build_optimizers
 from bigan.train.speed import PLAIN, FastPath
-from bigan.train.step import Batch, StepState, gan_iteration
+from bigan.train.step import Batch, StepRuntime, StepState, d_update, gan_iteration, mixes_samples
+from bigan.train.trainer import train
+from tests.helpers import tiny_overrides
 
 pytestmark = pytest.mark.unit
 
@@ -42,15 +51,17 @@ def _batches(step: int, n: int = 4) -> tuple[list[Batch], Batch]:
     return [one(True) for _ in range(OPTIM.d_steps)], one(False)
 
 
-def _train(fast: FastPath, loss: LossConfig, steps: int = 3) -> dict[str, torch.Tensor]:
+def _train(fast: FastPath, loss: LossConfig, steps: int = 3, model: ModelConfig = MODEL,
+           wrap_D=lambda D, loss: D, optim: OptimConfig = OPTIM) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    G, D = models.build(MODEL)
+    G, D = models.build(model)
     fast.models(G, D)
-    opt_G, opt_D = build_optimizers(G, D, OPTIM, fast.optimizer)
+    opt_G, opt_D = build_optimizers(G, D, optim, fast.optimizer)
     state = StepState()
     for step in range(steps):
         d_batches, g_batch = _batches(step)
-        gan_iteration(G, D, opt_G, opt_D, [fast.batch(b) for b in d_batches], g_batch, loss, state)
+        gan_iteration(G, wrap_D(D, loss), opt_G, opt_D, [fast.batch(b) for b in d_batches], g_batch,
+                      loss, state, d_call=fast.d_call)
     return {**{f"G.{k}": v for k, v in G.state_dict().items()},
             **{f"D.{k}": v for k, v in D.state_dict().items()}}
 
@@ -59,7 +70,8 @@ def _train(fast: FastPath, loss: LossConfig, steps: int = 3) -> dict[str, torch.
                                   LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0)],
                          ids=["hinge", "r1-double-backward"])
 def test_fast_path_ends_on_the_plain_paths_weights(loss):
-    fast = FastPath.resolve(SpeedConfig(), "cuda")  # auto's choice on CUDA, run here on the CPU
+    # auto's choice on CUDA, run here on the CPU; D called as PLAIN calls it (tests below for that)
+    fast = replace(FastPath.resolve(SpeedConfig(), "cuda"), d_call=PLAIN.d_call)
     assert fast != PLAIN  # really another path
     plain, quick = _train(PLAIN, loss), _train(fast, loss)
     assert plain.keys() == quick.keys()
@@ -132,3 +144,140 @@ def test_a_restored_optimizer_keeps_the_implementation_it_was_built_with():
     assert fused_G.param_groups[0]["fused"] is True
     fused_G.step()  # the fused kernel accepts the restored step counts
     assert next(iter(fused_G.state.values()))["step"].item() == 2
+
+
+# --- one D call on real and fake (speed.d_call) ---------------------------------------------------
+LOSSES = [LossConfig(kind="hinge"), LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0)]
+TWO_CALLS = FastPath("contiguous", "default", "folded", "separate")
+ONE_CALL = replace(TWO_CALLS, d_call="auto")
+
+
+class _FakeCallIteratesNot(nn.Module):
+    """D of the two-call path whose spectral norms skip the power iteration in each D update's
+    fake call (eval mode: the u, v of the real call are used), so u and v move once per D update,
+    as under one joint call. The calls of a D update come in order real, fake, then the penalty's;
+    a G update's (D frozen) iterates, as on both paths."""
+
+    def __init__(self, D: nn.Module, calls_per_d_update: int):
+        super().__init__()
+        self.D, self.per_update, self.calls = D, calls_per_d_update, 0
+
+    def forward(self, x, y):
+        if not next(self.D.parameters()).requires_grad:
+            return self.D(x, y)
+        fake_call = self.calls % self.per_update == 1
+        self.calls += 1
+        self.D.train(not fake_call)  # this D has no batch norm: eval mode only stops the iteration
+        try:
+            return self.D(x, y)
+        finally:
+            self.D.train()
+
+
+def _iterating_once(D, loss):
+    return _FakeCallIteratesNot(D, 3 if loss.penalty != "none" else 2)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=["hinge", "r1-double-backward"])
+def test_one_d_call_is_the_two_call_update_with_one_power_iteration(loss):
+    """Weights, batch-norm statistics and spectral norm's u, v after 3 iterations equal those of
+    the two-call path once its fake call stops iterating: the concatenation changes nothing else.
+    Against the two-call path as it is, u and v differ by ~0.1 after 3 iterations: BigGAN's
+    orthogonal init makes all singular values equal, so u is arbitrary and its path matters."""
+    joint = _train(ONE_CALL, loss)
+    reference = _train(TWO_CALLS, loss, wrap_D=_iterating_once)
+    two_calls = _train(TWO_CALLS, loss)
+    for k in joint:
+        torch.testing.assert_close(joint[k], reference[k], rtol=1e-4, atol=2e-5)
+    moved = [k for k in joint if k.endswith("._u") and not torch.allclose(joint[k], two_calls[k], atol=1e-3)]
+    assert moved  # the real two-call path iterates twice: another trajectory of u, v
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=["hinge", "r1-double-backward"])
+def test_without_spectral_norm_one_d_call_ends_on_the_two_call_paths_weights(loss):
+    """No power iteration, so the same math. Without spectral norm a few of G's gradients here
+    are ~1e-4, and at eps 1e-4 Adam turns their round-off (one batch of 8 sums its products in
+    another order than two of 4) into steps 1e-4 apart on a dozen of 9216 entries; at eps 1e-3
+    the paths agree to 0.5% of the tolerance, against whole lr steps (2e-4) for a wrong pairing."""
+    model, optim = replace(MODEL, spectral_norm=False), replace(OPTIM, eps=1e-3)
+    joint = _train(ONE_CALL, loss, model=model, optim=optim)
+    two_calls = _train(TWO_CALLS, loss, model=model, optim=optim)
+    start = _train(ONE_CALL, loss, steps=0, model=model, optim=optim)
+    assert any(not torch.equal(joint[k], start[k]) for k in joint)
+    for k in joint:
+        torch.testing.assert_close(joint[k], two_calls[k], rtol=1e-4, atol=2e-5)
+
+
+def _d_calls_per_d_update(model: ModelConfig, d_call: str) -> int:
+    torch.manual_seed(0)
+    G, D = models.build(model)
+    calls = []
+    D.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    d_batches, _ = _batches(0)
+    d_update(G, D, torch.optim.Adam(D.parameters()), d_batches[0], LossConfig(), StepState(),
+             StepRuntime(), d_call=d_call)
+    return calls
+
+
+def test_d_is_called_once_on_real_and_fake_unless_it_mixes_samples():
+    assert _d_calls_per_d_update(MODEL, "auto") == [8]  # 4 real + 4 fake in one call
+    assert _d_calls_per_d_update(MODEL, "separate") == [4, 4]
+    progan = ModelConfig(arch="progan", resolution=32, num_classes=3, dim_z=16, shared_dim=8,
+                         fmap_base=64, fmap_max=16, mbstd_group_size=4)
+    assert _d_calls_per_d_update(progan, "auto") == [4, 4]  # minibatch std-dev: groups stay apart
+    assert mixes_samples(models.build(progan)[1])
+    assert mixes_samples(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    assert not mixes_samples(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval())
+    assert not mixes_samples(models.build(MODEL)[1])
+
+
+def test_a_checkpoint_of_the_two_call_path_resumes_on_the_one_call_path(tmp_path):
+    """Checkpoints written before the change (two calls) hold the same u, v buffers: a run resumes
+    from one with the default and goes on from its step."""
+    run = tmp_path / "run"
+    first = train(load_config(None, tiny_overrides(run, **{"train.steps": 2, "speed.d_call": "separate"})))
+    assert first.step == 2
+    resumed = train(load_config(None, tiny_overrides(run, **{"train.steps": 4})), resume="auto")
+    assert resumed.step == 4 and resumed.cur_nimg == 2 * first.cur_nimg
+    written = load_file(str(first.last_checkpoint / "D.safetensors"))
+    assert written.keys() == load_file(str(resumed.last_checkpoint / "D.safetensors")).keys()
+
+
+def test_d_call_is_checked_at_load_time():
+    with pytest.raises(ConfigError, match="speed.d_call='joint' is invalid"):
+        load_config(None, ["speed.d_call=joint"])
+    assert load_config(None, ["speed.d_call=separate"]).speed.d_call == "separate"
+
+
+# --- bench/train_vs_reference.py ------------------------------------------------------------------
+def _reference_bench():
+    import importlib
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("train_vs_reference")
+
+
+def test_reference_bench_says_how_to_get_biggan_pytorch_and_skips(tmp_path, monkeypatch, capsys):
+    bench = _reference_bench()
+    monkeypatch.delenv("BIGGAN_PYTORCH_DIR", raising=False)
+    assert bench.main(["--out", str(tmp_path)]) is None
+    (tmp_path / "empty").mkdir()
+    assert bench.main(["--reference-dir", str(tmp_path / "empty"), "--out", str(tmp_path)]) is None
+    out = capsys.readouterr().out
+    assert out.count("git clone https://github.com/ajbrock/BigGAN-PyTorch") == 2
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.skipif(not os.environ.get("BIGGAN_PYTORCH_DIR"),
+                    reason="set BIGGAN_PYTORCH_DIR to a BigGAN-PyTorch checkout (git clone "
+                           "https://github.com/ajbrock/BigGAN-PyTorch)")
+def test_reference_bench_runs_biggan_pytorchs_own_iteration_beside_bigans(tmp_path):
+    report = _reference_bench().main(["--quick", "--cases", "biggan-32", "--batch", "2",
+                                      "--out", str(tmp_path)])
+    row = report["results"][0]
+    assert row["params"]["reference"] == row["params"]["bigan"]  # the same nets
+    assert row["gflop_per_iter"]["reference"] > row["gflop_per_iter"]["bigan"] > 0  # folding
+    assert (tmp_path / "train_vs_reference.json").is_file()
+    assert not any(n in sys.modules for n in ("BigGAN", "train_fns", "layers"))  # imports undone

@@ -7,13 +7,16 @@ a crash at any moment leaves either the old or the new pointer, never half of on
 (`<root>/holds/<step-dir>.<holder>`, an empty file) says that someone still needs a checkpoint:
 the evaluator beside training holds each checkpoint it has been handed until it has scored it, so
 a fast-moving `train.keep_ckpts` cannot delete it first; holds left by a crash tell a resumed run
-what was never scored. `store._prune` keeps whatever `protected(root)` names.
+what was never scored. `store._prune` keeps whatever `protected(root)` names. A resume from an
+older step retracts a `best` that names a later, about to be retrained, checkpoint
+(`retract_after`): its score no longer describes the weights that will be in that directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -75,6 +78,41 @@ def offer_best(root: str | Path, record: dict, direction: str) -> bool:
         return False
     write_best(root, {**record, "direction": direction})
     return True
+
+
+def step_of(name: str) -> int:
+    """The step of a step-NNNNNNNN directory name."""
+    m = STEP_DIR.match(name)
+    if m is None:
+        raise ValueError(f"{name!r} is not a step-* directory name")
+    return int(m.group(1))
+
+
+def retract_after(root: str | Path, step: int,
+                  records: list[dict]) -> tuple[dict, dict | None] | None:
+    """A run resumed from `step` retrains the checkpoints after it. If `best` names one of
+    them, point it at the best of `records` (evaluation history records: step, kimg, checkpoint,
+    metrics) at or before `step` whose directory exists, by the same metric and direction, or
+    remove it when none qualifies. (old, new or None) when `best` changed, None when it stood."""
+    root = Path(root)
+    current = read_best(root)
+    if current is None or step_of(current["checkpoint"]) <= step:
+        return None
+    metric, direction = current.get("metric"), current.get("direction", "min")
+    new = None
+    for r in sorted(records, key=lambda r: r["step"]):  # a tie keeps the older, as offer_best does
+        value = r.get("metrics", {}).get(metric)
+        name = str(r.get("checkpoint", ""))
+        if (r["step"] <= step and isinstance(value, (int, float)) and math.isfinite(value)
+                and STEP_DIR.match(name) and (root / name).is_dir()
+                and (new is None or better(value, new["value"], direction))):
+            new = {"checkpoint": r["checkpoint"], "step": r["step"], "kimg": r.get("kimg"),
+                   "metric": metric, "value": value, "direction": direction}
+    if new is None:
+        (root / BEST).unlink(missing_ok=True)
+    else:
+        write_best(root, new)
+    return current, new
 
 
 def best_checkpoint(root: str | Path) -> Path:

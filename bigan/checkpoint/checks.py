@@ -1,14 +1,16 @@
 """What a checkpoint may hold, checked before anything touches the disk: plain file names, tensors
 in model state dicts, only types `torch.load(weights_only=True)` rebuilds in other state, JSON in
-the manifest; the step directory's name; and the exceptions of the checkpoint format. `store.py`
-re-exports the public names.
+the manifest; reading such state back (`load_plain`); the step directory's name; and the
+exceptions of the checkpoint format. `store.py` re-exports the public names.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,3 +95,39 @@ def _check_plain(value: Any, where: str, seen: set[int]) -> None:
     else:
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]", seen)
+
+
+def load_plain(fpath: Path, map_location: Any = "cpu") -> Any:
+    """torch.load(fpath, weights_only=True), failures as CheckpointError: a refusal of what the
+    file holds (pickled classes) is told apart from a file that is not a whole torch file."""
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            # `from None`: torch's own message advises weights_only=False or allow-listing the
+            # class, both of which run whatever code the file holds.
+            raise CheckpointError(
+                f"{fpath} was refused by torch.load(weights_only=True) ({_refusal(e)}): it holds "
+                "something other than tensors and plain containers, so it was not written by "
+                "bigan's save_checkpoint or it was altered; resume from another checkpoint and "
+                "load this file only if you trust where it came from") from None
+        raise _unreadable(fpath, e) from None
+    except Exception as e:  # a cut zip archive (RuntimeError), an empty file (EOFError), ...
+        raise _unreadable(fpath, e) from None
+
+
+def _unreadable(fpath: Path, e: BaseException) -> CheckpointError:
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return CheckpointError(f"{fpath} is not a readable torch file ({first or type(e).__name__}): "
+                           "it is truncated or damaged; resume from another checkpoint")
+
+
+def _refusal(e: BaseException) -> str:
+    """torch's reason for refusing a weights_only load ('Unsupported global: GLOBAL x.Foo'),
+    without the advice around it."""
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+was not an allowed global|\s+Please use|"
+                  r"\n\n|$)", str(e), re.DOTALL)
+    if m and m.group(1).strip():
+        return m.group(1).strip()
+    first = (str(e).strip().splitlines() or [""])[0]
+    return first if first and "weights_only" not in first else type(e).__name__

@@ -54,6 +54,8 @@ def _root(path: str) -> Path:
 
 def _list(args: argparse.Namespace) -> int:
     from bigan.checkpoint import store as ckpt
+    from bigan.checkpoint.best import read_best
+    from bigan.checkpoint.resume import read_latest
 
     root = _root(args.root)
     found = ckpt.list_checkpoints(root)
@@ -63,26 +65,35 @@ def _list(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not found:
         raise ckpt.CheckpointError(f"{args.root} holds no complete checkpoint")
-    from bigan.checkpoint.best import read_best
-
-    root = _root(args.root)
     best = read_best(root)
-    latest = (root / ckpt.LATEST).read_text().strip() if (root / ckpt.LATEST).is_file() else None
+    latest = read_latest(root)  # None, with a logged warning, when unreadable or not a step name
     print(f"{'checkpoint':<16} {'step':>8} {'images':>10} {'world':>5} {'strategy':<8} "
           f"{'phase':<18} pointers")
     for path in found:
-        m = json.loads((path / ckpt.MANIFEST).read_text())
-        ph = m.get("phase")
-        phase = f"{ph['resolution']}px alpha {ph['alpha']:.3f}" if ph else "-"
         marks = [name for name, hit in (("latest", path.name == latest),
                                         ("best", best and path.name == best["checkpoint"])) if hit]
-        print(f"{path.name:<16} {m['step']:>8} {m.get('cur_nimg', 0):>10} "
-              f"{m.get('world_size', 1):>5} {m.get('strategy', '-'):<8} {phase:<18} "
-              f"{','.join(marks) or '-'}")
+        print(f"{path.name:<16} {_summary(path / ckpt.MANIFEST)} {','.join(marks) or '-'}")
     if best:
         print(f"best: {best['checkpoint']} by {best['metric']} = {best['value']:.6g} "
               f"({best.get('direction', '?')}imum, at {best.get('kimg', 0):g} kimg)")
     return 0
+
+
+def _summary(mpath: Path) -> str:
+    """step, images, world, strategy and phase columns from a manifest; for one that cannot be
+    read, a placeholder row and a warning line (the other checkpoints are still listed)."""
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+        ph = m.get("phase")
+        phase = f"{ph['resolution']}px alpha {ph['alpha']:.3f}" if ph else "-"
+        return (f"{m['step']:>8} {m.get('cur_nimg', 0):>10} {m.get('world_size', 1):>5} "
+                f"{m.get('strategy', '-'):<8} {phase:<18}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        # ValueError: cut JSON or bytes that are not UTF-8; the rest: JSON of the wrong shape.
+        print(f"warning: {mpath} cannot be read ({type(e).__name__}: {e}); the checkpoint is "
+              "damaged (`bigan checkpoint verify` says more; `--resume auto` skips it)",
+              file=sys.stderr)
+        return f"{'?':>8} {'?':>10} {'?':>5} {'damaged':<8} {'-':<18}"
 
 
 def _verify(args: argparse.Namespace) -> int:

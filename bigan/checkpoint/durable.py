@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves half of one: fsync, directory fsync, rename into
-place (setting aside what is there), the sha256 seal a manifest records, and telling a full disk
-from other write failures. Standard library only; `store.py` builds checkpoints from these.
+place (setting aside what is there), the sha256 seal a manifest records, telling a full disk
+from other write failures, and finding a read-only directory before any work is done. Standard
+library only; `store.py` builds checkpoints from these.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import errno
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -85,3 +87,16 @@ def install(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_writable(path: Path) -> None:
+    """Create a file in the directory `path` and remove it: OSError (naming the directory) when
+    a directory mode or a read-only file system forbids writing there. Renames and new files
+    need the directory writable, which writing an existing file does not show. A missing
+    directory is not created (a run refused later must leave nothing behind): its nearest
+    existing parent, which creating it will need writable, is probed instead."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-probe-"):
+        pass

@@ -2,11 +2,14 @@
 
 A checkpoint is resumed from only if it verifies (every file's size and sha256, `store.py`),
 loads (each `.pt` through `torch.load(weights_only=True)`: a file that passes its checksum yet
-holds pickled classes is refused) and holds finite numbers only (a checkpoint written after
-training diverged is useless to resume). `--resume auto` walks the complete checkpoints newest
-first and skips any that fails, with a `CheckpointWarning` naming why; it says which one it
-chose when that is not the one `latest` names. An explicit checkpoint that fails raises
-`CheckpointError`. The trainer itself never writes a non-finite checkpoint
+holds pickled classes is refused), its weights fit the model of its manifest's config
+(`shapes.py`) and it holds finite numbers only (a checkpoint written after training diverged is
+useless to resume). `--resume auto` walks the complete checkpoints newest first and skips any
+that fails, with a `CheckpointWarning` naming why; it says which one it chose when that is not
+the one `latest` names. When checkpoints are there but none can be used it refuses, listing
+why for each, rather than start from step 0 over them (a damaged run may still hold weights
+worth rescuing); `--resume auto-or-fresh` starts from step 0 then. An explicit checkpoint that
+fails raises `CheckpointError`. The trainer itself never writes a non-finite checkpoint
 (`bigan.train.train_state`), so this guards against older runs, copies and tampering.
 """
 
@@ -23,8 +26,12 @@ from bigan.checkpoint.remote import fetch_checkpoint, is_url
 from bigan.checkpoint.store import (LATEST, MANIFEST, STEP_DIR, Checkpoint, CheckpointError,
                                     CheckpointWarning, incomplete_step_dirs, list_checkpoints,
                                     load_checkpoint, verify_checkpoint)
+from bigan.checkpoint.shapes import check_model_shapes
 
 log = logging.getLogger(__name__)
+
+AUTO = "auto"  # the newest usable checkpoint; refuse when there are checkpoints but none is usable
+AUTO_OR_FRESH = "auto-or-fresh"  # the same, but then start from step 0 (overwriting them)
 
 
 def nonfinite_entries(groups: dict[str, Any]) -> list[str]:
@@ -57,6 +64,7 @@ def describe(entries: list[str], shown: int = 3) -> str:
 def load_trusted(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     """`load_checkpoint(path)` (verify, then weights_only loads), refusing non-finite values."""
     c = load_checkpoint(path, map_location)
+    check_model_shapes(c.path, c.manifest, c.models)
     bad = nonfinite_entries({**c.models, **c.objects})
     if bad:
         raise CheckpointError(f"{c.path} holds NaN or infinite values ({describe(bad)}): it was "
@@ -67,9 +75,11 @@ def load_trusted(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
 def load_resume(root: str | Path, spec: str | None, map_location: Any = "cpu") -> Checkpoint | None:
     """The checkpoint to resume from, loaded; None for a fresh start.
 
-    spec None: None. spec "auto": the newest checkpoint under root that verifies, loads and is
-    finite (a newer one than `latest` names wins, e.g. after a crash between the directory rename
-    and the pointer update); others are skipped with a CheckpointWarning; None if none is left.
+    spec None: None. spec "auto": the newest checkpoint under root that verifies, loads, fits its
+    config and is finite (a newer one than `latest` names wins, e.g. after a crash between the
+    directory rename and the pointer update); others are skipped with a CheckpointWarning; None
+    when root holds no step directory, CheckpointError listing each one's fault when it holds
+    some but none is usable. "auto-or-fresh": the same, but None (with a warning) in that case.
     Any other spec is a checkpoint directory, or a root whose `latest` (else newest checkpoint)
     is used, or the same at a URL (fetched first, `remote.py`); it must pass the same checks,
     else CheckpointError.
@@ -78,25 +88,30 @@ def load_resume(root: str | Path, spec: str | None, map_location: Any = "cpu") -
         return None
     if is_url(spec):  # fetched into a private directory, then trusted like any other
         return load_trusted(fetch_checkpoint(spec), map_location)
-    if spec != "auto":
+    if spec not in (AUTO, AUTO_OR_FRESH):
         return load_trusted(_explicit(Path(spec)), map_location)
     root = Path(root)
     named = _auto_preamble(root)
+    faults = []
     for path in reversed(list_checkpoints(root)):
         try:
             c = load_trusted(path, map_location)
         except CheckpointError as e:
             _skip(path, e)
+            faults.append(f"{path.name}: {e}")
             continue
         _say_choice(root, named, path)
         return c
+    faults += [f"{p.name}: no {MANIFEST}" for p in incomplete_step_dirs(root)]
+    if faults:
+        _none_usable(root, spec, faults)
     return None
 
 
 def find_resume(root: str | Path, spec: str | None) -> Path | None:
     """Where `load_resume` would resume from. "auto" loads each candidate to check it (as
     `load_resume` does); an explicit checkpoint is only verified (its loader checks the rest)."""
-    if spec == "auto":
+    if spec in (AUTO, AUTO_OR_FRESH):
         c = load_resume(root, spec)
         return None if c is None else c.path
     if not spec:
@@ -106,11 +121,26 @@ def find_resume(root: str | Path, spec: str | None) -> Path | None:
     return path
 
 
+def _none_usable(root: Path, spec: str, faults: list[str]) -> None:
+    """Refuse (`auto`) or warn (`auto-or-fresh`) when no step directory under root is usable:
+    a fresh start would overwrite them as it reaches their steps."""
+    head = (f"--resume {spec} found {len(faults)} checkpoint(s) in {root} and none can be "
+            "resumed from")
+    if spec == AUTO_OR_FRESH:
+        log.warning("%s; starting from step 0 as asked: each is overwritten when the run reaches "
+                    "its step", head)
+        return
+    listing = "".join(f"\n  {fault}" for fault in faults)
+    raise CheckpointError(f"{head}:{listing}\nNo checkpoint was changed. Resume from a copy you "
+                          "trust (--resume PATH), move the damaged ones out of the way, or rerun "
+                          f"with --resume {AUTO_OR_FRESH} to start from step 0 and overwrite them")
+
+
 def _explicit(path: Path) -> Path:
     """A checkpoint directory as given, or a root's `latest` (else its newest checkpoint)."""
     if (path / MANIFEST).is_file() or not path.is_dir() or STEP_DIR.match(path.name):
         return path  # verify_checkpoint names what is wrong with it
-    named = _read_latest(path)
+    named = read_latest(path)
     if named is not None:
         return path / named
     if found := list_checkpoints(path):
@@ -124,7 +154,7 @@ def _auto_preamble(root: Path) -> str | None:
     for path in incomplete_step_dirs(root):
         _warn(f"{path} has no {MANIFEST} (an interrupted save, or written by a version without "
               "manifests): it is not resumed from; delete it, or move it away to keep it")
-    named = _read_latest(root)
+    named = read_latest(root)
     if named is not None and not (root / named / MANIFEST).is_file():
         log.warning("%s names %s, which is missing or incomplete; looking for another checkpoint",
                     root / LATEST, named)
@@ -156,7 +186,7 @@ def _warn(message: str) -> None:
     log.warning("%s", message)
 
 
-def _read_latest(root: Path) -> str | None:
+def read_latest(root: Path) -> str | None:
     """The step directory name `latest` holds, or None (absent, unreadable, not a step name)."""
     try:
         raw = (root / LATEST).read_bytes()

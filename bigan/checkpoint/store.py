@@ -23,6 +23,7 @@ and sealing live in `durable.py`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ import torch
 from bigan.checkpoint.best import protected
 from bigan.checkpoint.checks import (_NAME, _SHARD, STEP_DIR, CheckpointError,  # noqa: F401
                                      CheckpointWarning, check_commit, check_part, check_step,
-                                     step_dir_name)  # (re-exported)
+                                     load_plain, step_dir_name)  # (re-exported)
 from bigan.checkpoint.durable import (failure_text, fsync_dir, install, no_space,  # noqa: F401
                                       seal, write_atomically, write_durably)
 
@@ -87,7 +88,10 @@ def save_checkpoint(root: str | Path, step: int, models: dict[str, dict[str, tor
     extra = dict(extra or {})
     check_part(models, objects)
     check_commit(config_text, extra)
-    tmp = begin_checkpoint(root, step, str(os.getpid()))
+    try:  # a read-only or full checkpoints directory fails here already
+        tmp = begin_checkpoint(root, step, str(os.getpid()))
+    except OSError as e:
+        raise write_error(Path(root), step, e) from e
     try:
         files = write_part(tmp, models, objects)
     except Exception as e:
@@ -108,11 +112,23 @@ def write_error(root: Path, step: int, e: BaseException) -> CheckpointError:
             free = ""
         what, fix = f"no space left on device{free}", ("free disk space or keep fewer "
                                                           "checkpoints (train.keep_ckpts)")
+    elif isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what, fix = (f"cannot write {e.filename or root} ({e.strerror})",
+                     f"make {root} writable (or move the run to a writable place)")
     else:
         what, fix = f"{type(e).__name__}: {e}", "fix the cause (disk space, permissions)"
-    return CheckpointError(f"could not write checkpoint {root / step_dir_name(step)}: {what}. The "
-                           f"previous checkpoint and {root / LATEST} are intact; {fix} and rerun "
-                           "the same command to resume")
+    try:
+        previous = list_checkpoints(root)
+    except OSError:
+        previous = []
+    if previous:
+        kept = f"The previous checkpoint ({previous[-1].name}) and {root / LATEST} are intact"
+        then = "rerun the same command to resume"
+    else:  # the first save of a run: there is nothing to fall back on, say so
+        kept = "No earlier checkpoint exists, so nothing of this run is saved yet"
+        then = "rerun the same command (it starts from step 0)"
+    return CheckpointError(f"could not write checkpoint {root / step_dir_name(step)}: {what}. "
+                           f"{kept}; {fix} and {then}")
 
 
 def begin_checkpoint(root: str | Path, step: int, token: str) -> Path:
@@ -272,17 +288,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
                 raise CheckpointError(f"{fpath} is not a readable safetensors file ({e})") from e
             _merge_into(models, name, part, fpath)
         else:
-            try:
-                part = torch.load(fpath, map_location=map_location, weights_only=True)
-            except Exception as e:
-                # `from None`: torch's own message advises weights_only=False or allow-listing
-                # the class, both of which run whatever code the file holds.
-                raise CheckpointError(
-                    f"{fpath} was refused by torch.load(weights_only=True) ({_refusal(e)}): it "
-                    "holds something other than tensors and plain containers, so it was not "
-                    "written by bigan's save_checkpoint or it was altered; resume from another "
-                    "checkpoint and load this file only if you trust where it came from") from None
-            _merge_into(objects, name, part, fpath)
+            _merge_into(objects, name, load_plain(fpath, map_location), fpath)
     for key, (world, ranks) in shards.items():
         if ranks != set(range(world)):
             missing = sorted(set(range(world)) - ranks)
@@ -291,17 +297,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Checkpoint:
     config_text = (path / CONFIG).read_text(encoding="utf-8")
     return Checkpoint(path=path, manifest=manifest, models=models, objects=objects,
                       config_text=config_text)
-
-
-def _refusal(e: BaseException) -> str:
-    """torch's reason for refusing a weights_only load ('Unsupported global: GLOBAL x.Foo'),
-    without the advice around it."""
-    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+was not an allowed global|\s+Please use|"
-                  r"\n\n|$)", str(e), re.DOTALL)
-    if m and m.group(1).strip():
-        return m.group(1).strip()
-    first = (str(e).strip().splitlines() or [""])[0]
-    return first if first and "weights_only" not in first else type(e).__name__
 
 
 def _merge_into(group: dict, name: str, part: Any, fpath: Path) -> None:

@@ -11,7 +11,7 @@ The package, bottom up (each module imports only those above it in this list):
 - `loading.py`: typed YAML, generic: nested dataclasses from a mapping, dotted overrides, the
   deep merge; it knows no GAN;
 - `schedules.py`: value schedules over kimg (`schedules:`) and `with_scheduled`;
-- the sections by concern: `training.py` (loss, optim, ema, train, speed, augment), `model.py`
+- the sections by concern: `training.py` (loss, optim, ema, train, recovery, finetune, speed, augment), `model.py`
   (model, progressive), `data_eval.py` (data, eval);
 - here: `Config`, the checks across sections, and loading and dumping a whole config. Every name
   importers use is re-exported here, so `from bigan.config import X` is the one way in.
@@ -33,8 +33,10 @@ from bigan.config.schedules import ScheduleConfig, with_scheduled
 from bigan.config.training import (
     AugmentConfig,
     EMAConfig,
+    FinetuneConfig,
     LossConfig,
     OptimConfig,
+    RecoveryConfig,
     SpeedConfig,
     TrainConfig,
 )
@@ -56,6 +58,7 @@ from bigan.config.vocabulary import (
     LOSSES,
     LR_DECAYS,
     MEMORY_FORMATS,
+    NEW_CLASS_INITS,
     OPTIMIZER_IMPLS,
     PENALTIES,
     PRECISIONS,
@@ -77,7 +80,7 @@ from bigan.config.vocabulary import (
 __all__ = [
     # the whole config and its sections
     "Config", "ModelConfig", "ProgressiveConfig", "DataConfig", "EvalConfig", "LossConfig",
-    "OptimConfig", "EMAConfig", "TrainConfig", "SpeedConfig", "AugmentConfig", "ScheduleConfig",
+    "OptimConfig", "EMAConfig", "TrainConfig", "RecoveryConfig", "FinetuneConfig", "SpeedConfig", "AugmentConfig", "ScheduleConfig",
     # loading, dumping, scheduling
     "ConfigError", "config_from_dict", "load_config", "dump_config", "parse_overrides",
     "deep_merge", "with_scheduled",
@@ -86,7 +89,7 @@ __all__ = [
     "ADA_GEOMETRY", "ADA_COLOR", "ADA_PIPELINES", "SCHEDULE_KINDS", "SCHEDULABLE", "PRECISIONS",
     "STRATEGIES", "DATA_SOURCES", "UNREADABLE_SHARD_ACTIONS", "PROGAN_RESOLUTIONS",
     "DCGAN_RESOLUTIONS", "BIGGAN_G_WIDTHS", "BIGGAN_D_WIDTHS", "BIGGAN_RESOLUTIONS", "LR_DECAYS",
-    "TRACKERS", "EVAL_METRICS", "EVAL_MODES", "MEMORY_FORMATS", "RESAMPLING", "OPTIMIZER_IMPLS",
+    "TRACKERS", "EVAL_METRICS", "EVAL_MODES", "MEMORY_FORMATS", "NEW_CLASS_INITS", "RESAMPLING", "OPTIMIZER_IMPLS",
     "biggan_g_blocks", "comma_list", "ada_ops",
 ]
 
@@ -107,6 +110,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)  # off by default (bigan/train/recovery.py)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # start from other weights, other classes (bigan/train/finetune.py)
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)  # dotted float (optim.g_lr, optim.betas.1, loss.penalty_weight, ema.decay, augment.lecam_weight) -> its schedule over kimg
 
     def validate(self) -> None:
@@ -130,6 +135,11 @@ class Config:
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
         self.eval.check_against(self.model, self.data)
+        if self.recovery.enabled and self.recovery.fid_rise_factor:  # the FID rule needs FIDs
+            _require(bool(self.eval.every_kimg) and "fid" in self.eval.metrics,
+                     "recovery.fid_rise_factor", self.recovery.fid_rise_factor,
+                     "needs evaluations scoring FID (eval.every_kimg > 0 and fid in eval.metrics), "
+                     "or 0 = off")
         if self.data.source == "digits":
             _require(self.model.num_classes in (1, 10), "model.num_classes",
                      self.model.num_classes, "the digits set has 10 classes (or 1: unconditional)")

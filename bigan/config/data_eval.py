@@ -20,6 +20,7 @@ from bigan.config.vocabulary import (
     _positive,
     _require,
 )
+from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION  # the one psi range
 
 if TYPE_CHECKING:
     from bigan.config.model import ModelConfig
@@ -92,7 +93,10 @@ class EvalConfig:
                  "network has none: use a classifier or an Inception .pt with a logits output")
         _require(bool(self.psi), f"{prefix}.psi", self.psi, "name at least one value (null = none)")
         for v in self.psi:
-            _require(v is None or v > 0, f"{prefix}.psi", self.psi, "each value must be > 0 or null")
+            _require(v is None or (not isinstance(v, bool) and isinstance(v, (int, float))
+                                   and MIN_TRUNCATION <= v <= MAX_TRUNCATION),
+                     f"{prefix}.psi", self.psi,
+                     f"each value must be a psi in [{MIN_TRUNCATION:g}, {MAX_TRUNCATION:g}] or null")
         _require(len(set(self.psi)) == len(self.psi), f"{prefix}.psi", self.psi, "lists a value twice")
         _require(self.best_metric in self.metrics, f"{prefix}.best_metric", self.best_metric,
                  f"must be one of eval.metrics ({', '.join(self.metrics)})")

@@ -1,6 +1,7 @@
 """The training sections: `loss:`, `optim:`, `ema:`, `train:` (batch, length, cadences,
-strategy), `speed:` (how an iteration runs, never what it computes) and `augment:` (what D sees,
-for little data).
+strategy), `recovery:` (what a divergence makes the run do), `finetune:` (starting from another
+run's or an imported generator's weights), `speed:` (how an iteration runs,
+never what it computes) and `augment:` (what D sees, for little data).
 
 A field's trailing comment is its documentation; `validate(prefix)` checks one section alone.
 `AugmentConfig` parses its op lists when a value is set, so the training step reads names, never
@@ -17,10 +18,12 @@ from bigan.config.vocabulary import (
     ADA_GEOMETRY,
     ADA_PIPELINES,
     AUGMENTS,
+    D_CALLS,
     DIFFAUGMENT_OPS,
     LOSSES,
     LR_DECAYS,
     MEMORY_FORMATS,
+    NEW_CLASS_INITS,
     OPTIMIZER_IMPLS,
     PENALTIES,
     PRECISIONS,
@@ -147,11 +150,13 @@ class SpeedConfig:
     memory_format: str = "auto"  # auto (channels_last on CUDA; contiguous on CPU, where it measured no gain, and under DeepSpeed) | channels_last | contiguous: layout of G, D, the EMA G and the batch
     optimizer: str = "auto"  # auto (fused on CUDA; torch's default on CPU and under DeepSpeed) | for-loop | foreach | fused: how each Adam step runs over the parameters
     resample: str = "auto"  # auto (folded everywhere) | folded: 2x nearest upsampling and 2x2 average pooling folded into the adjacent 3x3 conv as one 4x4 stride-2 conv (2.25x fewer FLOPs there; layers.upsample_conv3x3) | separate: resample and convolve as two ops, as BigGAN-PyTorch
+    d_call: str = "auto"  # auto (one D call on the real and fake batch concatenated, as BigGAN-PyTorch, so spectral norm's power iteration runs once per D update; two calls where D mixes samples: ProGAN's minibatch std-dev, a batch norm in training mode) | separate: D(real), then D(fake), as before (docs/training.md)
 
     def validate(self, prefix: str = "speed") -> None:
         _one_of(f"{prefix}.memory_format", self.memory_format, MEMORY_FORMATS)
         _one_of(f"{prefix}.optimizer", self.optimizer, OPTIMIZER_IMPLS)
         _one_of(f"{prefix}.resample", self.resample, RESAMPLING)
+        _one_of(f"{prefix}.d_call", self.d_call, D_CALLS)
 
 
 @dataclass
@@ -200,3 +205,40 @@ class AugmentConfig:
         _positive(f"{prefix}.lecam_weight", self.lecam_weight, zero_ok=True)
         _require(0 <= self.lecam_decay < 1, f"{prefix}.lecam_decay", self.lecam_decay, "must be in [0, 1)")
         _positive(f"{prefix}.lecam_start", self.lecam_start, zero_ok=True)
+
+
+@dataclass
+class RecoveryConfig:
+    """Recovery from divergence (`bigan/train/recovery.py`): when a loss or G's or D's weights
+    turn non-finite (or an evaluation's FID rises past `fid_rise_factor` x the best), every rank
+    rolls back to the last good checkpoint, applies the remedy below and goes on; after
+    `max_times` recoveries the run stops with the divergence message, as it does when this is off."""
+
+    enabled: bool = False  # off: a divergence stops the run (TrainingDiverged)
+    max_times: int = 3  # recoveries in the whole run (a resume counts on from the checkpoint's)
+    lr_factor: float = 0.5  # both lrs are multiplied by this at every recovery; the product is kept in the manifest, so a resume keeps it
+    skip_data: bool = True  # go on reading where the divergence found the data, skipping the batches since the checkpoint; false: read them again
+    rekey_noise: bool = True  # key the training noise by the recovery count too: the retried steps draw other latents and classes
+    fid_rise_factor: float = 0.0  # also recover when an evaluation's FID exceeds this x the best so far, rolling back to the best checkpoint (e.g. 1.5; 0 = off; needs fid in eval.metrics)
+
+    def validate(self, prefix: str = "recovery") -> None:
+        _positive(f"{prefix}.max_times", self.max_times)
+        _require(0 < self.lr_factor <= 1, f"{prefix}.lr_factor", self.lr_factor, "must be in (0, 1]")
+        _require(self.fid_rise_factor == 0 or self.fid_rise_factor > 1, f"{prefix}.fid_rise_factor",
+                 self.fid_rise_factor, "must be > 1 (a rise over the best FID), or 0 = off")
+
+
+@dataclass
+class FinetuneConfig:
+    """Starting from another run's weights with another class set (`bigan/train/finetune.py`;
+    `bigan train ... --finetune-from SOURCE` sets `source` and the model settings from it)."""
+
+    source: str = ""  # checkpoint or run directory, or consolidated/imported .safetensors, whose weights a fresh run starts from ("" = none); a resume ignores it
+    new_classes: str = "mean"  # mean | random: the embedding row of a class the source has no name for (mean of the source's rows, or the model's own initialisation)
+    freeze_d_blocks: int = 0  # FreezeD (Mo et al. 2020): D's first N blocks from the image keep their weights
+    freeze_g_blocks: int = 0  # G's first N blocks from z (the coarsest) keep their weights
+
+    def validate(self, prefix: str = "finetune") -> None:
+        _one_of(f"{prefix}.new_classes", self.new_classes, NEW_CLASS_INITS)
+        _positive(f"{prefix}.freeze_d_blocks", self.freeze_d_blocks, zero_ok=True)
+        _positive(f"{prefix}.freeze_g_blocks", self.freeze_g_blocks, zero_ok=True)

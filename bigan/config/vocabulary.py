@@ -69,10 +69,12 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvc
 EVAL_METRICS = {"fid": "min", "kid": "min", "intra_fid": "min", "precision": "max",
                 "recall": "max", "class_accuracy": "max", "is": "max"}
 EVAL_MODES = ("process", "blocking")  # beside training in its own process | inside the loop
+NEW_CLASS_INITS = ("mean", "random")  # finetune.new_classes: a new class's embedding row (bigan/train/finetune.py)
 # How the training iteration is executed (bigan/train/speed.py); none changes the math.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 RESAMPLING = ("auto", "folded", "separate")
 OPTIMIZER_IMPLS = ("auto", "for-loop", "foreach", "fused")
+D_CALLS = ("auto", "separate")  # how a D update scores real and fake: one call where the math allows | two
 
 
 def biggan_g_blocks(resolution: int) -> int:

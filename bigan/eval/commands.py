@@ -47,7 +47,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
                                              "(nearest) the model")
     p.add_argument("--data", help="real shards (`bigan data pack`) to compare with")
     p.add_argument("--n", type=int, default=10000, help="generated and real samples (default 10000)")
-    p.add_argument("--truncation", type=float, default=None, help="truncation psi > 0 (default none)")
+    p.add_argument("--truncation", default=None, metavar="PSI",
+                   help="truncation psi in [0.01, 4] or none (default: the model's recommended "
+                        "psi, as the server's; none for a checkpoint)")
     p.add_argument("--out", default=None, help="output directory (default eval/ beside MODEL); "
                                               "train-classifier: the classifier file")
     p.add_argument("--baseline", action="store_true",
@@ -74,7 +76,12 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=2000, help="samples per psi (default 2000)")
     p.add_argument("--min-recall", type=float, default=None,
                    help="recommend the smallest psi whose recall >= this (default: lowest FID)")
-    p.add_argument("--write", action="store_true", help="write the recommended psi into the .onnx file")
+    p.add_argument("--per-class", action="store_true",
+                   help="also find each class's psi by the same rule (needs --n >= 4 x classes) "
+                        "and draw truncation_per_class.png; --write stores the vector too")
+    p.add_argument("--write", action="store_true",
+                   help="write the recommended psi (and with --per-class the per-class vector; "
+                        "without it, remove an earlier one) into the .onnx file")
     p.add_argument("--out", default=None, help="output directory (default truncation-sweep/ beside MODEL)")
     _extractor_args(p)
     p.set_defaults(func=run_truncation_sweep)
@@ -142,10 +149,12 @@ def _nearest(args: argparse.Namespace) -> int:
         raise ConfigError(f"nearest needs MODEL, --data SHARDS and --classifier PATH; usage:\n{EVAL_USAGE}")
     if args.k < 1 or args.n < 1 or args.max_train < 2:
         raise ConfigError("--k and --n must be >= 1 and --max-train >= 2")
+    psi = _truncation(args)
     sampler, clf = open_sampler(args.shards), ClassifierExtractor(args.classifier)
+    psi = sampler.default_truncation if args.truncation is None else psi
     check_classes(sampler, [clf])
     labels = balanced_classes(args.n, sampler.num_classes)
-    generated = pictures.to_uint8(sampler.images(labels, range(args.seed, args.seed + args.n), args.truncation))
+    generated = pictures.to_uint8(sampler.images(labels, range(args.seed, args.seed + args.n), psi))
     train, _, _ = read_shard_images(args.data, args.max_train, sampler.resolution)
     if len(train) < 2:
         raise ConfigError(f"--data {args.data} holds {len(train)} readable images; nearest needs >= 2")
@@ -170,17 +179,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("bigan eval MODEL needs --data SHARDS (the real images to compare with)")
     if args.n < 4:
         raise ConfigError(f"--n={args.n} must be >= 4 (precision/recall use k=3 neighbours)")
-    if args.truncation is not None and args.truncation <= 0:
-        raise ConfigError(f"--truncation={args.truncation} must be > 0 (omit it for none)")
+    psi = _truncation(args)
     extractors = _extractors(args)
     sampler = open_sampler(args.model)
+    psi = sampler.default_truncation if args.truncation is None else psi
     out = Path(args.out) if args.out else _default_out(args.model, "eval")
-    results = evaluate(sampler, args.data, extractors, args.n, args.truncation, args.seed,
+    results = evaluate(sampler, args.data, extractors, args.n, psi, args.seed,
                        baseline=args.baseline, cache_dir=args.cache_dir)
     results["files"] = {
-        "grid_png": str(class_grid_png(sampler, out / "grid.png", seed=args.seed, psi=args.truncation)),
+        "grid_png": str(class_grid_png(sampler, out / "grid.png", seed=args.seed, psi=psi)),
         "interpolation_png": str(interpolation_png(sampler, out / "interpolation.png",
-                                                   (args.seed, args.seed + 1), psi=args.truncation)),
+                                                   (args.seed, args.seed + 1), psi=psi)),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -189,6 +198,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     for k, v in results["files"].items():
         print(f"  {k:18s} {v}")
     return 0
+
+
+def _truncation(args: argparse.Namespace) -> float | None:
+    """--truncation checked against the psi contract (None when not given or "none")."""
+    from bigan.onnx_metadata import TruncationError, parse_truncation
+
+    try:
+        return None if args.truncation is None else parse_truncation(args.truncation, "--truncation")
+    except TruncationError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run_truncation_sweep(args: argparse.Namespace) -> int:
@@ -215,16 +234,23 @@ def _sweep(args: argparse.Namespace) -> int:
     (extractor,) = _extractors(args, single=True)[:1]
     sampler = open_sampler(args.model)
     out = Path(args.out) if args.out else _default_out(args.model, "truncation-sweep")
-    rows = sweep.run_sweep(sampler, args.data, psis, extractor, args.n, args.seed, args.cache_dir)
-    result = sweep.save_sweep(rows, out, sampler.describe(), extractor, args.n, args.min_recall)
+    rows = sweep.run_sweep(sampler, args.data, psis, extractor, args.n, args.seed, args.cache_dir,
+                           per_class=args.per_class)
+    result = sweep.save_sweep(rows, out, sampler.describe(), extractor, args.n, args.min_recall,
+                              sampler.class_names)
     result["files"]["strip_png"] = str(sweep.psi_strip_png(sampler, psis, out / "truncation_strip.png",
                                                            seed=args.seed))
     if args.write:
-        sweep.write_truncation(args.model, result["recommended_truncation"])
+        sweep.write_truncation(args.model, result["recommended_truncation"],
+                               result.get("recommended_truncation_per_class"))
         result["written_to"] = str(args.model)
     (out / "truncation_sweep.json").write_text(json.dumps(result, indent=2))
     print(f"recommended truncation psi = {result['recommended_truncation']} ({result['rule']})"
           + (f"; written into {args.model}" if args.write else ""))
+    if args.per_class:
+        vector = result["recommended_truncation_per_class"]
+        print(f"per-class psi: {min(vector):g} to {max(vector):g} over {len(vector)} classes "
+              f"({result['per_class_rule']})")
     for k, v in result["files"].items():
         print(f"  {k:12s} {v}")
     print(f"  json         {out / 'truncation_sweep.json'}")

@@ -21,6 +21,7 @@ from bigan.eval import metrics
 from bigan.eval.errors import EvalError
 from bigan.eval.real_data import cached_real_features, dataset_sha256
 from bigan.generation import ImageSampler
+from bigan.onnx_metadata import PerClassTruncation
 
 
 def balanced_classes(n: int, num_classes: int) -> np.ndarray:
@@ -148,14 +149,18 @@ def class_grid_png(sampler: ImageSampler, path: str | Path, per_class: int = 8, 
 
 def interpolation_png(sampler: ImageSampler, path: str | Path, seeds: tuple[int, int] = (0, 1),
                       steps: int = 9, classes: int = 3, psi: float | None = None) -> Path:
-    """Per class two rows from seed a to seed b: linear (lerp) then spherical (slerp) paths."""
-    z0, z1 = sampling.latents(list(seeds), sampler.dim_z, psi)
-    rows, labels = [], []
+    """Per class two rows from seed a to seed b: linear (lerp) then spherical (slerp) paths, the
+    ends drawn by the model's z sampling at the class's psi (psi may be per class)."""
+    rows, labels, psis = [], [], []
     for c in range(min(classes, sampler.num_classes)):
+        psi_c = psi[c] if isinstance(psi, PerClassTruncation) else psi
+        z0, z1 = sampler.latents(seeds, psi_c)
         for method in ("linear", "spherical"):
             rows.append(sampling.interpolate(z0, z1, steps, method))
             labels += [c] * steps
-    images = pictures.to_uint8(sampler.images_from_latents(np.concatenate(rows), labels))
+            psis += [psi_c] * steps
+    images = pictures.to_uint8(sampler.images_from_latents(
+        np.concatenate(rows), labels, None if psi is None else psis))
     return pictures.save_png(pictures.image_grid(images, len(rows), steps), path, min_side=256)
 
 

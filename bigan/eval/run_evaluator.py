@@ -6,7 +6,9 @@ eval`: its EMA generator draws `eval.n` class-balanced images at each `eval.psi`
 features (the real side from the per-data-set cache), and `score` computes `eval.metrics`. It then
 records: one line in `RUN/eval/history.jsonl` (metrics and the FID protocol), `checkpoints/best`
 moved when the best metric improved, `RUN/eval/metrics.png` redrawn from the whole history, and
-the checkpoint's hold released. A failure becomes an error record, never an exception.
+the checkpoint's hold released. A failure becomes an error record, never an exception. A
+checkpoint handed over again after a crash that its history line already describes is not scored
+again: the line is reused, so each step is in the history once.
 
 Two evaluators run it, both behind the trainer's `Evaluator` seam: `ProcessEvaluator`, a spawned
 process with its own torch threads that takes jobs from a queue while training goes on, and
@@ -16,7 +18,6 @@ only competes with training). Both call the same `RunScorer.record`, so they giv
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -31,11 +32,14 @@ from bigan import pictures
 from bigan.checkpoint import best as best_pointer
 from bigan.config import Config
 from bigan.eval.errors import EvalError
-from bigan.train.evaluation import HOLDER, EvalJob
+from bigan.train.evaluation import HISTORY, HOLDER, EvalJob, append_history, read_history
+from bigan.train.process_lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
-HISTORY, CURVES = "history.jsonl", "metrics.png"
+__all__ = ["HISTORY", "BlockingEvaluator", "ProcessEvaluator", "RunScorer", "make_evaluator",
+           "metric_key", "read_history"]  # HISTORY and read_history live in bigan.train.evaluation
+CURVES = "metrics.png"
 _SCORE_NAMES = {"is": ("inception_score", "domain_inception_score")}  # eval.metrics -> score() keys
 
 
@@ -99,12 +103,12 @@ class RunScorer:
         root = Path(job.checkpoint).parent
         t0 = time.perf_counter()
         try:
-            scored = self.score(job)
-            record = {"step": job.step, "kimg": job.kimg, "checkpoint": Path(job.checkpoint).name,
-                      **scored, "seconds": round(time.perf_counter() - t0, 3)}
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with open(self.dir / HISTORY, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            record = self._recorded(job)
+            if record is None:
+                record = {"step": job.step, "kimg": job.kimg,
+                          "checkpoint": Path(job.checkpoint).name, **self.score(job),
+                          "seconds": round(time.perf_counter() - t0, 3)}
+                append_history(self.dir.parent, record)
             for after in (lambda: self._offer_best(root, record), self._draw):
                 try:  # the numbers are recorded: they still go back to the trainer
                     after()
@@ -117,6 +121,18 @@ class RunScorer:
             return {"step": job.step, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             best_pointer.release(root, job.checkpoint, HOLDER)
+
+    def _recorded(self, job: EvalJob) -> dict | None:
+        """The history line of `job`'s checkpoint if one was written (a crash before its hold
+        was released), else None. A resume from an earlier step has dropped the lines of the
+        steps it retrains (`TrainEvaluation.resume`), so a line found here describes the weights
+        in that directory now."""
+        name = Path(job.checkpoint).name
+        found = next((r for r in read_history(self.dir.parent)
+                      if r["step"] == job.step and r.get("checkpoint") == name), None)
+        if found is not None:
+            log.info("%s was scored before a crash; its history line stands", name)
+        return found
 
     def _offer_best(self, root: Path, record: dict) -> None:
         key = metric_key(self.ec.best_metric, self.ec.psi[0])
@@ -136,21 +152,6 @@ class RunScorer:
                 self.dir / CURVES, best=best and (best["metric"], best["kimg"], best["value"]))
         except ImportError as e:  # matplotlib is in the eval extra
             log.warning("no %s (%s): pip install 'bigan[eval]'", self.dir / CURVES, e)
-
-
-def read_history(run_dir: str | Path) -> list[dict]:
-    """The run's evaluation records by step; a step scored twice (a resume from an older
-    checkpoint) keeps its newest record."""
-    path = Path(run_dir) / "eval" / HISTORY
-    by_step: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                by_step[int(r["step"])] = r
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash
-    return [by_step[s] for s in sorted(by_step)]
 
 
 class BlockingEvaluator:
@@ -176,6 +177,9 @@ class BlockingEvaluator:
 
 def _serve(cfg: Config, run_dir: str, jobs, done) -> None:
     """The evaluator process: score jobs from `jobs` until None, putting records on `done`."""
+    # A trainer killed outright (the OOM killer) must not leave its evaluator writing the run;
+    # the parent's pid is known, so a trainer that died while this process started counts too.
+    die_with_parent(mp.parent_process().pid)
     import torch
 
     os.environ["TQDM_DISABLE"] = "1"  # one progress bar on the terminal: training's

@@ -6,6 +6,13 @@ truncation changes between rows. Outputs: a CSV and JSON of FID, KID, precision,
 class accuracy per psi, a PNG plot of them against psi, a grid strip (rows: a few classes,
 columns: psi, one seed) and a recommended psi by a stated rule (`recommend`). `write_truncation`
 stores it as `recommended_truncation` in an exported ONNX file's metadata, the server's default.
+
+With `per_class` (`--per-class`), each class is scored on its own at every psi (its generated
+images against its real ones: precision, recall and FID) and given its own psi by the same rule
+(`recommend_per_class`); the vector goes into the metadata as `recommended_truncation_per_class`,
+from which every path takes a sample's default by its class, and `plot_per_class` draws it (bars)
+with the precision/recall curves of the five most and least truncation-hungry classes. BigGAN's
+Figure 4 shows why: classes differ in how much truncation they take before they collapse.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +27,16 @@ import numpy as np
 
 from bigan import pictures
 from bigan.eval.errors import EvalError
+from bigan.eval import metrics
 from bigan.eval.evaluate import generated_features, protocol, score
 from bigan.eval.real_data import cached_real_features
 from bigan.generation import ImageSampler
+from bigan.onnx_metadata import (PER_CLASS_FIELD, TRUNCATION_FIELD, TruncationError,
+                                 check_truncation)
 
 COLUMNS = ("psi", "fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
+PR_K = 3  # precision/recall neighbours, as the global rows: a class needs > PR_K images a side
+HUNGRY = 5  # the per-class picture's curves: this many most and least truncation-hungry classes
 
 
 def parse_psi(spec: str) -> list[float]:
@@ -42,9 +53,12 @@ def parse_psi(spec: str) -> list[float]:
     except ValueError:
         raise EvalError(f"--psi {spec!r} is invalid: use START:STOP:STEP (e.g. 0.1:2.0:0.1) "
                         "or a comma list (e.g. 0.5,1,1.5)") from None
-    if not values or any(not v > 0 for v in values):
-        raise EvalError(f"--psi {spec!r}: every psi must be > 0")
-    return values
+    if not values:
+        raise EvalError(f"--psi {spec!r} names no psi")
+    try:
+        return [check_truncation(v, "--psi") for v in values]
+    except TruncationError as e:
+        raise EvalError(f"--psi {spec!r}: {e}") from None
 
 
 def recommend(rows: list[dict], min_recall: float | None) -> tuple[float, str]:
@@ -62,16 +76,61 @@ def recommend(rows: list[dict], min_recall: float | None) -> tuple[float, str]:
     return best["psi"], "psi of the lowest FID"
 
 
+def recommend_per_class(rows: list[dict], min_recall: float | None) -> tuple[list[float], str]:
+    """(one psi per class id, rule): `recommend` applied to each class's own rows (the
+    "per_class" entries `run_sweep(per_class=True)` adds)."""
+    count = len(rows[0]["per_class"])
+    picks = [recommend([{"psi": r["psi"], **r["per_class"][k]} for r in rows], min_recall)
+             for k in range(count)]
+    rule = "per class: " + (f"smallest psi with recall >= {min_recall}"
+                            if min_recall is not None else "psi of the lowest class FID")
+    if any(why.startswith("no psi") for _, why in picks):
+        rule += " (classes reaching no such recall: the psi of their highest recall)"
+    return [psi for psi, _ in picks], rule
+
+
+def check_per_class(real: dict, n: int, num_classes: int) -> None:
+    """EvalError unless every class has more than PR_K real images and generated samples."""
+    if n // num_classes <= PR_K:
+        raise EvalError(f"--per-class with {num_classes} classes needs --n >= "
+                        f"{(PR_K + 1) * num_classes} (more than {PR_K} samples of each class)")
+    counts = np.bincount(real["labels"], minlength=num_classes)[:num_classes]
+    short = [k for k in range(num_classes) if counts[k] <= PR_K]
+    if short:
+        raise EvalError(f"--per-class: the first {real['n']} real images hold {counts[short[0]]} "
+                        f"of class {short[0]} ({len(short)} classes have <= {PR_K}); raise --n "
+                        "or score a set with more images of every class")
+
+
+def class_scores(real: dict, fake: dict, num_classes: int) -> list[dict]:
+    """Per class id: precision, recall (k = PR_K) and FID of its generated features against its
+    real ones (FID at about N / K a side is biased upwards: compare classes, not to the paper)."""
+    out = []
+    for k in range(num_classes):
+        r = real["features"][real["labels"] == k]
+        f = fake["features"][fake["labels"] == k]
+        precision, recall = metrics.precision_recall(r, f, k=PR_K)
+        out.append({"precision": precision, "recall": recall,
+                    "fid": metrics.fid_from_features(r, f)})
+    return out
+
+
 def run_sweep(sampler: ImageSampler, data: str | Path, psis: list[float], extractor, n: int,
-              seed: int = 0, cache_dir=None, log: Callable[[str], None] = print) -> list[dict]:
-    """One row per psi: the metrics of `extractor` (FID etc. in its feature space)."""
+              seed: int = 0, cache_dir=None, log: Callable[[str], None] = print,
+              per_class: bool = False) -> list[dict]:
+    """One row per psi: the metrics of `extractor` (FID etc. in its feature space); with
+    per_class, each row's "per_class" holds `class_scores` of the same images."""
     real = cached_real_features(data, extractor, n, cache_dir, log=log)
+    if per_class:
+        check_per_class(real, n, sampler.num_classes)
     rows = []
     for psi in psis:
         fake = generated_features(sampler, [extractor], n, psi, seed)[extractor.name]
         s = score(real, fake, extractor, kid_subsets=50)
         row = {"psi": psi, **{k: s.get(k, float("nan")) for k in COLUMNS[1:]},
                "protocol": protocol(data, extractor, real["n"], n, psi, seed)}
+        if per_class:
+            row["per_class"] = class_scores(real, fake, sampler.num_classes)
         rows.append(row)
         log(f"psi {psi:5.2f}  FID {row['fid']:9.3f}  P {row['precision']:.3f}  "
             f"R {row['recall']:.3f}  class acc {row['class_accuracy']:.3f}")
@@ -90,13 +149,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 def plot_curves(rows: list[dict], path: str | Path, title: str, recommended: float | None = None) -> Path:
     """PNG: FID, precision/recall, class accuracy and KID against psi (matplotlib, Agg)."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise EvalError(f"the sweep plot needs matplotlib ({e}): pip install 'bigan[eval]' "
-                        "-c constraints.txt") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     psi = [r["psi"] for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
@@ -113,11 +166,7 @@ def plot_curves(rows: list[dict], path: str | Path, title: str, recommended: flo
         if len(keys) > 1 or recommended is not None:
             ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def psi_strip_png(sampler: ImageSampler, psis: list[float], path: str | Path, classes: int = 4,
@@ -132,37 +181,88 @@ def psi_strip_png(sampler: ImageSampler, psis: list[float], path: str | Path, cl
                           min_side=256)
 
 
-def write_truncation(onnx_path: str | Path, psi: float) -> None:
-    """Set `recommended_truncation` in an exported ONNX file's metadata (atomic replace)."""
-    import onnx
+def write_truncation(onnx_path: str | Path, psi: float,
+                     per_class: list[float] | None = None) -> None:
+    """Set `recommended_truncation` and `recommended_truncation_per_class` (None: remove a vector
+    an earlier per-class sweep wrote, which would outvote this psi) in an exported ONNX file's
+    metadata, through the one writer of that contract (`bigan.export.metadata`: validated, atomic,
+    the checked graph kept byte for byte)."""
+    from bigan.export.metadata import rewrite_metadata
 
-    from bigan.onnx_metadata import ModelMetadata
+    vector = None if per_class is None else [float(p) for p in per_class]
+    rewrite_metadata(onnx_path, **{TRUNCATION_FIELD: float(psi), PER_CLASS_FIELD: vector})
 
-    path = Path(onnx_path)
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = ModelMetadata.from_props(props)
-    meta.recommended_truncation = float(psi)
-    new = meta.to_props()
-    for p in model.metadata_props:
-        if p.key in new:
-            p.value = new[p.key]
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+
+def plot_per_class(rows: list[dict], per_class: list[float], path: str | Path, title: str,
+                   class_names: list[str], overall: float | None = None) -> Path:
+    """PNG: each class's psi (bars, the overall psi dashed), and precision (solid) and recall
+    (dashed) against psi of the HUNGRY most truncation-hungry classes (smallest psi) and of the
+    HUNGRY least (largest psi)."""
+    plt = _pyplot()
+    order = sorted(range(len(per_class)), key=lambda k: (per_class[k], k))
+    groups = [("most truncation-hungry", order[:HUNGRY]),
+              ("least truncation-hungry", order[::-1][:HUNGRY])]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4), constrained_layout=True)
+    axes[0].bar(range(len(per_class)), per_class, color="tab:blue")
+    if overall is not None:
+        axes[0].axhline(overall, color="grey", ls="--", lw=1, label=f"overall ψ {overall:g}")
+        axes[0].legend(fontsize=7, loc="upper right")
+    axes[0].set(xlabel="class id", ylabel="recommended ψ", title="ψ per class")
+    psi = [r["psi"] for r in rows]
+    for ax, (name, classes) in zip(axes[1:], groups):
+        for i, k in enumerate(classes):
+            colour = f"C{i}"
+            label = f"{class_names[k][:18]} (ψ {per_class[k]:g})"
+            ax.plot(psi, [r["per_class"][k]["precision"] for r in rows], color=colour,
+                    marker="o", ms=3, label=label)
+            ax.plot(psi, [r["per_class"][k]["recall"] for r in rows], color=colour, ls="--",
+                    marker="o", ms=3)
+        ax.set(xlabel="truncation ψ", ylabel="precision (solid) / recall (dashed)",
+               title=f"{len(classes)} {name} classes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, plt, path)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise EvalError(f"the sweep plot needs matplotlib ({e}): pip install 'bigan[eval]' "
+                        "-c constraints.txt") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def save_sweep(rows: list[dict], out: str | Path, model: dict, extractor, n: int,
-               min_recall: float | None) -> dict:
-    """CSV + JSON + curves PNG under `out`; returns the JSON dict (with the recommendation)."""
+               min_recall: float | None, class_names: list[str] | None = None) -> dict:
+    """CSV + JSON + curves PNG under `out`; returns the JSON dict (with the recommendation). Rows
+    with "per_class" scores add the per-class psi vector, its rule and the per-class PNG."""
     out = Path(out)
     psi, rule = recommend(rows, min_recall)
     kind = "Inception" if extractor.comparable_to_published else "domain-classifier (not comparable with published FID)"
-    curves = plot_curves(rows, out / "truncation_curves.png",
-                         f"{model['path']}: {kind} features, N={n}", psi)
+    title = f"{model['path']}: {kind} features, N={n}"
+    curves = plot_curves(rows, out / "truncation_curves.png", title, psi)
     result = {"model": model, "n": n, "extractor": extractor.describe(), "rows": rows,
               "recommended_truncation": psi, "rule": rule,
               "files": {"csv": str(write_csv(rows, out / "truncation_sweep.csv")),
                         "curves_png": str(curves)}}
+    if rows and "per_class" in rows[0]:
+        vector, class_rule = recommend_per_class(rows, min_recall)
+        names = class_names or [str(k) for k in range(len(vector))]
+        result.update({"recommended_truncation_per_class": vector, "per_class_rule": class_rule})
+        result["files"]["per_class_png"] = str(plot_per_class(
+            rows, vector, out / "truncation_per_class.png", title, names, psi))
     (out / "truncation_sweep.json").write_text(json.dumps(result, indent=2))
     return result

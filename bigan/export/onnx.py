@@ -42,7 +42,9 @@ from torch.nn.utils import parametrize
 
 from bigan import ort_session, sampling
 from bigan.config import ModelConfig
-from bigan.onnx_metadata import FAMILIES, INPUT_NAMES, OUTPUT_NAMES, PSI_INPUT, ModelMetadata
+from bigan.export.metadata import stamp
+from bigan.onnx_metadata import (DEFAULT_TRUNCATION, FAMILIES, INPUT_NAMES, OUTPUT_NAMES,
+                                 PSI_INPUT, ModelMetadata, check_truncation)
 from bigan.ort_session import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,12 @@ def fold_spectral_norm(G: nn.Module, model_cfg: ModelConfig) -> nn.Module:
 
 
 def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = False,
-                opset: int | None = None, parity_batch: int = 4) -> ExportReport:
+                opset: int | None = None, parity_batch: int = 4,
+                truncation: float | None = DEFAULT_TRUNCATION) -> ExportReport:
     """Export the EMA generator of a checkpoint (or of the newest one under a run/checkpoints
     directory) to `out_path` and check it; see the module docstring. opset None: the exporter's
-    default. Raises ExportError when the export or a check fails (no file is left at out_path),
+    default. truncation: the recommended psi written into the metadata, every path's default
+    (None: no truncation; `bigan truncation-sweep --write` measures one). Raises ExportError when the export or a check fails (no file is left at out_path),
     FileNotFoundError / CheckpointError for a missing or damaged checkpoint."""
     onnx, _ = _import_export_deps()
     if parity_batch < 1:
@@ -156,7 +160,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
     start = time.perf_counter()
     from bigan.checkpoint.weights import read_weights
     from bigan.config import config_from_dict
-    from bigan.generation import ema_generator
+    from bigan.generation import ema_generator, manifest_z_sampling
 
     w = read_weights(checkpoint_path)  # a checkpoint or a consolidated weights file
     G, class_names = ema_generator(w)
@@ -173,14 +177,15 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, fp16: bool = 
         dim_z=model_cfg.dim_z, resolution=model_cfg.resolution, channels=model_cfg.img_channels,
         training_step=int(manifest["step"]),
         source_checkpoint_sha256=w.source_sha256, precision=precision,
-        psi_input=has_psi_input(G))
+        psi_input=has_psi_input(G), z_sampling=manifest_z_sampling(manifest, found),
+        recommended_truncation=check_truncation(truncation, "truncation"))
 
     plain = fold_spectral_norm(G, model_cfg)
     if fp16:
         plain = plain.half()
     log.info("exporting %s (%s, step %d) to ONNX", found, precision, meta.training_step)
     program = _to_onnx(ServingGenerator(plain), model_cfg.dim_z, opset, meta.psi_input)
-    program.model.metadata_props.update(meta.to_props())
+    stamp(program.model.metadata_props, meta)
     onnx_opset = program.model.opset_imports[""]
 
     out = Path(out_path)

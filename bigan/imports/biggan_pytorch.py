@@ -26,7 +26,6 @@ G_shared=False generators (per-block class embeddings) are refused.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from bigan.config import BIGGAN_G_WIDTHS, ModelConfig
-from bigan.imports.common import (ImportFileError, check_tensors, file_sha256, read_state_dict,
-                                  shape, write_checkpoint)
+from bigan.imports.class_names import class_names_for
+from bigan.imports.common import (ImportFileError, ImportReport, check_tensors, file_sha256,
+                                  read_state_dict, shape, write_checkpoint)
 
 FORMAT = "biggan-pytorch"
 # Files of a BigGAN-PyTorch weights folder, in the order a directory SRC is searched.
@@ -43,14 +43,6 @@ GENERATOR_FILES = ("G_ema.pth", "G.pth")
 OUT_BN_EPS = 1e-5  # BigGAN-PyTorch layers.bn's default, used by G's output layer
 NORMALIZE_EPS = 1e-12  # F.normalize's eps in their power iteration (below any real |u W|)
 BOTTOM = 4  # their bottom_width
-
-
-@dataclass
-class ImportReport:
-    checkpoint: Path       # the step directory written
-    source: Path           # the weights file read
-    model: ModelConfig     # the settings inferred from it
-    parameters: int        # parameters of the imported generator
 
 
 def find_generator_file(src: str | Path) -> Path:
@@ -205,16 +197,18 @@ def eval_singular_vectors(weight: torch.Tensor, u0: torch.Tensor,
 def convert(src: str | Path, out: str | Path, bn_eps: float = 1e-5,
             class_names: Sequence[str] | None = None) -> ImportReport:
     """Import BigGAN-PyTorch generator weights (a G_ema.pth / G.pth file or their weights
-    directory) into a new bigan run directory `out` (`out/checkpoints/step-00000000`)."""
+    directory) into a new bigan run directory `out` (`out/checkpoints/step-00000000`).
+    `class_names`: one per class; None: ImageNet-1k's for 1,000 classes, else the ids."""
     from bigan.models.biggan import Generator
 
     path = find_generator_file(src)
     state = read_state_dict(path)
     cfg = infer_model_config(state, path, bn_eps)
+    names = class_names_for(cfg.num_classes, class_names)  # before the slow part
     with torch.random.fork_rng(devices=[]):  # the fresh model's init must not move the caller's RNG
         G = Generator(cfg)
     G.load_state_dict(convert_state(state, G, path), strict=True)
     source = {"format": FORMAT, "file": str(path.resolve()), "sha256": file_sha256(path),
               "bn_eps": bn_eps}
-    step = write_checkpoint(out, cfg, G.state_dict(), class_names, source)
-    return ImportReport(step, path, cfg, sum(p.numel() for p in G.parameters()))
+    step = write_checkpoint(out, cfg, G.state_dict(), names, source)
+    return ImportReport(step, path, cfg, sum(p.numel() for p in G.parameters()), names)

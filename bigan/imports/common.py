@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from bigan.config import Config, DataConfig, ModelConfig
+
+
+@dataclass
+class ImportReport:
+    """What `convert` wrote and found, for `bigan import`'s summary."""
+    checkpoint: Path        # the step directory written
+    source: Path            # the weights file read
+    model: ModelConfig      # the settings read or inferred from it
+    parameters: int         # parameters of the imported generator
+    class_names: list[str]  # as written to the manifest, class k at index k
 
 
 class ImportFileError(ValueError):
@@ -122,28 +133,33 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_checkpoint(out: str | Path, model_cfg: ModelConfig, G_state: dict[str, torch.Tensor],
-                     class_names: Sequence[str] | None, source: dict) -> Path:
+                     class_names: Sequence[str] | None, source: dict,
+                     z_sampling: str | None = None) -> Path:
     """Write `<out>/checkpoints/step-00000000/` holding `G_state` as the EMA generator, with the
     config (model = `model_cfg`) and class names in the manifest; return the step directory.
+    `class_names` None means ImageNet-1k's names for 1,000 classes, else the ids
+    (`bigan.imports.class_names.class_names_for`).
 
     `out` must not exist or be empty, so an import never mixes with or replaces a run. `source`
-    (format, file, sha256, settings) is recorded in the manifest under `imported_from`. The data
+    (format, file, sha256, settings) is recorded in the manifest under `imported_from`;
+    `z_sampling` (how its authors draw z, `bigan.onnx_metadata.Z_SAMPLINGS`) under `z_sampling`,
+    which sampling and export read (None: bigan's default, no key). The data
     section says `synthetic` only because a config must name some data; fine-tuning sets it.
     """
     from bigan.checkpoint.store import save_checkpoint
     from bigan.config import dump_config
+    from bigan.imports.class_names import class_names_for  # imports ImportFileError from here
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ImportFileError(f"--out {out} already exists and is not empty: choose a new "
                               "directory (an import never writes into an existing run)")
-    names = list(class_names) if class_names else [str(k) for k in range(model_cfg.num_classes)]
-    if len(names) != model_cfg.num_classes:
-        raise ImportFileError(f"{len(names)} class names given but the model has "
-                              f"{model_cfg.num_classes} classes")
+    names = class_names_for(model_cfg.num_classes, class_names)
     cfg = Config(model=model_cfg, data=DataConfig(source="synthetic"))
     cfg.validate()
     extra = {"cur_nimg": 0, "class_names": names, "config": cfg.to_dict(),
              "imported_from": source}
+    if z_sampling is not None:
+        extra["z_sampling"] = z_sampling
     return save_checkpoint(out / "checkpoints", 0, {"G_ema": G_state}, {}, dump_config(cfg),
                            extra=extra)

@@ -4,7 +4,9 @@
 a file that needs pickled code is refused with torch's reason) and `src_dir/config.json`, and
 writes `out_dir/checkpoints/step-00000000/` holding the generator as the EMA weights of a
 `model.arch=biggan-deep` config, which `bigan sample`, `export`, `eval` and (after export) `serve`
-take like a training run. What the package's layout needs, and how it is carried over exactly:
+take like a training run, with ImageNet-1k's class names for a 1,000-class model (TF-Hub's
+are ImageNet's; `class_names.py`) unless others are given. What the package's layout needs,
+and how it is carried over exactly:
 
 - cond = [z, class embedding] there, [embedding, z] here: the input columns of `gen_z` and of every
   conditional batch norm's scale/offset are permuted, with their spectral-norm vector v (sigma =
@@ -19,7 +21,13 @@ take like a training run. What the package's layout needs, and how it is carried
   (`model.psi_stats`; `psi_stat_weights` follows the package's lookup, except that a psi on
   the grid always picks its own set, where the package's float64 arithmetic picks a neighbour
   at psi = 0.14, 0.28, 0.56, 0.58 and 0.94), eps = config `eps`;
-- the output conv has `channel_width` channels, sliced to RGB (`model.out_conv_channels`).
+- the output conv has `channel_width` channels, sliced to RGB (`model.out_conv_channels`);
+- z is drawn as the package and TF-Hub draw it (`Z_SAMPLING`, "tfhub-scaled": psi *
+  truncnorm(-2, 2) from `np.random.RandomState(seed)`, `bigan.sampling.tfhub_scaled`), recorded
+  as the manifest's `z_sampling` and from there in the export's metadata, so `bigan sample
+  --seed S --truncation PSI` and the server give the package's image of
+  `truncated_noise_sample(1, dim_z, PSI, S)`; `bigan import hf-biggan --z-sampling resample`
+  keeps bigan's own convention instead.
 
 A key missing, unexpected or of the wrong shape raises `ImportFileError` naming the first such key
 and both shapes; nothing is written then.
@@ -29,35 +37,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from bigan.config import BIGGAN_G_WIDTHS, ConfigError, ModelConfig
-from bigan.imports.common import ImportFileError, file_sha256, read_state_dict, write_checkpoint
+from bigan.imports.class_names import class_names_for
+from bigan.imports.common import (ImportFileError, ImportReport, file_sha256, read_state_dict,
+                                  write_checkpoint)
+from bigan.onnx_metadata import Z_SAMPLINGS
 
 WEIGHTS, CONFIG = "pytorch_model.bin", "config.json"
+Z_SAMPLING = "tfhub-scaled"  # the package's and TF-Hub's z: the same image for the same seed
 _SN = {"weight_orig": "parametrizations.weight.original",
        "weight_u": "parametrizations.weight.0._u", "weight_v": "parametrizations.weight.0._v"}
 _ATTENTION = {"snconv1x1_theta": "theta", "snconv1x1_phi": "phi", "snconv1x1_g": "g",
               "snconv1x1_o_conv": "o"}
 
 
-def convert(src_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the BigGAN-deep in `src_dir` as a bigan checkpoint under `out_dir`; return the step
-    directory. Raises ImportFileError (or FileNotFoundError) before writing anything."""
+def convert(src_dir: str | Path, out_dir: str | Path, z_sampling: str = Z_SAMPLING,
+            class_names: Sequence[str] | None = None) -> ImportReport:
+    """Write the BigGAN-deep in `src_dir` as a bigan checkpoint under `out_dir`, drawing z by
+    `z_sampling` (`bigan.onnx_metadata.Z_SAMPLINGS`), with `class_names` (one per class; None:
+    ImageNet-1k's for 1,000 classes, as TF-Hub's are, else the ids). Raises ImportFileError (or
+    FileNotFoundError) before writing anything."""
+    if z_sampling not in Z_SAMPLINGS:
+        raise ImportFileError(f"z_sampling={z_sampling!r} must be one of {', '.join(Z_SAMPLINGS)}")
     src = Path(src_dir)
     hf = read_config(src / CONFIG)
     model_cfg = model_config(hf, src / CONFIG)
+    names = class_names_for(model_cfg.num_classes, class_names)  # before reading the weights
     if not (src / WEIGHTS).is_file():
         raise FileNotFoundError(f"{src / WEIGHTS} does not exist: pytorch-pretrained-BigGAN "
                                 f"weights come as a directory holding {WEIGHTS} and {CONFIG}")
     state = read_state_dict(src / WEIGHTS)
-    G_state = convert_state_dict(state, model_cfg, src / WEIGHTS)
+    G = convert_state_dict(state, model_cfg, src / WEIGHTS)
     source = {"format": "hf-biggan", "file": str(src / WEIGHTS),
               "sha256": file_sha256(src / WEIGHTS), "config": hf}
-    return write_checkpoint(Path(out_dir), model_cfg, G_state, None, source)
+    step = write_checkpoint(Path(out_dir), model_cfg, G.state_dict(), names, source, z_sampling)
+    return ImportReport(step, src / WEIGHTS, model_cfg, sum(p.numel() for p in G.parameters()),
+                        names)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -179,9 +199,9 @@ def key_map(cfg: ModelConfig) -> list[tuple[str, str, Callable[[Tensor], Tensor]
     return out
 
 
-def convert_state_dict(state: dict[str, Tensor], cfg: ModelConfig, path: Path) -> dict[str, Tensor]:
-    """Our generator's state dict from the package's; ImportFileError names the first key that is
-    missing, unexpected or of another shape than `cfg` (from config.json) implies."""
+def convert_state_dict(state: dict[str, Tensor], cfg: ModelConfig, path: Path) -> torch.nn.Module:
+    """Our generator holding the package's state dict `state`; ImportFileError names the first
+    key that is missing, unexpected or of another shape than `cfg` (from config.json) implies."""
     from bigan import models
 
     with torch.random.fork_rng(devices=[]):
@@ -212,4 +232,4 @@ def convert_state_dict(state: dict[str, Tensor], cfg: ModelConfig, path: Path) -
                               f"{CONFIG}'s layout does not have"
                               + (f" ({len(extra)} such keys)" if len(extra) > 1 else ""))
     G.load_state_dict(result, strict=True)  # the dtypes and the last shapes, checked by torch
-    return result
+    return G

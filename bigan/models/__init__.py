@@ -1,4 +1,5 @@
-"""Model registry: `MODELS[arch]` (the module), `build(cfg) -> (G, D)` and `build_generator(cfg)`.
+"""Model registry: `MODELS[arch]` (the module), `build(cfg) -> (G, D)`, `build_generator(cfg)`
+and `on_meta()`, where a build costs no memory and no arithmetic.
 
 Every pair honours one contract, which the trainer, the sampler and the ONNX exporter rely on:
 `G(z: float [N, dim_z], y: long [N])` returns images [N, img_channels, res, res] in [-1, 1] (the
@@ -9,8 +10,11 @@ losses, devices, processes or files.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Iterator
 
+import torch
 from torch import nn
 
 from bigan.config import ModelConfig
@@ -44,3 +48,30 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
     """G alone, for loading weights into (sampling, export, import): D of a released 128 px
     BigGAN is another 88M parameters nobody reads. The same G as build()'s for the same RNG."""
     return _module(cfg).Generator(cfg)
+
+
+@contextmanager
+def on_meta() -> Iterator[None]:
+    """Build on the meta device (shapes only, for checks and plans), without spectral norm's 15
+    start-up power iterations on meta weights: they change no shape, and on meta tensors each
+    op runs through torch's Python reference code (measured: 70 s of BigGAN-128's 90 s build;
+    2.4 s against 0.24 s for the tiny test BigGAN). Weights on a real device still iterate, so
+    another thread building a real model meanwhile is unaffected. A torch that renamed the
+    private method builds the slow way."""
+    from torch.nn.utils import parametrizations
+
+    cls = getattr(parametrizations, "_SpectralNorm", None)
+    original = getattr(cls, "_power_method", None)
+
+    def power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
+        if not weight_mat.is_meta:
+            original(self, weight_mat, n_power_iterations)
+
+    if original is not None:
+        cls._power_method = power_method
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        if original is not None:
+            cls._power_method = original

@@ -30,9 +30,12 @@ def check_global_batches(cfg: Config, world: int, workers: str) -> None:
             raise ConfigError(f"{field}={b} must be divisible by {workers}")
 
 
-def step_generator(seed: int, step: int, sub: int) -> torch.Generator:
-    """An RNG keyed by (seed, step, sub-step): noise depends on the position, not on history."""
-    state = np.random.SeedSequence([seed, step, sub]).generate_state(2, np.uint32)
+def step_generator(seed: int, step: int, sub: int, key: int = 0) -> torch.Generator:
+    """An RNG keyed by (seed, step, sub-step): noise depends on the position, not on history.
+    `key` > 0 (a recovery's count, `recovery.py`) gives the same positions other noise; 0 keeps
+    the sequence runs have always drawn."""
+    entropy = [seed, step, sub] + ([key] if key else [])
+    state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
@@ -46,9 +49,10 @@ def fake_inputs(cfg: Config, b: int, gen: torch.Generator, rank: int,
 
 
 def draw_batches(cfg: Config, feed, prepare_reals, step: int, batch_size: int, rank: int,
-                 world: int, device: torch.device) -> tuple[list[Batch], Batch]:
+                 world: int, device: torch.device, noise_key: int = 0) -> tuple[list[Batch], Batch]:
     """(one Batch per D update, the G update's Batch) of global batch `batch_size`.
-    `prepare_reals` maps the model-range real images to what D sees (ProGAN's phase resolution).
+    `prepare_reals` maps the model-range real images to what D sees (ProGAN's phase resolution);
+    `noise_key` re-keys the noise (`step_generator`).
 
     With a relativistic loss, G's sample i has real sample i's class: the loss scores the pair's
     difference D(G(z_i), y_i) - D(x_i, y_i), and R3GAN's loop conditions both on the same labels.
@@ -62,11 +66,11 @@ def draw_batches(cfg: Config, feed, prepare_reals, step: int, batch_size: int, r
     for k in range(cfg.optim.d_steps):
         real, real_y = feed.next(batch_size)
         real, real_y = prepare_reals(model_images(real.to(device))), real_y.to(device)
-        gen = step_generator(cfg.train.seed, step, k)
+        gen = step_generator(cfg.train.seed, step, k, noise_key)
         z, y = fake_inputs(cfg, batch_size, gen, rank, world)
         d_batches.append(Batch(z=z.to(device), fake_y=real_y if paired else y.to(device),
                                generator=gen, real=real, real_y=real_y, rows=rows))
-    gen = step_generator(cfg.train.seed, step, cfg.optim.d_steps)
+    gen = step_generator(cfg.train.seed, step, cfg.optim.d_steps, noise_key)
     z, y = fake_inputs(cfg, batch_size, gen, rank, world)
     # The relativistic losses compare G's samples with real ones: the last D update's reals, as
     # R3GAN's loop uses one real batch for both updates (no extra images are read).

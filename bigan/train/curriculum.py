@@ -25,9 +25,11 @@ from bigan.train import lr_decay, phases
 class Fixed:
     """One resolution and batch size for the whole run; only the lrs may decay."""
 
-    def __init__(self, cfg: Config, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer):
+    def __init__(self, cfg: Config, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
+                 lr_factor: float = 1.0):
         self.cfg, self.opt_G, self.opt_D = cfg, opt_G, opt_D
         self.now = cfg
+        self.lr_factor = lr_factor  # a recovery's cut of both lrs (`recovery.py`), on whatever is in force
 
     def begin_step(self, step: int, cur_nimg: int) -> int:
         """Set this step's config in force, lrs and betas; return its global batch size."""
@@ -38,8 +40,9 @@ class Fixed:
     def _decay(self, step: int, g_lr: float, d_lr: float) -> None:
         o = self.now.optim  # a function of (step, cur_nimg): resumes follow the same curve
         scheduled = [k for k in self.cfg.schedules if k.startswith("optim.")]
-        if o.lr_decay != "none" or scheduled:
-            scale = lr_decay.lr_scale(step, self.cfg.train.steps, o.lr_decay, o.lr_decay_start)
+        if o.lr_decay != "none" or scheduled or self.lr_factor != 1:
+            scale = self.lr_factor * lr_decay.lr_scale(step, self.cfg.train.steps, o.lr_decay,
+                                                       o.lr_decay_start)
             lr_decay.set_lrs(self.opt_G, self.opt_D, scale * g_lr, scale * d_lr)
         if any(k.startswith("optim.betas") for k in scheduled):
             for opt in (self.opt_G, self.opt_D):
@@ -72,8 +75,8 @@ class Progressive(Fixed):
     """ProGAN: resolution, alpha, batch and lrs follow cur_nimg (`phases.py`)."""
 
     def __init__(self, cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
-                 opt_D: torch.optim.Optimizer, cur_nimg: int):
-        super().__init__(cfg, opt_G, opt_D)
+                 opt_D: torch.optim.Optimizer, cur_nimg: int, lr_factor: float = 1.0):
+        super().__init__(cfg, opt_G, opt_D, lr_factor)
         self.networks = list(networks)
         self.ph = phases.phase_at(cur_nimg, cfg)
 
@@ -121,8 +124,9 @@ class Progressive(Fixed):
 
 
 def curriculum(cfg: Config, networks: Iterable[nn.Module], opt_G: torch.optim.Optimizer,
-               opt_D: torch.optim.Optimizer, cur_nimg: int) -> Fixed:
-    """The curriculum of `cfg`: Progressive for ProGAN, Fixed otherwise."""
+               opt_D: torch.optim.Optimizer, cur_nimg: int, lr_factor: float = 1.0) -> Fixed:
+    """The curriculum of `cfg`: Progressive for ProGAN, Fixed otherwise; `lr_factor` scales both
+    lrs (a recovery's remedy)."""
     if cfg.model.arch == "progan":
-        return Progressive(cfg, networks, opt_G, opt_D, cur_nimg)
-    return Fixed(cfg, opt_G, opt_D)
+        return Progressive(cfg, networks, opt_G, opt_D, cur_nimg, lr_factor)
+    return Fixed(cfg, opt_G, opt_D, lr_factor)

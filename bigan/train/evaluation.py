@@ -9,8 +9,17 @@ already on disk), *holds* it against pruning (`checkpoint/best.py`) and submits 
 scores it (in its own process, or inline in blocking mode), records the history, moves `best` and
 releases the hold. Its finished records come back through `results()` and go into metrics.jsonl
 and TensorBoard at their own step. Nothing the evaluator does can stop training: every call into
-it is guarded and a failure is logged. A checkpoint still held when a run resumes was handed over
-but never scored (a crash), so it is submitted again.
+it is guarded and a failure is logged.
+
+The history (`RUN/eval/history.jsonl`, one line per scored checkpoint, written by the evaluator)
+is read here too, because a resume must make it agree with the run (`TrainEvaluation.resume`):
+- a resume from an older step (or a fresh start over old checkpoints) retrains the steps after
+  it, so their history lines and a `best` naming one of them are dropped, with one warning that
+  also names the checkpoints training will overwrite;
+- a record in the history but not in metrics.jsonl (a crash after the evaluator wrote it and
+  before the trainer collected it) is written to the logs then, once;
+- a checkpoint still held was handed over but never finished (a crash): it is submitted again,
+  and the evaluator reuses its history line if it had written one, so a step is recorded once.
 """
 
 from __future__ import annotations
@@ -19,14 +28,68 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from bigan.checkpoint import best as best_pointer
+from bigan.checkpoint.durable import write_atomically
+from bigan.checkpoint.store import list_checkpoints
 from bigan.config import Config
 
 log = logging.getLogger(__name__)
 
 HOLDER = "eval"  # the name of the evaluator's holds on checkpoints
+HISTORY = "history.jsonl"  # RUN/eval/HISTORY: one JSON line per scored checkpoint
+
+
+def history_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "eval" / HISTORY
+
+
+def _history_lines(path: Path) -> list[tuple[str, dict | None]]:
+    """Each line of the history with its record, None for a line cut short by a crash."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            r = json.loads(line) if line.endswith("\n") else None
+            ok = isinstance(r, dict) and isinstance(r.get("step"), int)
+            out.append((line, r if ok else None))
+        except ValueError:
+            out.append((line, None))
+    return out
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The run's evaluation records by step; a step recorded twice (by a version that could)
+    keeps its newest record."""
+    path = history_path(run_dir)
+    by_step = {r["step"]: r for _, r in _history_lines(path) if r} if path.is_file() else {}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def append_history(run_dir: str | Path, record: dict) -> None:
+    """Add `record` as one line. After a line cut short by a kill, a newline first: the new
+    record must not be glued onto the torn one (both would be unreadable)."""
+    path = history_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        torn = False
+        if f.seek(0, 2) > 0:
+            f.seek(-1, 2)
+            torn = f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
+
+
+def drop_history_after(run_dir: str | Path, step: int) -> list[dict]:
+    """Keep only the history lines of steps <= `step` (and no torn ones); the records dropped.
+    Rewritten under a temporary name and renamed, like metrics.jsonl (`run_log.py`)."""
+    path = history_path(run_dir)
+    if not path.is_file():
+        return []
+    lines = _history_lines(path)
+    kept = [line for line, r in lines if r and r["step"] <= step]
+    if len(kept) < len(lines):
+        write_atomically(path, "".join(kept).encode("utf-8"))
+    return [r for _, r in lines if r and r["step"] > step]
 
 
 @dataclass
@@ -55,10 +118,13 @@ class TrainEvaluation:
     hands anything over); `write(step, scalars)` is where results go (RunLog.write_eval)."""
 
     def __init__(self, cfg: Config, evaluator: Evaluator | None, root: Path,
-                 write: Callable[[int, dict[str, float]], None], main: bool):
+                 write: Callable[[int, dict[str, float]], None], main: bool,
+                 logged: Iterable[int] = ()):
         self.every_nimg = cfg.eval.every_kimg * 1000
         self.evaluator = evaluator if main else None
-        self.root, self.write = Path(root), write
+        self.main, self.root, self.write = main, Path(root), write
+        self.run_dir = self.root.parent  # checkpoints/ and eval/ sit side by side in it
+        self.logged = set(logged)  # steps whose evaluation is in metrics.jsonl (RunLog.eval_steps)
         if main and self.every_nimg and evaluator is None:
             log.warning("eval.every_kimg=%g but no evaluator was given to train(): checkpoints are "
                         "written at the evaluation steps, nothing scores them (`bigan train` "
@@ -70,6 +136,53 @@ class TrainEvaluation:
         if not self.every_nimg:
             return False
         return last or prev_nimg // self.every_nimg < cur_nimg // self.every_nimg
+
+    def resume(self, step: int) -> None:
+        """Before training from `step` (0: a fresh start), on the main process: drop what the
+        history and `best` say of the steps after it (they are retrained), log the records the
+        logs lack, and submit again what a crash left held. Guarded like every evaluator call."""
+        if self.main:
+            self._guarded(self._supersede_after, step)
+            backlog = [r for r in self._guarded(read_history, self.run_dir) or []
+                       if r["step"] not in self.logged]
+            if backlog:
+                log.info("logging %d evaluation record(s) of eval/%s that a crash kept out of "
+                         "metrics.jsonl (steps %s)", len(backlog), HISTORY,
+                         ", ".join(str(r["step"]) for r in backlog))
+                self._record(backlog)
+            self.resubmit_held()
+
+    def _supersede_after(self, step: int) -> None:
+        """Checkpoints after `step` are of a line this run retrains: release their holds, drop
+        their history lines, move `best` off them; one warning says so, and what gets overwritten."""
+        newer = [p.name for p in list_checkpoints(self.root) if best_pointer.step_of(p.name) > step]
+        for name in best_pointer.held(self.root, HOLDER):
+            if best_pointer.step_of(name) > step:
+                best_pointer.release(self.root, name, HOLDER)
+        dropped = drop_history_after(self.run_dir, step)
+        moved = best_pointer.retract_after(self.root, step, read_history(self.run_dir))
+        if not (newer or dropped or moved):
+            return
+        said = [f"training from step {step}, behind checkpoints of an earlier run"]
+        if newer:
+            said.append(f"it will overwrite {', '.join(newer)} as it reaches their steps")
+        if dropped:
+            said.append(f"dropped the eval/{HISTORY} records of step(s) "
+                        f"{', '.join(str(r['step']) for r in dropped)}")
+        if moved:
+            old, new = moved
+            now = (f"now {new['checkpoint']} ({new['metric']}={new['value']:.4g})" if new
+                   else "removed (no earlier scored checkpoint)")
+            said.append(f"best was {old['checkpoint']} ({old.get('metric')}={old.get('value')}), "
+                        f"{now}")
+        log.warning("; ".join(said))
+
+    def rewind(self, step: int) -> None:
+        """Training goes back to `step` in this process (a recovery's rollback): what the history
+        and `best` say of the later steps is dropped, as on a resume from `step`."""
+        if self.main:
+            self._guarded(self._supersede_after, step)
+            self.logged = {s for s in self.logged if s <= step}
 
     def resubmit_held(self) -> None:
         """After a resume: submit again what the crashed run handed over but never got scored."""
@@ -115,7 +228,10 @@ class TrainEvaluation:
                             r.get("step"), r["error"])
                 continue
             try:
+                if int(r["step"]) in self.logged:  # e.g. a held step logged from the history
+                    continue
                 self.write(int(r["step"]), {**r["metrics"], "progress/kimg": float(r["kimg"])})
+                self.logged.add(int(r["step"]))
             except Exception:  # a malformed record must not end the run either
                 log.exception("could not write the evaluation record %r", r)
 

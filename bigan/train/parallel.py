@@ -23,7 +23,8 @@ need `transformers`, and on CPU silently train each process alone without an exp
 ZeRO-1/2 break in their gradient hooks), backwards through `engine.backward`, and D is frozen
 during the G step by `step.g_update`. Clipping is DeepSpeed's (set from our `grad_clip`, whose
 default there would be 1.0), so `grad_norm/*` metrics are absent under ZeRO. The optimizers stay
-torch's (client optimizers): no DeepSpeed C++ op is ever compiled. Under `zero3` only G runs
+torch's (client optimizers), and the shared-memory comm op DeepSpeed would otherwise compile at
+its first start is skipped (`deepspeed_ops.py`): no DeepSpeed C++ op is compiled. Under `zero3` only G runs
 ZeRO-3; D runs ZeRO-2. A gradient penalty's double backward reads D's weights after ZeRO-3's
 module hooks have released them (a backward through `autograd.grad(create_graph=True)` fires no
 module hook to fetch them again) and fails with a shape error in DeepSpeed 0.19.8. Persistence
@@ -44,6 +45,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bigan.config import STRATEGIES, deep_merge
+from bigan.train import deepspeed_ops
 from bigan.train.step import StepRuntime
 
 log = logging.getLogger(__name__)
@@ -247,6 +249,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
+    """Each of `values` maximised over the ranks (collective, one all-reduce; `values` itself with
+    one process): a decision and what it needs (a step) agreed at once, like `any_rank`."""
+    if _world() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
 def mean_over_ranks(t: Tensor) -> Tensor:
     """The mean of `t` over the ranks (collective; `t` itself with one process): the statistics of
     the global batch that ADA's p and LeCam's EMAs follow, agreed on by every rank. Every rank
@@ -368,7 +380,8 @@ def _prepare_zero(strategy: str, G: nn.Module, D: nn.Module, opt_G, opt_D, grad_
     for name, module, opt, cfg in (("G", G, opt_G, g_cfg), ("D", D, opt_D, d_cfg)):
         if world > 1:
             _broadcast_state(module)
-        with _own_broadcast():
+        with _own_broadcast(), deepspeed_ops.without_unused_ops(), \
+                deepspeed_ops.no_endless_build_wait():
             engine, *_ = deepspeed.initialize(model=module, optimizer=opt, config=cfg,
                                               dist_init_required=False)
         engines[name] = engine

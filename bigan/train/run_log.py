@@ -63,7 +63,9 @@ class RunLog:
         from tqdm.auto import tqdm
 
         self.main = main
-        self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+        # Purge the steps this run writes again (after `step`), as metrics.jsonl keeps those up
+        # to `step`: purging `step` itself would drop its evaluation, logged before the resume.
+        self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=step + 1)
                        if main and "tensorboard" in log_with else None)
         # The trainer built `accelerator` with accelerate_trackers(log_with): checked there once.
         others = any(t != "tensorboard" for t in log_with)
@@ -72,11 +74,18 @@ class RunLog:
             self.accelerator.init_trackers(run_dir.name, config=hparams)
         if main:
             _drop_lines_after(run_dir / "metrics.jsonl", step)
-        self.file = (run_dir / "metrics.jsonl").open("a") if main else None
+        self.path = run_dir / "metrics.jsonl"
+        self.file = self.path.open("a") if main else None
         # `disable` only where it must be True: passed explicitly it would override TQDM_DISABLE=1.
         self.bar = tqdm(total=steps, initial=step, desc="train", unit="it", dynamic_ncols=True,
                         **({} if main else {"disable": True}))
         self.t0, self.images = time.perf_counter(), 0
+        # kimg/h, ETA and device-hours (what `bigan plan` estimates, measured); device-hours go
+        # on from the last value metrics.jsonl holds, so a resumed run keeps counting.
+        self.steps, self.last_step = steps, step
+        dist = torch.distributed
+        self.devices = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.device_hours = _last_value(self.path, "progress/device_hours") if main else 0.0
 
     def count(self, images: int) -> None:
         """One step done, having shown D `images` real images."""
@@ -98,13 +107,20 @@ class RunLog:
 
     def write(self, step: int, metrics: dict[str, float], cur_nimg: int) -> dict[str, float]:
         """Add throughput and progress to `metrics` and write them (main process); return them."""
-        metrics["speed/img_per_sec"] = self.images / (time.perf_counter() - self.t0)
+        sec = time.perf_counter() - self.t0
+        metrics["speed/img_per_sec"] = self.images / sec
+        metrics["speed/kimg_per_hour"] = self.images / 1000 * 3600 / sec
         metrics["progress/kimg"] = cur_nimg / 1000
-        self.t0, self.images = time.perf_counter(), 0
+        # The ETA assumes the rest of the run goes at this interval's pace per step.
+        metrics["progress/eta_hours"] = (self.steps - step) * sec / max(1, step - self.last_step) / 3600
+        self.device_hours += self.devices * sec / 3600
+        metrics["progress/device_hours"] = self.device_hours
+        self.t0, self.images, self.last_step = time.perf_counter(), 0, step
         if self.main:
             self._append(step, metrics)
-            self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}"
-                                  for k in ("loss/D", "loss/G") if k in metrics})
+            postfix = {k.split("/")[-1]: f"{metrics[k]:.3f}" for k in ("loss/D", "loss/G") if k in metrics}
+            self.bar.set_postfix(postfix | {"kimg/h": f"{metrics['speed/kimg_per_hour']:.1f}",
+                                            "eta_h": f"{metrics['progress/eta_hours']:.1f}"})
         return metrics
 
     def write_eval(self, step: int, scalars: dict[str, float]) -> None:
@@ -115,6 +131,19 @@ class RunLog:
             if self.writer is not None:
                 self.writer.flush()
 
+    def eval_steps(self) -> set[int]:
+        """Steps with an evaluation (an `eval/*` scalar) in metrics.jsonl; TensorBoard gets the
+        same scalars in the same call, so what this file lacks the logs lack."""
+        if not self.main:
+            return set()
+        steps = set()
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines(keepends=True):
+            if (step := _line_step(line)) is not None and any(
+                    k.startswith("eval/") for k in json.loads(line)):
+                steps.add(step)
+        return steps
+
     def _append(self, step: int, scalars: dict[str, float]) -> None:
         """`scalars` at `step` into TensorBoard, the Accelerate trackers and metrics.jsonl."""
         if self.writer is not None:
@@ -124,6 +153,23 @@ class RunLog:
             self.accelerator.log(scalars, step=step)
         self.file.write(json.dumps({"step": step, **scalars}) + "\n")
         self.file.flush()
+
+    def rewind(self, step: int) -> None:
+        """Training goes back to `step` (a recovery's rollback, `recovery.py`): the steps after it
+        leave metrics.jsonl and TensorBoard, as a resume from there would drop them, so the
+        retrained steps are logged once."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.main:
+            self.file.close()
+            _drop_lines_after(self.path, step)
+            self.file = self.path.open("a")
+            if self.writer is not None:
+                log_dir = self.writer.log_dir
+                self.writer.close()
+                self.writer = SummaryWriter(log_dir, purge_step=step + 1)
+        self.bar.n = self.last_step = step
+        self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
@@ -147,6 +193,16 @@ def _drop_lines_after(path: Path, step: int) -> None:
     if kept == lines:
         return
     write_atomically(path, "".join(kept).encode("utf-8"))
+
+
+def _last_value(path: Path, key: str) -> float:
+    """The last value of `key` in metrics.jsonl (0.0 when no complete line holds it)."""
+    if not path.is_file():
+        return 0.0
+    for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)):
+        if _line_step(line) is not None and key in (record := json.loads(line)):
+            return float(record[key])
+    return 0.0
 
 
 def _line_step(line: str) -> int | None:

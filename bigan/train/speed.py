@@ -45,6 +45,7 @@ class FastPath:
     memory_format: str  # channels_last | contiguous
     optimizer: str  # for-loop | foreach | fused | default (torch chooses); optimizers.IMPLEMENTATIONS
     resample: str = "folded"  # folded | separate: the models' `fold_resample` (layers.upsample_conv3x3)
+    d_call: str = "auto"  # auto | separate: real and fake in one D call where D allows (step.d_update)
 
     @classmethod
     def resolve(cls, cfg: SpeedConfig, device: torch.device | str = "cpu",
@@ -59,7 +60,7 @@ class FastPath:
         if opt == "auto":
             opt = "default" if plain else "fused"
         resample = "folded" if cfg.resample == "auto" else cfg.resample
-        return cls(fmt, opt, resample)
+        return cls(fmt, opt, resample, cfg.d_call)  # d_call's auto is resolved per D (step.py)
 
     @property
     def torch_format(self) -> torch.memory_format:
@@ -81,4 +82,4 @@ class FastPath:
         return replace(batch, real=batch.real.contiguous(memory_format=self.torch_format))
 
 
-PLAIN = FastPath("contiguous", "for-loop", "separate")
+PLAIN = FastPath("contiguous", "for-loop", "separate", "separate")  # two D calls, as StudioGAN

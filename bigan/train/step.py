@@ -11,6 +11,12 @@ Augmentation (`augment:`, `bigan/augment.py`) applies to every image D sees, rea
 and G updates, drawn from the same keyed generator (reals, then fakes, before any other draw of
 the update). Gradient penalties see the images before augmentation. ADA's p and LeCam's EMAs are
 statistics of the global batch: `StepRuntime.all_reduce_mean` averages them over the workers.
+
+A D update scores real and fake in one call on the two batches concatenated, as BigGAN-PyTorch
+does (`G_D.forward`), wherever D scores each sample alone (`d_call="auto"`): each GEMM is twice as
+tall and spectral norm's power iteration runs once per update instead of twice
+(docs/training.md). A D that mixes samples (ProGAN's minibatch std-dev, a batch norm in training
+mode) keeps two calls, as does `d_call="separate"` (`speed.d_call`). Penalties make their own calls.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import Tensor, nn
 
 from bigan import augment, losses, regularizers
 from bigan.config import AugmentConfig, LossConfig
+from bigan.layers import MinibatchStdDev
 
 _NO_AUGMENT = AugmentConfig()
 
@@ -119,18 +126,41 @@ def _lecam(real_logits: Tensor, fake_logits: Tensor, aug: AugmentConfig, state: 
     return regularizers.lecam_penalty(real_logits, fake_logits, state.lecam_real, state.lecam_fake)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def mixes_samples(D: nn.Module) -> bool:
+    """Whether D's score of one sample depends on the others in the same call: ProGAN's minibatch
+    std-dev (by design) or a batch norm in training mode (batch statistics). Such a D must see
+    real and fake in separate calls; any other scores a concatenated batch row by row."""
+    return any(isinstance(m, MinibatchStdDev) or (isinstance(m, _BATCH_NORMS) and m.training)
+               for m in D.modules())
+
+
+def _score_real_fake(D: nn.Module, real: Tensor, real_y: Tensor, fake: Tensor, fake_y: Tensor,
+                     runtime: StepRuntime, joint: bool) -> tuple[Tensor, Tensor]:
+    """(D(real), D(fake)) as float32 logits: one call on the concatenated batch when `joint`."""
+    with runtime.autocast():
+        if not joint:
+            return D(real, real_y).float(), D(fake, fake_y).float()
+        logits = D(torch.cat([real, fake]), torch.cat([real_y, fake_y])).float()
+    real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
+    return real_logits, fake_logits
+
+
 def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Batch,
              cfg: LossConfig, state: StepState, runtime: StepRuntime,
-             aug: AugmentConfig = _NO_AUGMENT) -> dict[str, Tensor]:
-    """One discriminator update on (aug(real), aug(G(z))); G receives no gradient."""
+             aug: AugmentConfig = _NO_AUGMENT, d_call: str = "auto") -> dict[str, Tensor]:
+    """One discriminator update on (aug(real), aug(G(z))); G receives no gradient. `d_call`
+    (`speed.d_call`): "auto" scores both in one D call unless D mixes samples; "separate": two."""
     opt_D.zero_grad(set_to_none=True)
     with torch.no_grad(), runtime.autocast():
         fake = G(batch.z, batch.fake_y)
     fake = fake.float()
     real_seen, fake_seen = _augmented(batch.real, aug, state, batch), _augmented(fake, aug, state, batch)
-    with runtime.autocast():
-        real_logits = D(real_seen, batch.real_y).float()
-        fake_logits = D(fake_seen, batch.fake_y).float()
+    joint = d_call == "auto" and not mixes_samples(D)
+    real_logits, fake_logits = _score_real_fake(D, real_seen, batch.real_y, fake_seen, batch.fake_y,
+                                                runtime, joint)
     loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
                          label_noise=cfg.label_noise, generator=batch.generator, rows=batch.rows)
     out = {"loss/D": loss.detach(), "D/real": real_logits.detach().mean(),
@@ -166,6 +196,7 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
     The relativistic losses also score aug(batch.real) (without gradient)."""
     opt_G.zero_grad(set_to_none=True)
     state = state or StepState()
+    trainable = [p for p in D.parameters() if p.requires_grad]  # not D's frozen blocks (FreezeD)
     D.requires_grad_(False)
     try:
         real_logits = None
@@ -188,7 +219,8 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
             out["loss/ortho"] = ortho.detach()
         runtime.backward(loss)
     finally:
-        D.requires_grad_(True)
+        for p in trainable:
+            p.requires_grad_(True)
     _clip(runtime, G, out, "grad_norm/G")
     opt_G.step()
     return out
@@ -198,8 +230,8 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                   opt_D: torch.optim.Optimizer, d_batches: list[Batch], g_batch: Batch,
                   cfg: LossConfig, state: StepState, runtime: StepRuntime | None = None,
                   g_runtime: StepRuntime | None = None,
-                  aug: AugmentConfig = _NO_AUGMENT) -> dict[str, Tensor]:
-    """k = len(d_batches) D updates, then one G update.
+                  aug: AugmentConfig = _NO_AUGMENT, d_call: str = "auto") -> dict[str, Tensor]:
+    """k = len(d_batches) D updates (`d_call`: see `d_update`), then one G update.
 
     `runtime` runs the D updates and, unless `g_runtime` is given, the G update too: data-parallel
     strategies reduce each model's gradients in its own backward (`train/parallel.py`).
@@ -209,7 +241,7 @@ def gan_iteration(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
     """
     runtime = runtime or StepRuntime()
     g_runtime = g_runtime or runtime
-    d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime, aug) for b in d_batches]
+    d_metrics = [d_update(G, D, opt_D, b, cfg, state, runtime, aug, d_call) for b in d_batches]
     keys = dict.fromkeys(k for m in d_metrics for k in m)
     metrics = {k: torch.stack([m[k] for m in d_metrics if k in m]).mean() for k in keys}
     metrics.update(g_update(G, D, opt_G, g_batch, cfg, g_runtime, aug, state))

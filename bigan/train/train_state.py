@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bigan.checkpoint import sharded
+from bigan.checkpoint.durable import check_writable
 from bigan.checkpoint.resume import describe, load_resume, nonfinite_entries
 from bigan.checkpoint.store import step_dir_name
 from bigan.config import Config, ConfigError, config_from_dict, dump_config
@@ -59,8 +60,9 @@ class TrainCheckpoints:
                         "parallel)", root)
 
     def restore(self, resume: str | None) -> ResumePoint:
-        """Load the checkpoint `resume` names ("auto": the newest valid one, else start fresh)
-        into the models, optimizers and torch RNG; return the position it recorded."""
+        """Load the checkpoint `resume` names ("auto": the newest valid one; a fresh start when
+        there is none, a CheckpointError when all are damaged unless "auto-or-fresh") into the
+        models, optimizers and torch RNG; return the position it recorded."""
         c = load_resume(self.root, resume)  # verified, loaded weights_only, finite; or None
         if c is None:
             return ResumePoint()
@@ -135,6 +137,24 @@ class TrainCheckpoints:
                 f"the weights or optimizer state became non-finite by step {step} ({where}); "
                 f"checkpoint {step_dir_name(step)} was not written and the last good checkpoint "
                 f"is {self.last or 'none'}. {DIVERGENCE_ADVICE}")
+
+
+def check_run_writable(run_dir: Path, main: bool, device: torch.device) -> None:
+    """ConfigError on every rank (collective) when the main process cannot write into the run
+    directory or its checkpoints/: found at the start, in one line naming the directory, not
+    as a traceback at the first log line or checkpoint."""
+    problem = None
+    if main:
+        for where in (run_dir, run_dir / "checkpoints"):
+            try:
+                check_writable(where)
+            except OSError as e:
+                problem = f"cannot write into {e.filename or where} ({e.strerror})"
+                break
+    if parallel.any_rank(problem is not None, device):
+        problem = problem or "the main process cannot write the run directory"
+        raise ConfigError(f"train.out_dir: {problem}; make it writable, or train into another "
+                          "--out")
 
 
 def _check_resumable(cfg: Config, manifest_config: dict) -> None:

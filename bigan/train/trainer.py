@@ -5,7 +5,9 @@ curriculum sets the batch size and lrs (ProGAN phases, lr decay; `curriculum.py`
 are drawn keyed by global position (`batches.py`), `gan_iteration` updates D and G (`step.py`),
 the EMA generator follows, and the run logs (`run_log.py`), draws grids, checkpoints
 (`train_state.py`), hands evaluation checkpoints to the evaluator beside it (`evaluation.py`) and
-asks the hooks whether to stop. The same function runs single-process (the
+asks the hooks whether to stop. With `recovery:` on, a divergence rolls the loop back to the
+last good checkpoint in place (`recovery.py`); `finetune:` starts a fresh run from another's
+weights (`finetune.py`). The same function runs single-process (the
 embedded default), under `accelerate launch` and inside each Ray worker; only the launcher differs.
 """
 
@@ -21,16 +23,17 @@ import torch
 from bigan import ema, models
 from bigan.config import Config, ConfigError, dump_config
 from bigan.data.feed import make_feed
-from bigan.train import parallel
+from bigan.train import finetune, parallel, process_lifetime, run_lock
 from bigan.train.batches import check_global_batches, draw_batches
 from bigan.train.curriculum import curriculum
 from bigan.train.evaluation import Evaluator, TrainEvaluation
 from bigan.train.hooks import TrainHooks
 from bigan.train.optimizers import build_optimizers
+from bigan.train.recovery import Recovery
 from bigan.train.run_log import RunLog, SampleGrids, TrainingDiverged, accelerate_trackers
 from bigan.train.speed import FastPath
 from bigan.train.step import gan_iteration
-from bigan.train.train_state import TrainCheckpoints
+from bigan.train.train_state import TrainCheckpoints, check_run_writable
 
 log = logging.getLogger(__name__)
 
@@ -52,54 +55,53 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     `evaluator` scores the checkpoints of the eval.every_kimg cadence (bigan.eval.run_evaluator)."""
     from accelerate import Accelerator
 
-    hooks, tc, run_dir = hooks or TrainHooks(), cfg.train, Path(cfg.train.out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(run_dir),
-                              log_with=accelerate_trackers(tc.log_with))
+    process_lifetime.die_with_launcher()  # a killed `accelerate launch` takes its workers along
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.train.out_dir,
+                              log_with=accelerate_trackers(cfg.train.log_with))
+    strategy = _strategy(cfg, accelerator.num_processes)
+    # One job per run directory, from before the first checkpoint is read to the return.
+    with run_lock.held(cfg.train.out_dir, accelerator.is_main_process, accelerator.device):
+        return _train(cfg, hooks or TrainHooks(), resume, evaluator, accelerator, strategy)
+
+
+def _train(cfg: Config, hooks: TrainHooks, resume: str | None, evaluator: Evaluator | None,
+           accelerator, strategy: str) -> TrainResult:
+    tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
-    strategy = _strategy(cfg, world)
+    check_run_writable(run_dir, main, device)  # a read-only run directory: one line, now
     torch.use_deterministic_algorithms(tc.deterministic)
 
     # --- models, optimizers, data parallelism, resume, data ---------------------------------------
-    torch.manual_seed(tc.seed)
-    G, D = models.build(cfg.model)
-    fast = FastPath.resolve(cfg.speed, device, strategy)  # layout and Adam implementation
-    fast.models(G, D)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G, opt_D = build_optimizers(G, D, cfg.optim, fast.optimizer)
-    # Gradients all-reduced by hand (ddp) or one DeepSpeed engine per model (zero1-3); G's batch
-    # norms become cross-replica (parallel.py). One process: plain modules.
-    bf16 = tc.precision == "bf16"
-    p = parallel.prepare(strategy, G.to(device), D.to(device), opt_G, opt_D, cfg.optim.grad_clip, device,
-                         autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-                         batch_per_worker=tc.batch_size // world)
-    G_ema.to(device)
+    fast, p, G_ema = _build(cfg, resume, device, strategy, rank, world)
     checkpoints = TrainCheckpoints(cfg, run_dir / "checkpoints", p, G_ema, rank, world, strategy)
     at = checkpoints.restore(resume)
     step, cur_nimg, state = at.step, at.cur_nimg, at.step_state
     feed = make_feed(cfg, rank, world, at.data_state)
-    course = curriculum(cfg, [p.G, p.D, G_ema], p.opt_G, p.opt_D, cur_nimg)
+    recovery = Recovery(cfg, checkpoints, at, device, main)  # `recovery:`; its lr cut outlives resumes
+    course = curriculum(cfg, [p.G, p.D, G_ema], p.opt_G, p.opt_D, cur_nimg, recovery.lr_factor)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     run_log = RunLog(run_dir, tc.steps, step, main, tc.log_with, accelerator, cfg.to_dict())
     grids = SampleGrids(cfg, G_ema, run_dir, device, feed.reference)
-    evaluation = TrainEvaluation(cfg, evaluator, checkpoints.root, run_log.write_eval, main)
-    if at.checkpoint is not None:
-        evaluation.resubmit_held()
+    evaluation = TrainEvaluation(cfg, evaluator, checkpoints.root,
+                                 recovery.watching(run_log.write_eval),  # the FID rule reads them
+                                 main, logged=run_log.eval_steps())
+    evaluation.resume(at.step)  # history and `best` agree with this start; crash leftovers logged
 
     # --- the loop -------------------------------------------------------------------------------
     last_ckpt, metrics = at.checkpoint, {}
     while step < tc.steps:
         batch_size = course.begin_step(step, cur_nimg)
         d_batches, g_batch = draw_batches(cfg, feed, course.prepare_reals, step, batch_size,
-                                          rank, world, device)
+                                          rank, world, device, recovery.noise_key)
         d_batches = [fast.batch(b) for b in d_batches]
         now = course.now  # the config in force at this step (`schedules:` applied)
         metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, now.loss, state,
-                                p.d_runtime, g_runtime=p.g_runtime, aug=now.augment)
+                                p.d_runtime, g_runtime=p.g_runtime, aug=now.augment, d_call=fast.d_call)
         with p.gathered("G"):  # ZeRO-3: whole weights for the average
-            ema.update_ema(G_ema, p.G, ema.ema_decay(step, now.ema.decay, cfg.ema.start_step))
+            ema.update_ema(G_ema, p.G, _ema_decay(now, step, batch_size, course.ema_age_nimg(cur_nimg)))
         step += 1
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size * cfg.optim.d_steps
         run_log.count(batch_size * cfg.optim.d_steps)
@@ -113,9 +115,18 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         is_ckpt_step = step % tc.ckpt_every == 0 or step == tc.steps or stop or is_eval_step
         is_log_step = step % tc.log_every == 0 or step == tc.steps
         if is_log_step or is_ckpt_step:
+            if recovery.diverged(metrics, step, p):  # agreed by every rank; never when it is off
+                at = recovery.roll_back(step, run_log, evaluation)  # the last good checkpoint
+                step, cur_nimg, state, last_ckpt = at.step, at.cur_nimg, at.step_state, at.checkpoint
+                if not cfg.recovery.skip_data:  # else the data goes on past the batches since
+                    feed = make_feed(cfg, rank, world, at.data_state)
+                course = curriculum(cfg, [p.G, p.D, G_ema], p.opt_G, p.opt_D, cur_nimg, recovery.lr_factor)
+                if stop:  # restored to a checkpoint: stopping now loses nothing
+                    break
+                continue
             metrics = run_log.finite(metrics, step, last_ckpt)
         if is_log_step:
-            metrics.update(course.metrics())
+            metrics.update(course.metrics() | recovery.metrics())
             metrics.update({f"data/skipped_{k}": float(v) for k, v in feed.skipped().items()})
             metrics.update({f"data/{k}": float(v) for k, v in feed.io_counts().items()})
             hooks.on_metrics(step, run_log.write(step, metrics, cur_nimg))
@@ -123,7 +134,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             grids.draw(step)
         if is_ckpt_step:
-            last_ckpt = checkpoints.save(step, cur_nimg, state, feed, course.manifest())
+            last_ckpt = checkpoints.save(step, cur_nimg, state, feed, course.manifest() | recovery.manifest())
             hooks.on_checkpoint(last_ckpt, step)
             if is_eval_step:  # the EMA weights are on disk: the evaluator reads them from there
                 evaluation.hand_over(last_ckpt, step, cur_nimg)
@@ -132,6 +143,34 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     evaluation.finish()  # the last evaluation is waited for and recorded
     run_log.close()
     return TrainResult(run_dir, step, cur_nimg, last_ckpt, {k: float(v) for k, v in metrics.items()})
+
+
+def _build(cfg: Config, resume: str | None, device: torch.device, strategy: str, rank: int,
+           world: int) -> tuple[FastPath, "parallel.Prepared", torch.nn.Module]:
+    """(the fast path, G and D with their optimizers prepared for the strategy, the EMA copy):
+    seeded, laid out for the device, started from a `finetune:` source where one is set."""
+    torch.manual_seed(cfg.train.seed)
+    G, D = models.build(cfg.model)
+    fast = FastPath.resolve(cfg.speed, device, strategy)  # layout and Adam implementation
+    fast.models(G, D)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    # `finetune:`: a fresh run starts from another's weights (classes matched by name); frozen blocks
+    finetune.start(cfg, resume, Path(cfg.train.out_dir) / "checkpoints", G, D, G_ema,
+                   lambda: make_feed(cfg, rank, world).class_names)
+    opt_G, opt_D = build_optimizers(G, D, cfg.optim, fast.optimizer)
+    # Gradients all-reduced by hand (ddp) or one DeepSpeed engine per model (zero1-3); G's batch
+    # norms become cross-replica (parallel.py). One process: plain modules.
+    bf16 = cfg.train.precision == "bf16"
+    p = parallel.prepare(strategy, G.to(device), D.to(device), opt_G, opt_D, cfg.optim.grad_clip, device,
+                         autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+                         batch_per_worker=cfg.train.batch_size // world)
+    return fast, p, G_ema.to(device)
+
+
+def _ema_decay(now: Config, step: int, batch_size: int, age_nimg: int) -> float:
+    """This G step's EMA decay: BigGAN's warm-up copy, then `ema.decay` with its ramp-up."""
+    decay = ema.ema_decay(step, now.ema.decay, now.ema.start_step)
+    return ema.ramped_decay(decay, batch_size * now.optim.d_steps, age_nimg, now.ema.rampup)
 
 
 def _strategy(cfg: Config, world: int) -> str:

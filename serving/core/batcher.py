@@ -33,9 +33,16 @@ import numpy as np
 # run(z, y) -> images, or run(z, y, psi) for requests that carry psi (graphs with a psi input).
 RunFn = Callable[..., np.ndarray]
 BatchHook = Callable[[int, float], None]  # (images in the batch, seconds the run took)
+# (requests answered by the run, images, seconds the run took, seconds those requests queued):
+# what Triton's per-model counters need (serving.core.metrics), once per successful run.
+RunHook = Callable[[int, int, float, float], None]
 
 
 MAX_RETRY_AFTER_S = 600  # a Retry-After longer than this says "overloaded" no better
+# Before any run has ended no rate is measured. A Retry-After of 1 s then sent clients back four
+# times before a cold server's backlog cleared (~4.4 s, issue 33); 5 s over-waits less than that
+# under-waits, and a first run slower than that is seen through the time it has taken so far.
+UNMEASURED_RETRY_AFTER_S = 5
 
 
 class QueueFull(RuntimeError):
@@ -48,11 +55,15 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def retry_after_s(queued_images: int, seconds_per_image: float | None) -> int:
-    """Whole seconds until `queued_images` are drawn at `seconds_per_image` (1 when no run has
-    been measured yet), in 1..MAX_RETRY_AFTER_S: the Retry-After of a 503."""
+def retry_after_s(queued_images: int, seconds_per_image: float | None,
+                  lower_bound_s: float = 0.0) -> int:
+    """Whole seconds until `queued_images` are drawn at `seconds_per_image`, in
+    1..MAX_RETRY_AFTER_S: the Retry-After of a 503. With no rate measured yet (None), a
+    conservative guess: at least UNMEASURED_RETRY_AFTER_S and at least `lower_bound_s` (what the
+    running first batch already shows of the rate)."""
     if seconds_per_image is None:
-        return 1
+        guess = max(UNMEASURED_RETRY_AFTER_S, lower_bound_s)
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(guess)))
     return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queued_images * seconds_per_image)))
 
 
@@ -79,12 +90,14 @@ class MicroBatcher:
             raise ValueError(f"need max_batch >= 1, max_queue >= 1, max_wait_ms >= 0; got "
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
         self._run, self.on_batch = run, on_batch  # on_batch: metrics hook
+        self.on_run: RunHook | None = None  # the Triton counters' hook (serving.app sets it)
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self._jobs: collections.deque[_Job] = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.seconds_per_image: float | None = None  # moving average over runs; None: no run yet
         self._running_images = 0  # images of the batch being computed
+        self._running_since = 0.0  # when that batch's run began (time.perf_counter)
         # Totals since start, for the v2 statistics extension: successful runs, their images and
         # seconds, and the seconds requests waited in the queue before their run began.
         self.runs, self.run_images, self.run_seconds = 0, 0, 0.0
@@ -130,11 +143,20 @@ class MicroBatcher:
         await self.start()
         if len(self._jobs) >= self.max_queue:
             images = self.queued_images
-            raise QueueFull(len(self._jobs), retry_after_s(images, self.seconds_per_image), images)
+            raise QueueFull(len(self._jobs), retry_after_s(images, self.seconds_per_image,
+                                                           self._unmeasured_bound_s()), images)
         job = _Job(z, y, psi, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._arrived.set()
         return await job.future
+
+    def _unmeasured_bound_s(self) -> float:
+        """Seconds the queued images take at least, judged by the run in progress alone: it has
+        run this long for its images and is not done (0 when nothing runs)."""
+        if not self._running_images:
+            return 0.0
+        per_image = (time.perf_counter() - self._running_since) / self._running_images
+        return self.queued_images * per_image
 
     async def _loop(self) -> None:
         while True:
@@ -185,25 +207,26 @@ class MicroBatcher:
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         now = time.perf_counter()
+        waited = [now - job.queued_at for job in batch]
         self.queued_requests += len(batch)
-        self.queue_seconds += sum(now - job.queued_at for job in batch)
+        self.queue_seconds += sum(waited)
         z = np.concatenate([job.z for job in batch])
         y = np.concatenate([job.y for job in batch])
         psi = None if batch[0].psi is None else np.concatenate([job.psi for job in batch])
-        self._running_images = len(y)
+        self._running_images, self._running_since = len(y), time.perf_counter()
         try:
-            images = await self._timed_run(z, y, psi)
+            images = await self._timed_run(z, y, psi, len(batch), sum(waited))
         except Exception as e:
             if len(batch) == 1:  # the request learns why; the loop keeps serving
                 if not batch[0].future.done():
                     batch[0].future.set_exception(e)
                 return
             # Some request broke the merged run: run each alone, so only the guilty ones fail.
-            for job in batch:
+            for job, queued in zip(batch, waited):
                 if job.future.done():
                     continue
                 try:
-                    job.future.set_result(await self._timed_run(job.z, job.y, job.psi))
+                    job.future.set_result(await self._timed_run(job.z, job.y, job.psi, 1, queued))
                 except Exception as alone:
                     job.future.set_exception(alone)
             return
@@ -215,9 +238,10 @@ class MicroBatcher:
                 job.future.set_result(images[offset:offset + len(job)])
             offset += len(job)
 
-    async def _timed_run(self, z: np.ndarray, y: np.ndarray,
-                         psi: np.ndarray | None) -> np.ndarray:
-        """`run` in a worker thread; a successful run updates the rate and calls on_batch."""
+    async def _timed_run(self, z: np.ndarray, y: np.ndarray, psi: np.ndarray | None,
+                         requests: int, queued_s: float) -> np.ndarray:
+        """`run` in a worker thread for `requests` requests that queued `queued_s` seconds in
+        all; a successful run updates the rate and calls on_batch and on_run."""
         start = time.perf_counter()
         args = (z, y) if psi is None else (z, y, psi)
         images = await asyncio.to_thread(self._run, *args)
@@ -230,6 +254,8 @@ class MicroBatcher:
                                                         self.run_seconds + seconds)
         if self.on_batch is not None:
             self.on_batch(len(y), seconds)
+        if self.on_run is not None:
+            self.on_run(requests, len(y), seconds, queued_s)
         return images
 
 

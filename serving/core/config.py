@@ -9,12 +9,41 @@ serving stack installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bigan.ort_session import PROVIDERS
 
 TRT_CACHE_DIR = "~/.cache/bigan/tensorrt"  # TensorRT engines, one subdirectory per model file
+# A model name is one URL path segment (/v2/models/NAME/infer) and one directory of a Triton
+# repository: letters, digits, '.', '_', '-', not starting with '.' or '-'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# Triton's GET /v2/models/stats is every model's statistics, so a model of that name is
+# unreachable there (tritonclient's get_inference_statistics() asks that path).
+RESERVED_MODEL_NAMES = ("stats",)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ValueError saying why `name` cannot name a model."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name {name[:80]!r} must be 1-128 letters, digits, '.', '_' or "
+                         "'-', not starting with '.' or '-' (it is a URL path segment)")
+    if name in RESERVED_MODEL_NAMES:
+        raise ValueError(f"model name {name!r} is taken by the route /v2/models/{name} (every "
+                         "model's statistics); choose another")
+
+
+def check_finite(config: Any) -> None:
+    """Raise ValueError naming the flag of the first float option of dataclass `config` that is
+    NaN or infinite: argparse's float() takes "nan" and "inf", and comparisons with NaN are all
+    false, so range checks alone let them through (a NaN body timeout answered every body 408)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            raise ValueError(f"{flag}={value} must be a finite number")
 
 
 def option(default: Any, help: str, *, flag: str | None = None,
@@ -49,6 +78,7 @@ class EngineConfig:
                                 flag="--trt-cache")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider={self.provider!r} must be one of {', '.join(PROVIDERS)}")
         for name in ("max_batch", "max_queue"):

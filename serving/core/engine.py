@@ -10,6 +10,13 @@ every `shrink_arena_every_s` seconds a run ends by giving the arenas' unused mem
 for the life of the process. Not after every run: on CPU that (like disabling the arena) re-faults
 every activation buffer and measured 1.8x slower per batch (BigGAN-128, width 8, batch 1 and 16).
 
+Warm-up (Triton's `model_warmup`): `warm_up()` runs every batch bucket the engine will use
+(`bigan.ort_session.batch_buckets(max_batch)`) once with zero latents and class 0, and an engine
+is `ready` only after it did: onnxruntime allocates its arena, and cuDNN times its convolution
+algorithms, on the first run at each shape, which would otherwise fall on the first requests of
+each size. The model repository warms every engine it opens or reloads before it serves it.
+Warm-up runs bypass the batcher, so they count in no statistic or metric.
+
 Latents come from `bigan.sampling.latents`: one seeded NumPy generator per image, drawn before
 batching, so an image depends on its (class, seed, psi) only, exactly as in `bigan sample`.
 """
@@ -21,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -97,14 +104,17 @@ class Engine:
         self.batcher = MicroBatcher(self.run, self.config.max_batch, self.max_wait_ms,
                                     self.config.max_queue, on_batch)
         self.stats = RequestStats()
+        self.on_request: Callable[[bool, float], None] | None = None  # (ok, seconds): metrics
+        self.warmed = False  # warm_up() ran: `ready` waits for it
         log.info("serving %s (%s, %d classes, %dx%d) on %s, batches of up to %d waiting up to "
                  "%g ms", self.path, self.metadata.family, self.metadata.num_classes,
                  self.metadata.resolution, self.metadata.resolution, self.provider,
                  self.config.max_batch, self.max_wait_ms)
 
     def latents(self, seeds: Sequence[int], psi: float | None) -> np.ndarray:
-        """float32 [len(seeds), dim_z]: row i from its own generator seeded with seeds[i]."""
-        return sampling.latents(seeds, self.metadata.dim_z, psi)
+        """float32 [len(seeds), dim_z]: row i from its own generator seeded with seeds[i], drawn
+        by the model's `z_sampling` (bigan's resample, or TF-Hub's scaled truncnorm)."""
+        return sampling.latents(seeds, self.metadata.dim_z, psi, self.metadata.z_sampling)
 
     def run(self, z: np.ndarray, y: np.ndarray,
             psi: np.ndarray | float | None = None) -> np.ndarray:
@@ -132,18 +142,41 @@ class Engine:
             return self._shrink_run
         return self._plain_run
 
-    async def submit(self, z: np.ndarray, y: np.ndarray, psi: float | None = None) -> np.ndarray:
+    async def submit(self, z: np.ndarray, y: np.ndarray,
+                     psi: np.ndarray | float | None = None) -> np.ndarray:
         """`run` through the micro-batcher (merged with concurrent requests); psi: the request's
-        truncation (None: none), kept with its rows when the graph takes a psi input."""
+        truncation (None: none; or float32 [N], one per row), kept with its rows when the graph
+        takes a psi input."""
         start = time.perf_counter()
         column = ort_session.psi_column(psi, len(y)) if self.metadata.psi_input else None
+        ok = False
         try:
             images = await self.batcher.submit(z, y, column)
-        except Exception:
-            self.stats.note(False, time.perf_counter() - start)
-            raise
-        self.stats.note(True, time.perf_counter() - start)
+            ok = True
+        finally:  # a cancelled client's request counts as failed too (Triton counts it)
+            seconds = time.perf_counter() - start
+            self.stats.note(ok, seconds)
+            if self.on_request is not None:
+                self.on_request(ok, seconds)
         return images
+
+    def warm_up(self) -> list[int]:
+        """Run every batch bucket once (blocking), then mark the engine warmed; returns the
+        bucket sizes run. Zero latents and class 0 are valid rows of every model. Raises
+        ModelFileError naming the model and the batch size when a run fails."""
+        sizes = list(ort_session.batch_buckets(self.config.max_batch))
+        start = time.perf_counter()
+        for n in sizes:
+            try:
+                self.run(np.zeros((n, self.metadata.dim_z), np.float32), np.zeros(n, np.int64))
+            except Exception as e:  # onnxruntime's own types; the model could not serve this size
+                raise ModelFileError(f"model {self.name!r} version {self.version} failed its "
+                                     f"warm-up run at batch {n} ({type(e).__name__}: "
+                                     f"{str(e).strip()[:300]}); lower --max-batch") from e
+        self.warmed = True
+        log.info("warmed %s version %s up at batch sizes %s in %.2f s", self.name, self.version,
+                 sizes, time.perf_counter() - start)
+        return sizes
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -153,7 +186,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.batcher.running
+        """Warmed up and batching: what the readiness routes and the repository index report."""
+        return self.warmed and self.batcher.running
 
 
 def open_session(path: Path, config: EngineConfig, sha256: str = ""):

@@ -36,23 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from bigan.ort_session import batch_buckets  # one rule for the engine and export's Triton config
+
 log = logging.getLogger(__name__)
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
-
-
-def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """The padded batch sizes: 1, 2, 4, ... below max_batch, and max_batch. A batch of n runs at
-    the smallest bucket >= n, so at most half of a run is padding, with log2(max_batch) + 1
-    captured graphs (each holds its activations' memory)."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch={max_batch} must be >= 1")
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    return (*sizes, max_batch)
 
 
 def bucket_for(n: int, buckets: tuple[int, ...]) -> int:

@@ -12,6 +12,10 @@ starts before it replaces the old one in the table; the old engine finishes the 
 were already using it (`use` counts them) and is stopped only when none is left, so a reload never
 fails a request in flight. The response cache keys on the file's sha256, so the old file's cached
 images are never served for the new one.
+
+Every engine is warmed up (`Engine.warm_up`: each batch bucket run once) before it is served: at
+`open`, at `start` for engines given in-process, and by `load` before the new engine enters the
+table, so no model reports READY, and no request meets a cold engine, before its warm-up ran.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from bigan.ort_session import ModelFileError
-from serving.core.config import EngineConfig
+from serving.core.config import EngineConfig, check_model_name
 from serving.core.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,11 @@ def scan(root: str | Path, name: str | None = None) -> list[ModelFile]:
             raise ModelFileError(f"a name ({name!r}) can be given only to a repository of one "
                                  f"model; {str(root)!r} holds {sorted(kinds)}")
         found = [ModelFile(name, f.version, f.path) for f in found]
+    for f in found:
+        try:
+            check_model_name(f.name)
+        except ValueError as e:
+            raise ModelFileError(f"{str(f.path)!r}: {e}; rename it") from None
     return sorted(found, key=lambda f: (f.name, int(f.version)))
 
 
@@ -96,10 +106,13 @@ class ModelRepository:
 
     @classmethod
     def open(cls, root: str | Path, config: EngineConfig | None = None,
-             name: str | None = None) -> ModelRepository:
-        """Open every model under `root` (see `scan`); raises ModelFileError naming a bad file."""
+             name: str | None = None, warm: bool = True) -> ModelRepository:
+        """Open every model under `root` (see `scan`) and warm each up (`warm=False`: a check
+        only; `start` warms them); raises ModelFileError naming a bad file."""
         config = config or EngineConfig()
         engines = [Engine(f.path, config, f.name, version=f.version) for f in scan(root, name)]
+        for engine in engines if warm else []:  # before any port is bound, lifespan or not
+            engine.warm_up()
         return cls(engines, Path(root), config, name)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -168,6 +181,8 @@ class ModelRepository:
         for engine in self.engines():
             if self.on_engine is not None:
                 self.on_engine(engine)
+            if not engine.warmed:
+                await asyncio.to_thread(engine.warm_up)
             await engine.start()
 
     async def stop(self) -> None:
@@ -181,7 +196,27 @@ class ModelRepository:
 
     async def load(self, name: str) -> None:
         """(Re)load model `name` from disk: new or changed versions get new engines, removed ones
-        are unloaded, unchanged ones keep serving. Raises UnknownModel or ModelFileError."""
+        are unloaded, unchanged ones keep serving; a model whose files are all gone is unloaded
+        (as Triton does), then UnknownModel. Raises UnknownModel or ModelFileError, whose message
+        names files relative to the repository: it goes to clients, who have no business knowing
+        the server's folders (the log keeps the full message)."""
+        try:
+            await self._load(name)
+        except ModelFileError as e:
+            log.warning("loading model %s failed: %s", name[:80], e)
+            raise ModelFileError(self._hide_root(str(e))) from None
+
+    def _hide_root(self, message: str) -> str:
+        """`message` with the repository's folder left out of the paths it names."""
+        if self.root is None:
+            return message
+        roots = {str(self.root), str(self.root.absolute()), str(self.root.resolve())}
+        for root in sorted(roots, key=len, reverse=True):
+            message = message.replace(f"'{root}'", "the repository")
+            message = message.replace(root + os.sep, "").replace(root, "the repository")
+        return message
+
+    async def _load(self, name: str) -> None:
         if self.root is None:
             raise ModelFileError("this server was given its models in-process, not a repository "
                                  "path: there is nothing to load them from")
@@ -189,7 +224,12 @@ class ModelRepository:
             files = [f for f in await asyncio.to_thread(scan, self.root, self.rename)
                      if f.name == name]
             if not files:
-                raise UnknownModel(f"no model {name[:80]!r} in the repository {str(self.root)!r}")
+                if name in self.models:  # its files were deleted: stop serving it
+                    self._drain(list(self.models.pop(name).values()))
+                    log.info("unloaded model %s: its files are gone from %s", name, self.root)
+                    raise UnknownModel(f"model {name!r} is no longer in the repository; it is "
+                                       "unloaded")
+                raise UnknownModel(f"no model {name[:80]!r} in the repository")
             current = self.models.get(name, {})
             fresh: dict[str, Engine] = {}
             try:
@@ -201,10 +241,11 @@ class ModelRepository:
                         continue
                     engine = await asyncio.to_thread(Engine, f.path, self.config, f.name,
                                                      version=f.version)
+                    fresh[f.version] = engine  # stopped below if a later version fails
+                    await asyncio.to_thread(engine.warm_up)
                     if self.on_engine is not None:
                         self.on_engine(engine)
                     await engine.start()
-                    fresh[f.version] = engine
                     log.info("%s model %s version %s from %s", "reloaded" if old else "loaded",
                              name, f.version, f.path)
             except BaseException:  # one bad file: the model keeps serving what it served

@@ -10,6 +10,7 @@ const el = (tag, props = {}, ...children) => {
 };
 
 let spec = {};
+let models = [];  // names from /v1/models, for the example bodies
 
 function resolve(schema) {
   let s = schema || {};
@@ -34,10 +35,29 @@ function limits(schema) {
   for (const p of plain) {
     if (p.minimum !== undefined) parts.push(`≥ ${p.minimum}`);
     if (p.exclusiveMinimum !== undefined) parts.push(`> ${p.exclusiveMinimum}`);
-    if (p.maximum !== undefined) parts.push(`≤ ${p.maximum}`);
+    if (p.maximum !== undefined) parts.push(`≤ ${exact(p.maximum)}`);
   }
   if (s.default !== undefined) parts.push(`default ${JSON.stringify(s.default)}`);
   return parts.join(", ");
+}
+
+// Integers past 2^53 lose digits in a JS number (2^63 - 1 showed as 9223372036854776000):
+// the spec is parsed keeping their source text (JSON.parse's reviver context), shown as written.
+const EXACT = new Map();
+function keepExact(key, value, context) {
+  if (typeof value === "number" && !Number.isSafeInteger(value) && context &&
+      /^-?\d+$/.test(context.source)) EXACT.set(value, context.source);
+  return value;
+}
+const exact = (n) => EXACT.get(n) ?? String(n);
+
+// Descriptions are Markdown-ish text: `code` spans become <code>, the rest stays text.
+function prose(text, tag = "span") {
+  const node = el(tag);
+  String(text || "").split(/(`[^`]+`)/).forEach((part) => node.append(
+    part.startsWith("`") && part.endsWith("`") && part.length > 1
+      ? el("code", { textContent: part.slice(1, -1) }) : part));
+  return node;
 }
 
 function example(schema) {
@@ -64,7 +84,7 @@ function fieldTable(rows) {
   return el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows.map((r) => el("tr", {},
     el("td", {}, el("code", { textContent: r.name + (r.required ? " *" : "") })),
     el("td", { textContent: r.where }), el("td", { textContent: r.type }),
-    el("td", { textContent: r.limits }), el("td", { textContent: r.description || "" })))));
+    el("td", { textContent: r.limits }), el("td", {}, prose(r.description))))));
 }
 
 async function send(method, path, textarea, out) {
@@ -107,7 +127,7 @@ function operation(path, method, op) {
   const section = el("section", { className: "op", id },
     el("h2", {}, el("span", { className: `method ${method}`, textContent: method }),
        el("code", { textContent: path }), op.summary ? el("span", { textContent: op.summary }) : null),
-    op.description ? el("p", { textContent: op.description }) : null);
+    op.description ? prose(op.description, "p") : null);
   if (rows.length) section.append(el("h3", { textContent: "fields (* required)" }), fieldTable(rows));
   const answers = Object.entries(op.responses || {}).map(([code, r]) =>
     `${code}: ${r.description || ""} ${Object.keys(r.content || {}).join(", ")}`.trim());
@@ -118,8 +138,13 @@ function operation(path, method, op) {
     out.setAttribute("aria-live", "polite");
     let textarea = null;
     if (bodySchema) {
+      const sample = example(bodySchema);
+      // A server of several models needs "model" in every /v1 body: name its first one.
+      if (bodySchema.properties && bodySchema.properties.model && models.length > 1) {
+        sample.model = models[0];
+      }
       textarea = el("textarea", { id: `${id}-body`, spellcheck: false,
-                                  value: JSON.stringify(example(bodySchema), null, 2) });
+                                  value: JSON.stringify(sample, null, 2) });
       section.append(el("label", { htmlFor: textarea.id, textContent: "request body (JSON)" }),
                      textarea);
     }
@@ -133,7 +158,9 @@ function operation(path, method, op) {
 async function main() {
   const response = await fetch("/openapi.json");
   if (!response.ok) throw new Error(`the server did not give its OpenAPI spec (${response.statusText})`);
-  spec = await response.json();
+  spec = JSON.parse(await response.text(), keepExact);
+  const listed = await fetch("/v1/models").then((r) => (r.ok ? r.json() : { models: [] }));
+  models = (listed.models || []).map((m) => m.name);
   $title.textContent = `${spec.info.title} ${spec.info.version}: API reference`;
   document.title = $title.textContent;
   $about.textContent = spec.info.description || "";

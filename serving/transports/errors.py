@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.core.batcher import QueueFull
 from serving.core.repository import UnknownModel
+from serving.transports.json_body import describe_int
 
 _SHOWN_CHARS = 80  # longer strings in error messages are cut: a 5,000-digit "class" is not echoed
 
@@ -74,6 +75,8 @@ def json_safe(value):
         return repr(value)
     if isinstance(value, str):
         return shorten(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return describe_int(value)  # JSON could write it, but not past 4,300 digits, nor briefly
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -33,9 +33,11 @@ except ImportError as e:
 from bigan.ort_session import ModelFileError
 from serving.core.batcher import QueueFull
 from serving.core.repository import UnknownModel
+from serving.transports.grpc_metrics import GrpcMetrics
 from serving.transports.server_state import ServerState
-from serving.transports.v2_protocol import (InferError, model_config, model_metadata,
-                                            model_statistics, read_inputs, server_metadata)
+from serving.transports.v2_protocol import (InferError, check_load_parameters, model_config,
+                                            model_metadata, model_statistics, read_inputs,
+                                            server_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ async def start_grpc(state: ServerState):
     """A started `grpc.aio.Server` on state.grpc_host:state.grpc_port (0: a free port, see
     `.bound_port`) serving `InferenceService(state)`."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                             interceptors=[GrpcMetrics(state.metrics)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
     server.bound_port = server.add_insecure_port(f"{state.grpc_host}:{state.grpc_port}")
     await server.start()
@@ -113,7 +116,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            check_load_parameters(list(request.parameters))
             await self.repo.load(request.model_name)
+        except InferError as e:
+            await context.abort(Code.INVALID_ARGUMENT, str(e))
         except UnknownModel as e:
             await context.abort(Code.NOT_FOUND, str(e))
         except ModelFileError as e:
@@ -130,11 +136,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request):
         """The ModelInferResponse for `request`; raises UnknownModel, InferError, QueueFull."""
         with self.repo.use(request.model_name, request.model_version or None) as engine:
-            z, y = read_inputs(*_as_v2_inputs(request), engine, self.state.max_images)
+            z, y, psi = read_inputs(*_as_v2_inputs(request), engine, self.state.max_images)
             for out in request.outputs:
                 if out.name != "images":
                     raise InferError("the only output is 'images' (UINT8 [N, H, W, C])")
-            images = await engine.submit(z, y)
+            images = await engine.submit(z, y, psi)
         output = pb2.ModelInferResponse.InferOutputTensor(
             name="images", datatype="UINT8", shape=list(images.shape))
         return pb2.ModelInferResponse(model_name=engine.name, model_version=engine.version,
@@ -203,6 +209,9 @@ def _as_v2_inputs(request) -> tuple[list[dict], bytes]:
         item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
                                 "shape": list(tensor.shape)}
         if raw:
+            if tensor.HasField("contents"):  # which one would count? Triton refuses both too
+                raise InferError(f"input {tensor.name[:80]!r} has both raw_input_contents and "
+                                 "typed contents; send one of them")
             item["parameters"] = {"binary_data_size": len(raw[i])}
         elif tensor.datatype == "FP32":
             item["data"] = list(tensor.contents.fp32_contents)

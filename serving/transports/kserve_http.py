@@ -5,13 +5,14 @@ Routes (`router`, which `serving.app` includes): `GET /v2`, `/v2/health/live`, `
 `.../config` and `.../stats` (Triton's extensions, which `tritonclient` asks for), `POST
 /v2/repository/index` and `/v2/repository/models/{name}/load|unload` (Triton's repository
 extension: load re-reads a model's files, see `serving.core.repository`), and `POST .../infer`
-with inputs `z` FP32 [N, dim_z] and `y` INT64 [N] and the output `images` UINT8 [N, H, W, C] (read
+with inputs `z` FP32 [N, dim_z], `y` INT64 [N] (and, for a psi-input model, an optional `psi`
+FP32 [N] or [1]) and the output `images` UINT8 [N, H, W, C] (read
 and checked by `serving.transports.v2_protocol`). Tensor data travels as JSON or with Triton's
 binary tensor extension (a JSON header of `Inference-Header-Content-Length` bytes followed by the
 raw little-endian tensors), which is what `tritonclient.http` sends by default, so the official
 client works unchanged. Errors are `{"error": message}` with a 4xx status, the shape the client
-reads (`serving.transports.errors`). Here z is whatever the client sends: seeds and truncation
-are the v1 API's business.
+reads (`serving.transports.errors`). Here z is whatever the client sends: seeds are the v1 API's
+business, and psi only tells a psi-input graph which statistics z was drawn for.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from bigan.ort_session import ModelFileError
 from serving.core.batcher import QueueFull
 from serving.core.engine import Engine
 from serving.core.repository import ModelRepository, UnknownModel
+from serving.transports import json_body
 from serving.transports.errors import v2_error
 from serving.transports.server_state import ServerState, server_state
-from serving.transports.v2_protocol import (InferError, model_config, model_metadata,
-                                            model_statistics, read_inputs)
+from serving.transports.v2_protocol import (InferError, check_load_parameters, model_config,
+                                            model_metadata, model_statistics, read_inputs)
 from serving.transports.v2_protocol import server_metadata as v2_server_metadata
 
 _INFER_BODY_SCHEMA = {
@@ -55,20 +57,23 @@ _INFER_BODY_SCHEMA = {
 
 
 def parse_infer_request(body: bytes, header_length: str | None, engine: Engine,
-                        max_images: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any], bool]:
-    """(z, y, the request's JSON, whether outputs go back as binary) from a v2 infer body."""
+                        max_images: int) -> tuple[np.ndarray, np.ndarray, Any, dict[str, Any], bool]:
+    """(z, y, psi, the request's JSON, whether outputs go back as binary) from a v2 infer body
+    (psi: `v2_protocol.read_inputs`'s)."""
     header, binary = _split_body(body, header_length)
     try:
-        request = json.loads(header)
+        request, huge = json_body.loads(header)
     except RecursionError:
         raise InferError("the request body nests JSON too deeply to parse") from None
-    except ValueError as e:  # also UnicodeDecodeError, and ints past Python's int-string limit
+    except ValueError as e:  # also UnicodeDecodeError
         raise InferError(f"the request body is not JSON this server can read ({str(e)[:200]})"
                          ) from None
+    if huge and (where := json_body.huge_integer_at(request)) is not None:
+        raise InferError(f"{where}: an integer beyond int64; no field of a request takes one")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InferError("the request must be a JSON object with an 'inputs' list")
-    z, y = read_inputs(request["inputs"], binary, engine, max_images)
-    return z, y, request, _binary_output(request)
+    z, y, psi = read_inputs(request["inputs"], binary, engine, max_images)
+    return z, y, psi, request, _binary_output(request)
 
 
 def encode_infer_response(engine: Engine, images: np.ndarray, request: dict[str, Any],
@@ -167,14 +172,39 @@ def repository_index(state: ServerState = Depends(server_state)):
 
 
 @router.post("/v2/repository/models/{name}/load")
-async def load(name: str, state: ServerState = Depends(server_state)):
+async def load(name: str, request: Request, state: ServerState = Depends(server_state)):
     try:
+        body = await read_body(request, 64 << 10, "; a load request carries no files here")
+        check_load_parameters(_load_parameters(body))
         await state.repository.load(name)
+    except InferError as e:
+        return v2_error(str(e), e.status, e.headers)
     except UnknownModel as e:
         return v2_error(str(e), 404)
     except ModelFileError as e:
         return v2_error(str(e), 400)
     return {}
+
+
+def _load_parameters(body: bytes) -> list[str]:
+    """The parameter names of a load request's body: none, or Triton's `{"parameters": {...}}`
+    (tritonclient sends `{}` for a plain load)."""
+    if not body.strip():
+        return []
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):  # also bad UTF-8 and ints past Python's limit
+        raise InferError("the load request body is not JSON; send none, or Triton's "
+                         '{"parameters": {...}}') from None
+    if not isinstance(request, dict):
+        raise InferError("the load request body must be a JSON object")
+    if unknown := sorted(set(request) - {"parameters"}):
+        raise InferError(f"the load request has field {unknown[0][:80]!r}; Triton's has only "
+                         "'parameters'")
+    params = request.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InferError("the load request's 'parameters' must be an object")
+    return list(params)
 
 
 @router.post("/v2/repository/models/{name}/unload")
@@ -197,10 +227,10 @@ async def infer(name: str, request: Request, version: str | None = None,
             # ~25 characters a float) plus y; anything much larger is refused before it is
             # buffered whole.
             limit = (1 << 20) + max_images * (engine.metadata.dim_z + 1) * 32
-            z, y, body, binary = parse_infer_request(
+            z, y, psi, body, binary = parse_infer_request(
                 await read_body(request, limit),
                 request.headers.get("inference-header-content-length"), engine, max_images)
-            images = await engine.submit(z, y)
+            images = await engine.submit(z, y, psi)
     except UnknownModel as e:
         return v2_error(str(e), 404)
     except InferError as e:
@@ -210,10 +240,12 @@ async def infer(name: str, request: Request, version: str | None = None,
     return encode_infer_response(engine, images, body, binary)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int,
+                    hint: str = "(max images x dim_z as JSON text); send fewer images per "
+                                "request") -> bytes:
     """The request body, or InferError 413 once it (or its declared length) exceeds `limit`."""
     too_large = InferError(f"the request body is larger than this server's limit of {limit} bytes "
-                           "(max images x dim_z as JSON text); send fewer images per request", 413)
+                           + hint, 413)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large

@@ -1,5 +1,5 @@
-"""ASGI middleware of the HTTP app: a request body size limit, a deadline for reading a body, and
-per-request metrics."""
+"""ASGI middleware of the HTTP app: a request body size limit, a deadline for reading a body, an
+answer for requests cancelled at shutdown, and per-request metrics."""
 
 from __future__ import annotations
 
@@ -73,6 +73,41 @@ class BodyDeadline:
             return message
 
         await self.app(scope, receive_before_deadline, send)
+
+
+class CancelledAtShutdown:
+    """ASGI middleware answering 503 (JSON, `Connection: close`) to a request whose task is
+    cancelled: uvicorn cancels the requests still open when `--shutdown-timeout` runs out, and
+    without this each one got a 500 and a traceback in the log. uvicorn logs the cancellation
+    once ("Cancel N running task(s)"); the requests themselves log nothing more. A response
+    already under way cannot be replaced and is cut."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_and_note_start(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_start)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # not this request's own cancellation
+                raise
+            task.uncancel()  # answered here: the task ends normally
+            if started:
+                return
+            message = "the server is shutting down and cancelled this request; retry it"
+            body = {"error" if scope["path"].startswith("/v2") else "detail": message}
+            await JSONResponse(body, status_code=503, headers={
+                "Connection": "close", "Retry-After": "1"})(scope, receive, send)
 
 
 class RequestMetrics:

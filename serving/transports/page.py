@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from typing import Callable
+
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+
+from serving.transports.v1 import MAX_SEED
 
 STATIC = Path(__file__).parent.parent / "static"  # serving/static, the package data
 
@@ -34,6 +38,33 @@ def page():
 @router.get("/docs")
 def docs():
     return FileResponse(STATIC / "docs.html")
+
+
+def exact_bounds_openapi(app: FastAPI) -> Callable[[], dict]:
+    """`app.openapi` with the seed bound exact. FastAPI's OpenAPI models hold `maximum` as a
+    float, so 2^63 - 1 (/v1's MAX_SEED, the one bound past 2^53) came out as
+    9.223372036854776e+18 and /docs showed 9223372036854776000; it is put back as the integer."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = _exact(build())
+        return app.openapi_schema
+
+    return openapi
+
+
+def _exact(value):
+    if isinstance(value, dict):
+        return {k: MAX_SEED if k in ("maximum", "minimum") and value_is_max_seed(v) else _exact(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    return value
+
+
+def value_is_max_seed(value) -> bool:
+    return isinstance(value, float) and value == float(MAX_SEED)
 
 
 def static_files() -> StaticFiles:

@@ -26,6 +26,7 @@ class ServerState:
     max_images: int              # n per /v1 request, N per /v2 infer request
     grpc_port: int | None = None  # KServe v2 over gRPC on this port too (0: any free port)
     grpc_host: str = "127.0.0.1"
+    shutdown_timeout_s: float = 15.0  # gRPC calls' grace at shutdown (ServeConfig's default)
 
 
 def server_state(request: Request) -> ServerState:

@@ -29,19 +29,22 @@ from serving.core.engine import Engine
 from serving.core.repository import ModelRepository
 from serving.transports import images as encode
 from serving.transports.errors import BadRequest, shorten
+from serving.transports.json_body import JsonBodyRoute, describe_int
 from serving.transports.server_state import ServerState, server_state
 
 MAX_SEED = 2**63 - 1
 _IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "application/octet-stream": {},
                                       "application/json": {}}}}
 
-router = APIRouter(tags=["v1"])
+router = APIRouter(tags=["v1"], route_class=JsonBodyRoute)  # long integers named, not a 400
 
 
 class ModelClassRequest(BaseModel):
     """What every /v1 image request names: the model (and version) and the class."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+    # strict: true is not 1 and "2" is not 2 (lax mode served both); ints still pass as floats
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=(),
+                              strict=True)
 
     model: str | None = Field(None, description="model name from /v1/models (default: the only "
                                                 "one)")
@@ -50,20 +53,23 @@ class ModelClassRequest(BaseModel):
 
 
 class GenerateRequest(ModelClassRequest):
-    n: int = Field(1, ge=1, description="number of images; image i uses seed + i")
+    n: int = Field(1, ge=1, le=MAX_SEED, description="number of images; image i uses seed + i")
     truncation: float | None = Field(
         None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
-        description="truncation psi in [0.01, 4]; omitted: the model's recommended psi; null: none")
+        description=f"truncation psi in [{MIN_TRUNCATION:g}, {MAX_TRUNCATION:g}]; omitted: the "
+                    "model's recommended psi; null: none")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of image 0 (default random)")
     format: Literal["png", "npy", "json"] = Field(
         "png", description="png: one grid PNG; npy: uint8 [n, H, W, C]; json: base64 PNGs + seeds")
-    columns: int | None = Field(None, ge=1, description="grid width for png (default ~square)")
+    columns: int | None = Field(None, ge=1, le=MAX_SEED,
+                                description="grid width for png (default ~square)")
 
 
 class InterpolateRequest(ModelClassRequest):
     seed_a: int = Field(ge=0, le=MAX_SEED, description="seed of the first image")
     seed_b: int = Field(ge=0, le=MAX_SEED, description="seed of the last image")
-    steps: int = Field(8, ge=2, description="images from seed_a's to seed_b's, both included")
+    steps: int = Field(8, ge=2, le=MAX_SEED,
+                       description="images from seed_a's to seed_b's, both included")
     truncation: float | None = Field(
         None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION, allow_inf_nan=False,
         description="truncation psi of both ends; omitted: the model's recommended psi; null: none")
@@ -83,7 +89,8 @@ async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) ->
     class_id = resolve_class(req.class_, meta.class_names)
     if req.n > state.max_images:
         raise BadRequest(f"n={req.n} is above this server's limit of {state.max_images} images")
-    psi = req.truncation if "truncation" in req.model_fields_set else meta.recommended_truncation
+    psi = (req.truncation if "truncation" in req.model_fields_set
+           else meta.default_truncation(class_id))  # the class's own psi where it has one
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(req.n)]
     if seeds[-1] > MAX_SEED:
@@ -93,7 +100,7 @@ async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) ->
         key = CacheKey(engine.sha256, engine.name, class_id, seed, psi, req.format, req.n,
                        req.columns)
         hit = cache.get(key)
-        state.metrics.observe_cache(engine.name, hit is not None)
+        state.metrics.observe_cache(engine.name, hit is not None, engine.version)
         if hit is not None:
             return Response(hit.body, media_type=hit.media_type,
                             headers={**hit.headers, "X-Cache": "hit"})
@@ -110,9 +117,9 @@ async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) ->
 
 @router.post("/v1/interpolate", response_class=Response, responses=_IMAGE_RESPONSES)
 async def interpolate(req: InterpolateRequest, state: ServerState = Depends(server_state)):
-    """`steps` images of one class along the slerp from seed_a's latent to seed_b's
-    (`bigan.sampling.interpolate`), all at the request's psi (the latents' truncation, and the
-    statistics of a psi-input graph): the ends are /v1/generate's images of those seeds."""
+    """Steps images of one class along the spherical interpolation (slerp) from seed_a's latent
+    to seed_b's, all at the request's psi: the first and last are the images /v1/generate draws
+    for those seeds. (This docstring is the route's description in /docs: written for users.)"""
     _check_model_named(state.repository, req.model)
     if req.steps > state.max_images:
         raise BadRequest(f"steps={req.steps} is above this server's limit of {state.max_images} "
@@ -121,7 +128,7 @@ async def interpolate(req: InterpolateRequest, state: ServerState = Depends(serv
         meta = engine.metadata
         class_id = resolve_class(req.class_, meta.class_names)
         psi = (req.truncation if "truncation" in req.model_fields_set
-               else meta.recommended_truncation)
+               else meta.default_truncation(class_id))
         ends = await asyncio.to_thread(engine.latents, [req.seed_a, req.seed_b], psi)
         z = sampling.interpolate(ends[0], ends[1], req.steps, "spherical")
         # psi travels with the latents: a psi-input graph picks its statistics by it.
@@ -179,10 +186,18 @@ def encode_answer(req: GenerateRequest, images: np.ndarray, model: str, class_id
 
 
 def resolve_class(value: int | str, names: list[str]) -> int:
-    """A class id from an id or a name (names win for strings, then decimal ids)."""
+    """A class id from an id or a name (names win for strings, then decimal ids). A name matches
+    exactly, or else ignoring case where only one class matches so (as the page's search does)."""
     if isinstance(value, str):
         if value in names:
             return names.index(value)
+        folded = [i for i, name in enumerate(names) if name.casefold() == value.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        if folded:
+            raise BadRequest(f"class name {shorten(value)!r} matches "
+                             f"{[names[i] for i in folded[:5]]} when case is ignored; give one "
+                             "exactly")
         digits = value.strip()
         if not (digits.isascii() and digits.isdigit()):
             shown = names if len(names) <= 20 else [*names[:20], "..."]
@@ -191,5 +206,5 @@ def resolve_class(value: int | str, names: list[str]) -> int:
             raise BadRequest(f"class id {shorten(digits)} is outside 0..{len(names) - 1}")
         value = int(digits)
     if not 0 <= value < len(names):
-        raise BadRequest(f"class id {value} is outside 0..{len(names) - 1}")
+        raise BadRequest(f"class id {describe_int(value)} is outside 0..{len(names) - 1}")
     return value
