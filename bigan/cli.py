@@ -228,8 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as exc:
+        _close_progress_bars()
         print(f"bigan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar a failing command left open, so that its error starts a line of its
+    own instead of trailing the bar's last redraw (tqdm draws with carriage returns)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 if __name__ == "__main__":

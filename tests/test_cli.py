@@ -81,3 +81,24 @@ def test_overrides_may_follow_options(capsys):
     assert "ch: 24" in out and "steps: 5" in out
     with pytest.raises(SystemExit):
         main(["sample", "x", "model.ch=3"])
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    """A command that fails while its tqdm bar is open (a full disk at a save) prints its error
+    on a line of its own, not after the bar's last carriage-return redraw."""
+    import tqdm
+
+    from bigan import cli
+    from bigan.config import ConfigError
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
+    def failing(args):
+        bar = tqdm.tqdm(total=4, desc="train", file=sys.stderr)
+        bar.update(2)
+        raise ConfigError("could not write checkpoint X: no space left on device")
+
+    monkeypatch.setattr(cli, "_train", failing)
+    assert main(["train", str(CONFIGS / "demo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "\nbigan train: error: could not write checkpoint X" in err, repr(err)
