@@ -32,20 +32,15 @@ from bigan import pictures
 from bigan.checkpoint import best as best_pointer
 from bigan.config import Config
 from bigan.eval.errors import EvalError
-from bigan.train.evaluation import HISTORY, HOLDER, EvalJob, append_history, read_history
+from bigan.train.evaluation import HISTORY, HOLDER, EvalJob, append_history, metric_key, read_history
 from bigan.train.process_lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HISTORY", "BlockingEvaluator", "ProcessEvaluator", "RunScorer", "make_evaluator",
-           "metric_key", "read_history"]  # HISTORY and read_history live in bigan.train.evaluation
+           "metric_key", "read_history"]  # HISTORY, metric_key, read_history: bigan.train.evaluation
 CURVES = "metrics.png"
 _SCORE_NAMES = {"is": ("inception_score", "domain_inception_score")}  # eval.metrics -> score() keys
-
-
-def metric_key(metric: str, psi: float | None) -> str:
-    """The scalar's name in metrics.jsonl / TensorBoard: eval/fid, eval/fid_psi0.7, ..."""
-    return f"eval/{metric}" + ("" if psi is None else f"_psi{psi:g}")
 
 
 def make_extractor(spec: str):

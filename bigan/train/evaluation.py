@@ -41,6 +41,11 @@ HOLDER = "eval"  # the name of the evaluator's holds on checkpoints
 HISTORY = "history.jsonl"  # RUN/eval/HISTORY: one JSON line per scored checkpoint
 
 
+def metric_key(metric: str, psi: float | None) -> str:
+    """The scalar's name in metrics.jsonl / TensorBoard: eval/fid, eval/fid_psi0.7, ..."""
+    return f"eval/{metric}" + ("" if psi is None else f"_psi{psi:g}")
+
+
 def history_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "eval" / HISTORY
 

@@ -36,19 +36,13 @@ import torch
 from bigan.checkpoint.store import step_dir_name
 from bigan.config import Config
 from bigan.train import parallel
-from bigan.train.evaluation import read_history
+from bigan.train.evaluation import metric_key, read_history
 from bigan.train.run_log import DIVERGENCE_ADVICE, TrainingDiverged
 from bigan.train.train_state import ResumePoint, TrainCheckpoints
 
 log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "recovery"  # the manifest's {"count": recoveries so far, "lr_factor": product}
-
-
-def fid_key(psi: float | None) -> str:
-    """The FID scalar the rule watches: at eval.psi[0], where `best` is chosen too (the name
-    `bigan.eval.run_evaluator.metric_key` gives it; the trainer does not import `bigan.eval`)."""
-    return "eval/fid" + ("" if psi is None else f"_psi{psi:g}")
 
 
 class Recovery:
@@ -58,7 +52,7 @@ class Recovery:
                  device: torch.device, main: bool):
         self.rc, self.checkpoints, self.device, self.main = cfg.recovery, checkpoints, device, main
         self.count, self.lr_factor = _recorded(at.checkpoint)
-        self.fid_key = fid_key(cfg.eval.psi[0])
+        self.fid_key = metric_key("fid", cfg.eval.psi[0])  # at eval.psi[0], where `best` is chosen too
         self._best: tuple[float, int] | None = None  # (best FID, its step)
         self._risen: tuple[int, float] | None = None  # (step, FID) of a record the rule caught
         self._cause, self._target = "", None

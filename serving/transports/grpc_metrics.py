@@ -12,6 +12,7 @@ grpc before any handler runs, and is not counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -52,29 +53,27 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):
                 self._stream(method, handler.stream_stream), **wrap)
         return handler  # the service has no other kind of RPC
 
+    @contextlib.contextmanager
+    def _observed(self, method: str, context):
+        """Count one call with its status code and duration, however it ends."""
+        start, failed = time.perf_counter(), None
+        try:
+            yield
+        except BaseException as e:
+            failed = e
+            raise
+        finally:
+            self.metrics.observe_grpc(method, _code(context, failed), time.perf_counter() - start)
+
     def _unary(self, method: str, behavior):
         async def counted(request, context):
-            start, failed = time.perf_counter(), None
-            try:
+            with self._observed(method, context):
                 return await behavior(request, context)
-            except BaseException as e:
-                failed = e
-                raise
-            finally:
-                self.metrics.observe_grpc(method, _code(context, failed),
-                                          time.perf_counter() - start)
         return counted
 
     def _stream(self, method: str, behavior):
         async def counted(requests, context):
-            start, failed = time.perf_counter(), None
-            try:
+            with self._observed(method, context):
                 async for response in behavior(requests, context):
                     yield response
-            except BaseException as e:
-                failed = e
-                raise
-            finally:
-                self.metrics.observe_grpc(method, _code(context, failed),
-                                          time.perf_counter() - start)
         return counted
