@@ -5,6 +5,7 @@ them stay in conftest.py, which pytest loads by itself and nothing imports."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -80,3 +81,23 @@ def eval_run_config(run, shards, classifier, cache, **extra):
     from bigan.config import load_config
 
     return load_config(None, tiny_overrides(run, **over))
+
+
+@contextlib.contextmanager
+def http_and_grpc(root: Path, **engine):
+    """(FastAPI TestClient, tritonclient.grpc client) of one app serving the model folder `root`
+    over HTTP and gRPC (`engine`: EngineConfig fields beside max_batch 8)."""
+    import tritonclient.grpc as grpcclient
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.core.engine import EngineConfig
+    from serving.core.repository import ModelRepository
+
+    repo = ModelRepository.open(root, EngineConfig(**{"max_batch": 8, **engine}))
+    with TestClient(create_app(repo, max_images=8, grpc_port=0)) as http:
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{http.app.state.grpc_port}")
+        try:
+            yield http, grpc
+        finally:
+            grpc.close()

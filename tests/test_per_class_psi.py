@@ -25,6 +25,8 @@ import pytest
 from bigan import sampling
 from bigan.onnx_metadata import MetadataError, ModelMetadata
 
+from tests.helpers import http_and_grpc
+
 pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
@@ -70,20 +72,9 @@ def per_class_dir(tiny_onnx, tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(per_class_dir):
     pytest.importorskip("fastapi")
-    grpcclient = pytest.importorskip("tritonclient.grpc")
-    from fastapi.testclient import TestClient
-
-    from serving.app import create_app
-    from serving.core.engine import EngineConfig
-    from serving.core.repository import ModelRepository
-
-    repo = ModelRepository.open(per_class_dir, EngineConfig(max_batch=8, provider="cpu"))
-    with TestClient(create_app(repo, max_images=8, grpc_port=0)) as http:
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{http.app.state.grpc_port}")
-        try:
-            yield http, grpc
-        finally:
-            grpc.close()
+    pytest.importorskip("tritonclient.grpc")
+    with http_and_grpc(per_class_dir, provider="cpu") as both:
+        yield both
 
 
 def _v1(http, route: str, body: dict) -> np.ndarray:

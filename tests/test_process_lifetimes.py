@@ -58,6 +58,15 @@ def _wait_for(what: str, ready, job: subprocess.Popen, timeout_s: float = 600,
     return found
 
 
+def _clean_up(job: subprocess.Popen, pids: list[int]) -> None:
+    """Kill what a failed test may have left running: the job and the processes it started."""
+    if job.poll() is None:
+        job.kill()
+    for p in pids:
+        if not _gone(p):
+            os.kill(p, signal.SIGKILL)
+
+
 def _assert_all_gone(pids: list[int], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(_gone(p) for p in pids):
@@ -91,11 +100,7 @@ def test_killing_accelerate_launch_kills_both_workers(tmp_path):
         launcher.wait(timeout=30)
         _assert_all_gone(workers)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        for p in workers:
-            if not _gone(p):
-                os.kill(p, signal.SIGKILL)
+        _clean_up(launcher, workers)
 
 
 @pytest.mark.e2e
@@ -117,11 +122,7 @@ def test_killing_bigan_train_kills_its_evaluator(tmp_path, tiny_eval_shards, tin
         trainer.wait(timeout=30)
         _assert_all_gone(evaluator)
     finally:
-        if trainer.poll() is None:
-            trainer.kill()
-        for p in evaluator:
-            if not _gone(p):
-                os.kill(p, signal.SIGKILL)
+        _clean_up(trainer, evaluator)
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -152,8 +153,4 @@ def test_killing_bigan_launch_kills_its_workers(tmp_path):
         job.wait(timeout=30)
         _assert_all_gone(workers, timeout_s=120)
     finally:
-        if job.poll() is None:
-            job.kill()
-        for p in _processes_naming(temp):  # whatever of this Ray is left, by its temp dir
-            if not _gone(p):
-                os.kill(p, signal.SIGKILL)
+        _clean_up(job, _processes_naming(temp))  # whatever of this Ray is left, by its temp dir

@@ -15,17 +15,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from fastapi.testclient import TestClient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from serving.app import create_app  # noqa: E402
 from serving.client import free_port, started_server  # noqa: E402
-from serving.core.engine import EngineConfig  # noqa: E402
-from serving.core.repository import ModelRepository  # noqa: E402
 
 pytestmark = pytest.mark.serving
 
-from tests.helpers import ROOT  # noqa: E402
+from tests.helpers import ROOT, http_and_grpc  # noqa: E402
 
 
 @pytest.fixture
@@ -37,13 +33,8 @@ def servers(tiny_onnx, tmp_path):
     for version in ("1", "2"):
         (root / "b" / version).mkdir(parents=True)
         shutil.copy(tiny_onnx, root / "b" / version / "model.onnx")
-    repo = ModelRepository.open(root, EngineConfig(max_batch=8))
-    with TestClient(create_app(repo, max_images=8, grpc_port=0)) as http:
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{http.app.state.grpc_port}")
-        try:
-            yield http, grpc
-        finally:
-            grpc.close()
+    with http_and_grpc(root) as both:
+        yield both
 
 
 def _inputs(z: np.ndarray, y: np.ndarray):

@@ -36,6 +36,21 @@ def runs(monkeypatch):
     return seen
 
 
+def _hold_warm_up(monkeypatch, held) -> tuple[threading.Event, threading.Event]:
+    """(entered, release): the warm-up of an engine for which `held(engine)` is true sets
+    `entered`, then waits for `release` before it runs."""
+    entered, release = threading.Event(), threading.Event()
+    real = Engine.warm_up
+
+    def warm_up(self):
+        if held(self):
+            entered.set()
+            assert release.wait(10)
+        return real(self)
+    monkeypatch.setattr(Engine, "warm_up", warm_up)
+    return entered, release
+
+
 def test_each_bucket_runs_once_before_the_engine_is_ready(tiny_onnx, runs):
     engine = Engine(tiny_onnx, EngineConfig(max_batch=6))
     assert runs == [] and not engine.warmed
@@ -77,15 +92,8 @@ def test_a_loaded_model_is_not_ready_until_its_warm_up_ran(tiny_onnx, tmp_path, 
     root.mkdir()
     shutil.copy(tiny_onnx, root / "a.onnx")
     repo = ModelRepository.open(root, EngineConfig(max_batch=4))
-    entered, release = threading.Event(), threading.Event()
-    real = Engine.warm_up
-
-    def held(self):  # the new model's warm-up waits until the test has looked
-        if self.name == "new":
-            entered.set()
-            assert release.wait(10)
-        return real(self)
-    monkeypatch.setattr(Engine, "warm_up", held)
+    # the new model's warm-up waits until the test has looked
+    entered, release = _hold_warm_up(monkeypatch, lambda engine: engine.name == "new")
 
     async def scenario():
         await repo.start()
@@ -118,15 +126,7 @@ def test_a_reload_serves_the_old_engine_until_the_new_one_is_warm(tiny_onnx, tmp
     shutil.copy(tiny_onnx, root / "a.onnx")
     repo = ModelRepository.open(root, EngineConfig(max_batch=2))
     old = repo.get("a")
-    entered, release = threading.Event(), threading.Event()
-    real = Engine.warm_up
-
-    def held(self):
-        if self is not old:
-            entered.set()
-            assert release.wait(10)
-        return real(self)
-    monkeypatch.setattr(Engine, "warm_up", held)
+    entered, release = _hold_warm_up(monkeypatch, lambda engine: engine is not old)
 
     async def scenario():
         await repo.start()

@@ -19,6 +19,8 @@ import pytest
 from bigan import sampling
 from bigan.onnx_metadata import MetadataError, ModelMetadata, TruncationError, check_truncation
 
+from tests.helpers import http_and_grpc
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 torch = pytest.importorskip("torch")
@@ -71,20 +73,9 @@ def models_dir(tiny_onnx, deep_onnx, tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(models_dir):
     """(HTTP TestClient, tritonclient.grpc client) of one app serving plain and deep."""
-    grpcclient = pytest.importorskip("tritonclient.grpc")
-    from fastapi.testclient import TestClient
-
-    from serving.app import create_app
-    from serving.core.engine import EngineConfig
-    from serving.core.repository import ModelRepository
-
-    repo = ModelRepository.open(models_dir, EngineConfig(max_batch=8, provider="cpu"))
-    with TestClient(create_app(repo, max_images=8, grpc_port=0)) as http:
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{http.app.state.grpc_port}")
-        try:
-            yield http, grpc
-        finally:
-            grpc.close()
+    pytest.importorskip("tritonclient.grpc")
+    with http_and_grpc(models_dir, provider="cpu") as both:
+        yield both
 
 
 def _graph_images(path, z, y, psi=None) -> np.ndarray:
