@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bigan.checkpoint.resume import find_resume
+from bigan.checkpoint.store import list_checkpoints
 from bigan.cli import main
 from tests.helpers import CONFIGS, tiny_overrides
 
@@ -96,6 +98,25 @@ def test_resume_auto_skips_a_wrong_shape_checkpoint_to_the_previous_good_one(run
     # the run went on from step 2 and rewrote step 4 whole
     assert main(["checkpoint", "verify", str(run / "checkpoints" / STEP4)]) == 0
     assert "trained 6 steps" in capsys.readouterr().out
+
+
+def test_auto_after_a_resume_from_an_older_step_stays_on_its_line(run, capsys, caplog):
+    # Resumed from step 2 past an intact step 4, the run saves step 3 and ends (or dies); a later
+    # `--resume auto` must continue from step 3, not jump to step 4 of the line it left.
+    root = run / "checkpoints"
+    old_step4 = (root / STEP4 / "manifest.json").read_bytes()
+    with caplog.at_level(logging.WARNING):
+        assert _train(run, "--resume", str(root / STEP2), steps=3) == 0
+    assert f"moved {STEP4} to {root / 'superseded'}" in caplog.text
+    assert find_resume(root, "auto") == root / "step-00000003"
+    assert [p.name for p in list_checkpoints(root)] == [STEP2, "step-00000003"]
+    kept = root / "superseded" / STEP4  # moved whole, not deleted, still verifiable
+    assert (kept / "manifest.json").read_bytes() == old_step4
+    assert main(["checkpoint", "verify", str(kept)]) == 0
+    # the same step abandoned a second time is kept beside the first
+    assert _train(run, "--resume", "auto", steps=4) == 0
+    assert _train(run, "--resume", str(root / STEP2), steps=3) == 0
+    assert (root / "superseded" / f"{STEP4}-2" / "manifest.json").is_file()
 
 
 # --- 8. every checkpoint damaged ------------------------------------------------------------------

@@ -9,7 +9,7 @@ a SIGSTOP keeps the trainer from collecting meanwhile. What must hold:
   the resume logs the record to metrics.jsonl and TensorBoard, once (item 3);
 - a kill before the evaluator released its hold records the step once (item 4);
 - a SIGKILL of the trainer alone ends its evaluator at once (item 5);
-- a resume from an older step says what it will overwrite and takes `best` and the history off
+- a resume from an older step moves the newer checkpoints aside, says so, and takes `best` and the history off
   the steps it retrains (item 6).
 """
 
@@ -183,7 +183,7 @@ def test_the_evaluator_dies_with_a_killed_trainer(tmp_path, tiny_eval_shards, ti
     psutil = pytest.importorskip("psutil")
     run = tmp_path / "run"
     cmd = _command(run, tiny_eval_shards, tiny_classifier, tmp_path / "cache",
-                   **{"eval.mode": "process", "train.steps": 2000, "train.log_every": 100})
+                   **{"eval.mode": "process", "train.steps": 2000, "train.log_every_kimg": 1.6})
     log_path = tmp_path / "train.log"
     evaluator = []
 
@@ -236,11 +236,12 @@ def test_a_resume_from_an_older_step_retracts_best_and_history(
     assert result.step == 3
     said = [r.getMessage() for r in caplog.records if "step-00000004" in r.getMessage()]
     assert len(said) == 1, caplog.text  # one line says it all
-    assert "overwrite step-00000004" in said[0] and "best was step-00000004" in said[0]
+    assert "moved step-00000004 to" in said[0] and "best was step-00000004" in said[0]
     assert "now step-00000002" in said[0]
 
-    # step 4's directory still holds the old weights, but nothing vouches for them any more
-    assert (root / "step-00000004").is_dir()
+    # step 4's old weights are kept out of `--resume auto`'s reach, and nothing vouches for them
+    assert not (root / "step-00000004").exists()
+    assert (root / "superseded" / "step-00000004" / "manifest.json").is_file()
     assert _history_steps(run) == Counter({2: 1, 3: 1})
     assert [s for s, _ in _logged(run)] == [2, 3]
     best = best_pointer.read_best(root)

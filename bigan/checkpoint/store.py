@@ -52,6 +52,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 LATEST = "latest"
+SUPERSEDED = "superseded"  # checkpoints of a line of training a run went back from (set_aside)
 _LEFTOVER = re.compile(r"^step-\d{8,}\.tmp-")  # new (tmp-<pid>), set aside (tmp-old-), pruned (tmp-del-)
 
 
@@ -345,6 +346,32 @@ def incomplete_step_dirs(root: str | Path) -> list[Path]:
         return []
     return sorted(p for p in root.iterdir()
                   if STEP_DIR.match(p.name) and p.is_dir() and not (p / MANIFEST).is_file())
+
+
+def set_aside(root: str | Path, names: list[str]) -> list[Path]:
+    """Move the checkpoints `names` under root into `<root>/superseded/` and return where they went.
+
+    For a run that trains again from an earlier step (a resume from an older checkpoint, a
+    recovery's rollback): its newer checkpoints belong to the line it left, and left in place the
+    newest of them would be what a later `--resume auto` picks (the newest usable one wins, so that
+    a save cut between its rename and the pointer update is not lost), jumping back to the
+    abandoned line. Moved, not deleted: they may hold weights someone wants; list_checkpoints, the
+    pruning and `auto` no longer see them. A name already taken there gets a numeric suffix."""
+    root = Path(root)
+    moved = []
+    for name in names:
+        target = root / SUPERSEDED / name
+        n = 1
+        while target.exists():
+            n += 1
+            target = root / SUPERSEDED / f"{name}-{n}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(root / name, target)
+        moved.append(target)
+    if moved:
+        fsync_dir(root)
+        fsync_dir(root / SUPERSEDED)
+    return moved
 
 
 def _clean_leftovers(root: Path) -> None:

@@ -14,8 +14,9 @@ it is guarded and a failure is logged.
 The history (`RUN/eval/history.jsonl`, one line per scored checkpoint, written by the evaluator)
 is read here too, because a resume must make it agree with the run (`TrainEvaluation.resume`):
 - a resume from an older step (or a fresh start over old checkpoints) retrains the steps after
-  it, so their history lines and a `best` naming one of them are dropped, with one warning that
-  also names the checkpoints training will overwrite;
+  it, so their history lines and a `best` naming one of them are dropped, and its newer
+  checkpoints are moved into `checkpoints/superseded/` (`store.set_aside`: left in place, the
+  newest would be what a later `--resume auto` picks), with one warning that says all of it;
 - a record in the history but not in metrics.jsonl (a crash after the evaluator wrote it and
   before the trainer collected it) is written to the logs then, once;
 - a checkpoint still held was handed over but never finished (a crash): it is submitted again,
@@ -32,8 +33,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 from bigan.checkpoint import best as best_pointer
 from bigan.checkpoint.durable import write_atomically
-from bigan.checkpoint.store import list_checkpoints
-from bigan.config import Config
+from bigan.checkpoint.store import SUPERSEDED, list_checkpoints, set_aside
+from bigan.config import Config, crossed
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class TrainEvaluation:
     def __init__(self, cfg: Config, evaluator: Evaluator | None, root: Path,
                  write: Callable[[int, dict[str, float]], None], main: bool,
                  logged: Iterable[int] = ()):
-        self.every_nimg = cfg.eval.every_kimg * 1000
+        self.every_nimg = cfg.eval.every_nimg  # an exact int: 4.03 kimg is 4030 images, not 4030.0000000000005
         self.evaluator = evaluator if main else None
         self.main, self.root, self.write = main, Path(root), write
         self.run_dir = self.root.parent  # checkpoints/ and eval/ sit side by side in it
@@ -140,7 +141,7 @@ class TrainEvaluation:
         it crossed a multiple of eval.every_kimg, or it is the last. The same on every rank."""
         if not self.every_nimg:
             return False
-        return last or prev_nimg // self.every_nimg < cur_nimg // self.every_nimg
+        return last or crossed(prev_nimg, cur_nimg, self.every_nimg)
 
     def resume(self, step: int) -> None:
         """Before training from `step` (0: a fresh start), on the main process: drop what the
@@ -170,7 +171,14 @@ class TrainEvaluation:
             return
         said = [f"training from step {step}, behind checkpoints of an earlier run"]
         if newer:
-            said.append(f"it will overwrite {', '.join(newer)} as it reaches their steps")
+            try:  # a later `--resume auto` must not jump back to the line this run left
+                set_aside(self.root, newer)
+                said.append(f"moved {', '.join(newer)} to {self.root / SUPERSEDED} (kept; "
+                            "`--resume auto` no longer considers them; delete them to free space)")
+            except OSError as e:
+                said.append(f"could not move {', '.join(newer)} out of the way ({e}): until this "
+                            f"run overwrites them, `--resume auto` would resume from {newer[-1]}; "
+                            f"move them into {self.root / SUPERSEDED} by hand")
         if dropped:
             said.append(f"dropped the eval/{HISTORY} records of step(s) "
                         f"{', '.join(str(r['step']) for r in dropped)}")
