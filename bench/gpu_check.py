@@ -3,7 +3,9 @@
 Parts, each in its own subprocess with its own timeout, so a hang or crash in one is recorded
 and the others still run:
   1. the tests marked `gpu` (tests/test_gpu.py: bf16 training step and trainer on CUDA, DDP over
-     NCCL on the GPUs present, ZeRO-2, export parity and the serving engine on the CUDA provider);
+     NCCL on the GPUs present, ZeRO-2, export parity and the serving engine on the CUDA provider)
+     and in tests/test_plan.py (`bigan plan`'s memory per GPU against torch.cuda.max_memory_allocated
+     of a real BigGAN-128 iteration; both figures go into the JSON, under the part's `properties`);
   2. bench/train_step.py at BigGAN-128 paper width (ch 96), fp32 and bf16: plain eager NCHW
      against bigan's default, alternating rounds;
   3. bench/serving.py with the CUDA provider at the paper's width, fp32 and fp16 weights.
@@ -58,8 +60,10 @@ def parts(tmp: Path) -> list[tuple[str, list[str], float, Path | None]]:
     """(name, command, timeout in s, JSON it writes) of each part, in running order."""
     py = sys.executable
     junit = tmp / "gpu_tests.xml"
+    # xunit1: the JUnit family whose schema has record_property's figures (xunit2 warns)
     out = [("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-rs", "tests/test_gpu.py",
-                          f"--junitxml={junit}"], 130, None)]
+                          "tests/test_plan.py", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+            130, None)]
     for precision in ("fp32", "bf16"):
         out.append((f"train_step_biggan128_{precision}",
                     [py, "bench/train_step.py", "--cases", "biggan-128", "--precisions", precision,
@@ -82,8 +86,10 @@ def _junit_counts(path: Path) -> dict | None:
     except (OSError, ET.ParseError):
         return None
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    cases = {}
+    cases, properties = {}, {}
     for case in suite.iter("testcase"):
+        if found := {p.get("name"): p.get("value") for p in case.iter("property")}:
+            properties[case.get("name")] = found  # the test's record_property figures
         status = "passed"
         for tag in ("failure", "error", "skipped"):
             if case.find(tag) is not None:
@@ -91,7 +97,7 @@ def _junit_counts(path: Path) -> dict | None:
         cases[case.get("name")] = status
     return {"tests": cases, "passed": sum(s == "passed" for s in cases.values()),
             "failed": sum(s in ("failure", "error") for s in cases.values()),
-            "skipped": sum(s == "skipped" for s in cases.values())}
+            "skipped": sum(s == "skipped" for s in cases.values()), "properties": properties}
 
 
 def main(argv: list[str] | None = None) -> int:

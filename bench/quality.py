@@ -12,7 +12,7 @@
    that N, and a truncation sweep (domain features).
 3. `lowdata`: data-efficient training on 10% (`--lowdata-fraction`) of the digits, the rest held out:
    the baseline, DiffAugment, LeCam, ADA and R3GAN's objective in the combinations of
-   `bench/quality_lowdata.py`'s VARIANTS, and the baseline on all the digits, each with the same
+   `bench/lowdata_variants.py`'s VARIANTS, and the baseline on all the digits, each with the same
    seeds and the same CPU time (`--lowdata-budget cpu`: the baseline's G steps scaled by each
    variant's measured cost per step) or the same G steps (`--lowdata-budget steps`).
 
@@ -64,9 +64,8 @@ GOALS = {"ring": (8.0, 98.0), "grid": (24.8, 95.0)}  # beat every row on both ax
 #     89.4 at 12k); with R1 0.01 it lost modes (22-23/25 at 6k, 12k and 24k)
 # Without R1 a ring run collapsed; batch 1024 or lr 2e-4 learned slower per second.
 MIXTURE_OVERRIDES = {
-    kind: ["loss.penalty=r1", "loss.penalty_weight=0.1", "ema.decay=0.99", "ema.start_step=0",
-           "model.mlp_layers=4", "train.steps=24000", "optim.lr_decay=linear",
-           "optim.lr_decay_start=0.5"]
+    kind: ["loss.penalty=r1", "loss.penalty_weight=0.1", "ema.decay=0.99", "ema.start_kimg=0",
+           "model.mlp_layers=4", "train.steps=24000", "optim.lr_decay=linear"]  # decay from half the steps
     for kind in ("ring", "grid")
 }
 QUICK_OVERRIDES = ["train.steps=100", "model.mlp_hidden=32", "data.num_samples=5000"]
@@ -96,7 +95,7 @@ def run_mixture(kind: str, out: Path, seeds: list[int], quick: bool) -> dict:
 
     _, _, means, std = gaussian_mixture(kind, 1)
     overrides = [f"data.source=gaussian-{kind}", "data.num_samples=100000",
-                 "train.sample_every=1000000", "train.keep_ckpts=1", "train.log_every=500",
+                 "train.sample_every_kimg=256000", "train.keep_ckpts=1", "train.log_every_kimg=128",
                  *MIXTURE_OVERRIDES[kind], *(QUICK_OVERRIDES if quick else [])]
     runs, panels = [], []
     for seed in seeds:
@@ -104,7 +103,7 @@ def run_mixture(kind: str, out: Path, seeds: list[int], quick: bool) -> dict:
         cfg = load_config(ROOT / "configs" / "toy_2d.yaml",
                           [*overrides, f"train.seed={seed}",
                            f"train.out_dir={out / 'runs' / f'{kind}-seed{seed}'}",
-                           f"train.ckpt_every={cfg_steps(overrides)}"])
+                           "train.ckpt_every_kimg=256000"])  # never before the final one
         res = _quiet_train(cfg)
         train_sec = time.perf_counter() - t0
         G, _, _ = load_ema_generator(res.last_checkpoint)
@@ -131,11 +130,6 @@ def run_mixture(kind: str, out: Path, seeds: list[int], quick: bool) -> dict:
         "goal_met": bool(np.mean(modes) >= goal_modes and np.mean(hq) >= goal_hq),
     }
     return {"settings": overrides, "runs": runs, "summary": summary}
-
-
-def cfg_steps(overrides: list[str]) -> int:
-    steps = [o.split("=", 1)[1] for o in overrides if o.startswith("train.steps=")]
-    return int(steps[-1]) if steps else 3000
 
 
 def print_mixture(kind: str, r: dict) -> None:
@@ -185,7 +179,7 @@ def _real_part(name: str, shards: Path, test_shards: Path | None, out: Path, tra
 
     cfg = load_config(ROOT / "configs" / "demo.yaml",
                       [f"data.path={shards}", f"train.out_dir={out / 'runs' / name}",
-                       "train.sample_every=100000", "train.log_every=100", *train_overrides])
+                       "train.sample_every_kimg=6400", "train.log_every_kimg=6.4", *train_overrides])
     t1 = time.perf_counter()
     res = _quiet_train(cfg, TimeBudget(budget_sec), resume="auto")  # a re-run continues
     part["training"] = {"steps": res.step, "kimg": res.cur_nimg / 1000, "seconds": time.perf_counter() - t1,
@@ -260,7 +254,7 @@ def run_cifar(out: Path, quick: bool, budget_sec: float) -> dict:
         if not (dst / "dataset.json").is_file():
             pack(src, dst, 32, min_shards=16, progress=False)
     overrides = ["model.ch=16", "model.d_ch=16", "model.dim_z=120", "model.shared_dim=64",
-                 "train.batch_size=64", "train.steps=100000", "ema.decay=0.999", "ema.start_step=500",
+                 "train.batch_size=64", "train.steps=100000", "ema.decay=0.999", "ema.start_kimg=64",
                  "optim.g_lr=2e-4", "optim.d_lr=2e-4", "data.flip=true"]
     # The classifier is cut to fit a 2-core budget: width 16, 4 epochs over 20,000 training images.
     return _real_part("cifar10", shards, test, out, overrides, budget_sec, clf_epochs=4, clf_flip=True,
@@ -292,7 +286,7 @@ def main() -> int:
                         help="lowdata: share of every class trained on (the rest is held out)")
     parser.add_argument("--lowdata-variants", default="",
                         help="lowdata: comma list of variants (default all, see "
-                             "bench/quality_lowdata.py VARIANTS)")
+                             "bench/lowdata_variants.py VARIANTS)")
     parser.add_argument("--cifar-budget-min", type=float, default=30.0, help="CIFAR-10 training budget, minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

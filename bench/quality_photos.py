@@ -77,12 +77,11 @@ VARIANTS = {
 # 32 below 64 px, 16 from there (the paper lowers it with resolution too). The EMA ramps up per
 # phase (ema.rampup 0.2): with phases of a few hundred G steps, a plain decay of 0.998 averaged
 # mostly the new block's initial weights (washed-out grids in the first attempt). The class
-# embedding has as many values as z (shared_dim 128, N(0, 1) like z), so the class is half of the
-# pixel-normalised latent, as StyleGAN2-ADA's mapping gives z and the class embedding equal weight;
-# with 16 values (a first 128 px run) the class was 11% of the input and rows within a column were
-# alike up to 64 px (class accuracy 0.10-0.20).
+# embedding has 16 values beside z's 128 (11% of the pixel-normalised latent): with 128 (half, as
+# StyleGAN2-ADA's mapping weighs z and the class) G ignored z instead, every column of a class
+# alike (recall 0.001 at 32 px against 0.037; class accuracy 0.29 against 0.20; docs/benchmarks.md).
 PROGAN_PHASE_KIMG = float(os.environ.get("PROGAN_PHASE_KIMG", 12))
-PROGAN = ["model.arch=progan", "model.start_resolution=4", "model.dim_z=128", "model.shared_dim=128",
+PROGAN = ["model.arch=progan", "model.start_resolution=4", "model.dim_z=128", "model.shared_dim=16",
           "model.fmap_base=512", "model.fmap_max=64", "model.mbstd_group_size=4",
           "model.spectral_norm=false", "model.attention=[]", "loss.kind=wasserstein", "loss.penalty=wgan-gp",
           "loss.penalty_weight=10.0", "loss.drift_weight=0.001", "optim.g_lr=1e-3", "optim.d_lr=1e-3",

@@ -48,6 +48,12 @@ def ray_rates(onnx_path: Path, replicas: list[int], clients: int, seconds: float
     from serving.ray_serve import deployment
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # On a busy core Ray's own start outlasts its default deadlines (here, at load average 11-13,
+    # the driver gave up on the raylet once, and the raylet on its agents after ~100 s once).
+    for name, value in (("RAY_raylet_start_wait_time_s", "600"),
+                        ("RAY_agent_register_timeout_ms", "600000"),
+                        ("RAY_worker_register_timeout_seconds", "600")):
+        os.environ.setdefault(name, value)
     ray.init(address="local", num_cpus=max(replicas), include_dashboard=False,
              log_to_driver=False)
     try:
@@ -79,6 +85,7 @@ def main() -> None:
     replicas = [int(n) for n in args.replicas.split(",")]
     if min(replicas) < 1 or args.clients < 1:
         parser.error("--replicas and --clients must be >= 1")
+    load_before = os.getloadavg()  # Ray's control plane starves on a busy core: say how busy
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             onnx_path = Path(args.model)
@@ -103,7 +110,8 @@ def main() -> None:
               f"{row['vs_one_process']:.2f}x |")
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "affinity": len(os.sched_getaffinity(0)),
-                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                          "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]]},
               "quick": args.quick, "clients": args.clients, "seconds": args.seconds,
               "max_batch": MAX_BATCH, "one_process": {"img_per_sec": baseline,
                                                       "before": before, "after": after},

@@ -59,7 +59,7 @@ def main() -> int:
     work = ROOT / args.work
     cache = work / "cache"
     base = [*py, "train", "configs/demo.yaml", f"data.path={args.data}", f"train.steps={args.steps}",
-            "train.sample_every=100000", "train.ckpt_every=100000"]
+            "train.sample_every_kimg=6400", "train.ckpt_every_kimg=6400"]  # 100000 steps: never
     evals = [f"eval.every_kimg={args.every_kimg}", f"eval.n={args.n}",
              f"eval.extractor={args.extractor}", f"eval.cache_dir={cache}",
              "eval.metrics=[fid,kid,precision,recall,class_accuracy,intra_fid]"

@@ -27,9 +27,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
     if args.finetune_from:  # the source's model settings, the config's classes (bigan/train/finetune.py)
+        from bigan.checkpoint.store import CheckpointError
         from bigan.train.finetune import for_source
 
-        cfg = for_source(cfg, args.finetune_from)
+        try:  # the flag the user typed, not finetune.source, in the one line
+            cfg = for_source(cfg, args.finetune_from)
+        except (FileNotFoundError, CheckpointError, ConfigError) as e:
+            raise ConfigError(f"--finetune-from {args.finetune_from}: {e}") from e
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0
@@ -108,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError("--min-replicas and --max-replicas autoscale Ray Serve replicas; add "
                           "--ray (or use --workers for a fixed number of processes)")
     try:
+        from serving.server import BindError
         if args.ray:
             from serving.ray_serve import serve_forever as run
         else:
@@ -117,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
                           "pip install 'bigan[serve]' -c constraints.txt") from e
     try:
         run(cfg)
-    except ModelFileError as e:
+    except (ModelFileError, BindError) as e:
         raise ConfigError(str(e)) from e
     return 0
 

@@ -1,6 +1,6 @@
 """Exponential moving average of the generator's weights, and BigGAN's standing statistics.
 
-The trainer keeps a copy G_ema and calls `update_ema(G_ema, G, ema_decay(step, ...))` after
+The trainer keeps a copy G_ema and calls `update_ema(G_ema, G, ema_decay(cur_nimg, ...))` after
 every G step (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training";
 Brock et al. 2019, BigGAN). Parameters are averaged; buffers (batch-norm running statistics,
 spectral-norm u/v vectors) are copied from G, as stylegan2-ada does. Copied running statistics
@@ -18,15 +18,16 @@ import torch
 from torch import Tensor, nn
 
 
-def ema_decay(step: int, decay: float, start_step: int) -> float:
-    """The EMA decay at G step `step`: 0.0 while step < start_step, then `decay`.
+def ema_decay(nimg: int, decay: float, start_nimg: int) -> float:
+    """The EMA decay after `nimg` real images: 0.0 while nimg < start_nimg (`ema.start_kimg`),
+    then `decay`.
 
     A decay of 0 makes G_ema a copy of G: the warm-up of BigGAN's `ema_start`, which keeps the
     poor early weights out of the average.
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay={decay} must be in [0, 1)")
-    return 0.0 if step < start_step else float(decay)
+    return 0.0 if nimg < start_nimg else float(decay)
 
 
 def ramped_decay(decay: float, batch: int, age_nimg: int, rampup: float) -> float:

@@ -217,6 +217,16 @@ class ModelMetadata:
             return self.default_truncation()
         return PerClassTruncation(self.default_truncation(k) for k in range(self.num_classes))
 
+    def client_parameters(self) -> dict[str, str]:
+        """What a KServe v2 or Triton client needs to draw z and pick each row's psi as /v1
+        does (a v2 request carries z, not a seed), as the string `parameters` of the model's
+        Triton configuration: `bigan serve`'s /v2 config and `bigan export --triton-repo`'s
+        config.pbtxt. JSON values, except z_sampling's plain name."""
+        return {"class_names": json.dumps(self.class_names),
+                TRUNCATION_FIELD: json.dumps(self.recommended_truncation),
+                PER_CLASS_FIELD: json.dumps(self.recommended_truncation_per_class),
+                Z_SAMPLING_FIELD: self.z_sampling}
+
     def to_props(self) -> dict[str, str]:
         """The `metadata_props` entries: strings verbatim, everything else as JSON."""
         self.validate()

@@ -19,17 +19,31 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: tests open its files
 CONFIGS = ROOT / "configs"
 
 
+def steps_kimg(steps: int, batch: int = 8, d_steps: int = 2) -> float:
+    """`steps` G steps in kimg, the unit of every cadence (bigan/config/units.py): each step
+    shows batch x d_steps real images (tiny_overrides' defaults: 16)."""
+    return steps * batch * d_steps / 1000
+
+
+# tiny_overrides' cadences and EMA start, in G steps; turned into kimg at the config's batch.
+_TINY_STEPS = {"train.log_every_kimg": 2, "train.sample_every_kimg": 4,
+               "train.ckpt_every_kimg": 2, "ema.start_kimg": 1}
+
+
 def tiny_overrides(out_dir, **extra) -> list[str]:
-    """A BigGAN at 32 px with width 8 on 4 synthetic classes: ~0.1 s per step on one core."""
+    """A BigGAN at 32 px with width 8 on 4 synthetic classes: ~0.1 s per step on one core.
+    Cadences not in `extra` are 2 steps (log, checkpoint), 4 (grid), EMA from step 1, at
+    whatever batch and D steps `extra` sets."""
     base = {
         "model.arch": "biggan", "model.resolution": 32, "model.num_classes": 4, "model.ch": 8,
         "model.d_ch": 8, "model.dim_z": 16, "model.shared_dim": 8, "model.attention": "[16]",
         "data.source": "synthetic", "data.num_samples": 64, "train.batch_size": 8,
-        "train.steps": 4, "train.log_every": 2, "train.sample_every": 4, "train.ckpt_every": 2,
-        "train.grid_per_class": 2, "optim.d_steps": 2, "ema.start_step": 1,
+        "train.steps": 4, "train.grid_per_class": 2, "optim.d_steps": 2,
         "ema.decay": 0.9, "train.out_dir": str(out_dir),
     }
     base.update(extra)
+    for name, steps in _TINY_STEPS.items():
+        base.setdefault(name, steps_kimg(steps, int(base["train.batch_size"]), int(base["optim.d_steps"])))
     return [f"{k}={v}" for k, v in base.items()]
 
 
@@ -75,7 +89,7 @@ EVAL_METRICS = "[fid,kid,precision,recall,class_accuracy,is,intra_fid]"
 def eval_run_config(run, shards, classifier, cache, **extra):
     """4 steps of 16 images; evaluation every 32 images (steps 2 and 4) at N = 16."""
     over = {"data.source": "shards", "data.path": str(shards), "data.num_workers": 0,
-            "train.keep_ckpts": 1, "train.ckpt_every": 100, "eval.every_kimg": 0.032,
+            "train.keep_ckpts": 1, "train.ckpt_every_kimg": 1.6, "eval.every_kimg": 0.032,
             "eval.n": 16, "eval.metrics": EVAL_METRICS, "eval.extractor": str(classifier),
             "eval.cache_dir": str(cache), "eval.psi": "[null,0.8]", **extra}
     from bigan.config import load_config

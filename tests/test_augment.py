@@ -203,7 +203,7 @@ def test_ada_p_rises_on_an_overfitting_d_and_falls_otherwise():
 
 
 def test_lecam_emas_follow_d_and_the_penalty_enters_the_loss():
-    aug = AugmentConfig(lecam_weight=0.3, lecam_decay=0.5, lecam_start=1)
+    aug = AugmentConfig(lecam_weight=0.3, lecam_decay=0.5, lecam_start_kimg=0.008)  # 1 update of 8
     state = StepState()
     _d_updates(_ConstantD(2.0), aug, state, 1)  # before the start: the EMAs equal the means
     assert (state.lecam_real, state.lecam_fake) == (2.0, 2.0)

@@ -17,7 +17,7 @@ from tests.test_multiprocess_train import _launch, _manifest, _weights
 
 pytestmark = pytest.mark.dist
 
-DEEP = {"model.arch": "biggan-deep", "train.steps": 2, "train.ckpt_every": 2}
+DEEP = {"model.arch": "biggan-deep", "train.steps": 2, "train.ckpt_every_kimg": 0.032}  # 2 steps
 
 
 @pytest.fixture(scope="module")

@@ -91,10 +91,9 @@ def test_an_error_during_a_progress_bar_starts_its_own_line(monkeypatch, capsys)
     from bigan import cli
     from bigan.config import ConfigError
 
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
-
     def failing(args):
-        bar = tqdm.tqdm(total=4, desc="train", file=sys.stderr)
+        # disable=False: tqdm reads TQDM_DISABLE once, at import, so unsetting it here is too late
+        bar = tqdm.tqdm(total=4, desc="train", file=sys.stderr, disable=False)
         bar.update(2)
         raise ConfigError("could not write checkpoint X: no space left on device")
 

@@ -296,8 +296,8 @@ def test_training_from_a_flaky_endpoint_logs_the_retries(local, tmp_path):
         cfg = load_config(None, tiny_overrides(
             tmp_path / "run", **{"data.source": "shards", "data.path": f"{url}/",
                                  "data.num_workers": 0, "data.retry_backoff_sec": 0.01,
-                                 "model.resolution": 32, "train.steps": 2, "train.log_every": 2,
-                                 "train.ckpt_every": 2, "train.sample_every": 100}))
+                                 "model.resolution": 32, "train.steps": 2, "train.log_every_kimg": 0.032,
+                                 "train.ckpt_every_kimg": 0.032, "train.sample_every_kimg": 1.6}))
         result = train(cfg)
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [x["data/retried_reads"] for x in lines if "data/retried_reads" in x]
@@ -315,7 +315,7 @@ def test_resume_from_a_checkpoint_url_equals_resuming_from_its_directory(local, 
 
     def cfg(run, steps):
         return load_config(None, tiny_overrides(run, **{"train.steps": steps,
-                                                        "train.sample_every": 100}))
+                                                        "train.sample_every_kimg": 1.6}))
 
     first = train(cfg(tmp_path / "a", 2))
     fsspec.filesystem("s3").put(str(first.last_checkpoint), "bigan-test/runs/a/",

@@ -38,7 +38,7 @@ def test_quality_bench_quick(tmp_path):
 
 
 def test_lowdata_summary_closes_the_gap_of_its_own_fraction():
-    from bench.quality_lowdata import summarize
+    from bench.lowdata_table import summarize
 
     row = lambda variant, fid: {"variant": variant, "fid": fid, "kid": 0.0, "precision": 0.5,  # noqa: E731
                                 "recall": 0.5, "class_accuracy": 0.9}
@@ -65,7 +65,7 @@ def test_lowdata_summary_closes_the_gap_of_its_own_fraction():
 
 
 def test_copying_sampler_returns_the_training_images_of_each_class():
-    from bench.quality_lowdata import CopyingSampler
+    from bench.lowdata_variants import CopyingSampler
 
     images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
     labels = np.array([0, 1, 0, 1, 1])
@@ -78,7 +78,7 @@ def test_copying_sampler_returns_the_training_images_of_each_class():
 def test_lowdata_grids_png_puts_each_variants_lowest_seed_side_by_side(tmp_path):
     from PIL import Image
 
-    from bench.quality_lowdata import grids_png
+    from bench.lowdata_table import grids_png
 
     def row(variant, seed, shade):
         png = tmp_path / f"{variant}-{seed}.png"
@@ -100,7 +100,8 @@ def test_lowdata_grids_png_puts_each_variants_lowest_seed_side_by_side(tmp_path)
 def test_lowdata_kimg_settings_follow_each_variants_own_images_per_g_step(tmp_path):
     """Every 50 G steps and ADA's speed (a quarter of the run) are converted to kimg from the
     variant's own batch x D steps: R3GAN's one D step per G step takes half the baseline's images."""
-    from bench.quality_lowdata import VARIANTS, _config
+    from bench.lowdata_variants import VARIANTS
+    from bench.quality_lowdata import _config
 
     scoring = (tmp_path / "clf.safetensors", tmp_path / "heldout", 500, tmp_path)
     base = _config(tmp_path, tmp_path / "b", 1000, 0, [], eval_every=50, eval_with=scoring)
@@ -139,7 +140,8 @@ def test_lowdata_cost_ratios_are_reused_from_the_cost_file(tmp_path, monkeypatch
 
 
 def test_lowdata_rows_are_one_file_per_run_and_runs_are_taken_by_one_process(tmp_path):
-    from bench.quality_lowdata import _locked, _write_json, read_rows
+    from bench.lowdata_table import read_rows
+    from bench.quality_lowdata import _locked, _write_json
 
     for name, seed, steps in [("baseline-100%", 0, 799), ("diffaugment-translation+r3gan-2%", 1, 429),
                               ("baseline-2%", 1, 1000), ("baseline-2%", 0, 1000),
@@ -156,97 +158,69 @@ def test_lowdata_rows_are_one_file_per_run_and_runs_are_taken_by_one_process(tmp
         assert again
 
 
-def _fake_run(runs: Path, run: str, cfg) -> Path:
-    """A run directory holding one complete checkpoint of cfg (its config and a manifest)."""
+def _fake_run(run_dir: Path, cfg, step: int | None = None) -> Path:
+    """A run directory holding one complete checkpoint of cfg (its config and a manifest) at
+    `step` (cfg's steps unless given) and an evaluation history."""
     from bigan.config import dump_config
 
-    ckpt = runs / run / "checkpoints" / f"step-{cfg.train.steps:08d}"
+    ckpt = run_dir / "checkpoints" / f"step-{step or cfg.train.steps:08d}"
     ckpt.mkdir(parents=True)
     (ckpt / "config.yaml").write_text(dump_config(cfg))
     (ckpt / "manifest.json").write_text("{}")
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "history.jsonl").write_text("{}\n")
     return ckpt
 
 
-def test_lowdata_longer_run_extends_the_longest_shorter_run_it_continues_exactly(tmp_path):
-    from bench.quality_lowdata import VARIANTS, _config, shorter_run
+def test_lowdata_longer_run_resumes_its_shorter_run_only_where_it_continues_it_exactly(tmp_path):
+    """A run's directory has no length in its name: a larger budget resumes what is there when
+    only the length differs, and empties it (the history too) when it holds another trajectory."""
+    from bench.lowdata_variants import VARIANTS
+    from bench.quality_lowdata import _config, resume_point
 
-    runs, data = tmp_path / "runs", tmp_path / "data"
+    data, lazy, ada = tmp_path / "data", "diffaugment-translation+r1r2-lazy", "ada-digits"
 
-    def cfg(variant, steps, seed=0, name=None):
-        name = name or f"{variant}-2%"
-        return _config(data, runs / f"{name}-{steps}steps-s{seed}", steps, seed, VARIANTS[variant][1])
+    def cfg(variant, steps, seed=0, extra=()):
+        return _config(data, tmp_path / f"{variant}-s{seed}", steps, seed, [*VARIANTS[variant][1], *extra])
 
-    lazy = "diffaugment-translation+r1r2-lazy"
-    _fake_run(runs, f"{lazy}-2%-836steps-s0", cfg(lazy, 836))
-    best = _fake_run(runs, f"{lazy}-2%-905steps-s0", cfg(lazy, 905))
-    _fake_run(runs, f"{lazy}-2%-3000steps-s0", cfg(lazy, 3000))  # longer: not a prefix
-    _fake_run(runs, f"{lazy}-2%-500steps-s1", cfg(lazy, 500, seed=1))  # another seed
-    # the same name and seed, but other settings (the run was made with other overrides)
-    other = _config(data, runs / f"{lazy}-2%-950steps-s0", 950, 0, [*VARIANTS[lazy][1], "loss.penalty_weight=2.0"])
-    _fake_run(runs, f"{lazy}-2%-950steps-s0", other)
+    assert resume_point(cfg(lazy, 2000)) is None  # nothing there: a fresh run
     # the EMA's start, ADA's speed and LeCam's start scale with the steps: only the first may differ
-    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 2000)) == best
-    assert shorter_run(runs, f"{lazy}-2%", 1, cfg(lazy, 2000, seed=1)).parent.parent.name == f"{lazy}-2%-500steps-s1"
-    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 800)) is None  # nothing shorter
-    _fake_run(runs, f"{lazy}-2%-2000steps-s0", cfg(lazy, 2000))
-    assert shorter_run(runs, f"{lazy}-2%", 0, cfg(lazy, 2000)) is None  # its own checkpoint wins
-    ada = "ada-digits"  # ADA's speed is a quarter of the run's kimg: a longer run is another trajectory
-    _fake_run(runs, f"{ada}-2%-1000steps-s0", cfg(ada, 1000))
-    assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 2000)) is None
-    assert shorter_run(runs, f"{ada}-2%", 0, cfg(ada, 1000)) is None
-    # runs scored during training carry their cadence after the seed: they extend their own kind
-    scoring = (tmp_path / "clf.safetensors", tmp_path / "heldout", 500, tmp_path)
-
-    def scored(steps):
-        return _config(data, runs / f"baseline-2%-{steps}steps-s0-eval50", steps, 0, [],
-                       eval_every=50, eval_with=scoring)
-
-    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) is None
-    _fake_run(runs, "baseline-2%-1000steps-s0", cfg("baseline", 1000))  # not scored: another run
-    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) is None
-    scored_1000 = _fake_run(runs, "baseline-2%-1000steps-s0-eval50", scored(1000))
-    assert shorter_run(runs, "baseline-2%", 0, scored(2500)) == scored_1000
-    assert shorter_run(runs, "baseline-2%", 0, cfg("baseline", 2500)).parent.parent.name == "baseline-2%-1000steps-s0"
-
-
-def test_lowdata_extended_run_begins_its_history_with_the_shorter_runs_records(tmp_path):
-    from bench.quality_lowdata import SCORES, _best_snapshot, continue_history
-    from bigan.eval.run_evaluator import read_history
-
-    def scores(fid):
-        return {f"eval/{k}": fid if k == "fid" else 0.5 for k in SCORES}
-
-    short, longer = tmp_path / "runs" / "b-1000steps-s0-eval50", tmp_path / "runs" / "b-2500steps-s0-eval50"
-    (short / "eval").mkdir(parents=True)
-    fids = {500: 9.0, 1000: 5.0, 1050: 1.0}  # 1050: scored after the checkpoint the longer run resumes
-    (short / "eval" / "history.jsonl").write_text("".join(
-        json.dumps({"step": s, "kimg": s * 0.064, "metrics": scores(f)}) + "\n" for s, f in fids.items()))
-    continue_history(short / "checkpoints" / "step-00001000", longer)
-    assert [r["step"] for r in read_history(longer)] == [500, 1000]
-    with open(longer / "eval" / "history.jsonl", "a") as f:  # the extension's own evaluations
-        f.write(json.dumps({"step": 1500, "kimg": 96.0, "metrics": scores(6.0)}) + "\n")
-    continue_history(short / "checkpoints" / "step-00001000", longer)  # resumed again: kept as is
-    best = _best_snapshot(read_history(longer))
-    assert best["best"]["step"] == 1000 and best["fid_curve"] == [[500, 9.0], [1000, 5.0], [1500, 6.0]]
+    shorter = _fake_run(tmp_path / f"{lazy}-s0", cfg(lazy, 905))
+    assert resume_point(cfg(lazy, 2000)) == shorter and (shorter.parent.parent / "eval").is_dir()
+    assert resume_point(cfg(lazy, 905)) is None and shorter.is_dir()  # at its steps: only scored
+    assert resume_point(cfg(lazy, 800)) is None  # a longer run is not a prefix: emptied
+    assert not (tmp_path / f"{lazy}-s0").exists()
+    # the same name and seed, but other settings (the run was made with other overrides)
+    _fake_run(tmp_path / f"{lazy}-s0", cfg(lazy, 950, extra=["loss.penalty_weight=2.0"]))
+    assert resume_point(cfg(lazy, 2000)) is None and not (tmp_path / f"{lazy}-s0").exists()
+    # ADA's speed is a quarter of the run's kimg: a longer run is another trajectory
+    _fake_run(tmp_path / f"{ada}-s0", cfg(ada, 1000))
+    assert resume_point(cfg(ada, 2000)) is None and not (tmp_path / f"{ada}-s0").exists()
+    # a run of this very length that stopped at 1200 (a crash) goes on from there
+    crashed = _fake_run(tmp_path / f"{lazy}-s1", cfg(lazy, 2000, seed=1), step=1200)
+    assert resume_point(cfg(lazy, 2000, seed=1)) == crashed
 
 
 @pytest.mark.slow
 def test_lowdata_run_extended_from_a_shorter_one_equals_a_fresh_run(tmp_path):
-    """What makes reuse exact: resuming the 3-step run to 6 steps gives a fresh 6-step run's G and D
-    bit for bit; only the EMA, started at another step, may differ (by its decayed start)."""
+    """What makes reuse exact: resuming the 3-step run to 6 steps in its directory gives a fresh
+    6-step run's G and D bit for bit; only the EMA, started at another step, may differ (by its
+    decayed start)."""
     from safetensors.torch import load_file
 
-    from bench.quality_lowdata import VARIANTS, _config, _splits, shorter_run
+    from bench.lowdata_variants import VARIANTS, splits
+    from bench.quality_lowdata import _config, resume_point
     from bigan.train.trainer import train
 
-    subset, _, _ = _splits(tmp_path, 0.02)
-    runs, extra = tmp_path / "runs", [*VARIANTS["diffaugment-translation"][1], "train.batch_size=8"]
-    train(_config(subset, runs / "v-3steps-s0", 3, 0, extra), resume="auto")
-    longer = _config(subset, runs / "v-6steps-s0", 6, 0, extra)
-    prefix = shorter_run(runs, "v", 0, longer)
+    subset, _, _ = splits(tmp_path, 0.02)
+    run, extra = tmp_path / "runs" / "v-s0", [*VARIANTS["diffaugment-translation"][1], "train.batch_size=8"]
+    train(_config(subset, run, 3, 0, extra), resume="auto")
+    longer = _config(subset, run, 6, 0, extra)
+    prefix = resume_point(longer)
     assert prefix is not None and prefix.name == "step-00000003"
-    extended = train(longer, resume=str(prefix)).last_checkpoint
+    extended = train(longer, resume="auto").last_checkpoint
     fresh = train(_config(subset, tmp_path / "fresh", 6, 0, extra), resume="auto").last_checkpoint
+    assert extended.parent.parent == run and extended.name == "step-00000006"
     for part in ("G", "D"):
         a, b = load_file(extended / f"{part}.safetensors"), load_file(fresh / f"{part}.safetensors")
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), part
@@ -255,21 +229,27 @@ def test_lowdata_run_extended_from_a_shorter_one_equals_a_fresh_run(tmp_path):
 @pytest.mark.slow
 def test_lowdata_run_scored_during_training_reports_its_best_snapshot_and_trains_the_same(tmp_path):
     """In-training evaluation neither changes what is trained (the same G and D bit for bit) nor
-    scores differently from the bench: its last record equals the row's own last-snapshot scores."""
+    scores differently from the bench: its last record equals the row's own last-snapshot scores.
+    The scored run is a 5-step run extended to 6 (`--resume auto` with the larger train.steps in
+    its directory): it trains what a fresh run does (the EMA too: both start it at step 6 // 5 =
+    5 // 5), and its history goes on from the shorter run's, whose last step was scored."""
     from safetensors.torch import load_file
 
     from bench.quality_lowdata import SCORES, run_lowdata
 
-    def bench(eval_every):
-        return run_lowdata(tmp_path, [0], 6, 40, True, ["baseline"], 0.02, eval_every=eval_every)
+    def bench(steps, eval_every):
+        return run_lowdata(tmp_path, [0], steps, 40, True, ["baseline"], 0.02, eval_every=eval_every)
 
-    plain, scored = bench(0)["runs"], bench(2)
+    plain, shorter = bench(6, 0)["runs"], bench(5, 2)["runs"]
+    assert next(r for r in shorter if r["seed"] == 0)["resumed_from"] is None
+    scored = bench(6, 2)
     row = next(r for r in scored["runs"] if r["seed"] == 0)
-    assert row["eval_every"] == 2 and row["evaluations"] == 3  # steps 2, 4 and 6
+    assert row["resumed_from"] == "runs/baseline-2%-s0-eval2/checkpoints/step-00000005"
+    assert row["eval_every"] == 2 and row["evaluations"] == 4  # steps 2, 4, 5 (the shorter's last) and 6
     assert Path(scored["curves_png"]).read_bytes()[:4] == b"\x89PNG"
     history = [json.loads(line) for line in
-               (tmp_path / "runs" / "baseline-2%-6steps-s0-eval2" / "eval" / "history.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [2, 4, 6]
+               (tmp_path / "runs" / "baseline-2%-s0-eval2" / "eval" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4, 5, 6]
     assert row["fid_curve"] == [[h["step"], h["metrics"]["eval/fid"]] for h in history]
     best = min(history, key=lambda h: h["metrics"]["eval/fid"])
     assert row["best"] == {"step": best["step"], "kimg": best["kimg"],
@@ -278,7 +258,7 @@ def test_lowdata_run_scored_during_training_reports_its_best_snapshot_and_trains
     s = scored["summary"]["baseline-2%"]
     assert s["best_fid"] == row["best"]["fid"] <= s["fid"] and s["best_step"] == row["best"]["step"]
     ckpts = [tmp_path / "runs" / run / "checkpoints" / "step-00000006"
-             for run in ("baseline-2%-6steps-s0", "baseline-2%-6steps-s0-eval2")]
+             for run in ("baseline-2%-s0", "baseline-2%-s0-eval2")]
     for part in ("G", "D"):
         a, b = (load_file(c / f"{part}.safetensors") for c in ckpts)
         assert all(a[k].equal(b[k]) for k in a), part

@@ -338,7 +338,7 @@ PROGAN_TINY = {"model.arch": "progan", "model.resolution": 16, "model.start_reso
                "model.fmap_base": 64, "model.fmap_max": 8, "model.spectral_norm": "false",
                "loss.kind": "wasserstein", "loss.penalty": "wgan-gp", "loss.drift_weight": 0.001,
                # no fade-ins, one image per phase: the one training step ends in the 16 px phase
-               "progressive.fade_nimg": 0, "progressive.stab_nimg": 1}
+               "progressive.fade_kimg": 0, "progressive.stab_kimg": 0.001}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from bigan.config import ConfigError, load_config
 from bigan.imports import biggan_pytorch
 from bigan.train import finetune
 from bigan.train.trainer import train
-from tests.helpers import tiny_overrides
+from tests.helpers import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.unit
 
@@ -155,6 +157,23 @@ def test_cli_finetune_from_resolves_the_sources_model(imported, tmp_path, capsys
     assert printed.finetune.source == str(imported)
     assert main(["train", str(config), "--finetune-from", str(tmp_path / "nowhere"), "--dry-run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, says", [("missing", "does not exist"),
+                                           ("notes.txt", "is not a readable safetensors file")])
+def test_a_bad_finetune_source_is_one_line_naming_the_flag(tmp_path, source, says):
+    """`bigan train` as a real process: exit 2 and one stderr line that names the flag and the path."""
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {source: digits}\nmodel: {num_classes: 10}\n")
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    path = tmp_path / source
+    out = subprocess.run([sys.executable, "-m", "bigan.cli", "train", str(config),
+                          "--finetune-from", str(path), f"train.out_dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"bigan train: error: --finetune-from {path}: ") and says in line, line
+    assert not (tmp_path / "run").exists()
 
 
 def load_config_text(text: str):

@@ -44,3 +44,21 @@ def test_the_parts_cover_tests_training_and_serving_in_both_precisions(tmp_path)
     assert names == ["gpu_tests", "train_step_biggan128_fp32", "train_step_biggan128_bf16",
                      "serving_cuda_fp32", "serving_cuda_fp16"]
     assert sum(timeout for _, _, timeout, _ in gpu_check.parts(tmp_path)) <= 480  # the 8 minutes
+
+
+def test_the_gpu_tests_part_checks_the_plans_memory_and_keeps_its_figures(tmp_path):
+    """The plan's memory check (tests/test_plan.py, marked gpu) runs in the first part, and the
+    JUnit file that part writes keeps what a test records (its figures reach gpu_check.json):
+    the part's own JUnit options on a probe test, in a real pytest process."""
+    (name, cmd, _, _), *_ = gpu_check.parts(tmp_path)
+    assert name == "gpu_tests" and "tests/test_plan.py" in cmd and "-m" in cmd
+    family = cmd[cmd.index("-o"):cmd.index("-o") + 2]
+    (tmp_path / "test_probe.py").write_text(
+        "def test_probe(record_property):\n    record_property('plan_bytes', 123)\n")
+    junit = tmp_path / "probe.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_probe.py", f"--junitxml={junit}", *family], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = gpu_check._junit_counts(junit)
+    assert counts["passed"] == 1 and counts["properties"] == {"test_probe": {"plan_bytes": "123"}}

@@ -43,7 +43,7 @@ TOL_UV = 1e-3
 # be channels_last + fused): a resume across strategies would otherwise add that path's other
 # rounding to the strategies' (measured: the zero2 -> 1 resume then differed by 1.7e-4 on a few
 # elements, over the tolerance). tests/test_speed.py checks the two paths against each other.
-EXTRA = {"train.steps": 4, "train.ckpt_every": 2, "train.sample_every": 100, "loss.penalty": "r1",
+EXTRA = {"train.steps": 4, "train.ckpt_every_kimg": 0.032, "train.sample_every_kimg": 1.6, "loss.penalty": "r1",
          "loss.penalty_weight": 1.0, "train.keep_ckpts": 0, "optim.eps": 1e-3,
          "speed.memory_format": "contiguous", "speed.optimizer": "for-loop"}
 
@@ -150,8 +150,8 @@ def test_progan_two_processes_through_a_phase_change(tmp_path):
                     "model.fmap_base": 32, "model.fmap_max": 16, "model.mbstd_group_size": 2,
                     "model.spectral_norm": "false", "model.attention": "[]", "loss.kind": "wasserstein",
                     "loss.penalty": "wgan-gp", "loss.penalty_weight": 10.0, "loss.drift_weight": 0.001,
-                    "progressive.fade_nimg": 16, "progressive.stab_nimg": 16, "train.steps": 4,
-                    "optim.d_steps": 1})
+                    "progressive.fade_kimg": 0.016, "progressive.stab_kimg": 0.016, "train.steps": 4,
+                    "optim.d_steps": 1, "train.ckpt_every_kimg": 0.016})
     final = out / "checkpoints" / "step-00000004"
     assert _manifest(final)["phase"]["resolution"] == 8 and _manifest(final)["world_size"] == 2
     assert sorted(p.name for p in (out / "grids").glob("phase-*.png"))[:2] == [

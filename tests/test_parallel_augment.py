@@ -41,7 +41,7 @@ ITERATIONS = 3
 CASES = {
     "ada+lecam": (LossConfig(kind="hinge", penalty="r1", penalty_weight=1.0),
                   AugmentConfig(kind="ada", ada_interval=1, ada_kimg=0.08, ada_target=0.99, lecam_weight=1e-4,
-                                lecam_start=1, lecam_decay=0.5)),
+                                lecam_start_kimg=0.008, lecam_decay=0.5)),  # 1 D update
     "diffaugment+rpgan+r1r2": (LossConfig(kind="rpgan", penalty="r1+r2", penalty_weight=1.0),
                                AugmentConfig(kind="diffaugment")),
 }

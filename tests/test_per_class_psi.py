@@ -116,12 +116,39 @@ def test_sweep_per_class_writes_one_psi_per_class_by_the_sweeps_rule(
     assert meta.recommended_truncation == result["recommended_truncation"]
     assert OnnxSampler(model).default_truncation == tuple(vector)
     assert Image.open(result["files"]["per_class_png"]).size[0] > 1000
+    assert Image.open(result["files"]["per_class_samples_png"]).size[0] > 300
     assert "per-class psi:" in capsys.readouterr().out
     # a later sweep without --per-class removes the vector, which would outvote its psi
     assert main(["truncation-sweep", str(model), "--data", str(tiny_eval_shards), "--psi", "0.5",
                  "--n", "16", "--classifier", str(tiny_classifier), "--write", "--out",
                  str(tmp_path / "again"), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert ModelMetadata.from_props(_props(model)).recommended_truncation_per_class is None
+
+
+@pytest.mark.unit
+def test_the_samples_picture_shows_each_class_at_its_default_psi(per_class_dir):
+    """Row r of the sweep's samples picture is class hungry_classes[r] (smallest psi first): its
+    seeds as a request without psi gets them (the written vector), then at the overall psi."""
+    from bigan import pictures
+    from bigan.eval.sweep import hungry_classes, per_class_samples
+    from bigan.generation import OnnxSampler
+
+    sampler = OnnxSampler(per_class_dir / "plain.onnx")
+    classes, seeds = hungry_classes(PER_CLASS), [4, 5, 6]
+    assert classes == [0, 2, 1, 3]
+    assert hungry_classes([1.0] * 7 + [0.2] * 3 + [2.0] * 3) == [7, 8, 9, 0, 1, 5, 6, 10, 11, 12]
+    grid = per_class_samples(sampler, PER_CLASS, classes, seeds, GLOBAL_PSI)
+    cell = 32 + 2  # image side + the grid's padding
+    assert grid.shape == (2 + len(classes) * cell, 2 + (2 * len(seeds) + 1) * cell, 3)
+    for r, k in enumerate(classes):
+        row = grid[2 + r * cell:r * cell + cell]
+        cells = [row[:, 2 + j * cell:j * cell + cell] for j in range(2 * len(seeds) + 1)]
+        default = pictures.to_uint8(sampler.images([k] * 3, seeds, sampler.default_truncation))
+        overall = pictures.to_uint8(sampler.images([k] * 3, seeds, GLOBAL_PSI))
+        np.testing.assert_array_equal(np.stack(cells[:3]), default)
+        np.testing.assert_array_equal(np.stack(cells[4:]), overall)
+        assert (cells[3] == 32).all()  # the blank between the two blocks
+        assert not np.array_equal(default, overall)  # the class's psi is not the overall one
 
 
 @pytest.mark.unit

@@ -23,7 +23,7 @@ def cfg_with(*overrides: str):
     base = ["model.arch=progan", "model.resolution=16", "model.start_resolution=4",
             "model.fmap_base=64", "model.fmap_max=8", "model.dim_z=8", "model.num_classes=3",
             "model.shared_dim=4", "model.spectral_norm=false", "data.source=synthetic",
-            "progressive.fade_nimg=100", "progressive.stab_nimg=200", "train.batch_size=8",
+            "progressive.fade_kimg=0.1", "progressive.stab_kimg=0.2", "train.batch_size=8",
             "optim.g_lr=0.001", "optim.d_lr=0.002"]
     return load_config(None, base + list(overrides))
 
@@ -34,7 +34,7 @@ def test_phases_and_boundaries():
         P(0, 4, False, 0, 200), P(1, 8, True, 200, 300), P(2, 8, False, 300, 500),
         P(3, 16, True, 500, 600), P(4, 16, False, 600, None)]
     assert phases.phase_boundaries(cfg_with()) == [200, 300, 500, 600]
-    no_fade = phases.all_phases(cfg_with("progressive.fade_nimg=0"))
+    no_fade = phases.all_phases(cfg_with("progressive.fade_kimg=0"))
     assert [(p.resolution, p.fading, p.start_nimg) for p in no_fade] == [
         (4, False, 0), (8, False, 200), (16, False, 400)]
     single = phases.all_phases(cfg_with("model.start_resolution=16"))
@@ -62,7 +62,7 @@ def _official(cur_nimg: int, resolution: int, initial: int, training: int, trans
 
 
 def test_matches_the_official_schedule():
-    cfg = cfg_with("progressive.fade_nimg=300", "progressive.stab_nimg=300")
+    cfg = cfg_with("progressive.fade_kimg=0.3", "progressive.stab_kimg=0.3")
     for nimg in range(0, 3000, 7):
         ph = phases.phase_at(nimg, cfg)
         res, alpha = _official(nimg, 16, 4, 300, 300)
@@ -157,8 +157,9 @@ def test_progan_configs_load_and_validate():
     ("progressive.g_lr={8: 0}", "progressive.g_lr.8", "must be > 0"),
     ("progressive.batch_size={8: 6}", "progressive.batch_size.8", "minibatch std-dev group"),
     ("train.batch_size=6", "train.batch_size", "minibatch std-dev group"),
-    ("progressive.fade_nimg=-1", "progressive.fade_nimg", ">= 0"),
-    ("progressive.stab_nimg=0", "progressive.stab_nimg", "> 0"),
+    ("progressive.fade_kimg=-1", "progressive.fade_kimg", ">= 0"),
+    ("progressive.stab_kimg=0", "progressive.stab_kimg", "> 0"),
+    ("progressive.stab_kimg=0.0005", "progressive.stab_kimg", "whole number of images"),
     ("progressive.batch_size=[8]", "progressive.batch_size", "must be a mapping"),
     ("progressive.batch_size={8: x}", "progressive.batch_size.8", "integer"),
     ("model.start_resolution=32", "model.start_resolution", "up to model.resolution"),

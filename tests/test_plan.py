@@ -4,7 +4,8 @@ device-hours (bigan/train/run_log.py).
 The memory model is fitted on the meta device at per-worker batches 1 and 2 and checked at batch
 4 against a real CPU iteration whose tensor bytes are counted (15%: the meta run stands in for
 torch's Adam with its two moments only, so the for-loop Adam's per-parameter temporaries are
-missing from the model). The FLOP count is checked against the matmul count of an MLP written
+missing from the model); on a CUDA GPU (`make gpu-check`) against torch.cuda.max_memory_allocated
+of a real iteration. The FLOP count is checked against the matmul count of an MLP written
 out by hand, so a path that skipped an update or a backward would fail it.
 """
 
@@ -57,6 +58,55 @@ def test_memory_model_matches_counted_cpu_bytes_at_another_batch():
     transient = predicted["grads"] + predicted["activations"]
     assert transient == pytest.approx(real.peak_bytes, rel=0.15)
     assert real.activation_bytes > fitted[0].activation_bytes  # batch 4 holds more than batch 1
+
+
+@pytest.mark.gpu
+def test_memory_model_matches_max_memory_allocated_on_cuda(record_property):
+    """The plan's memory for one GPU against torch.cuda.max_memory_allocated over one real
+    iteration (after a warm-up that creates Adam's moments and the gradients, as in a run's
+    steady state) at BigGAN-128's paper width, per-GPU batch 32, fp32: the trainer's CUDA path
+    (channels_last, fused Adam). `make gpu-check` runs it (bench/gpu_check.py). The model leaves
+    out cuBLAS/cuDNN workspaces and the allocator's 512-byte rounding, tens of MiB next to the
+    ~GiBs counted here; 20% bounds them (not yet measured on a GPU when written)."""
+    import copy
+
+    from bigan import models
+    from bigan.train.optimizers import build_optimizers
+    from bigan.train.plan_measure import _random_batch
+    from bigan.train.speed import FastPath
+    from bigan.train.step import StepRuntime, StepState, gan_iteration
+
+    batch = 32
+    cfg = load_config(CONFIGS / "biggan_128.yaml", [f"train.batch_size={batch}",
+                                                     "train.precision=fp32", "data.source=synthetic"])
+    predicted = memory(tuple(measure_steps(cfg, (1, 2), device="meta")), batch, "ddp", 1)
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    G, D = models.build(cfg.model)
+    fast = FastPath.resolve(cfg.speed, device, "ddp")
+    fast.models(G, D)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    G, D = G.to(device), D.to(device)
+    opt_G, opt_D = build_optimizers(G, D, cfg.optim, fast.optimizer)
+    gen = torch.Generator().manual_seed(0)
+
+    def one() -> None:
+        res = cfg.model.resolution
+        d_batches = [fast.batch(_random_batch(cfg, batch, res, gen, "cuda"))
+                     for _ in range(cfg.optim.d_steps)]
+        gan_iteration(G, D, opt_G, opt_D, d_batches, _random_batch(cfg, batch, res, gen, "cuda"),
+                      cfg.loss, StepState(), StepRuntime(), aug=cfg.augment, d_call=fast.d_call)
+
+    one()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    one()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated()
+    assert G_ema is not None  # held on the GPU throughout, as in the trainer
+    record_property("plan_bytes", predicted)  # into gpu_check.json (bench/gpu_check.py)
+    record_property("max_memory_allocated_bytes", measured)
+    assert predicted["total"] == pytest.approx(measured, rel=0.2)
 
 
 def _mlp_flops(z: int, d: int, h: int, layers: int, k: int, n: int) -> int:

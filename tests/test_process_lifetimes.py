@@ -22,8 +22,8 @@ from bigan.train.run_lock import LOCK_NAME
 from tests.helpers import ROOT, eval_run_config, tiny_overrides
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-LONG = {"train.steps": 100000, "train.ckpt_every": 2, "train.keep_ckpts": 2,
-        "train.log_every": 1000, "train.sample_every": 100000}
+LONG = {"train.steps": 100000, "train.ckpt_every_kimg": 0.032, "train.keep_ckpts": 2,
+        "train.log_every_kimg": 16, "train.sample_every_kimg": 1600}  # 2, 1000, 100000 steps
 
 
 def _children(pid: int) -> list[int]:

@@ -88,7 +88,7 @@ def _weights(ckpt):
 
 @pytest.mark.slow
 def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path):
-    extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every": 2, "loss.penalty": "r1",
+    extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1",
              "loss.penalty_weight": 1.0}
     straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
 

@@ -90,8 +90,8 @@ def test_launch_two_nodes_survives_a_killed_worker(tmp_path, two_node_cluster):
         " shared_dim: 8, attention: [16]}\n"
         "data: {source: synthetic, num_samples: 64}\n"
         "loss: {penalty: r1, penalty_weight: 1.0}\n"
-        "train: {batch_size: 8, steps: 12, log_every: 2, sample_every: 12, ckpt_every: 2,"
-        " grid_per_class: 2, keep_ckpts: 0}\n"
+        "train: {batch_size: 8, steps: 12, log_every_kimg: 0.032, sample_every_kimg: 0.192,"
+        " ckpt_every_kimg: 0.032, grid_per_class: 2, keep_ckpts: 0}\n"  # 2, 12, 2 steps of 16 images
         "optim: {d_steps: 2}\n")
     log = (tmp_path / "launch.log").open("w")
     job = subprocess.Popen(

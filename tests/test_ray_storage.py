@@ -35,7 +35,7 @@ def test_launch_keeps_checkpoints_in_a_bucket_and_resumes_from_a_checkpoint_url(
 
     with s3_server("bigan-ray"):
         first = train(load_config(None, tiny_overrides(tmp_path / "first", **{
-            "train.steps": 2, "train.sample_every": 100})))
+            "train.steps": 2, "train.sample_every_kimg": 1.6})))
         fs = fsspec.filesystem("s3")
         fs.put(str(first.last_checkpoint), "bigan-ray/start/", recursive=True)
         start = "s3://bigan-ray/start/step-00000002"
@@ -45,9 +45,9 @@ def test_launch_keeps_checkpoints_in_a_bucket_and_resumes_from_a_checkpoint_url(
             "model: {arch: biggan, resolution: 32, num_classes: 4, ch: 8, d_ch: 8, dim_z: 16,"
             " shared_dim: 8, attention: [16]}\n"
             "data: {source: synthetic, num_samples: 64}\n"
-            "train: {batch_size: 8, steps: 4, log_every: 2, sample_every: 100, ckpt_every: 2,"
-            " grid_per_class: 2, keep_ckpts: 0}\n"
-            "optim: {d_steps: 2}\nema: {start_step: 1, decay: 0.9}\n")
+            "train: {batch_size: 8, steps: 4, log_every_kimg: 0.032, sample_every_kimg: 1.6,"
+            " ckpt_every_kimg: 0.032, grid_per_class: 2, keep_ckpts: 0}\n"
+            "optim: {d_steps: 2}\nema: {start_kimg: 0.016, decay: 0.9}\n")
         run = tmp_path / "run"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         done = subprocess.run(

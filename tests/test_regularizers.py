@@ -226,6 +226,24 @@ def test_hand_computed_2x2_and_its_gradient():
     assert_close(grad, 4 * torch.tensor([[0.0, 11.0], [11.0, 0.0]]) @ W22)
 
 
+@pytest.mark.parametrize("shape", [(40, 5), (10, 5), (9, 5), (5, 40), (6, 6)])
+def test_closed_form_equals_autograd_of_the_masked_formula(shape):
+    """Both forms (the [in, in] Gram matrix for rows >= 2 x columns, [out, out] otherwise) against
+    autograd of ||W W^T * (1 - I)||_F^2 in float64, value and gradient; gradcheck on top."""
+    w = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    layer = nn.Linear(shape[1], shape[0], bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    value = regularizers.orthogonal_regularization(layer)
+    (grad,) = torch.autograd.grad(value, layer.weight)
+    ref_w = w.clone().requires_grad_(True)
+    ref = ((ref_w @ ref_w.T) * (1 - torch.eye(shape[0], dtype=torch.float64))).pow(2).sum()
+    (ref_grad,) = torch.autograd.grad(ref, ref_w)
+    assert_close(value, ref.detach(), rtol=1e-12, atol=1e-12)
+    assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(regularizers._OffDiagonalGram.apply, (ref_w,))
+
+
 def test_conv_weights_are_viewed_as_out_by_in_k_k():
     conv = nn.Conv2d(1, 2, kernel_size=(1, 2), bias=False)
     with torch.no_grad():

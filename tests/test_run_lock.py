@@ -116,8 +116,8 @@ def test_second_bigan_train_on_a_live_run_is_refused_and_a_restart_after_sigkill
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(dump_config(load_config(None, tiny_overrides(
-        run, **{"train.steps": 100000, "train.ckpt_every": 2, "train.keep_ckpts": 2,
-                "train.log_every": 1000, "train.sample_every": 100000}))))
+        run, **{"train.steps": 100000, "train.ckpt_every_kimg": 0.032, "train.keep_ckpts": 2,
+                "train.log_every_kimg": 16, "train.sample_every_kimg": 1600}))))
     first = _bigan_train(config, "--resume", "auto", stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:

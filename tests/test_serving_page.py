@@ -97,6 +97,29 @@ def test_the_page_loads_its_scripts_and_the_thousand_names(client):
     assert model["metadata"]["class_names"] == imagenet_style_names()
 
 
+def _psi_bounds(page: str) -> tuple[str, str, str]:
+    """The page's psi slider min and max and the psi strip's hint range, as written."""
+    slider = re.search(r'<input id="psi"[^>]*>', page).group(0)
+    hint = re.search(r'id="psis-hint"[^>]*>[^<]*\(comma-separated,\s*([^)]*)\)', page).group(1)
+    return (re.search(r'\smin="([^"]*)"', slider).group(1),
+            re.search(r'\smax="([^"]*)"', slider).group(1), hint)
+
+
+def test_the_pages_psi_bounds_are_the_contracts(client, monkeypatch):
+    """The slider and the strip's hint show the range of `bigan.onnx_metadata`, the one every
+    request is checked against, and follow it when it changes (they were literal 0.05-2 on the
+    slider and 0.01-4 in the hint)."""
+    from bigan import onnx_metadata
+
+    assert _psi_bounds(client.get("/").text) == ("0.01", "4", "0.01–4")
+    assert (onnx_metadata.MIN_TRUNCATION, onnx_metadata.MAX_TRUNCATION) == (0.01, 4.0)
+    monkeypatch.setattr(onnx_metadata, "MIN_TRUNCATION", 0.2)
+    monkeypatch.setattr(onnx_metadata, "MAX_TRUNCATION", 1.5)
+    page = client.get("/").text
+    assert _psi_bounds(page) == ("0.2", "1.5", "0.2–1.5")
+    assert "{{" not in page
+
+
 def test_nothing_is_loaded_from_another_host(client):
     """Every src/href of the page and of /docs is local: no CDN, no external network."""
     for path in ("/", "/docs", "/static/app.js", "/static/docs.js", "/static/combobox.js",
@@ -210,6 +233,31 @@ def test_the_page_draws_grid_strip_and_interpolation(server, tmp_path):
     # Into the docs only when asked: every run's picture differs (timings in the status line).
     target = SCREENSHOT if os.environ.get("BIGAN_WRITE_DOCS_IMAGES") else tmp_path / "page.png"
     target.write_bytes(png)
+
+
+@pytest.mark.slow
+def test_the_psi_strip_checks_the_sliders_bounds(server, tmp_path):
+    """app.js keeps no psi bounds of its own: the strip refuses what lies outside the slider's
+    range, which the server wrote from its contract; narrowing the slider narrows the check."""
+    from tests.browser import open_page
+
+    async def check():
+        async with open_page(f"{server}/", tmp_path / "profile") as page:
+            await page.wait_for("models.length > 0")  # app.js's list, from /v1/models
+            strip = ("(text) => { document.getElementById('psis').value = text; "
+                     "try { return parsePsis(); } catch (e) { return e.message; } }")
+            bounds = await page.eval("['min', 'max'].map((k) => document.getElementById('psi')[k])")
+            answers = [await page.eval(f"({strip})({text!r})")
+                       for text in ("0.01, 4", "4.5", "0.005")]
+            await page.eval("document.getElementById('psi').max = '1.5'")
+            narrowed = await page.eval(f"({strip})('2')")
+            return bounds, answers, narrowed
+
+    bounds, answers, narrowed = asyncio.run(check())
+    assert bounds == ["0.01", "4"]
+    assert answers == [[0.01, 4], "ψ values: “4.5” is not a number in 0.01–4",
+                       "ψ values: “0.005” is not a number in 0.01–4"]
+    assert narrowed == "ψ values: “2” is not a number in 0.01–1.5"
 
 
 @pytest.mark.slow

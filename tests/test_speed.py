@@ -81,6 +81,26 @@ def test_fast_path_ends_on_the_plain_paths_weights(loss):
         torch.testing.assert_close(quick[k].contiguous(), plain[k], rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("loss", [LossConfig(kind="hinge", ortho_weight=1.0),
+                                  LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0,
+                                             ortho_weight=1.0)],
+                         ids=["hinge", "r1-double-backward"])
+def test_closed_form_orthogonal_gradient_ends_on_autograds_weights(loss, monkeypatch):
+    """G's orthogonal term with its closed-form gradient (regularizers._OffDiagonalGram) trains
+    to the weights autograd of the masked formula gives, over 3 iterations on the fast path."""
+    from bigan import regularizers
+
+    fast = FastPath.resolve(SpeedConfig(), "cpu")
+    closed = _train(fast, loss)
+    assert any(not torch.equal(closed[k], v) for k, v in
+               _train(fast, replace(loss, ortho_weight=0.0)).items())  # the term moved weights
+    masked = lambda w: ((w @ w.T) * (1 - torch.eye(w.shape[0]))).pow(2).sum()  # noqa: E731
+    monkeypatch.setattr(regularizers._OffDiagonalGram, "apply", masked)
+    autograd = _train(fast, loss)
+    for k in autograd:
+        torch.testing.assert_close(closed[k], autograd[k], rtol=1e-4, atol=2e-5)
+
+
 def test_fast_path_puts_models_and_reals_in_channels_last():
     fast = FastPath.resolve(SpeedConfig(memory_format="channels_last"), "cpu")
     G, D = models.build(MODEL)
@@ -99,7 +119,35 @@ def test_auto_is_fast_on_cuda_and_keeps_torch_defaults_on_cpu_and_under_deepspee
     explicit = SpeedConfig(memory_format="contiguous", optimizer="foreach", resample="separate")
     assert FastPath.resolve(explicit, "cuda", "zero1") == FastPath("contiguous", "foreach", "separate")
     for device, strategy in (("cpu", "ddp"), ("cuda", "ddp"), ("cpu", "zero3")):  # measured: fewer FLOPs
-        assert FastPath.resolve(SpeedConfig(), device, strategy).resample == "folded"
+        assert FastPath.resolve(SpeedConfig(), device, strategy).resample == "auto"
+
+
+def test_auto_resampling_folds_where_the_small_side_is_at_least_8_px(monkeypatch):
+    """`speed.resample: auto` folds by layers.FOLD_MIN_SIDE (measured: at 4 px the folded kernel
+    ran slower), and the models it gives compute what the folded and separate ones do."""
+    from bigan.models import biggan as biggan_module
+    m = ModelConfig(arch="biggan", resolution=64, num_classes=3, dim_z=20, shared_dim=8, ch=4,
+                    d_ch=4, attention=[])
+    torch.manual_seed(0)
+    G, D = (net.double().train() for net in models.build(m))
+    z, y = torch.randn(2, 20, dtype=torch.float64), torch.tensor([0, 2])
+    folded = {}
+    for name in ("upsample_conv3x3", "conv3x3_avgpool"):
+        real = getattr(biggan_module, name)
+        monkeypatch.setattr(biggan_module, name,
+                            lambda x, conv, real=real, name=name: folded.setdefault(name, []).append(
+                                x.shape[-1]) or real(x, conv))
+    outs = {}
+    for resample in ("separate", "auto", "folded"):
+        FastPath("contiguous", "default", resample).models(G, D)
+        folded.clear()
+        img = G(z, y)
+        outs[resample] = (img, D(img, y))
+        if resample == "auto":  # G: 4 -> ... -> 64; D: 64 -> ... -> 4 (8 -> 4 not)
+            assert folded == {"upsample_conv3x3": [8, 16, 32], "conv3x3_avgpool": [64, 32, 16]}
+    for resample in ("auto", "folded"):
+        for got, want in zip(outs[resample], outs["separate"]):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("arch", ["biggan", "biggan-deep", "progan"])

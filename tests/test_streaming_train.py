@@ -25,13 +25,13 @@ from bigan.checkpoint.store import load_checkpoint
 from bigan.config import dump_config, load_config
 from bigan.data.shards import make_synthetic, pack, read_index
 from bigan.data.sources import ImageSource
-from tests.helpers import ROOT, tiny_overrides
+from tests.helpers import ROOT, steps_kimg, tiny_overrides
 from tests.object_store import s3_server
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 TOL = 1e-4
 STEPS, EVERY = 12, 4  # 16 real images per step (batch 8 x 2 D steps), 64 per epoch: 3 epochs
-EXTRA = {"train.steps": STEPS, "train.ckpt_every": EVERY, "train.sample_every": 100,
+EXTRA = {"train.steps": STEPS, "train.ckpt_every_kimg": steps_kimg(EVERY), "train.sample_every_kimg": 1.6,
          "train.keep_ckpts": 0, "optim.eps": 1e-3, "data.source": "shards",
          "data.num_workers": 1, "data.shuffle_buffer": 4}
 

@@ -175,7 +175,7 @@ def test_blocking_and_process_evaluators_give_the_same_numbers(
 
 def test_train_and_export_fail_in_one_line_without_extractor_or_best(tmp_path, tiny_eval_shards, capsys):
     code = main(["train", "configs/demo.yaml", "--out", str(tmp_path / "run"),
-                 f"data.path={tiny_eval_shards}", "eval.every_kimg=1",
+                 f"data.path={tiny_eval_shards}", "eval.every_kimg=1.28",
                  f"eval.extractor={tmp_path / 'missing.safetensors'}"])
     assert code == 2 and "eval.extractor=" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained

@@ -42,7 +42,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from bigan.train.trainer import train
 
     cfg = load_config(None, [f"train.out_dir={out}", "train.steps=6", "train.batch_size=4",
-                             "train.ckpt_every=100", "train.log_every=1", "train.sample_every=100",
+                             "train.ckpt_every_kimg=0.4", "train.log_every_kimg=0.004", "train.sample_every_kimg=0.4",
                              "model.ch=4", "model.d_ch=4", "model.dim_z=8", "model.shared_dim=4",
                              "model.attention=[]", "data.source=synthetic", "optim.d_steps=1"])
     result = train(cfg, _StopOnRankOne(rank, Path(out) / f"hooks-{rank}.jsonl"))

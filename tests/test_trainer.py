@@ -12,7 +12,7 @@ from bigan.config import ConfigError, load_config
 from bigan.checkpoint import store as ckpt
 from bigan.train.hooks import TrainHooks
 from bigan.train.trainer import TrainingDiverged, train
-from tests.helpers import CONFIGS, png_bytes, tiny_overrides, write_pack
+from tests.helpers import CONFIGS, png_bytes, steps_kimg, tiny_overrides, write_pack
 
 pytestmark = pytest.mark.unit
 
@@ -45,9 +45,9 @@ def _weights(path):
 
 @pytest.mark.slow
 def test_resume_from_step_3_is_bit_identical_to_a_straight_run(tmp_path):
-    extra = {"train.steps": 6, "train.ckpt_every": 3, "train.deterministic": "true",
+    extra = {"train.steps": 6, "train.ckpt_every_kimg": steps_kimg(3), "train.deterministic": "true",
              "loss.penalty": "r1", "loss.penalty_weight": 1.0, "loss.penalty_interval": 2,
-             "optim.lr_decay": "linear", "optim.lr_decay_start": 0.3}
+             "optim.lr_decay": "linear", "optim.lr_decay_start_kimg": steps_kimg(2)}
     straight = train(_cfg(tmp_path / "a", **extra))
     class StopAt3(TrainHooks):  # interrupted, not shortened: the lr curve spans train.steps
         def should_stop(self, step):
@@ -64,9 +64,9 @@ def test_resume_from_step_3_is_bit_identical_to_a_straight_run(tmp_path):
     opt_a = torch.load(straight.last_checkpoint / "opt_D.pt", weights_only=True)
     opt_b = torch.load(resumed.last_checkpoint / "opt_D.pt", weights_only=True)
     torch.testing.assert_close(opt_a["state"], opt_b["state"], rtol=0, atol=0)
-    # the last step (5 done, 6 total) ran at (6 - 5) / (6 - 1.8) of the configured lr
+    # the last step (5 done, 6 total) ran at (6 - 5) / (6 - 2) of the configured lr
     d_lr = _cfg(tmp_path / "a").optim.d_lr
-    assert opt_a["param_groups"][0]["lr"] == pytest.approx(d_lr / 4.2)
+    assert opt_a["param_groups"][0]["lr"] == pytest.approx(d_lr / 4)
     assert opt_b["param_groups"][0]["lr"] == opt_a["param_groups"][0]["lr"]
 
 
@@ -124,7 +124,7 @@ def test_variants_train_with_finite_losses(tmp_path, extra):
 
 
 def test_toy_2d_config_trains_and_plots(tmp_path):
-    cfg = load_config(CONFIGS / "toy_2d.yaml", ["train.steps=20", "train.sample_every=20",
+    cfg = load_config(CONFIGS / "toy_2d.yaml", ["train.steps=20", "train.sample_every_kimg=5.12",
                                                  f"train.out_dir={tmp_path}/toy", "data.num_samples=1000"])
     result = train(cfg)
     assert result.step == 20 and (tmp_path / "toy" / "grids" / "step-00000020.png").exists()
@@ -142,8 +142,8 @@ def test_training_reads_shards_skips_bad_samples_and_resumes_the_position(tmp_pa
                                   ("badlabel", {"cls": b"one", "png": png_bytes(2)})] + good[3:4],
                       good[4:]])
     run = tmp_path / "run"
-    extra = {"model.num_classes": 3, "train.batch_size": 2, "train.steps": 3, "train.ckpt_every": 3,
-             "train.log_every": 3}
+    extra = {"model.num_classes": 3, "train.batch_size": 2, "train.steps": 3,
+             "train.ckpt_every_kimg": steps_kimg(3, batch=2), "train.log_every_kimg": steps_kimg(3, batch=2)}
     result = train(_shard_cfg(run, bad, **extra))
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     # 3 G steps x 2 D steps x 2 images = 12 good samples: more than the 8 good ones of an epoch.
@@ -175,7 +175,7 @@ def test_resume_applies_the_configs_new_optimizer_settings(tmp_path, caplog):
     assert before["param_groups"][0]["lr"] == 1e-4
     new = {"optim.g_lr": 2.5e-5, "optim.d_lr": 5e-5, "optim.betas": "[0.5,0.9]", "optim.eps": 1e-8}
     with caplog.at_level("INFO", logger="bigan.train.train_state"):
-        resumed = train(_cfg(run, **{"train.steps": 3, "train.ckpt_every": 3, **new}),
+        resumed = train(_cfg(run, **{"train.steps": 3, "train.ckpt_every_kimg": steps_kimg(3), **new}),
                         resume="auto")
     assert "optim.g_lr 0.0001 -> 2.5e-05" in caplog.text and "optim.betas" in caplog.text
     for name, lr in (("opt_G", 2.5e-5), ("opt_D", 5e-5)):
@@ -222,7 +222,7 @@ def test_weights_that_turn_non_finite_are_never_checkpointed(tmp_path, monkeypat
 
 def test_metrics_jsonl_holds_one_line_per_step_after_resumes(tmp_path):
     run = tmp_path / "run"
-    extra = {"train.log_every": 1}
+    extra = {"train.log_every_kimg": steps_kimg(1)}
     train(_cfg(run, **extra))  # steps 1-4 logged; checkpoints at 2 and 4
     # Interrupted after step 4's metrics but before its checkpoint was usable: resume from 2.
     newest = run / "checkpoints" / "step-00000004"

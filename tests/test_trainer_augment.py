@@ -18,9 +18,9 @@ pytestmark = pytest.mark.unit
 
 # ADA moving fast enough to leave 0 in 6 steps, LeCam on from the start, RpGAN with R1 + R2 and a
 # scheduled gamma and beta2: every piece of state a resume must restore.
-EXTRA = {"train.steps": 4, "train.ckpt_every": 2, "train.deterministic": "true",
+EXTRA = {"train.steps": 4, "train.ckpt_every_kimg": 0.032, "train.deterministic": "true",
          "augment.kind": "ada", "augment.ada_kimg": 0.2, "augment.ada_interval": 2,
-         "augment.lecam_weight": 0.3, "augment.lecam_start": 2, "augment.lecam_decay": 0.9,
+         "augment.lecam_weight": 0.3, "augment.lecam_start_kimg": 0.016, "augment.lecam_decay": 0.9,
          "loss.kind": "rpgan", "loss.penalty": "r1+r2", "loss.penalty_weight": 0.1}
 SCHEDULES = {"loss.penalty_weight": {"start": 0.1, "end": 0.02, "kind": "cosine", "end_kimg": 0.1},
              "optim.betas.1": {"start": 0.9, "end": 0.99, "kind": "linear", "end_kimg": 0.1}}
@@ -69,7 +69,7 @@ def test_diffaugment_trains_under_progan(tmp_path):
     cfg = load_config(None, tiny_overrides(
         tmp_path / "p", **{"model.arch": "progan", "model.resolution": 8, "model.start_resolution": 4,
                            "model.fmap_base": 32, "model.fmap_max": 8, "model.attention": "[]",
-                           "progressive.fade_nimg": 16, "progressive.stab_nimg": 16,
+                           "progressive.fade_kimg": 0.016, "progressive.stab_kimg": 0.016,
                            "augment.kind": "diffaugment", "augment.lecam_weight": 0.3}))
     result = train(cfg)
     assert result.step == 4 and all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())

@@ -22,10 +22,10 @@ PROGAN = {
     "model.mbstd_group_size": 2, "model.spectral_norm": "false", "model.attention": "[]",
     "data.source": "synthetic", "data.num_samples": 32, "loss.kind": "wasserstein",
     "loss.penalty": "wgan-gp", "loss.penalty_weight": 10.0, "loss.drift_weight": 0.001,
-    "optim.d_steps": 1, "progressive.fade_nimg": 8, "progressive.stab_nimg": 16,
+    "optim.d_steps": 1, "progressive.fade_kimg": 0.008, "progressive.stab_kimg": 0.016,
     "progressive.batch_size": "{4: 4, 8: 2}", "train.batch_size": 4, "train.steps": 10,
-    "train.log_every": 2, "train.sample_every": 100, "train.ckpt_every": 100,
-    "train.grid_per_class": 2, "train.deterministic": "true", "ema.start_step": 1, "ema.decay": 0.9,
+    "train.log_every_kimg": 0.004, "train.sample_every_kimg": 0.4, "train.ckpt_every_kimg": 0.4,
+    "train.grid_per_class": 2, "train.deterministic": "true", "ema.start_kimg": 0.004, "ema.decay": 0.9,
 }
 
 
@@ -46,8 +46,10 @@ def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path):
     manifest = json.loads((straight.last_checkpoint / "manifest.json").read_text())
     assert manifest["phase"] == {"index": 2, "resolution": 8, "alpha": 1.0}
     logged = [json.loads(s) for s in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["progress/resolution"] for m in logged] == [4, 8, 8, 8, 8]  # after each step
-    assert 0 < logged[2]["progress/alpha"] < 1  # step 6: mid fade-in
+    # logged every 4 images: each 4 px step (batch 4), every other 8 px step (batch 2)
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 6, 8, 10]
+    assert [m["progress/resolution"] for m in logged] == [4, 4, 4, 8, 8, 8, 8]  # after each step
+    assert 0 < logged[4]["progress/alpha"] < 1  # step 6: mid fade-in
 
     train(_cfg(tmp_path / "b", **{"train.steps": 6}))
     mid = json.loads((tmp_path / "b" / "checkpoints" / "step-00000006" / "manifest.json").read_text())
@@ -63,7 +65,7 @@ def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path):
 def test_lr_decay_scales_each_phases_rates(tmp_path):
     # ProGAN rates per resolution; the decay multiplies whichever phase is running
     extra = {"progressive.g_lr": "{4: 0.002, 8: 0.001}", "progressive.d_lr": "{4: 0.004, 8: 0.003}",
-             "optim.lr_decay": "linear", "optim.lr_decay_start": 0.0}
+             "optim.lr_decay": "linear", "optim.lr_decay_start_kimg": 0}
     result = train(_cfg(tmp_path / "run", **extra))
     opt_G = torch.load(result.last_checkpoint / "opt_G.pt", weights_only=True)
     opt_D = torch.load(result.last_checkpoint / "opt_D.pt", weights_only=True)

@@ -349,26 +349,21 @@ def incomplete_step_dirs(root: str | Path) -> list[Path]:
 
 
 def set_aside(root: str | Path, names: list[str]) -> list[Path]:
-    """Move the checkpoints `names` under root into `<root>/superseded/` and return where they went.
-
-    For a run that trains again from an earlier step (a resume from an older checkpoint, a
-    recovery's rollback): its newer checkpoints belong to the line it left, and left in place the
-    newest of them would be what a later `--resume auto` picks (the newest usable one wins, so that
-    a save cut between its rename and the pointer update is not lost), jumping back to the
-    abandoned line. Moved, not deleted: they may hold weights someone wants; list_checkpoints, the
-    pruning and `auto` no longer see them. A name already taken there gets a numeric suffix."""
-    root = Path(root)
-    moved = []
+    """Move checkpoints `names` under root into `<root>/superseded/` (a numeric suffix where the
+    name is taken); return where they went. For a run training again from an earlier step (a
+    resume from an older checkpoint, a recovery's rollback): left in place, the newest would be
+    what a later `--resume auto` picks (the newest usable wins, for a save cut between its rename
+    and the pointer update), jumping back to the line the run left. Moved, not deleted."""
+    root, moved = Path(root), []
     for name in names:
-        target = root / SUPERSEDED / name
-        n = 1
+        target, n = root / SUPERSEDED / name, 1
         while target.exists():
             n += 1
             target = root / SUPERSEDED / f"{name}-{n}"
         target.parent.mkdir(exist_ok=True)
         os.replace(root / name, target)
         moved.append(target)
-    if moved:
+    if moved:  # both directory entries, before anyone relies on the move
         fsync_dir(root)
         fsync_dir(root / SUPERSEDED)
     return moved

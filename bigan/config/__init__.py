@@ -10,9 +10,12 @@ The package, bottom up (each module imports only those above it in this list):
   small checks (`_require`, `_one_of`, `_positive`) the sections validate with;
 - `loading.py`: typed YAML, generic: nested dataclasses from a mapping, dotted overrides, the
   deep merge; it knows no GAN;
+- `units.py`: the one unit of training time (kimg in the config, exact image counts in the
+  code) and the check that every cadence and start is a whole number of steps;
 - `schedules.py`: value schedules over kimg (`schedules:`) and `with_scheduled`;
 - the sections by concern: `training.py` (loss, optim, ema, train, recovery, finetune, speed, augment), `model.py`
   (model, progressive), `data_eval.py` (data, eval);
+- `migration.py`: the fields of older configs (steps, D updates, images) rewritten to kimg;
 - here: `Config`, the checks across sections, and loading and dumping a whole config. Every name
   importers use is re-exported here, so `from bigan.config import X` is the one way in.
 """
@@ -28,6 +31,7 @@ import yaml
 
 from bigan.config.data_eval import DataConfig, EvalConfig
 from bigan.config.loading import deep_merge, from_dict, parse_overrides, read_tree
+from bigan.config.migration import mark, migrate
 from bigan.config.model import ModelConfig, ProgressiveConfig
 from bigan.config.schedules import ScheduleConfig, with_scheduled
 from bigan.config.training import (
@@ -40,6 +44,7 @@ from bigan.config.training import (
     SpeedConfig,
     TrainConfig,
 )
+from bigan.config.units import check_whole_steps, crossed, fit_defaults, nimg
 from bigan.config.vocabulary import (
     ADA_COLOR,
     ADA_GEOMETRY,
@@ -83,7 +88,7 @@ __all__ = [
     "OptimConfig", "EMAConfig", "TrainConfig", "RecoveryConfig", "FinetuneConfig", "SpeedConfig", "AugmentConfig", "ScheduleConfig",
     # loading, dumping, scheduling
     "ConfigError", "config_from_dict", "load_config", "dump_config", "parse_overrides",
-    "deep_merge", "with_scheduled",
+    "deep_merge", "with_scheduled", "nimg", "crossed",
     # vocabularies and tables
     "ARCHS", "D_ARCHS", "PROJECTED_G_ARCHS", "LOSSES", "PENALTIES", "AUGMENTS", "DIFFAUGMENT_OPS",
     "ADA_GEOMETRY", "ADA_COLOR", "ADA_PIPELINES", "SCHEDULE_KINDS", "SCHEDULABLE", "PRECISIONS",
@@ -135,6 +140,8 @@ class Config:
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
         self.eval.check_against(self.model, self.data)
+        fit_defaults(self)  # defaults are whole steps at the default batch only
+        check_whole_steps(self)  # every cadence and start fires at the step its kimg names
         if self.recovery.enabled and self.recovery.fid_rise_factor:  # the FID rule needs FIDs
             _require(bool(self.eval.every_kimg) and "fid" in self.eval.metrics,
                      "recovery.fid_rise_factor", self.recovery.fid_rise_factor,
@@ -149,14 +156,16 @@ class Config:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    cfg = from_dict(Config, data)
+    """A validated Config from a mapping; fields of older configs are migrated, with a warning."""
+    cfg = from_dict(Config, migrate(data, Config))
     cfg.validate()
     return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when `path` is None), apply overrides, validate."""
-    return config_from_dict(read_tree(path, overrides))
+    """Load a YAML config (or the defaults when `path` is None), apply overrides, validate. Old
+    field names are marked in each layer before the merge, so an override wins by either name."""
+    return config_from_dict(deep_merge(mark(read_tree(path)), mark(parse_overrides(overrides or []))))
 
 
 def dump_config(cfg: Config) -> str:

@@ -20,6 +20,7 @@ from bigan.config.vocabulary import (
     _positive,
     _require,
 )
+from bigan.config.units import nimg
 from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION  # the one psi range
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class EvalConfig:
     scores its EMA generator and writes the results back at that step; `checkpoints/best` names
     the best one by `best_metric`."""
 
-    every_kimg: float = 0.0  # thousands of real images between evaluations (0 = off); always also at the end
+    every_kimg: float = 0.0  # thousands of real images between evaluations (0 = off), a whole number of steps; always also at the end
     n: int = 1000  # generated (and real) images per evaluation; FID is biased upwards at small N
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid | kid | precision | recall | class_accuracy | is | intra_fid
     extractor: str = "inception"  # inception (the FID network) | path to a domain classifier .safetensors | a TorchScript Inception .pt
@@ -107,6 +108,10 @@ class EvalConfig:
                  f"{'lower' if natural == 'min' else 'higher'}: use {natural} (or leave it empty)")
         _one_of(f"{prefix}.mode", self.mode, EVAL_MODES)
         _positive(f"{prefix}.threads", self.threads)
+
+    @property
+    def every_nimg(self) -> int:
+        return nimg(self.every_kimg)
 
     @property
     def direction(self) -> str:

@@ -22,6 +22,7 @@ from bigan.config.vocabulary import (
     _require,
     biggan_g_blocks,
 )
+from bigan.config.units import nimg
 
 if TYPE_CHECKING:
     from bigan.config.training import TrainConfig
@@ -108,25 +109,38 @@ class ModelConfig:
 @dataclass
 class ProgressiveConfig:
     """ProGAN's phase schedule (Karras et al. 2018, Sec. 2 and App. A.1), used when model.arch is
-    progan. Phases, in images shown to D: stabilise at model.start_resolution for `stab_nimg`,
-    then for every doubling up to model.resolution fade the new block in over `fade_nimg` and
-    stabilise for `stab_nimg`; the last phase runs until train.steps ends. The resolutions live in
-    `model` (they decide which layers exist). `bigan.train.phases` turns this into phases."""
+    progan. Phases, in images shown to D: stabilise at model.start_resolution for `stab_kimg`,
+    then for every doubling up to model.resolution fade the new block in over `fade_kimg` and
+    stabilise for `stab_kimg`; the last phase runs until train.steps ends (the official code's
+    lod_transition_kimg and lod_training_kimg). A phase ends at its image count wherever a step
+    lands, so these need not be whole steps; the code reads them as `fade_nimg`, `stab_nimg`.
+    The resolutions live in `model` (they decide which layers exist). `bigan.train.phases` turns
+    this into phases."""
 
-    fade_nimg: int = 600_000  # real images per fade-in phase (alpha 0 -> 1; 0 = no fade-in)
-    stab_nimg: int = 600_000  # real images per stabilisation phase (alpha = 1)
+    fade_kimg: float = 600.0  # real images (thousands) per fade-in phase (alpha 0 -> 1; 0 = no fade-in)
+    stab_kimg: float = 600.0  # ... per stabilisation phase (alpha = 1)
     batch_size: dict[int, int] = field(default_factory=dict)  # resolution -> global batch (missing: train.batch_size)
     g_lr: dict[int, float] = field(default_factory=dict)  # resolution -> G learning rate (missing: optim.g_lr)
     d_lr: dict[int, float] = field(default_factory=dict)  # resolution -> D learning rate (missing: optim.d_lr)
     reset_optimizer: bool = True  # clear Adam moments at every phase boundary (official reset_opt_for_new_lod)
 
     def validate(self, prefix: str = "progressive") -> None:
-        _positive(f"{prefix}.fade_nimg", self.fade_nimg, zero_ok=True)
-        _positive(f"{prefix}.stab_nimg", self.stab_nimg)
+        _positive(f"{prefix}.fade_kimg", self.fade_kimg, zero_ok=True)
+        _positive(f"{prefix}.stab_kimg", self.stab_kimg)
+        nimg(self.fade_kimg, f"{prefix}.fade_kimg")  # whole images
+        _positive(f"{prefix}.stab_kimg", nimg(self.stab_kimg, f"{prefix}.stab_kimg"))
         for name in ("batch_size", "g_lr", "d_lr"):
             for res, value in getattr(self, name).items():
                 _one_of(f"{prefix}.{name}.{res} (resolution)", res, PROGAN_RESOLUTIONS)
                 _positive(f"{prefix}.{name}.{res}", value)
+
+    @property
+    def fade_nimg(self) -> int:
+        return nimg(self.fade_kimg)
+
+    @property
+    def stab_nimg(self) -> int:
+        return nimg(self.stab_kimg)
 
     def check_against(self, model: ModelConfig, train: TrainConfig,
                       prefix: str = "progressive") -> None:

@@ -37,6 +37,7 @@ from bigan.config.vocabulary import (
     ada_ops,
     comma_list,
 )
+from bigan.config.units import nimg
 
 
 @dataclass
@@ -78,7 +79,7 @@ class OptimConfig:
     d_steps: int = 2  # D updates per G update (BigGAN: 2)
     grad_clip: float = 0.0  # max grad norm for G and D (0 = no clipping)
     lr_decay: str = "none"  # none | linear | cosine: both lrs fall to 0 at train.steps ...
-    lr_decay_start: float = 0.5  # ... from this fraction of train.steps on (bigan.train.lr_decay)
+    lr_decay_start_kimg: float | None = None  # ... from this kimg on, a whole number of steps (null: from half of train.steps; bigan.train.lr_decay)
 
     def validate(self, prefix: str = "optim") -> None:
         _positive(f"{prefix}.g_lr", self.g_lr)
@@ -89,14 +90,18 @@ class OptimConfig:
         _positive(f"{prefix}.d_steps", self.d_steps)
         _positive(f"{prefix}.grad_clip", self.grad_clip, zero_ok=True)
         _one_of(f"{prefix}.lr_decay", self.lr_decay, LR_DECAYS)
-        _require(0 <= self.lr_decay_start < 1, f"{prefix}.lr_decay_start", self.lr_decay_start,
-                 "must be in [0, 1)")
+        _require(self.lr_decay_start_kimg is None or self.lr_decay_start_kimg >= 0,
+                 f"{prefix}.lr_decay_start_kimg", self.lr_decay_start_kimg, "must be >= 0 (or null)")
+
+    @property
+    def lr_decay_start_nimg(self) -> int | None:
+        return None if self.lr_decay_start_kimg is None else nimg(self.lr_decay_start_kimg)
 
 
 @dataclass
 class EMAConfig:
     decay: float = 0.9999  # weight of the old average per G step (BigGAN: 0.9999)
-    start_step: int = 0  # before this G step the EMA copy just follows G (BigGAN: 20000)
+    start_kimg: float = 0.0  # until D has seen this many kimg the EMA copy just follows G (BigGAN: 20000 steps = 10240 kimg at batch 256 x 2 D steps)
     standing_stats_batches: int = 0  # >0: recompute EMA batch-norm stats before sampling
     # StyleGAN2-ADA's ema_rampup: the half-life is at most rampup x the images since the average
     # began (ProGAN: since the newest block's fade-in began); 0 = off. StyleGAN2-ADA: 0.05.
@@ -104,9 +109,13 @@ class EMAConfig:
 
     def validate(self, prefix: str = "ema") -> None:
         _require(0 <= self.decay < 1, f"{prefix}.decay", self.decay, "must be in [0, 1)")
-        _positive(f"{prefix}.start_step", self.start_step, zero_ok=True)
+        _positive(f"{prefix}.start_kimg", self.start_kimg, zero_ok=True)
         _positive(f"{prefix}.standing_stats_batches", self.standing_stats_batches, zero_ok=True)
         _require(0 <= self.rampup <= 1, f"{prefix}.rampup", self.rampup, "must be in [0, 1] (0 = off)")
+
+    @property
+    def start_nimg(self) -> int:
+        return nimg(self.start_kimg)
 
 
 @dataclass
@@ -115,9 +124,11 @@ class TrainConfig:
     steps: int = 1000  # G steps to train
     seed: int = 0  # seeds weights, data order and training noise
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and GPU)
-    log_every: int = 10  # steps between scalar logs (TensorBoard, progress bar)
-    sample_every: int = 200  # steps between per-class grids from the EMA generator
-    ckpt_every: int = 500  # steps between checkpoints (a final one is always written)
+    # Cadences in kimg (bigan/config/units.py), each a whole number of steps at batch_size x
+    # optim.d_steps images per step; the defaults are 10, 200 and 500 steps at the default 64 x 2.
+    log_every_kimg: float = 1.28  # real images (thousands) between scalar logs (TensorBoard, progress bar)
+    sample_every_kimg: float = 25.6  # ... between per-class grids from the EMA generator
+    ckpt_every_kimg: float = 64.0  # ... between checkpoints (a final one is always written)
     keep_ckpts: int = 3  # newest checkpoints kept (0 = keep all)
     grid_per_class: int = 8  # grid columns: samples per class
     grid_classes: int = 10  # grid rows: first N classes
@@ -128,8 +139,8 @@ class TrainConfig:
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers beside metrics.jsonl: tensorboard (RUN/tb) and, through Accelerate, wandb | mlflow | aim | comet_ml | clearml | dvclive | swanlab | trackio (installed ones)
 
     def validate(self, prefix: str = "train") -> None:
-        for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every",
-                     "grid_per_class", "grid_classes"):
+        for name in ("batch_size", "steps", "log_every_kimg", "sample_every_kimg",
+                     "ckpt_every_kimg", "grid_per_class", "grid_classes"):
             _positive(f"{prefix}.{name}", getattr(self, name))
         _positive(f"{prefix}.keep_ckpts", self.keep_ckpts, zero_ok=True)
         _one_of(f"{prefix}.precision", self.precision, PRECISIONS)
@@ -138,6 +149,18 @@ class TrainConfig:
             _one_of(f"{prefix}.log_with", name, TRACKERS)
         _require(len(set(self.log_with)) == len(self.log_with), f"{prefix}.log_with",
                  self.log_with, "names a tracker twice")
+
+    @property
+    def log_every_nimg(self) -> int:
+        return nimg(self.log_every_kimg)
+
+    @property
+    def sample_every_nimg(self) -> int:
+        return nimg(self.sample_every_kimg)
+
+    @property
+    def ckpt_every_nimg(self) -> int:
+        return nimg(self.ckpt_every_kimg)
 
 
 @dataclass
@@ -149,7 +172,7 @@ class SpeedConfig:
 
     memory_format: str = "auto"  # auto (channels_last on CUDA; contiguous on CPU, where it measured no gain, and under DeepSpeed) | channels_last | contiguous: layout of G, D, the EMA G and the batch
     optimizer: str = "auto"  # auto (fused on CUDA; torch's default on CPU and under DeepSpeed) | for-loop | foreach | fused: how each Adam step runs over the parameters
-    resample: str = "auto"  # auto (folded everywhere) | folded: 2x nearest upsampling and 2x2 average pooling folded into the adjacent 3x3 conv as one 4x4 stride-2 conv (2.25x fewer FLOPs there; layers.upsample_conv3x3) | separate: resample and convolve as two ops, as BigGAN-PyTorch
+    resample: str = "auto"  # auto (folded where the small side is >= 8 px, layers.fold_pays: measured faster there, slower on 4x4 maps) | folded: 2x nearest upsampling and 2x2 average pooling folded into the adjacent 3x3 conv as one 4x4 stride-2 conv (2.25x fewer FLOPs there; layers.upsample_conv3x3) | separate: resample and convolve as two ops, as BigGAN-PyTorch
     d_call: str = "auto"  # auto (one D call on the real and fake batch concatenated, as BigGAN-PyTorch, so spectral norm's power iteration runs once per D update; two calls where D mixes samples: ProGAN's minibatch std-dev, a batch norm in training mode) | separate: D(real), then D(fake), as before (docs/training.md)
 
     def validate(self, prefix: str = "speed") -> None:
@@ -178,11 +201,11 @@ class AugmentConfig:
     ada_pipeline: str = "bgc"
     ada_target: float = 0.6  # ada: target of the overfitting heuristic r_t = E[sign(D(real))]
     ada_interval: int = 4  # ada: D updates between adjustments of p
-    ada_kimg: float = 500.0  # ada: thousands of real images over which p can move by 1 (paper: 500)
+    ada_kimg: float = 500.0  # ada: thousands of real images over which p can move by 1 (paper: 500); a rate, not checked against the batch
     ada_p_max: float = 0.8  # ada: cap on p, < 1 so the augmentations cannot leak into G (stylegan2-ada-pytorch #175)
     lecam_weight: float = 0.0  # LeCam lambda (0 = off; Tseng et al. use 0.3 with the hinge loss)
     lecam_decay: float = 0.99  # LeCam: decay of the EMAs of D(real) and D(fake) per D update (lecam-gan utils.ema_losses)
-    lecam_start: int = 1000  # LeCam: before this many D updates the EMAs equal the current means (decay 0)
+    lecam_start_kimg: float = 64.0  # LeCam: until D has been updated on this many kimg the EMAs equal the current means (decay 0); a whole number of D updates (default: 1000 at batch 64)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -204,7 +227,11 @@ class AugmentConfig:
                  "must be in (0, 1): at p = 1 G learns the augmented distribution")
         _positive(f"{prefix}.lecam_weight", self.lecam_weight, zero_ok=True)
         _require(0 <= self.lecam_decay < 1, f"{prefix}.lecam_decay", self.lecam_decay, "must be in [0, 1)")
-        _positive(f"{prefix}.lecam_start", self.lecam_start, zero_ok=True)
+        _positive(f"{prefix}.lecam_start_kimg", self.lecam_start_kimg, zero_ok=True)
+
+    @property
+    def lecam_start_nimg(self) -> int:
+        return nimg(self.lecam_start_kimg)
 
 
 @dataclass

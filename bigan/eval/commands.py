@@ -78,7 +78,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="recommend the smallest psi whose recall >= this (default: lowest FID)")
     p.add_argument("--per-class", action="store_true",
                    help="also find each class's psi by the same rule (needs --n >= 4 x classes) "
-                        "and draw truncation_per_class.png; --write stores the vector too")
+                        "and draw truncation_per_class.png (psi and curves) and "
+                        "truncation_per_class_samples.png (images at each class's psi); --write "
+                        "stores the vector too")
     p.add_argument("--write", action="store_true",
                    help="write the recommended psi (and with --per-class the per-class vector; "
                         "without it, remove an earlier one) into the .onnx file")
@@ -240,6 +242,10 @@ def _sweep(args: argparse.Namespace) -> int:
                               sampler.class_names)
     result["files"]["strip_png"] = str(sweep.psi_strip_png(sampler, psis, out / "truncation_strip.png",
                                                            seed=args.seed))
+    if args.per_class:
+        result["files"]["per_class_samples_png"] = str(sweep.per_class_samples_png(
+            sampler, result["recommended_truncation_per_class"],
+            out / "truncation_per_class_samples.png", result["recommended_truncation"], args.seed))
     if args.write:
         sweep.write_truncation(args.model, result["recommended_truncation"],
                                result.get("recommended_truncation_per_class"))

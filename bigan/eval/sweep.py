@@ -11,8 +11,9 @@ With `per_class` (`--per-class`), each class is scored on its own at every psi (
 images against its real ones: precision, recall and FID) and given its own psi by the same rule
 (`recommend_per_class`); the vector goes into the metadata as `recommended_truncation_per_class`,
 from which every path takes a sample's default by its class, and `plot_per_class` draws it (bars)
-with the precision/recall curves of the five most and least truncation-hungry classes. BigGAN's
-Figure 4 shows why: classes differ in how much truncation they take before they collapse.
+with the precision/recall curves of the five most and least truncation-hungry classes;
+`per_class_samples_png` shows those classes' images at their own psi beside the overall psi.
+BigGAN's Figure 4 shows why: classes differ in how much truncation they take before they collapse.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from bigan.eval import metrics
 from bigan.eval.evaluate import generated_features, protocol, score
 from bigan.eval.real_data import cached_real_features
 from bigan.generation import ImageSampler
-from bigan.onnx_metadata import (PER_CLASS_FIELD, TRUNCATION_FIELD, TruncationError,
-                                 check_truncation)
+from bigan.onnx_metadata import (PER_CLASS_FIELD, TRUNCATION_FIELD, PerClassTruncation,
+                                 TruncationError, check_truncation)
 
 COLUMNS = ("psi", "fid", "kid", "kid_std", "precision", "recall", "class_accuracy")
 PR_K = 3  # precision/recall neighbours, as the global rows: a class needs > PR_K images a side
@@ -222,6 +223,54 @@ def plot_per_class(rows: list[dict], per_class: list[float], path: str | Path, t
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
+    return _save(fig, plt, path)
+
+
+def hungry_classes(per_class: list[float]) -> list[int]:
+    """The HUNGRY most truncation-hungry classes (smallest psi first) then the HUNGRY least
+    (largest psi last); every class, by psi, where there are no more than 2 * HUNGRY."""
+    order = sorted(range(len(per_class)), key=lambda k: (per_class[k], k))
+    return order if len(order) <= 2 * HUNGRY else order[:HUNGRY] + order[-HUNGRY:]
+
+
+def per_class_samples(sampler: ImageSampler, per_class: list[float], classes: list[int],
+                      seeds: list[int], overall: float | None) -> np.ndarray:
+    """uint8 HWC picture, a row per class of `classes`: `seeds` drawn at the class's own psi (the
+    images a request without psi gets once the vector is written), a blank cell, then the same
+    seeds at `overall` (the one psi every class would otherwise take)."""
+    own = pictures.to_uint8(sampler.images([c for c in classes for _ in seeds],
+                                           seeds * len(classes), PerClassTruncation(per_class)))
+    one = pictures.to_uint8(sampler.images([c for c in classes for _ in seeds],
+                                           seeds * len(classes), overall))
+    blank = np.full((1, *own.shape[1:]), 32, np.uint8)  # the grid's own background
+    cells = [own.reshape(len(classes), len(seeds), *own.shape[1:]),
+             np.repeat(blank[None], len(classes), axis=0),
+             one.reshape(len(classes), len(seeds), *own.shape[1:])]
+    images = np.concatenate(cells, axis=1).reshape(-1, *own.shape[1:])
+    return pictures.image_grid(images, len(classes), 2 * len(seeds) + 1)
+
+
+def per_class_samples_png(sampler: ImageSampler, per_class: list[float], path: str | Path,
+                          overall: float | None, seed: int = 0, columns: int = 6) -> Path:
+    """PNG of `per_class_samples` for `hungry_classes` and `columns` seeds from `seed`, each row
+    labelled with its class's name and psi, the most truncation-hungry at the top."""
+    classes, seeds = hungry_classes(per_class), list(range(seed, seed + columns))
+    grid = per_class_samples(sampler, per_class, classes, seeds, overall)
+    plt = _pyplot()
+    rows, height = len(classes), grid.shape[0] / len(classes)
+    fig, ax = plt.subplots(figsize=(1.8 + grid.shape[1] / 64, 0.5 + grid.shape[0] / 64),
+                           constrained_layout=True)
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray",
+              interpolation="nearest")
+    ax.set_yticks([height * (r + 0.5) for r in range(rows)],
+                  [f"{sampler.class_names[k][:18]}  ψ {per_class[k]:g}" for k in classes],
+                  fontsize=8)
+    half = grid.shape[1] / 2
+    shown = "none" if overall is None else f"{overall:g}"
+    ax.set_xticks([half / 2, half * 1.5], ["its own ψ", f"overall ψ {shown}"], fontsize=8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     return _save(fig, plt, path)
 
 

@@ -7,8 +7,11 @@ refers to). The configuration is the one `bigan serve` runs with, in Triton's wo
 
 - `backend: "onnxruntime"`, `max_batch_size` = the server's `--max-batch` (default 32);
 - inputs `z` [dim_z] and `y` (and `psi` for graphs that take it), each id given to Triton as
-  dims [1] reshaped to a scalar, because the graph takes y as [N]; outputs `images` [H, W, C]
-  uint8 and `images_float` [C, H, W]: dims without the batch axis, as batching models declare;
+  dims [1] reshaped to a scalar, because the graph takes y as [N]. `psi` is required here, where
+  the server's own config marks it optional: the server fills a missing psi in with the model's
+  default, Triton feeds the graph what the request holds and the graph has no default; outputs
+  `images` [H, W, C] uint8 and `images_float` [C, H, W]: dims without the batch axis, as
+  batching models declare;
 - `dynamic_batching` whose preferred batch sizes are the server's buckets
   (`bigan.ort_session.batch_buckets`: 1, 2, 4, ... max_batch) and whose max queue delay is the
   server's wait on a GPU (5 ms, `serving.core.engine.DEFAULT_WAIT_MS`). Triton runs a batch of a
@@ -16,8 +19,12 @@ refers to). The configuration is the one `bigan serve` runs with, in Triton's wo
 - `model_warmup`: one zero-data sample per bucket, Triton's form of the server's warm-up
   (`serving.core.engine.Engine.warm_up`), so Triton too reports the model ready only after
   every bucket ran once;
-- `parameters` class_names and recommended_truncation (JSON strings), as the server's own
-  `/v2/models/NAME/config` reports them.
+- `parameters` (`ModelMetadata.client_parameters`, as the server's own `/v2/models/NAME/config`
+  reports them): class_names, recommended_truncation, recommended_truncation_per_class (JSON
+  strings) and z_sampling. Triton applies no defaults and does not show the ONNX file's metadata
+  over its API, so its client draws z itself (`bigan.sampling.latents` in that z_sampling mode)
+  and, for a psi-input graph, sends each row's psi (its class's, else the recommended one); the
+  same keys stay in model.onnx's metadata for tools that open the file.
 
 The text is Triton's `ModelConfig` protobuf in text format, written here without tritonclient
 (which export does not need); the tests parse it with the `model_config_pb2` tritonclient ships.
@@ -27,7 +34,6 @@ layers; `tests/test_triton_repo.py` checks that they agree.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -104,8 +110,6 @@ def model_config(meta: ModelMetadata, name: str, types: dict[str, str], max_batc
                "inputs": [{"key": i["name"], "value": {"data_type": i["data_type"],
                                                        "dims": i["dims"], "zero_data": True}}
                           for i in inputs]} for n in buckets]
-    parameters = {"class_names": json.dumps(meta.class_names),
-                  "recommended_truncation": json.dumps(meta.recommended_truncation)}
     config = {
         "name": name, "backend": "onnxruntime", "max_batch_size": max_batch,
         "input": inputs,
@@ -115,7 +119,8 @@ def model_config(meta: ModelMetadata, name: str, types: dict[str, str], max_batc
         "dynamic_batching": {"preferred_batch_size": buckets,
                              "max_queue_delay_microseconds": max_queue_delay_us},
         "model_warmup": warmup,
-        "parameters": [{"key": k, "value": {"string_value": v}} for k, v in parameters.items()],
+        "parameters": [{"key": k, "value": {"string_value": v}}
+                       for k, v in meta.client_parameters().items()],
     }
     header = (f"# Triton model configuration of {name}, written by `bigan export --triton-repo` "
               f"({meta.family}, {meta.num_classes} classes, {res}x{res}x{ch}).\n")

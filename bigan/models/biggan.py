@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
-from bigan.layers import (ConditionalBatchNorm2d, SelfAttention, conv3x3_avgpool, sn_embedding, snconv2d,
-                          snlinear, upsample_conv3x3)
+from bigan.layers import (ConditionalBatchNorm2d, SelfAttention, conv3x3_avgpool, fold_pays, sn_embedding,
+                          snconv2d, snlinear, upsample_conv3x3)
 
 # The width tables live in bigan.config, beside the resolutions they define.
 # D block i halves the side when D_DOWN[r][i] (BigGAN-PyTorch `D_arch`).
@@ -61,11 +61,11 @@ class GBlock(nn.Module):
         self.conv2 = snconv2d(out_ch, out_ch, 3, **sn)
         self.conv_sc = snconv2d(in_ch, out_ch, 1, **sn)  # always learnable: every block upsamples
 
-    fold_resample = True  # upsampling folded into conv1 (layers.upsample_conv3x3); speed.resample
+    fold_resample: bool | str = True  # upsampling folded into conv1 (layers.fold_pays); speed.resample
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         h = F.relu(self.bn1(x, c))
-        if self.fold_resample:
+        if fold_pays(self.fold_resample, h, upsample=True):
             h = upsample_conv3x3(h, self.conv1)
             # A 1x1 conv and nearest upsampling commute: the shortcut convolves the small input.
             sc = F.interpolate(self.conv_sc(x), scale_factor=2.0, mode="nearest")
@@ -151,11 +151,11 @@ class DBlock(nn.Module):
     def _pool(self, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, 2) if self.downsample else x
 
-    fold_resample = True  # pooling folded into conv2 (layers.conv3x3_avgpool); speed.resample
+    fold_resample: bool | str = True  # pooling folded into conv2 (layers.fold_pays); speed.resample
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.conv1(F.relu(x) if self.preactivation else x))
-        if self.downsample and self.fold_resample:
+        if self.downsample and fold_pays(self.fold_resample, h, upsample=False):
             h = conv3x3_avgpool(h, self.conv2)
         else:
             h = self._pool(self.conv2(h))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
-from bigan.layers import SelfAttention, sn_embedding, snconv2d, snlinear, upsample_conv3x3
+from bigan.layers import SelfAttention, fold_pays, sn_embedding, snconv2d, snlinear, upsample_conv3x3
 
 BOTTOM = 4  # G's initial side in pixels
 # D pair i halves the side unless it is the last pair at 32 px (BigGAN-PyTorch D_arch[32]).
@@ -159,11 +159,11 @@ class GBlock(nn.Module):
     def _up(self, x: Tensor) -> Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="nearest") if self.upsample else x
 
-    fold_resample = True  # upsampling folded into conv2 (layers.upsample_conv3x3); speed.resample
+    fold_resample: bool | str = True  # upsampling folded into conv2 (layers.fold_pays); speed.resample
 
     def forward(self, x: Tensor, c: Tensor, w: Tensor | None) -> Tensor:
         h = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x, c, w))), c, w))
-        h = upsample_conv3x3(h, self.conv2) if self.upsample and self.fold_resample \
+        h = upsample_conv3x3(h, self.conv2) if self.upsample and fold_pays(self.fold_resample, h, upsample=True) \
             else self.conv2(self._up(h))
         h = self.conv3(F.relu(self.bn3(h, c, w)))
         h = self.conv4(F.relu(self.bn4(h, c, w)))

@@ -42,12 +42,20 @@ class Fixed:
         scheduled = [k for k in self.cfg.schedules if k.startswith("optim.")]
         if o.lr_decay != "none" or scheduled or self.lr_factor != 1:
             scale = self.lr_factor * lr_decay.lr_scale(step, self.cfg.train.steps, o.lr_decay,
-                                                       o.lr_decay_start)
+                                                       self._decay_begin())
             lr_decay.set_lrs(self.opt_G, self.opt_D, scale * g_lr, scale * d_lr)
         if any(k.startswith("optim.betas") for k in scheduled):
             for opt in (self.opt_G, self.opt_D):
                 for group in opt.param_groups:
                     group["betas"] = tuple(o.betas)
+
+    def _decay_begin(self) -> float:
+        """The step after which the lrs decay: the one reaching optim.lr_decay_start_kimg (a
+        whole number of steps, `bigan/config/units.py`), or half of train.steps."""
+        start = self.cfg.optim.lr_decay_start_nimg
+        if start is None:
+            return 0.5 * self.cfg.train.steps
+        return phases.steps_to(start, self.cfg)
 
     def prepare_reals(self, real: Tensor) -> Tensor:
         return real

@@ -13,7 +13,7 @@ class TrainHooks:
     """No-op defaults; every method is called on every process (check the rank yourself)."""
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Scalars logged at `train.log_every` (losses, images/s, data position)."""
+        """Scalars logged at every `train.log_every_kimg` (losses, images/s, data position)."""
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         """A complete checkpoint was written (already atomic and verified-on-read); every rank

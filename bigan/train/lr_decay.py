@@ -1,6 +1,6 @@
 """Learning-rate decay at the end of training: both Adam learning rates fall from their configured
-(or, for ProGAN, their phase's) values to 0 at `train.steps`, starting at `optim.lr_decay_start`
-of the run. A pure function of the step, set before every iteration, so a resumed run follows the
+(or, for ProGAN, their phase's) values to 0 at `train.steps`, starting at the step that reaches
+`optim.lr_decay_start_kimg` (by default half of train.steps). A pure function of the step, set before every iteration, so a resumed run follows the
 same curve as an uninterrupted one without storing scheduler state.
 
 Why: at a constant lr the last steps of a GAN run keep G jittering around the data; annealing
@@ -16,12 +16,11 @@ import math
 import torch
 
 
-def lr_scale(step: int, steps: int, kind: str, start: float) -> float:
+def lr_scale(step: int, steps: int, kind: str, begin: float) -> float:
     """Multiplier of the learning rates for the iteration that follows `step` completed ones:
-    1 before `start * steps`, then down to 0 at `steps`, linearly or along a half cosine."""
+    1 up to step `begin`, then down to 0 at `steps`, linearly or along a half cosine."""
     if kind == "none":
         return 1.0
-    begin = start * steps
     if step <= begin:
         return 1.0
     t = min(1.0, (step - begin) / (steps - begin))

@@ -120,6 +120,8 @@ def _zero_optimizer_state(engine: Any, module: nn.Module, keep: set[int]) -> dic
     per_element = sorted(k for k in flat_state if k not in _SCALAR_KEYS)
     state = {}
     for i, param in enumerate(module.parameters()):
+        if not param.requires_grad:  # frozen (finetune.freeze_*): outside ZeRO's optimizer, no
+            continue                 # state, as torch's Adam keeps none for a parameter never stepped
         entry = {k: flat_state[k].clone() for k in _SCALAR_KEYS & flat_state.keys()}
         shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the true shape there
         for key in per_element:  # collective: every rank reads every parameter's state
@@ -162,7 +164,8 @@ def _load_zero(p: Prepared, name: str, engine: Any, module: nn.Module, weights: 
         if partitioned:
             partitioned[0].partition(param_list=partitioned, has_been_updated=True)
         for key, q in params:
-            _set_full_hp(zero, q, weights[key].to(torch.float32))
+            if q.requires_grad:  # a frozen one has no fp32 master copy: the module holds it
+                _set_full_hp(zero, q, weights[key].to(torch.float32))
 
     per_param = opt_state["state"]
     if not per_param:
@@ -177,8 +180,9 @@ def _load_zero(p: Prepared, name: str, engine: Any, module: nn.Module, weights: 
             slot[k] = first[k].clone() if torch.is_tensor(first[k]) else first[k]
     _relink(zero)
     for i, (_, q) in enumerate(params):
-        for k in per_element:
-            _set_full_hp(zero, q, per_param[i][k].to(torch.float32), k)
+        if q.requires_grad and i in per_param:  # frozen now or then: no state to load (ddp alike)
+            for k in per_element:
+                _set_full_hp(zero, q, per_param[i][k].to(torch.float32), k)
     for group, saved in zip(base.param_groups, opt_state["param_groups"]):
         group.update({k: v for k, v in saved.items() if k != "params"})
 

@@ -76,7 +76,7 @@ class PhaseState:
 
 
 def all_phases(cfg: Config) -> list[Phase]:
-    """The schedule's phases in order (fade-ins are left out when progressive.fade_nimg == 0)."""
+    """The schedule's phases in order (fade-ins are left out when progressive.fade_kimg == 0)."""
     m, p = cfg.model, cfg.progressive
     resolutions = [r for r in PROGAN_RESOLUTIONS if m.start_resolution <= r <= m.resolution]
     out, nimg = [], 0
@@ -108,6 +108,22 @@ def phase_at(cur_nimg: int, cfg: Config) -> PhaseState:
     return PhaseState(phase=phase, alpha=alpha,
                       batch_size=p.batch_size.get(res, cfg.train.batch_size),
                       g_lr=p.g_lr.get(res, cfg.optim.g_lr), d_lr=p.d_lr.get(res, cfg.optim.d_lr))
+
+
+def steps_to(nimg: int, cfg: Config) -> int:
+    """G steps until cur_nimg reaches `nimg`: nimg / (batch x D steps) at one batch size; for
+    ProGAN, summed over the phases, each at its own batch (a step crossing into a phase is the
+    last of the one it began in)."""
+    if cfg.model.arch != "progan":
+        return -(-nimg // (cfg.train.batch_size * cfg.optim.d_steps))
+    steps, cur = 0, 0
+    while cur < nimg:
+        ph = phase_at(cur, cfg)
+        per = ph.batch_size * cfg.optim.d_steps
+        end = nimg if ph.phase.end_nimg is None else min(nimg, ph.phase.end_nimg)
+        n = -(-(end - cur) // per)
+        steps, cur = steps + n, cur + n * per
+    return steps
 
 
 def entered_new_phase(prev_nimg: int, cur_nimg: int, cfg: Config) -> bool:

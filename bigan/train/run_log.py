@@ -21,6 +21,7 @@ from bigan import ema
 from bigan.checkpoint.durable import write_atomically
 from bigan.config import Config, ConfigError
 from bigan.generation import save_samples_png
+from bigan.train import trackers
 from bigan.train.batches import step_generator
 
 
@@ -47,7 +48,8 @@ def accelerate_trackers(log_with: list[str]) -> list[str] | None:
     missing = [t for t in others if t not in available]
     if missing:
         raise ConfigError(f"train.log_with={log_with!r}: {', '.join(missing)} is not installed "
-                          "here; install it or leave it out of train.log_with")
+                          f"here; install it (mlflow, wandb: pip install 'bigan[{trackers.EXTRA}]') "
+                          "or leave it out of train.log_with")
     return others or None
 
 
@@ -71,7 +73,7 @@ class RunLog:
         others = any(t != "tensorboard" for t in log_with)
         self.accelerator = accelerator if main and others else None
         if self.accelerator is not None:
-            self.accelerator.init_trackers(run_dir.name, config=hparams)
+            trackers.start(self.accelerator, run_dir, hparams)
         if main:
             _drop_lines_after(run_dir / "metrics.jsonl", step)
         self.path = run_dir / "metrics.jsonl"
@@ -150,7 +152,7 @@ class RunLog:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
         if self.accelerator is not None:
-            self.accelerator.log(scalars, step=step)
+            trackers.log(self.accelerator, step, scalars)  # W&B by kimg: steps go back
         self.file.write(json.dumps({"step": step, **scalars}) + "\n")
         self.file.flush()
 

@@ -14,9 +14,11 @@ doing fewer convolution FLOPs, not in running them differently. Nearest upsampli
 conv (every G block) and average pooling after one (every D block) waste 2.25x the products on
 duplicated or averaged pixels; `resample: folded` computes each pair as one 4x4 stride-2
 (transposed) conv (`layers.upsample_conv3x3`, `layers.conv3x3_avgpool`), which made BigGAN-32 ch 64
-batch 32 fp32's iteration 1.50x faster on the 2-core AVX2 CPU (docs/benchmarks.md), so `auto`
-folds everywhere. channels_last + fused Adam ran at 0.99-1.06x the plain path's CPU time there:
-oneDNN reorders into its own blocked layout whichever layout it is handed. So `auto` keeps NCHW
+batch 32 fp32's iteration 1.50x faster on the 2-core AVX2 CPU (docs/benchmarks.md). oneDNN runs
+the folded kernels slowly on 4x4 maps with wide channels (BigGAN-128's first G and last D blocks,
+1.4-1.8x slower than separate there), so `auto` folds where the small side is >= 8 px
+(`layers.fold_pays`, measured per shape; ProGAN's blocks, which do not ask it, fold everywhere).
+channels_last + fused Adam ran at 0.99-1.06x the plain path's CPU time at BigGAN-32: oneDNN reorders into its own blocked layout whichever layout it is handed. So `auto` keeps NCHW
 and torch's Adam on CPU and takes channels_last + fused Adam on CUDA, the layout cuDNN's tensor
 cores use natively (bf16); `make gpu-check` measures that case. Under DeepSpeed, `auto` keeps
 torch's layout and Adam: ZeRO flattens parameters and gradients into its own contiguous buffers.
@@ -44,14 +46,15 @@ class FastPath:
 
     memory_format: str  # channels_last | contiguous
     optimizer: str  # for-loop | foreach | fused | default (torch chooses); optimizers.IMPLEMENTATIONS
-    resample: str = "folded"  # folded | separate: the models' `fold_resample` (layers.upsample_conv3x3)
+    resample: str = "auto"  # auto (by shape) | folded | separate: the blocks' `fold_resample` (layers.fold_pays)
     d_call: str = "auto"  # auto | separate: real and fake in one D call where D allows (step.d_update)
 
     @classmethod
     def resolve(cls, cfg: SpeedConfig, device: torch.device | str = "cpu",
                 strategy: str = "ddp") -> "FastPath":
         """`auto` -> channels_last and fused Adam on CUDA; torch's defaults on CPU (measured: no
-        gain there) and under DeepSpeed ZeRO (`strategy` zero1-3); explicit choices are kept."""
+        gain there) and under DeepSpeed ZeRO (`strategy` zero1-3); resampling folded by shape
+        (`layers.fold_pays`, decided per call); explicit choices are kept."""
         plain = strategy in DEEPSPEED or torch.device(device).type != "cuda"
         fmt = cfg.memory_format
         if fmt == "auto":
@@ -59,8 +62,7 @@ class FastPath:
         opt = cfg.optimizer
         if opt == "auto":
             opt = "default" if plain else "fused"
-        resample = "folded" if cfg.resample == "auto" else cfg.resample
-        return cls(fmt, opt, resample, cfg.d_call)  # d_call's auto is resolved per D (step.py)
+        return cls(fmt, opt, cfg.resample, cfg.d_call)  # d_call's auto is resolved per D (step.py)
 
     @property
     def torch_format(self) -> torch.memory_format:
@@ -73,7 +75,7 @@ class FastPath:
             m.to(memory_format=self.torch_format)
             for block in m.modules():
                 if hasattr(block, "fold_resample"):
-                    block.fold_resample = self.resample == "folded"
+                    block.fold_resample = {"folded": True, "separate": False}.get(self.resample, "auto")
 
     def batch(self, batch: Batch) -> Batch:
         """`batch` with its real images in this layout (latents and labels are 2-D/1-D)."""

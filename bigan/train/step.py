@@ -77,6 +77,7 @@ class StepState:
     """What the step carries across calls (saved in checkpoints; identical on every worker)."""
 
     d_updates: int = 0  # D updates so far: drives the lazy-regularization interval
+    d_nimg: int = 0  # real images of those D updates (the trainer's cur_nimg between steps): LeCam's start
     ada_p: float = 0.0  # ADA's augmentation probability
     ada_signs: float = 0.0  # sum over this ADA interval's D updates of E[sign(D(real))]
     lecam_real: float = 0.0  # LeCam's EMA of E[D(real)]
@@ -118,7 +119,7 @@ def _lecam(real_logits: Tensor, fake_logits: Tensor, aug: AugmentConfig, state: 
     """Update LeCam's EMAs with this update's means (over all workers), then its penalty."""
     means = runtime.all_reduce_mean(torch.stack([real_logits.detach().mean(),
                                                  fake_logits.detach().mean()]))
-    started = state.d_updates >= aug.lecam_start
+    started = state.d_nimg >= aug.lecam_start_nimg
     state.lecam_real = float(regularizers.ema_of_mean(torch.tensor(state.lecam_real), means[0].cpu(),
                                                       aug.lecam_decay, started))
     state.lecam_fake = float(regularizers.ema_of_mean(torch.tensor(state.lecam_fake), means[1].cpu(),
@@ -186,6 +187,7 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
     _clip(runtime, D, out, "grad_norm/D")
     opt_D.step()
     state.d_updates += 1
+    state.d_nimg += batch.rows[1] if batch.rows is not None else batch.real.shape[0]  # global batch
     return out
 
 

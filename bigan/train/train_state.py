@@ -85,8 +85,10 @@ class TrainCheckpoints:
                      path, m["step"], m["cur_nimg"], m.get("world_size", 1),
                      m.get("strategy", "ddp"), self.world, self.strategy)
         self.last = path
-        # Checkpoints from before `step_state` recorded only the D-update count.
-        step_state = StepState.from_dict({"d_updates": m["d_updates"], **m.get("step_state", {})})
+        # Checkpoints from before `step_state` recorded only the D-update count, and those from
+        # before `d_nimg` lack it: it equals cur_nimg, as D updates on every real image shown.
+        step_state = StepState.from_dict({"d_updates": m["d_updates"], "d_nimg": m["cur_nimg"],
+                                          **m.get("step_state", {})})
         return ResumePoint(m["step"], m["cur_nimg"], step_state, m["data_position"], path)
 
     def save(self, step: int, cur_nimg: int, step_state: StepState, feed, manifest: dict) -> Path:

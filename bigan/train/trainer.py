@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bigan import ema, models
-from bigan.config import Config, ConfigError, dump_config
+from bigan.config import Config, ConfigError, crossed, dump_config
 from bigan.data.feed import make_feed
 from bigan.train import finetune, parallel, process_lifetime, run_lock
 from bigan.train.batches import check_global_batches, draw_batches
@@ -101,7 +101,7 @@ def _train(cfg: Config, hooks: TrainHooks, resume: str | None, evaluator: Evalua
         metrics = gan_iteration(p.G, p.D, p.opt_G, p.opt_D, d_batches, g_batch, now.loss, state,
                                 p.d_runtime, g_runtime=p.g_runtime, aug=now.augment, d_call=fast.d_call)
         with p.gathered("G"):  # ZeRO-3: whole weights for the average
-            ema.update_ema(G_ema, p.G, _ema_decay(now, step, batch_size, course.ema_age_nimg(cur_nimg)))
+            ema.update_ema(G_ema, p.G, _ema_decay(now, cur_nimg, batch_size, course.ema_age_nimg(cur_nimg)))
         step += 1
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size * cfg.optim.d_steps
         run_log.count(batch_size * cfg.optim.d_steps)
@@ -112,8 +112,9 @@ def _train(cfg: Config, hooks: TrainHooks, resume: str | None, evaluator: Evalua
 
         stop = parallel.any_rank(hooks.should_stop(step), device)  # every rank stops together
         is_eval_step = evaluation.due(prev_nimg, cur_nimg, last=step == tc.steps)
-        is_ckpt_step = step % tc.ckpt_every == 0 or step == tc.steps or stop or is_eval_step
-        is_log_step = step % tc.log_every == 0 or step == tc.steps
+        is_ckpt_step = (crossed(prev_nimg, cur_nimg, tc.ckpt_every_nimg) or step == tc.steps or stop
+                        or is_eval_step)
+        is_log_step = crossed(prev_nimg, cur_nimg, tc.log_every_nimg) or step == tc.steps
         if is_log_step or is_ckpt_step:
             if recovery.diverged(metrics, step, p):  # agreed by every rank; never when it is off
                 at = recovery.roll_back(step, run_log, evaluation)  # the last good checkpoint
@@ -131,7 +132,7 @@ def _train(cfg: Config, hooks: TrainHooks, resume: str | None, evaluator: Evalua
             metrics.update({f"data/{k}": float(v) for k, v in feed.io_counts().items()})
             hooks.on_metrics(step, run_log.write(step, metrics, cur_nimg))
             evaluation.collect()
-        if main and (step % tc.sample_every == 0 or step == tc.steps):
+        if main and (crossed(prev_nimg, cur_nimg, tc.sample_every_nimg) or step == tc.steps):
             grids.draw(step)
         if is_ckpt_step:
             last_ckpt = checkpoints.save(step, cur_nimg, state, feed, course.manifest() | recovery.manifest())
@@ -167,9 +168,10 @@ def _build(cfg: Config, resume: str | None, device: torch.device, strategy: str,
     return fast, p, G_ema.to(device)
 
 
-def _ema_decay(now: Config, step: int, batch_size: int, age_nimg: int) -> float:
-    """This G step's EMA decay: BigGAN's warm-up copy, then `ema.decay` with its ramp-up."""
-    decay = ema.ema_decay(step, now.ema.decay, now.ema.start_step)
+def _ema_decay(now: Config, cur_nimg: int, batch_size: int, age_nimg: int) -> float:
+    """This G step's EMA decay (`cur_nimg`: images before it): BigGAN's warm-up copy, then
+    `ema.decay` with its ramp-up."""
+    decay = ema.ema_decay(cur_nimg, now.ema.decay, now.ema.start_nimg)
     return ema.ramped_decay(decay, batch_size * now.optim.d_steps, age_nimg, now.ema.rampup)
 
 

@@ -2,11 +2,11 @@
 // a truncation psi, a seed; then draw a grid (POST /v1/generate), a psi strip (the same class and
 // seed at several psi, one /v1/generate each) or an interpolation to seed B (POST
 // /v1/interpolate). The server computes every image. Errors are shown as the server's message
-// (422 bodies are turned into "field: reason"), the field at fault is marked and focused, results
-// are announced through the status live region. Query parameters preset the form: ?model=
-// &class= (id or name) &psi= &seed= &size= &psis= &seed_b= &steps= &q= (search text, opens the
-// list); auto=1 draws the grid on load, auto=all the grid, strip and interpolation (the
-// headless-browser tests use them).
+// (422 bodies are turned into "field: reason") under the field at fault, which is marked and
+// focused; results are announced through the status live region. Query parameters preset the
+// form: ?model= &class= (id or name) &psi= &seed= &size= &psis= &seed_b= &steps= &q= (search
+// text, opens the list); auto=1 draws the grid on load, auto=all the grid, strip and
+// interpolation (the headless-browser tests use them).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -27,15 +27,22 @@ class RequestError extends Error {
 
 function setStatus(text) { $("status").textContent = text; }
 
+// The message goes under the field at fault (at the top of the results it was a column away
+// from it); a message about no one field stays above the results.
 function showError(error) {
   const field = error.field && $(FIELDS[error.field] || error.field);
-  if (field) {
+  const home = field && field.closest("form .field:not([hidden])");
+  if (home) {
     field.setAttribute("aria-invalid", "true");
     field.setAttribute("aria-errormessage", "error");
+    home.append($("error"));
+  } else {
+    $("status").after($("error"));
   }
   $("error").textContent = String(error.message || error);
   setStatus("");
-  (field || $("error")).focus();
+  (home ? field : $("error")).focus();
+  $("error").scrollIntoView({ block: "nearest" });  // focus alone can leave it below the fold
 }
 
 function clearError() {
@@ -84,7 +91,8 @@ async function loadModels() {
   }
   if (!response.ok) throw await describe(response);
   models = (await response.json()).models;
-  $("pick").replaceChildren(...models.map((model) => new Option(model.name, model.name)));
+  $("pick").replaceChildren(...models.map((model) => new Option(visibleText(model.name),
+                                                                 model.name)));
   $("pick-field").hidden = models.length < 2;
   if (params.has("model")) $("pick").value = params.get("model");
   showModel(true);
@@ -96,7 +104,7 @@ function showModel(first) {
   const model = currentModel();
   const meta = model.metadata;
   maxImages = model.max_images;
-  $("model").textContent = `${model.name} v${model.version}: ${meta.family}, ` +
+  $("model").textContent = `${visibleText(model.name)} v${model.version}: ${meta.family}, ` +
     `${meta.num_classes} classes, ${meta.resolution}×${meta.resolution}, ` +
     `step ${meta.training_step}, ${model.provider}`;
   let selected = first ? 0 : Math.min(picker.selected, meta.num_classes - 1);
@@ -127,12 +135,18 @@ function common() {
            truncation: Number($("psi").value), seed: Math.max(0, Number($("seed").value) || 0) };
 }
 
+// page.css draws an image with hard pixel edges only while it is shown at least at its own size.
+const enlargement = new ResizeObserver((entries) => entries.forEach(({ target }) =>
+  target.classList.toggle("enlarged", target.clientWidth >= target.naturalWidth)));
+
 function showImage(img, blob) {
   const url = URL.createObjectURL(blob);
   const previous = img.src;
   return new Promise((resolve) => {
     img.onload = () => {
       if (previous.startsWith("blob:")) URL.revokeObjectURL(previous);
+      img.classList.toggle("enlarged", img.clientWidth >= img.naturalWidth);
+      enlargement.observe(img);  // a window resize or the layout can change its shown size
       resolve(url);
     };
     img.src = url;
@@ -163,10 +177,11 @@ function parsePsis() {
   const parts = $("psis").value.split(/[\s,;]+/).filter(Boolean);
   if (parts.length === 0) throw new RequestError("ψ values: give at least one number", "psis");
   if (parts.length > MAX_STRIP) throw new RequestError(`ψ values: at most ${MAX_STRIP}`, "psis");
+  const { min, max } = $("psi");  // the server's psi range, written into the page (page.py)
   return parts.map((part) => {
     const value = Number(part);
-    if (!Number.isFinite(value) || value < 0.01 || value > 4) {
-      throw new RequestError(`ψ values: “${part}” is not a number in 0.01–4`, "psis");
+    if (!Number.isFinite(value) || value < Number(min) || value > Number(max)) {
+      throw new RequestError(`ψ values: “${part}” is not a number in ${min}–${max}`, "psis");
     }
     return value;
   });

@@ -6,6 +6,17 @@
 // scrolls past a few dozen; the hint says how many more there are.
 "use strict";
 
+// Names come from the model file, written by whoever trained it. A bidirectional control
+// character (U+202E RIGHT-TO-LEFT OVERRIDE and its kin, the "Trojan Source" set) in one would
+// reorder what the page shows after it, in the name and in every caption that quotes it: each is
+// shown as its code point instead, "[U+202E]", so a name reads as the bytes it holds.
+const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+
+function visibleText(text) {
+  return String(text).replace(BIDI_CONTROLS,
+    (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`);
+}
+
 class ClassPicker {
   static SHOWN = 100;
 
@@ -28,7 +39,7 @@ class ClassPicker {
   }
 
   setNames(names, selected) {
-    this.names = names;
+    this.names = names.map(visibleText);
     this.pick(Math.min(Math.max(selected, 0), names.length - 1), false);
   }
 

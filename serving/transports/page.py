@@ -10,7 +10,9 @@ summary, parameters, request body fields and responses, and a form per POST rout
 JSON body and show the answer.
 
 `router` holds `/` and `/docs` (the app must be created with `docs_url=None, redoc_url=None`);
-the app mounts `static_files()` at `/static`.
+the app mounts `static_files()` at `/static`. The page at `/` is `static/index.html` with the psi
+range of `bigan.onnx_metadata` written in (`render_page`): the slider's bounds, and with them the
+psi strip's check in app.js, are the ones the server checks a request against.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 from typing import Callable
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from bigan import onnx_metadata
 from serving.transports.v1 import MAX_SEED
 
 STATIC = Path(__file__).parent.parent / "static"  # serving/static, the package data
@@ -32,7 +35,16 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/")
 def page():
-    return FileResponse(STATIC / "index.html")
+    return HTMLResponse(render_page())
+
+
+def render_page() -> str:
+    """index.html with its {{MIN_TRUNCATION}} and {{MAX_TRUNCATION}} replaced by the contract's
+    psi range (read per request: 3 kB, and a test can change the range)."""
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    for key in ("MIN_TRUNCATION", "MAX_TRUNCATION"):
+        html = html.replace("{{" + key + "}}", f"{getattr(onnx_metadata, key):g}")
+    return html
 
 
 @router.get("/docs")

@@ -16,15 +16,13 @@ defaults and `z_sampling`, so a client can draw z as the server would.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 
 import bigan
-from bigan.onnx_metadata import (PER_CLASS_FIELD, PSI_INPUT, TRUNCATION_FIELD, Z_SAMPLING_FIELD,
-                                 TruncationError, check_truncation)
+from bigan.onnx_metadata import PSI_INPUT, TruncationError, check_truncation
 from serving.core.engine import Engine
 from serving.core.repository import ModelRepository
 
@@ -95,12 +93,7 @@ def model_config(engine: Engine, max_images: int) -> dict[str, Any]:
                     "dims": [m.resolution, m.resolution, m.channels]}],
         "dynamic_batching": {"preferred_batch_size": [engine.config.max_batch],
                              "max_queue_delay_microseconds": int(engine.max_wait_ms * 1000)},
-        "parameters": {"class_names": {"string_value": json.dumps(m.class_names)},
-                       TRUNCATION_FIELD: {
-                           "string_value": json.dumps(m.recommended_truncation)},
-                       PER_CLASS_FIELD: {
-                           "string_value": json.dumps(m.recommended_truncation_per_class)},
-                       Z_SAMPLING_FIELD: {"string_value": m.z_sampling}},
+        "parameters": {k: {"string_value": v} for k, v in m.client_parameters().items()},
     }
 
 
