@@ -142,3 +142,35 @@ def print_phases(scores: dict) -> None:
               f"{p['precision']:5.3f} {p['recall']:5.3f} {p['class_accuracy']:5.3f} "
               f"{inc.get('fid', nan):8.2f} {(inc.get('real_vs_real') or {}).get('fid', nan):7.2f}")
     print(f"phase grids {scores['phase_grids_png']}")
+
+
+def last_panels_side_by_side(grids: list[tuple[str, Path]], path: Path) -> Path:
+    """The last phase's panel of each run's `phase_grids.png`, labelled, side by side (docs figures
+    that compare runs at one phase: train each with `--set train.steps=...` ending in it)."""
+    from PIL import Image, ImageDraw
+
+    width, gap, label = PHASE_GRID_PER_CLASS * DISPLAY_SIDE, 8, 16
+    panels = []
+    for text, png in grids:
+        im = Image.open(png).convert("RGB")
+        panel = Image.new("RGB", (width, im.height + label), "white")
+        panel.paste(im.crop((im.width - width, 0, im.width, im.height)), (0, label))
+        ImageDraw.Draw(panel).text((2, 2), text, fill="black")
+        panels.append(panel)
+    out = Image.new("RGB", (len(panels) * (width + gap) - gap, max(p.height for p in panels)), "white")
+    for i, p in enumerate(panels):
+        out.paste(p, (i * (width + gap), 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, format="PNG")
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="last-phase class grids of several ProGAN runs, side by side")
+    parser.add_argument("out", type=Path, help="PNG to write")
+    parser.add_argument("grids", nargs="+", metavar="LABEL=PHASE_GRIDS_PNG")
+    args = parser.parse_args()
+    print(last_panels_side_by_side([(g.split("=", 1)[0], Path(g.split("=", 1)[1])) for g in args.grids],
+                                   args.out))

@@ -367,6 +367,44 @@ def test_progan_exports_its_final_phase(progan_ckpt, tmp_path):
     np.testing.assert_allclose(images_float, ref.numpy(), atol=1e-4, rtol=0)
 
 
+def test_progan_with_block_class_conditioning_exports_with_parity(tmp_path_factory, tmp_path,
+                                                                   monkeypatch):
+    """model.class_cond=blocks: the per-block class gains and biases reach the graph and match
+    PyTorch. One training step moves only the 4 px maps off their zero init, so every map is set
+    to random values here (as a trained G has them) before the export."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from bigan import generation as samples
+    from bigan.export.onnx import ServingGenerator, export_onnx
+
+    ckpt = _checkpoint(tmp_path_factory, **PROGAN_TINY, **{"model.class_cond": "blocks"})
+    real_build, built = samples.ema_generator, []
+
+    def trained_maps(weights):
+        G, names = real_build(weights)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in G.named_parameters():
+                if ".cond" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        built.append(G)
+        return G, names
+
+    monkeypatch.setattr(samples, "ema_generator", trained_maps)
+    report = export_onnx(ckpt, tmp_path / "progan-blocks.onnx", parity_batch=3)
+    assert max(report.max_abs_error.values()) <= 1e-4
+    G = built[-1]
+    assert G.class_cond == "blocks" and G.current_resolution == 16
+    z = np.repeat(np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32), 2, axis=0)
+    y = np.array([0, 3], np.int64)  # one z, two classes
+    _, images_float = _session(report.path).run(None, {"z": z, "y": y})
+    assert np.abs(images_float[0] - images_float[1]).max() > 1e-3
+    with torch.no_grad():
+        _, ref = ServingGenerator(G)(torch.from_numpy(z), torch.from_numpy(y))
+    np.testing.assert_allclose(images_float, ref.numpy(), atol=1e-4, rtol=0)
+
+
 def test_progan_export_refuses_an_earlier_phase(progan_ckpt, tmp_path, monkeypatch):
     from bigan import generation as samples
     from bigan.export.onnx import ExportError, export_onnx

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear,
-                          MinibatchStdDev, PixelNorm, SelfAttention, attend, conv3x3_avgpool,
-                          sn_embedding, snconv2d, snlinear, upsample_conv3x3)
+                          MinibatchStdDev, PixelNorm, SelfAttention, add_upsampled, attend,
+                          conv3x3_avgpool, sn_embedding, snconv2d, snlinear, upsample_conv3x3)
 
 pytestmark = pytest.mark.unit
 
@@ -191,6 +191,31 @@ def test_folded_resampling_is_a_real_stride_2_layout_not_a_shifted_copy():
     out = upsample_conv3x3(x, conv)[0, 0]
     expected = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 2], [0, 1, 1, 2], [0, 3, 3, 4.]])
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_add_upsampled_is_the_add_of_the_upsampled_tensor_bit_for_bit(layout):
+    """The same float32 sums as h + F.interpolate(small): values and both gradients equal exactly
+    (not merely close), also for channels_last and non-contiguous inputs, and it differentiates
+    twice (a penalty's double backward through G would)."""
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 6, 10, requires_grad=True)  # rows and columns differ
+    small = torch.randn(3, 4 if layout != "sliced" else 7, 3, 5, requires_grad=True)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    h_in, s_in = h.contiguous(memory_format=fmt), small.contiguous(memory_format=fmt)
+    if layout == "sliced":
+        s_in = s_in[:, 1:5]
+    got = add_upsampled(h_in, s_in)
+    want = h_in + torch.nn.functional.interpolate(s_in, scale_factor=2.0, mode="nearest")
+    assert got.shape == want.shape and torch.equal(got, want)
+    g = torch.randn_like(want).requires_grad_()  # a second derivative reaches g through backward
+    for a, b in zip(torch.autograd.grad(got, [h, small], g, create_graph=True),
+                    torch.autograd.grad(want, [h, small], g, create_graph=True)):
+        assert torch.equal(a, b)
+    second = torch.autograd.grad(
+        torch.autograd.grad(add_upsampled(h_in, s_in), small, g, create_graph=True)[0].pow(2).sum(), g)
+    assert torch.equal(second[0], torch.autograd.grad(
+        torch.autograd.grad(want, small, g, create_graph=True)[0].pow(2).sum(), g)[0])
 
 
 def test_folded_resampling_rejects_other_convolutions():

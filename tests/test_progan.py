@@ -253,3 +253,55 @@ def test_spectral_norm_covers_d_only():
     assert all(n.endswith((".parametrizations.weight.original", ".bias")) for n in names), names
     assert "last.project.parametrizations.weight.original" in names
     assert not any(parametrize.is_parametrized(m) for m in G.modules())
+
+
+def test_block_class_conditioning_starts_class_free_then_modulates_each_block():
+    G, _ = build(resolution=16, class_cond="blocks")
+    G.eval()
+    params = dict(G.named_parameters())
+    cond = sorted(n for n in params if ".cond" in n)
+    assert cond == [f"{b}.cond{i}.linear.weight" for b in ("blocks.16", "blocks.8", "first")
+                    for i in (0, 1)]
+    assert all(not params[n].any() for n in cond)  # zero at init
+    assert G.first.dense.weight.shape[1] == 8  # z alone in the latent: no class beside it
+    z, _, _ = inputs(n=3)
+    y_a, y_b = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    # At init G is the unconditional ProGAN with the same weights (which has no class anywhere).
+    free, _ = build(resolution=16, num_classes=1)
+    missing, unexpected = free.load_state_dict(G.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == sorted(["embed.weight", *cond])
+    free.eval()
+    with torch.no_grad():
+        class_free = free(z, y_a)
+        torch.testing.assert_close(G(z, y_a), class_free, rtol=0, atol=0)
+        torch.testing.assert_close(G(z, y_b), class_free, rtol=0, atol=0)
+        # Trained (here: random) maps give each class its own gain and bias per channel.
+        gen = torch.Generator().manual_seed(3)
+        for n in cond:
+            params[n].copy_(torch.randn(params[n].shape, generator=gen) * 0.3)
+        assert (G(z, y_a) - G(z, y_b)).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        affine, c = G.blocks["8"].cond1, G.class_vector(y_a, z.dtype)
+        x = torch.randn(3, 8, 4, 4, generator=gen)
+        gain_bias = c @ affine.linear.weight.T * math.sqrt(2 / 4)  # equalized lr, class_dim 4
+        gain, bias = gain_bias[:, :8, None, None], gain_bias[:, 8:, None, None]
+        torch.testing.assert_close(affine(x, c), x * (1 + gain) + bias)
+    # The phase logic covers them: a block's maps wait with its block; first's are always in use.
+    G.set_phase(8, 1.0)
+    inactive = G.inactive_parameter_names()
+    assert {"blocks.16.cond0.linear.weight", "blocks.16.cond1.linear.weight"} <= inactive
+    assert not any(n.startswith(("first.cond", "blocks.8.cond")) for n in inactive)
+    assert "embed.weight" not in inactive
+
+
+def test_class_cond_is_checked_at_load_by_name():
+    from bigan.config import ConfigError, load_config
+
+    for bad, match in (({"class_cond": "block"}, "must be one of latent, blocks"),
+                       ({"class_cond": "blocks", "num_classes": 1}, "model.num_classes > 1"),
+                       ({"class_cond": "blocks", "arch": "biggan", "resolution": 32},
+                        "only model.arch=progan")):
+        with pytest.raises(ConfigError, match=rf"model\.class_cond=.*{match}"):
+            ModelConfig(**{**TINY, "resolution": 16, **bad}).validate()
+    with pytest.raises(ConfigError, match=r"model\.class_cond='film'"):
+        load_config(None, ["model.arch=progan", "model.resolution=16", "model.class_cond=film"])
+    assert ModelConfig().class_cond == "latent"  # the default builds what it built before

@@ -29,7 +29,8 @@ from bigan import models
 from bigan.config import ConfigError, LossConfig, ModelConfig, OptimConfig, SpeedConfig, load_config
 from bigan.train.optimizers import apply_settings, build_optimizers
 from bigan.train.speed import PLAIN, FastPath
-from bigan.train.step import Batch, StepRuntime, StepState, d_update, gan_iteration, mixes_samples
+from bigan.train.step import (Batch, StepRuntime, StepState, d_update, g_update, gan_iteration,
+                              mixes_samples)
 from bigan.train.trainer import train
 from tests.helpers import tiny_overrides
 
@@ -69,16 +70,54 @@ def _train(fast: FastPath, loss: LossConfig, steps: int = 3, model: ModelConfig 
 @pytest.mark.parametrize("loss", [LossConfig(kind="hinge"),
                                   LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0)],
                          ids=["hinge", "r1-double-backward"])
-def test_fast_path_ends_on_the_plain_paths_weights(loss):
-    # auto's choice on CUDA, run here on the CPU; D called as PLAIN calls it (tests below for that)
-    fast = replace(FastPath.resolve(SpeedConfig(), "cuda"), d_call=PLAIN.d_call)
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_fast_path_ends_on_the_plain_paths_weights(loss, device):
+    """auto's choice on `device`, run here on the CPU; D called as PLAIN calls it (tests below for
+    that). On the CPU's path the baseline is PLAIN in the same layout: channels_last alone moves
+    3 of G.blocks.0.conv1's 9216 weights 6.4e-5 from NCHW's after 3 iterations (hinge; 2.8x the
+    tolerance, and 0.55x of it at eps 1e-3, 1.8x for R1 there): oneDNN's NHWC kernels sum in
+    another order and Adam (beta1 0) turns round-off into steps where a gradient is near eps. That
+    the layout changes nothing but rounding is checked on the gradients below, before any Adam step."""
+    fast = replace(FastPath.resolve(SpeedConfig(), device), d_call=PLAIN.d_call)
     assert fast != PLAIN  # really another path
-    plain, quick = _train(PLAIN, loss), _train(fast, loss)
+    base = PLAIN if device == "cuda" else replace(PLAIN, memory_format=fast.memory_format)
+    assert base != fast
+    plain, quick = _train(base, loss), _train(fast, loss)
     assert plain.keys() == quick.keys()
-    moved = _train(PLAIN, loss, steps=0)
+    moved = _train(base, loss, steps=0)
     assert any(not torch.equal(plain[k], moved[k]) for k in plain)  # training changed the weights
     for k in plain:
         torch.testing.assert_close(quick[k].contiguous(), plain[k], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("loss", [LossConfig(kind="hinge"),
+                                  LossConfig(kind="nonsaturating", penalty="r1", penalty_weight=1.0)],
+                         ids=["hinge", "r1-double-backward"])
+def test_channels_last_gives_the_same_gradients(loss):
+    """A D update and a G update from the same weights in NCHW and in channels_last (the CPU's
+    `auto` since it measured 1.16x there) compute the same gradients up to float rounding: every
+    parameter's, before Adam (an lr-0 step keeps the weights, so the G update sees the same D)."""
+    grads = {}
+    for fmt in ("contiguous", "channels_last"):
+        fast = FastPath(fmt, "default", "auto", "auto")
+        torch.manual_seed(0)
+        G, D = models.build(MODEL)
+        fast.models(G, D)
+        opt_G, opt_D = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D))
+        d_batches, g_batch = _batches(0)
+        d_update(G, D, opt_D, fast.batch(d_batches[0]), loss, StepState(), StepRuntime())
+        got = {f"D.{n}": p.grad.clone() for n, p in D.named_parameters()}
+        g_update(G, D, opt_G, g_batch, loss, StepRuntime())
+        got.update({f"G.{n}": p.grad.clone() for n, p in G.named_parameters()})
+        grads[fmt] = got
+    assert grads["contiguous"].keys() == grads["channels_last"].keys()
+    # atol: 1e-5 of the net's largest gradient, for gradients that are zero but for round-off (the
+    # bias of a conv followed by batch norm, module docstring)
+    scale = {net: max(g.abs().max().item() for k, g in grads["contiguous"].items() if k[0] == net)
+             for net in "GD"}
+    for k, want in grads["contiguous"].items():
+        torch.testing.assert_close(grads["channels_last"][k].contiguous(), want, rtol=1e-4,
+                                   atol=1e-5 * scale[k[0]], msg=k)
 
 
 @pytest.mark.parametrize("loss", [LossConfig(kind="hinge", ortho_weight=1.0),
@@ -112,9 +151,9 @@ def test_fast_path_puts_models_and_reals_in_channels_last():
     assert fast.batch(g_batch) is g_batch  # no reals: nothing to convert
 
 
-def test_auto_is_fast_on_cuda_and_keeps_torch_defaults_on_cpu_and_under_deepspeed():
+def test_auto_is_channels_last_on_cuda_and_cpu_and_keeps_torch_defaults_under_deepspeed():
     assert FastPath.resolve(SpeedConfig(), "cuda", "ddp") == FastPath("channels_last", "fused")
-    assert FastPath.resolve(SpeedConfig(), "cpu", "ddp") == FastPath("contiguous", "default")
+    assert FastPath.resolve(SpeedConfig(), "cpu", "ddp") == FastPath("channels_last", "default")
     assert FastPath.resolve(SpeedConfig(), "cuda", "zero2") == FastPath("contiguous", "default")
     explicit = SpeedConfig(memory_format="contiguous", optimizer="foreach", resample="separate")
     assert FastPath.resolve(explicit, "cuda", "zero1") == FastPath("contiguous", "foreach", "separate")
@@ -122,19 +161,22 @@ def test_auto_is_fast_on_cuda_and_keeps_torch_defaults_on_cpu_and_under_deepspee
         assert FastPath.resolve(SpeedConfig(), device, strategy).resample == "auto"
 
 
-def test_auto_resampling_folds_where_the_small_side_is_at_least_8_px(monkeypatch):
+@pytest.mark.parametrize("arch", ["biggan", "progan"])
+def test_auto_resampling_folds_where_the_small_side_is_at_least_8_px(monkeypatch, arch):
     """`speed.resample: auto` folds by layers.FOLD_MIN_SIDE (measured: at 4 px the folded kernel
-    ran slower), and the models it gives compute what the folded and separate ones do."""
-    from bigan.models import biggan as biggan_module
-    m = ModelConfig(arch="biggan", resolution=64, num_classes=3, dim_z=20, shared_dim=8, ch=4,
-                    d_ch=4, attention=[])
+    ran slower), and the models it gives compute what the folded and separate ones do. ProGAN's
+    blocks tested the string "auto" as a bool, so they always folded."""
+    import importlib
+    module = importlib.import_module(f"bigan.models.{arch}")
+    m = ModelConfig(arch=arch, resolution=64, num_classes=3, dim_z=20, shared_dim=8, ch=4,
+                    d_ch=4, attention=[], spectral_norm=arch != "progan")
     torch.manual_seed(0)
     G, D = (net.double().train() for net in models.build(m))
     z, y = torch.randn(2, 20, dtype=torch.float64), torch.tensor([0, 2])
     folded = {}
     for name in ("upsample_conv3x3", "conv3x3_avgpool"):
-        real = getattr(biggan_module, name)
-        monkeypatch.setattr(biggan_module, name,
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
                             lambda x, conv, real=real, name=name: folded.setdefault(name, []).append(
                                 x.shape[-1]) or real(x, conv))
     outs = {}
@@ -289,6 +331,23 @@ def test_a_checkpoint_of_the_two_call_path_resumes_on_the_one_call_path(tmp_path
     assert resumed.step == 4 and resumed.cur_nimg == 2 * first.cur_nimg
     written = load_file(str(first.last_checkpoint / "D.safetensors"))
     assert written.keys() == load_file(str(resumed.last_checkpoint / "D.safetensors")).keys()
+
+
+def test_a_contiguous_checkpoint_resumes_in_channels_last(tmp_path):
+    """Checkpoints written while `auto` was NCHW on the CPU hold the same tensors (names, shapes,
+    values; only strides in memory differ): a run resumes from one with today's channels_last
+    default, trains on from its step, and writes the same keys and shapes again."""
+    run = tmp_path / "run"
+    first = train(load_config(None, tiny_overrides(run, **{"train.steps": 2,
+                                                           "speed.memory_format": "contiguous"})))
+    assert FastPath.resolve(load_config(None, tiny_overrides(run)).speed).memory_format == "channels_last"
+    resumed = train(load_config(None, tiny_overrides(run, **{"train.steps": 4})), resume="auto")
+    assert resumed.step == 4 and resumed.cur_nimg == 2 * first.cur_nimg
+    for name in ("G", "D"):
+        before = load_file(str(first.last_checkpoint / f"{name}.safetensors"))
+        after = load_file(str(resumed.last_checkpoint / f"{name}.safetensors"))
+        assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+        assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on
 
 
 def test_d_call_is_checked_at_load_time():

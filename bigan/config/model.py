@@ -15,6 +15,7 @@ from bigan.config.vocabulary import (
     BIGGAN_RESOLUTIONS,
     D_ARCHS,
     DCGAN_RESOLUTIONS,
+    PROGAN_CLASS_CONDS,
     PROGAN_RESOLUTIONS,
     PROJECTED_G_ARCHS,
     _one_of,
@@ -22,7 +23,7 @@ from bigan.config.vocabulary import (
     _require,
     biggan_g_blocks,
 )
-from bigan.config.units import nimg
+from bigan.config.units import nimg, nimg_property
 
 if TYPE_CHECKING:
     from bigan.config.training import TrainConfig
@@ -35,7 +36,7 @@ class ModelConfig:
     img_channels: int = 3  # image channels; the mlp pair uses data_dim instead
     num_classes: int = 10  # class-conditional on this many classes (1 = unconditional)
     dim_z: int = 120  # latent size; biggan splits it across the G blocks (hierarchical z), biggan-deep feeds it whole to every block (paper: 128)
-    shared_dim: int = 128  # biggan, biggan-deep: shared class-embedding size (0 = one-hot class vector, one embedding per block); progan: embedding joined to z (0 = one-hot)
+    shared_dim: int = 128  # biggan, biggan-deep: shared class-embedding size (0 = one-hot class vector, one embedding per block); progan: class vector joined to z, or fed to every block's gain and bias (model.class_cond; 0 = one-hot)
     ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
     d_ch: int = 96  # D base width
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
@@ -55,6 +56,7 @@ class ModelConfig:
     fmap_base: int = 8192  # progan: width at stage s is min(fmap_max, fmap_base / 2^s) (paper: 8192)
     fmap_max: int = 512  # progan: cap on every width (paper: 512)
     mbstd_group_size: int = 4  # progan: minibatch std-dev group size in D (min with the batch; 1 = off)
+    class_cond: str = "latent"  # progan: where G takes the class: latent (joined to z before the pixel norm, the official code) | blocks (z alone in the latent; a zero-initialised per-channel gain and bias of the class vector after every pixel norm of every block)
 
     def validate(self, prefix: str = "model") -> None:
         _one_of(f"{prefix}.arch", self.arch, ARCHS)
@@ -76,6 +78,13 @@ class ModelConfig:
                      self.start_resolution, "must be a power of two from 4 up to model.resolution")
             for name in ("fmap_base", "fmap_max", "mbstd_group_size"):
                 _positive(f"{prefix}.{name}", getattr(self, name))
+        _one_of(f"{prefix}.class_cond", self.class_cond, PROGAN_CLASS_CONDS)
+        if self.class_cond != "latent":
+            # Only ProGAN's G has a latent-only class path to move; BigGAN's blocks already take it.
+            _require(self.arch == "progan", f"{prefix}.class_cond", self.class_cond,
+                     f"only model.arch=progan takes it (model.arch={self.arch}); leave it 'latent'")
+            _require(self.num_classes > 1, f"{prefix}.class_cond", self.class_cond,
+                     "needs a class-conditional model (model.num_classes > 1)")
         for name in ("img_channels", "num_classes", "dim_z", "ch", "d_ch", "data_dim",
                      "mlp_hidden", "mlp_layers"):
             _positive(f"{prefix}.{name}", getattr(self, name))
@@ -134,13 +143,8 @@ class ProgressiveConfig:
                 _one_of(f"{prefix}.{name}.{res} (resolution)", res, PROGAN_RESOLUTIONS)
                 _positive(f"{prefix}.{name}.{res}", value)
 
-    @property
-    def fade_nimg(self) -> int:
-        return nimg(self.fade_kimg)
-
-    @property
-    def stab_nimg(self) -> int:
-        return nimg(self.stab_kimg)
+    fade_nimg = nimg_property("fade_kimg")
+    stab_nimg = nimg_property("stab_kimg")
 
     def check_against(self, model: ModelConfig, train: TrainConfig,
                       prefix: str = "progressive") -> None:

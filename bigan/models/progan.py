@@ -35,8 +35,16 @@ one-hot label when shared_dim == 0. D uses projection (Miyato & Koyama 2018) on 
 features phi: logit = w.phi + b + <e_y, phi>, with e_y a row of an equalized linear layer phi ->
 num_classes, instead of the official AC-GAN head: D keeps the D(x, y) -> [N] contract of every
 family, so all losses and gradient penalties in bigan apply unchanged, and projection avoids
-AC-GAN's pull toward easily classified samples. G has no normalisation with affine parameters to
-make conditional (ProGAN's pixel norm has none), so conditional normalisation was not chosen.
+AC-GAN's pull toward easily classified samples.
+
+`model.class_cond: blocks` moves the class out of the latent and into every G block instead (not
+in the paper; BigGAN's conditional batch norm, transposed to pixel norm, which has no affine
+parameters of its own): after each pixel norm, h * (1 + gain_y) + bias_y per channel, with
+[gain_y, bias_y] a per-block equalized linear map of the same class vector (embedding or one-hot),
+its weight zero at init, so a new G is the class-free ProGAN and each block learns its own class
+shift. z alone is pixel-normalised and fed to the 4x4 dense, so z keeps the whole latent. Why:
+in the latent, a wide class vector made G ignore z and a narrow one made it ignore the class
+(docs/benchmarks.md, the ProGAN section).
 
 Spectral norm (`model.spectral_norm`) applies to D only and replaces its equalized-LR scaling
 (SN already sets each layer's scale; multiplying by He's constant as well would shrink D's
@@ -64,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import PROGAN_RESOLUTIONS, ModelConfig
-from bigan.layers import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm, conv3x3_avgpool,
+from bigan.layers import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm, conv3x3_avgpool, fold_pays,
                           snconv2d, snlinear, upsample_conv3x3)
 
 SLOPE = 0.2  # leaky ReLU slope (paper Sec. A.1)
@@ -138,41 +146,72 @@ class _Phased(nn.Module):
 
 # --- generator ------------------------------------------------------------------------------------
 
+class ClassAffine(nn.Module):
+    """A class-dependent gain and bias per channel after a pixel norm (`model.class_cond: blocks`):
+    h * (1 + gain_y) + bias_y with [gain_y, bias_y] = W c_y, W an equalized linear map (no bias)
+    whose weight starts at zero, so at init the block is exactly the class-free one and the
+    modulation grows only as far as training pushes it (equalized lr: W's step is scaled like
+    every other ProGAN weight). h: [N, ch, H, W], c: [N, class_dim] -> h's shape."""
+
+    def __init__(self, class_dim: int, ch: int):
+        super().__init__()
+        self.linear = EqualizedLinear(class_dim, 2 * ch, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        gain, bias = self.linear(c)[:, :, None, None].chunk(2, dim=1)
+        return h * (1.0 + gain) + bias
+
+
+def _class_affine(class_dim: int, ch: int) -> ClassAffine | None:
+    return ClassAffine(class_dim, ch) if class_dim else None
+
+
+def _modulate(h: Tensor, affine: ClassAffine | None, c: Tensor | None) -> Tensor:
+    return h if affine is None else affine(h, c)
+
+
 class GFirstBlock(nn.Module):
     """4x4: dense z -> [ch, 4, 4] (official gain sqrt(2)/4, one bias per channel), conv3; each
-    followed by leaky ReLU and pixel norm. x: [N, in_features] -> [N, ch, 4, 4]."""
+    followed by leaky ReLU and pixel norm (and, with class_dim > 0, a ClassAffine of the class
+    vector c). x: [N, in_features], c: [N, class_dim] or None -> [N, ch, 4, 4]."""
 
-    def __init__(self, in_features: int, ch: int):
+    def __init__(self, in_features: int, ch: int, class_dim: int = 0):
         super().__init__()
         self.ch = ch
         self.dense = EqualizedLinear(in_features, ch * 16, bias=False, gain=0.25)
         self.bias = nn.Parameter(torch.zeros(ch))
         self.conv = EqualizedConv2d(ch, ch, 3)
         self.norm = PixelNorm()
+        self.cond0, self.cond1 = _class_affine(class_dim, ch), _class_affine(class_dim, ch)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         h = self.dense(x).view(-1, self.ch, 4, 4) + self.bias.view(1, -1, 1, 1)
-        h = self.norm(_lrelu(h))
-        return self.norm(_lrelu(self.conv(h)))
+        h = _modulate(self.norm(_lrelu(h)), self.cond0, c)
+        return _modulate(self.norm(_lrelu(self.conv(h))), self.cond1, c)
 
 
 class GBlock(nn.Module):
-    """Doubling block: nearest-up2, conv3, conv3, each conv followed by leaky ReLU and pixel norm.
-    x: [N, in_ch, H, W] -> [N, out_ch, 2H, 2W]."""
+    """Doubling block: nearest-up2, conv3, conv3, each conv followed by leaky ReLU and pixel norm
+    (and, with class_dim > 0, a ClassAffine of the class vector c).
+    x: [N, in_ch, H, W], c: [N, class_dim] or None -> [N, out_ch, 2H, 2W]."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, class_dim: int = 0):
         super().__init__()
         self.conv0 = EqualizedConv2d(in_ch, out_ch, 3)
         self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
         self.norm = PixelNorm()
+        self.cond0, self.cond1 = _class_affine(class_dim, out_ch), _class_affine(class_dim, out_ch)
 
-    fold_resample = True  # upsampling folded into conv0 (layers.upsample_conv3x3); speed.resample
+    # upsampling folded into conv0 (layers.upsample_conv3x3); speed.resample: True, False or
+    # "auto" (a string: tested as a bool it always folded, layers.fold_pays decides by the side)
+    fold_resample: bool | str = True
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = upsample_conv3x3(x, self.conv0) if self.fold_resample \
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        h = upsample_conv3x3(x, self.conv0) if fold_pays(self.fold_resample, x, upsample=True) \
             else self.conv0(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        h = self.norm(_lrelu(h))
-        return self.norm(_lrelu(self.conv1(h)))
+        h = _modulate(self.norm(_lrelu(h)), self.cond0, c)
+        return _modulate(self.norm(_lrelu(self.conv1(h))), self.cond1, c)
 
 
 class Generator(_Phased):
@@ -180,7 +219,8 @@ class Generator(_Phased):
     `current_resolution` (model.resolution unless `set_phase` chose another); in eval mode
     clamped to [-1, 1] and each image depends only on its own (z, y). y is ignored when
     num_classes == 1. Modules: `first` (4x4), `blocks[str(r)]` (8..resolution), `to_rgb[str(r)]`
-    (each phase), `embed` (learned class embedding, when conditional with shared_dim > 0)."""
+    (each phase), `embed` (learned class embedding, when conditional with shared_dim > 0); with
+    class_cond "blocks", `cond0`/`cond1` (ClassAffine) in `first` and every block."""
 
     rgb_layers = "to_rgb"
 
@@ -190,12 +230,16 @@ class Generator(_Phased):
         self.dim_z, self.num_classes = cfg.dim_z, cfg.num_classes
         self.img_channels = cfg.img_channels
         self.class_dim = 0 if cfg.num_classes == 1 else (cfg.shared_dim or cfg.num_classes)
+        self.class_cond = cfg.class_cond
         if cfg.num_classes > 1 and cfg.shared_dim > 0:
             self.embed = nn.Embedding(cfg.num_classes, cfg.shared_dim)  # N(0, 1), like z
         ch = widths(cfg)
+        in_latent = self.class_dim if self.class_cond == "latent" else 0
+        in_blocks = self.class_dim if self.class_cond == "blocks" else 0
         self.latent_norm = PixelNorm()
-        self.first = GFirstBlock(cfg.dim_z + self.class_dim, ch[4])
-        self.blocks = nn.ModuleDict({str(r): GBlock(ch[r // 2], ch[r]) for r in ch if r > 4})
+        self.first = GFirstBlock(cfg.dim_z + in_latent, ch[4], in_blocks)
+        self.blocks = nn.ModuleDict({str(r): GBlock(ch[r // 2], ch[r], in_blocks)
+                                     for r in ch if r > 4})
         self.to_rgb = nn.ModuleDict({str(r): EqualizedConv2d(ch[r], cfg.img_channels, 1,
                                                              gain=LINEAR_GAIN)
                                      for r in self.phases})
@@ -209,10 +253,14 @@ class Generator(_Phased):
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         if z.shape[1] != self.dim_z:
             raise ValueError(f"G expects z of shape [N, {self.dim_z}], got {list(z.shape)}")
-        x = torch.cat([z, self.class_vector(y, z.dtype)], dim=1) if self.class_dim else z
-        h, prev = self.first(self.latent_norm(x)), None
+        c = self.class_vector(y, z.dtype) if self.class_dim else None
+        if c is not None and self.class_cond == "latent":
+            x, c = torch.cat([z, c], dim=1), None
+        else:
+            x = z
+        h, prev = self.first(self.latent_norm(x), c), None
         for r in range(3, int(math.log2(self.current_resolution)) + 1):
-            prev, h = h, self.blocks[str(2 ** r)](h)
+            prev, h = h, self.blocks[str(2 ** r)](h, c)
         img = self.to_rgb[str(self.current_resolution)](h)
         if self._alpha < 1.0:
             old = self.to_rgb[str(self.current_resolution // 2)](prev)
@@ -246,11 +294,11 @@ class DBlock(nn.Module):
         self.conv0 = _d_conv(in_ch, in_ch, 3, cfg)
         self.conv1 = _d_conv(in_ch, out_ch, 3, cfg)
 
-    fold_resample = True  # pooling folded into conv1 (layers.conv3x3_avgpool); speed.resample
+    fold_resample: bool | str = True  # pooling folded into conv1 (layers.conv3x3_avgpool); as GBlock's
 
     def forward(self, x: Tensor) -> Tensor:
         h = _lrelu(self.conv0(x))
-        return _lrelu(conv3x3_avgpool(h, self.conv1) if self.fold_resample
+        return _lrelu(conv3x3_avgpool(h, self.conv1) if fold_pays(self.fold_resample, h, upsample=False)
                       else F.avg_pool2d(self.conv1(h), 2))
 
 

@@ -17,10 +17,15 @@ duplicated or averaged pixels; `resample: folded` computes each pair as one 4x4 
 batch 32 fp32's iteration 1.50x faster on the 2-core AVX2 CPU (docs/benchmarks.md). oneDNN runs
 the folded kernels slowly on 4x4 maps with wide channels (BigGAN-128's first G and last D blocks,
 1.4-1.8x slower than separate there), so `auto` folds where the small side is >= 8 px
-(`layers.fold_pays`, measured per shape; ProGAN's blocks, which do not ask it, fold everywhere).
-channels_last + fused Adam ran at 0.99-1.06x the plain path's CPU time at BigGAN-32: oneDNN reorders into its own blocked layout whichever layout it is handed. So `auto` keeps NCHW
-and torch's Adam on CPU and takes channels_last + fused Adam on CUDA, the layout cuDNN's tensor
-cores use natively (bf16); `make gpu-check` measures that case. Under DeepSpeed, `auto` keeps
+(`layers.fold_pays`, measured per shape; ProGAN's blocks ask it too: they tested "auto" as a bool and
+so folded everywhere until the third round).
+channels_last: on an earlier machine and torch it ran at 0.99-1.06x the NCHW CPU time, but with
+torch 2.13 on an AMD EPYC (AVX2) NCHW convolutions pay a reorder of their output (the folded
+transposed conv's forward, the stride-2 conv's input gradient: a strided copy of a whole
+activation) and oneDNN's NHWC kernels ran 3x3, folded and 1x1 convs 8-20% faster, so the
+BigGAN-32 iteration took 1.16x less CPU time in channels_last (docs/benchmarks.md). `auto` is
+channels_last on the CPU as on CUDA, where cuDNN's tensor cores use it natively (bf16; `make
+gpu-check`), with fused Adam on CUDA and torch's Adam on the CPU. Under DeepSpeed, `auto` keeps
 torch's layout and Adam: ZeRO flattens parameters and gradients into its own contiguous buffers.
 `torch.compile` is not used: the D step's gradient penalties need double backward, which
 compiled graphs do not support reliably (pytorch #91469), and compiling the other passes of
@@ -52,13 +57,15 @@ class FastPath:
     @classmethod
     def resolve(cls, cfg: SpeedConfig, device: torch.device | str = "cpu",
                 strategy: str = "ddp") -> "FastPath":
-        """`auto` -> channels_last and fused Adam on CUDA; torch's defaults on CPU (measured: no
-        gain there) and under DeepSpeed ZeRO (`strategy` zero1-3); resampling folded by shape
-        (`layers.fold_pays`, decided per call); explicit choices are kept."""
-        plain = strategy in DEEPSPEED or torch.device(device).type != "cuda"
+        """`auto` -> channels_last on CUDA and on the CPU, fused Adam on CUDA and torch's Adam on
+        the CPU (Adam is ~1% of a CPU iteration); torch's layout and Adam under DeepSpeed ZeRO
+        (`strategy` zero1-3); resampling folded by shape (`layers.fold_pays`, decided per call);
+        explicit choices are kept."""
+        zero = strategy in DEEPSPEED
+        plain = zero or torch.device(device).type != "cuda"
         fmt = cfg.memory_format
         if fmt == "auto":
-            fmt = "contiguous" if plain else "channels_last"
+            fmt = "contiguous" if zero else "channels_last"
         opt = cfg.optimizer
         if opt == "auto":
             opt = "default" if plain else "fused"
