@@ -210,6 +210,84 @@ def test_requests_queued_during_a_run_go_next_without_waiting():
     assert calls == [2, 1]
 
 
+def _signalling_run(started: threading.Event, calls: list):
+    def run(z, y):
+        calls.append(len(y))
+        started.set()
+        return np.zeros((len(y), 1), np.uint8)
+    return run
+
+
+def test_a_lone_request_runs_at_once_however_long_the_wait_for_company():
+    # Nothing else in flight (others_in_flight() == 0): no request can join, so the batch runs
+    # at once instead of after the 20 s window (a lone client paid the whole window per request).
+    started, calls = threading.Event(), []
+    batcher = MicroBatcher(_signalling_run(started, calls), max_batch=8, max_wait_ms=20_000,
+                           max_queue=4, others_in_flight=lambda: 0)
+
+    async def main():
+        await batcher.start()
+        try:
+            task = asyncio.create_task(batcher.submit(np.zeros((1, 4), np.float32),
+                                                      np.zeros(1, np.int64)))
+            ran = await asyncio.to_thread(started.wait, 5)
+            return ran, await asyncio.wait_for(task, 5)
+        finally:
+            await batcher.stop()
+
+    ran, images = asyncio.run(main())
+    assert ran and calls == [1] and images.shape == (1, 1)
+
+
+def test_a_batch_waits_for_company_while_another_request_is_in_flight():
+    started, calls, others = threading.Event(), [], [1]
+    batcher = MicroBatcher(_signalling_run(started, calls), max_batch=2, max_wait_ms=20_000,
+                           max_queue=4, others_in_flight=lambda: others[0])
+    one = (np.zeros((1, 4), np.float32), np.zeros(1, np.int64))
+
+    async def main():
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(*one))
+            await asyncio.sleep(0.05)
+            assert batcher.depth == 0 and calls == []  # taken, waiting for the other request
+            others[0] = 0  # it arrives: it is in the batcher now
+            second = asyncio.create_task(batcher.submit(*one))
+            await asyncio.wait_for(asyncio.gather(first, second), 5)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [2]  # one run for both
+
+
+def test_the_engine_counts_requests_held_through_the_repository_as_company(tiny_onnx):
+    # Every transport holds the engine (`ModelRepository.use`) while it reads a request, draws its
+    # latents and encodes the answer; a batch waits only for such requests not yet submitted.
+    batches = []
+    engine = Engine(tiny_onnx, EngineConfig(max_batch=8, max_wait_ms=20_000),
+                    on_batch=lambda n, seconds: batches.append(n))
+    repo = ModelRepository([engine])
+    z, y = engine.latents([1], None), np.zeros(1, np.int64)
+
+    async def main():
+        await engine.start()
+        try:
+            with repo.use() as held:  # alone: answered at once, not after 20 s
+                await asyncio.wait_for(held.submit(z, y), 5)
+            assert batches == [1]
+            with repo.use() as a, repo.use() as b:  # b is still on its way when a submits
+                first = asyncio.create_task(a.submit(z, y))
+                await asyncio.sleep(0.05)
+                assert not first.done() and batches == [1]  # a waits for b
+                await asyncio.wait_for(asyncio.gather(first, b.submit(z, y)), 5)
+            assert batches == [1, 2]
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+
+
 def test_stop_answers_the_batch_being_run_as_well_as_the_queued_requests():
     # Issue 32: stop() failed only the queued jobs; the batch cancelled mid-run (a stop, or a
     # drain that timed out) never answered its futures, so its clients waited forever.

@@ -2,7 +2,8 @@
 
 Requests wait in a bounded queue; one asyncio task takes the oldest, then keeps taking more until
 the batch holds `max_batch` images or `max_wait_ms` has passed since it started (no wait when
-requests were already queued as the previous run ended: work-conserving under load), and runs
+requests were already queued as the previous run ended: work-conserving under load; nor when no
+other request is in the server to join it, as `others_in_flight` counts: a lone client), and runs
 the merged batch in a worker thread (`asyncio.to_thread`), so the event loop keeps accepting
 requests while the session computes: that is what lets the next batch form. A request larger than `max_batch` runs
 alone (the run function splits it). A full queue raises `QueueFull` at once rather than letting
@@ -33,6 +34,9 @@ import numpy as np
 # run(z, y) -> images, or run(z, y, psi) for requests that carry psi (graphs with a psi input).
 RunFn = Callable[..., np.ndarray]
 BatchHook = Callable[[int, float], None]  # (images in the batch, seconds the run took)
+# How many requests are in the server but not (yet) in this batcher: being read, drawing their
+# latents, or encoding an answer. Only those can join a batch that waits for company.
+OthersFn = Callable[[], int]
 # (requests answered by the run, images, seconds the run took, seconds those requests queued):
 # what Triton's per-model counters need (serving.core.metrics), once per successful run.
 RunHook = Callable[[int, int, float, float], None]
@@ -82,14 +86,16 @@ class _Job:
 class MicroBatcher:
     """Merges `submit(z, y, psi)` calls into runs of `run(z, y, psi) -> images` of at most
     `max_batch` rows; psi (one value per row, or None) travels with its rows, so requests batched
-    together keep their own truncation."""
+    together keep their own truncation. With `others_in_flight`, a batch waits for company only
+    while it counts some request that may still join (without it: always, up to max_wait)."""
 
     def __init__(self, run: RunFn, max_batch: int, max_wait_ms: float, max_queue: int,
-                 on_batch: BatchHook | None = None):
+                 on_batch: BatchHook | None = None, others_in_flight: OthersFn | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch >= 1, max_queue >= 1, max_wait_ms >= 0; got "
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
         self._run, self.on_batch = run, on_batch  # on_batch: metrics hook
+        self.others_in_flight = others_in_flight
         self.on_run: RunHook | None = None  # the Triton counters' hook (serving.app sets it)
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self._jobs: collections.deque[_Job] = collections.deque()
@@ -168,7 +174,10 @@ class MicroBatcher:
         """The next batch: the oldest job plus whatever fits and is waiting. Only a batch whose
         first job found the runtime idle also waits up to max_wait for more: when jobs queued up
         during the previous run, that run was their wait. Waiting on top of it left the runtime idle
-        5 ms per ~85 ms batch at 16 clients on CPU, where a larger batch saves nothing per image."""
+        5 ms per ~85 ms batch at 16 clients on CPU, where a larger batch saves nothing per image.
+        Nor does it wait while `others_in_flight` counts no request that could join: a lone
+        client's request waited the whole window for company that cannot come (5 ms a request,
+        the default on CUDA), since that client sends its next request only after this answer."""
         backlogged = bool(self._jobs)
         while not self._jobs:
             self._arrived.clear()
@@ -185,7 +194,8 @@ class MicroBatcher:
                 size += len(job)
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (self.others_in_flight is not None
+                                  and self.others_in_flight() <= 0):
                 break
             self._arrived.clear()
             try:

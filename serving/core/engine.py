@@ -50,7 +50,8 @@ PROVIDERS = ort_session.PROVIDERS
 # How long a batch that found the runtime idle waits for company, by provider. On CPU a larger
 # batch costs as much per image (9-16 ms/img at batch 1 to 32, BigGAN-128 width 8), so waiting
 # only adds latency: 5 ms cost one client 0.62-0.66x of in-process throughput against 0.84-0.90x
-# without, and 16 clients gained nothing from it (bench/serving.py). On a GPU, where a batch of 16
+# without (before a lone request stopped waiting: MicroBatcher's others_in_flight), and 16 clients
+# gained nothing from it (bench/serving.py). On a GPU, where a batch of 16
 # typically costs little more than one image, a few ms of waiting pays (not measured here).
 DEFAULT_WAIT_MS = {"CPUExecutionProvider": 0.0, "CUDAExecutionProvider": 5.0,
                    "TensorrtExecutionProvider": 5.0}
@@ -101,8 +102,9 @@ class Engine:
         self._last_shrink = time.monotonic()
         self.max_wait_ms = (DEFAULT_WAIT_MS.get(self.provider, 0.0)
                             if self.config.max_wait_ms is None else self.config.max_wait_ms)
+        self._submitted = 0  # requests inside submit: queued, gathering company or running
         self.batcher = MicroBatcher(self.run, self.config.max_batch, self.max_wait_ms,
-                                    self.config.max_queue, on_batch)
+                                    self.config.max_queue, on_batch, self._others_in_flight)
         self.stats = RequestStats()
         self.on_request: Callable[[bool, float], None] | None = None  # (ok, seconds): metrics
         self.warmed = False  # warm_up() ran: `ready` waits for it
@@ -142,6 +144,11 @@ class Engine:
             return self._shrink_run
         return self._plain_run
 
+    def _others_in_flight(self) -> int:
+        """Requests holding this engine (`ModelRepository.use`, as every transport does) that are
+        not in its batcher: only they can join a batch waiting for company."""
+        return self.users - self._submitted
+
     async def submit(self, z: np.ndarray, y: np.ndarray,
                      psi: np.ndarray | float | None = None) -> np.ndarray:
         """`run` through the micro-batcher (merged with concurrent requests); psi: the request's
@@ -150,10 +157,12 @@ class Engine:
         start = time.perf_counter()
         column = ort_session.psi_column(psi, len(y)) if self.metadata.psi_input else None
         ok = False
+        self._submitted += 1
         try:
             images = await self.batcher.submit(z, y, column)
             ok = True
         finally:  # a cancelled client's request counts as failed too (Triton counts it)
+            self._submitted -= 1
             seconds = time.perf_counter() - start
             self.stats.note(ok, seconds)
             if self.on_request is not None:

@@ -29,6 +29,8 @@ class ServerState:
     shutdown_timeout_s: float = 15.0  # gRPC calls' grace at shutdown (ServeConfig's default)
 
 
-def server_state(request: Request) -> ServerState:
-    """The `ServerState` of the app serving `request` (a FastAPI dependency)."""
+async def server_state(request: Request) -> ServerState:
+    """The `ServerState` of the app serving `request` (a FastAPI dependency). `async` although it
+    never awaits: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
+    request that cost the event loop more than the lookup itself."""
     return request.app.state.server
