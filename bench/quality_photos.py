@@ -8,7 +8,9 @@ time (`time.process_time()`, summed over resumes; data loading happens in the sa
 `data.num_workers=0`, so the figure is the whole cost). Run each under `taskset -c K` with
 OMP_NUM_THREADS=1: one core per run. A run killed or stopped resumes where it was (`--resume
 auto`) and keeps its CPU count. Every `--ckpt-every` G steps a checkpoint is kept, with the CPU
-seconds it had cost (`cpu_sec.json`), so `--score` draws FID over CPU time.
+seconds it had cost (`cpu_sec.json`), so `--score` draws FID over CPU time. The recipes' cadences
+and EMA start are G steps too (`*_STEPS`), written into the config as the kimg those steps show
+at the variant's own batch and D steps (`cadences`).
 
 Data: CIFAR-10 (JPEG q75 copy, `../shared/data/cifar10-jpg`; FID against the test set) and
 Imagenette at 64 px (all 3,925 images, FID against themselves, as small-data papers do).
@@ -21,7 +23,7 @@ Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in
 - `projected`: the projected discriminator (bigan/models/projected.py) at 64 px input, with
   Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step.
 - `progan`: Progressive GAN 4 -> 128 px (`--dataset imagenette128`), the paper's recipe at CPU
-  widths (PROGAN below); a grid at every `train.sample_every` and a checkpoint per phase.
+  widths (PROGAN below); a grid every 250 G steps and a checkpoint per phase.
 
 Scoring (`--score`): per kept checkpoint, FD / precision / recall / class accuracy in the feature
 space of a domain classifier trained on the data (`bigan eval train-classifier`; it shares
@@ -40,7 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bigan.config import load_config  # noqa: E402
+from bigan.config import Config, load_config  # noqa: E402
+from bigan.config.migration import count_images  # noqa: E402
 from bigan.checkpoint.durable import write_atomically  # noqa: E402
 from bigan.train.hooks import TrainHooks  # noqa: E402
 
@@ -58,9 +61,9 @@ DATASETS = {  # name -> (source folder, test folder or None, resolution)
 # a similar share of the run (decay 0.995: a 200-step horizon, from step 500).
 COMMON = ["model.arch=biggan", "model.ch=16", "model.d_ch=16", "model.dim_z=128", "model.shared_dim=0",
           "model.hier=false", "model.attention=[]", "train.batch_size=50", "optim.g_lr=2e-4",
-          "optim.d_lr=2e-4", "optim.betas=[0.0,0.999]", "ema.decay=0.995", "ema.start_step=500",
-          "data.flip=true", "data.num_workers=0", "train.steps=1000000", "train.log_every=50",
-          "train.sample_every=500", "train.keep_ckpts=0"]
+          "optim.d_lr=2e-4", "optim.betas=[0.0,0.999]", "ema.decay=0.995", "data.flip=true",
+          "data.num_workers=0", "train.steps=1000000", "train.keep_ckpts=0"]
+COMMON_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 500, "ema.start_kimg": 500}
 VARIANTS = {
     "biggan": ["loss.kind=hinge", "optim.d_steps=4"],
     "r3gan": ["loss.kind=rpgan", "loss.penalty=r1+r2", "loss.penalty_weight=1.0", "optim.d_steps=1",
@@ -86,12 +89,20 @@ PROGAN = ["model.arch=progan", "model.start_resolution=4", "model.dim_z=128", "m
           "model.spectral_norm=false", "model.attention=[]", "loss.kind=wasserstein", "loss.penalty=wgan-gp",
           "loss.penalty_weight=10.0", "loss.drift_weight=0.001", "optim.g_lr=1e-3", "optim.d_lr=1e-3",
           "optim.betas=[0.0,0.99]", "optim.eps=1e-8", "optim.d_steps=1", "ema.decay=0.999", "ema.rampup=0.2",
-          "ema.start_step=0", f"progressive.fade_nimg={int(PROGAN_PHASE_KIMG * 1000)}",
-          f"progressive.stab_nimg={int(PROGAN_PHASE_KIMG * 1000)}",
+          "ema.start_kimg=0", f"progressive.fade_kimg={PROGAN_PHASE_KIMG}",
+          f"progressive.stab_kimg={PROGAN_PHASE_KIMG}",
           "progressive.batch_size={4: 32, 8: 32, 16: 32, 32: 32, 64: 16, 128: 16}",
           "progressive.reset_optimizer=true", "train.batch_size=16", "data.flip=true", "data.num_workers=0",
-          "train.steps=1000000", "train.log_every=50", "train.sample_every=250", "train.keep_ckpts=0"]
+          "train.steps=1000000", "train.keep_ckpts=0"]
+PROGAN_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 250}
 VARIANTS["progan"] = PROGAN
+
+
+def cadences(cfg: Config, steps: dict[str, int]) -> list[str]:
+    """Overrides setting each kimg field of `steps` (field -> G steps) to the images those steps
+    show at `cfg`'s batch sizes, as bigan/config/migration.py converts the step counts of older
+    configs (ProGAN's rounded up to whole steps of every phase), so the same steps fire."""
+    return [f"{field}={count_images(n, 'steps', cfg)[0] / 1000!r}" for field, n in steps.items()]
 
 
 class CpuBudget(TrainHooks):
@@ -141,11 +152,12 @@ def train_run(out: Path, dataset: str, variant: str, seed: int, budget_sec: floa
     rd = run_dir(out, dataset, variant, seed)
     res = DATASETS[dataset][2]
     classes = len(json.loads((shards / "dataset.json").read_text())["class_names"])
-    base = [] if variant == "progan" else COMMON
+    base, steps = ([], PROGAN_STEPS) if variant == "progan" else (COMMON, COMMON_STEPS)
+    recipe = [*base, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
+              f"data.path={shards}", f"train.seed={seed}", f"train.out_dir={rd}"]
+    own = load_config(ROOT / "configs" / "demo.yaml", [*recipe, *extra])  # the batch the steps are of
     cfg = load_config(ROOT / "configs" / "demo.yaml",
-                      [*base, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
-                       f"data.path={shards}",
-                       f"train.seed={seed}", f"train.out_dir={rd}", f"train.ckpt_every={ckpt_every}", *extra])
+                      [*recipe, *cadences(own, {**steps, "train.ckpt_every_kimg": ckpt_every}), *extra])
     hooks = CpuBudget(rd, budget_sec)
     result = train(cfg, hooks, resume="auto")
     return {"run": str(rd), "steps": result.step, "kimg": result.cur_nimg / 1000,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable
 
 import torch
@@ -21,12 +22,25 @@ import torch.multiprocessing as mp
 from serving.client import free_port
 
 
-def spawn(fn: Callable[..., None], args: tuple = (), world: int = 2, backend: str = "gloo") -> None:
+def spawn(fn: Callable[..., None], args: tuple = (), world: int = 2, backend: str = "gloo",
+          timeout: float | None = None) -> None:
     """fn(rank, world, *args) in `world` processes of one group; returns when all have finished.
     fn must be importable by name (a module-level function), as `mp.spawn` pickles it. A failing
     rank raises torch.multiprocessing.ProcessRaisedException (its traceback in the message) or
-    ProcessExitedException (killed by a signal) here."""
-    mp.spawn(_rank_main, args=(world, free_port(), backend, fn, args), nprocs=world, join=True)
+    ProcessExitedException (killed by a signal) here. With `timeout`, ranks still running that
+    many seconds after the start are killed and TimeoutError raised: a test of ranks that must
+    stop together fails, instead of hanging, where one is left waiting in a collective."""
+    context = mp.start_processes(_rank_main, args=(world, free_port(), backend, fn, args),
+                                 nprocs=world, join=False, start_method="spawn")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not context.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+        if deadline is not None and time.monotonic() >= deadline:
+            running = [p for p in context.processes if p.is_alive()]
+            for process in running:
+                process.kill()
+                process.join()
+            raise TimeoutError(f"{len(running)} of {world} ranks of {fn.__name__} still ran "
+                               f"after {timeout:g} s (waiting in a collective?); killed")
 
 
 def _rank_main(rank: int, world: int, port: int, backend: str, fn: Callable[..., None],

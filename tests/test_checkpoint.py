@@ -13,9 +13,9 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.loading import load_checkpoint, verify_checkpoint
 from bigan.checkpoint.resume import find_resume
-from bigan.checkpoint.store import (CheckpointError, list_checkpoints, load_checkpoint,
-                                    save_checkpoint, verify_checkpoint)
+from bigan.checkpoint.store import CheckpointError, list_checkpoints, save_checkpoint
 
 pytestmark = pytest.mark.unit
 

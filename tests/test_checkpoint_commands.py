@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from bigan.cli import main
 from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.checkpoint.weights import consolidate, read_weights
 
 pytestmark = pytest.mark.unit
@@ -25,7 +26,7 @@ def consolidated(tiny_checkpoint, tmp_path_factory):
 
 
 def test_consolidated_file_holds_the_checkpoint_weights_and_manifest(tiny_checkpoint, consolidated):
-    c = ckpt.load_checkpoint(tiny_checkpoint)
+    c = load_checkpoint(tiny_checkpoint)
     w = read_weights(consolidated)
     assert set(w.models) == {"G", "G_ema", "D"}
     for name, state in w.models.items():

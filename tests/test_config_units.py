@@ -30,6 +30,26 @@ def test_kimg_becomes_an_exact_image_count(kimg, images):
     assert (2.01 * 1000, 4.03 * 1000) != (2010, 4030)  # why: floating point alone is off by an ulp
 
 
+def test_every_nimg_property_is_its_kimg_field_as_exact_images():
+    c = config_from_dict({})
+    sections = {"train": c.train, "ema": c.ema, "eval": c.eval, "optim": c.optim,
+                "augment": c.augment, "progressive": c.progressive}
+    kimg_fields = {"train.log_every": 2.01, "train.sample_every": 4.03, "train.ckpt_every": 8.06,
+                   "ema.start": 0.05, "eval.every": 1.23, "optim.lr_decay_start": 3.07,
+                   "augment.lecam_start": 0.064, "progressive.fade": 5.11, "progressive.stab": 6.13}
+    for dotted, kimg in kimg_fields.items():
+        section, stem = dotted.split(".")
+        setattr(sections[section], f"{stem}_kimg", kimg)
+    got = {dotted: getattr(sections[dotted.split(".")[0]], dotted.split(".")[1] + "_nimg")
+           for dotted in kimg_fields}
+    assert got == {"train.log_every": 2010, "train.sample_every": 4030, "train.ckpt_every": 8060,
+                   "ema.start": 50, "eval.every": 1230, "optim.lr_decay_start": 3070,
+                   "augment.lecam_start": 64, "progressive.fade": 5110, "progressive.stab": 6130}
+    assert all(type(v) is int for v in got.values())
+    c.optim.lr_decay_start_kimg = None  # null: from half of train.steps
+    assert c.optim.lr_decay_start_nimg is None
+
+
 def test_a_fraction_of_an_image_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match=r"^train\.log_every_kimg=0\.0005 is invalid: must be a whole "
                                           r"number of images"):

@@ -309,7 +309,7 @@ def test_resume_from_a_checkpoint_url_equals_resuming_from_its_directory(local, 
     """A run resumed from its checkpoint in a bucket trains exactly as one resumed from disk."""
     import fsspec
 
-    from bigan.checkpoint.store import load_checkpoint
+    from bigan.checkpoint.loading import load_checkpoint
     from bigan.train.trainer import train
     from tests.helpers import tiny_overrides
 

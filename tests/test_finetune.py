@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bigan import models
-from bigan.checkpoint.store import load_checkpoint
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.cli import main
 from bigan.config import ConfigError, load_config
 from bigan.imports import biggan_pytorch

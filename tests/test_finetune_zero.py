@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bigan import models
-from bigan.checkpoint.store import load_checkpoint
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.config import load_config
 from bigan.train.trainer import train
 from tests.test_multiprocess_train import _launch, _manifest, _overrides, _weights

@@ -11,6 +11,11 @@ reference process, as `make test` runs it); the tolerance is 1e-4. A real bug (a
 all-reduce, a rank training alone, a wrong data split, per-rank BN statistics, a lost optimizer
 state) changes the gradients themselves, not their rounding; checked once by disabling the
 gradient all-reduce: the first test fails (on G.attention.16.gamma).
+
+A failure at the start on the main process alone (a tracker of train.log_with) must stop every
+rank: checked in 2 spawned ranks (`tests/process_group.py`) with a timeout, as the other rank
+would otherwise wait at its first all-reduce for good (measured before the fix: killed at the
+timeout, both ranks still running).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import torch
 from safetensors.torch import load_file
 
 from bigan.config import dump_config, load_config
-from bigan.checkpoint.store import load_checkpoint
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.train.trainer import train
 from tests.helpers import ROOT, tiny_overrides
+from tests.process_group import spawn
 
 pytestmark = pytest.mark.dist
 TOL = 1e-4
@@ -179,3 +185,30 @@ def test_projected_d_two_processes_train_like_one(strategy, tmp_path):
     d_keys = [k for r in (0, 1) for k in load_file(str(two / f"D-0000{r}-of-00002.safetensors"))]
     assert d_keys and all(k.startswith("heads.") for k in d_keys)
     _assert_close(_weights(one), _weights(two), f"projected D, 2 processes ({strategy}) vs 1")
+
+
+def _refused_tracker_rank(rank: int, world: int, out: str, store: str) -> None:
+    """One rank of a 2-process run logging to an MLflow file store that MLflow 3 refuses (no
+    MLFLOW_ALLOW_FILE_STORE): records what this rank's train() ended with."""
+    os.environ["MLFLOW_TRACKING_URI"] = Path(store).as_uri()
+    os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+    try:
+        train(load_config(None, tiny_overrides(out, **{"train.log_with": "[mlflow]"})))
+        outcome = "trained"
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"
+    Path(f"{out}.rank{rank}").write_text(outcome)
+
+
+def test_a_tracker_that_cannot_start_stops_every_rank(tmp_path):
+    """Only the main process starts the trackers; its failure must stop the other rank too, which
+    would otherwise train on and wait for it at the first all-reduce (killed at the timeout)."""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (the `trackers` extra)")
+    out = tmp_path / "run"
+    spawn(_refused_tracker_rank, (str(out), str(tmp_path / "mlruns")), world=2, timeout=150)
+    main, other = (Path(f"{out}.rank{r}").read_text() for r in (0, 1))
+    assert main.startswith("ConfigError: train.log_with: a tracker could not start "
+                           "(MlflowException: "), main
+    assert other == ("ConfigError: train.log_with: a tracker could not start on the main "
+                     "process (its message there says why)"), other
+    assert not (out / "checkpoints" / "step-00000002").exists()  # nobody trained a step

@@ -188,14 +188,14 @@ def _save(p, out: Path, tag: str, rank: int, world: int) -> None:
 def _load_and_check(out: Path, tag: str, strategy: str, world: int) -> None:
     """Load out/tag's parts, merged as `load_checkpoint` merges them, into a fresh `strategy`
     pair; the loaded state must equal the saved full state exactly."""
-    from bigan.checkpoint import store as checkpoint
+    from bigan.checkpoint.loading import _merge_into
     from bigan.train import parallel_state
 
     p = _prepared(strategy, world, seed=1)  # other initial weights: the load must replace them
     want = torch.load(out / f"{tag}.full.pt")
     merged: dict = {}
     for part in sorted(out.glob(f"{tag}.part-*.pt")):
-        checkpoint._merge_into(merged, "state", torch.load(part), part)
+        _merge_into(merged, "state", torch.load(part), part)
     parallel_state.load_full_state(p, merged["state"])
     _assert_same_state(parallel_state.full_state_dicts(p), want, f"{tag} -> {strategy} on {world}")
 
@@ -209,6 +209,7 @@ def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
     and step 1 must stay the newest, intact checkpoint."""
     from bigan.checkpoint import sharded as sharded_save
     from bigan.checkpoint import store as checkpoint
+    from bigan.checkpoint.loading import load_checkpoint
     from bigan.checkpoint.resume import find_resume
 
     root = out / "protocol"
@@ -223,7 +224,7 @@ def _sharded_save_protocol(rank: int, world: int, out: Path) -> None:
     with pytest.raises(checkpoint.CheckpointError, match="rank 1: CheckpointError"):
         sharded_save.save_sharded(root, 2, bad, {}, **common)
     torch.distributed.barrier()
-    c = checkpoint.load_checkpoint(find_resume(root, "auto"))
+    c = load_checkpoint(find_resume(root, "auto"))
     assert c.manifest["step"] == 1 and c.manifest["shards"] == world
     assert sorted(c.models["G"]) == [f"k{r}" for r in range(world)]
     assert c.objects["opt"] == {"state": {r: r for r in range(world)}} and c.objects["rng"] == {"r": 1}

@@ -64,8 +64,8 @@ def test_a_progan_run_is_scored_phase_by_phase_against_reals_at_each_phase_side(
     monkeypatch.setitem(photos_scoring.CLASSIFIER, "tiny", dict(epochs=1, width=4, max_images=None, flip=False))
     # The bench's ProGAN recipe, cut to phases of 16 images at widths 8, batch 8: 4 -> 8 -> 16 px.
     monkeypatch.setitem(quality_photos.VARIANTS, "progan", [
-        *quality_photos.PROGAN, "model.fmap_base=32", "model.fmap_max=8", "progressive.fade_nimg=16",
-        "progressive.stab_nimg=16", "progressive.batch_size={4: 8, 8: 8, 16: 8}", "train.batch_size=8"])
+        *quality_photos.PROGAN, "model.fmap_base=32", "model.fmap_max=8", "progressive.fade_kimg=0.016",
+        "progressive.stab_kimg=0.016", "progressive.batch_size={4: 8, 8: 8, 16: 8}", "train.batch_size=8"])
     out = tmp_path / "out"
     # 5 phases of 2 steps each (4 stable, 8 fade, 8 stable, 16 fade, 16 stable): stop after 12 steps.
     monkeypatch.setattr(quality_photos.CpuBudget, "should_stop", lambda self, step: step >= 12)

@@ -25,6 +25,7 @@ pytest.importorskip("ray.train")
 psutil = pytest.importorskip("psutil")
 
 from bigan.checkpoint import store as ckpt  # noqa: E402
+from bigan.checkpoint.loading import verify_checkpoint  # noqa: E402
 from serving.client import free_port  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -129,7 +130,7 @@ def test_launch_two_nodes_survives_a_killed_worker(tmp_path, two_node_cluster):
     copies = sorted((run / "ray" / "bigan").glob("step-*"))  # what Ray persisted to storage
     assert copies and copies[-1].name == "step-00000012"
     for path in [*steps, *copies]:
-        ckpt.verify_checkpoint(path)
+        verify_checkpoint(path)
     assert json.loads((steps[-1] / "manifest.json").read_text())["step"] == 12
     # the metrics after the restart continue the step count instead of starting over
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

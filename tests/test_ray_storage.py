@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("ray.train")
 
 from bigan.checkpoint.remote import fetch_checkpoint  # noqa: E402
-from bigan.checkpoint.store import verify_checkpoint  # noqa: E402
+from bigan.checkpoint.loading import verify_checkpoint  # noqa: E402
 from bigan.config import load_config  # noqa: E402
 from tests.helpers import tiny_overrides  # noqa: E402
 from tests.object_store import s3_server  # noqa: E402

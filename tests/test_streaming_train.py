@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bigan.checkpoint.store import load_checkpoint
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.config import dump_config, load_config
 from bigan.data.shards import make_synthetic, pack, read_index
 from bigan.data.sources import ImageSource

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from bigan.checkpoint.remote import fetch_checkpoint, is_url
-from bigan.checkpoint.store import (LATEST, MANIFEST, STEP_DIR, Checkpoint, CheckpointError,
-                                    CheckpointWarning, incomplete_step_dirs, list_checkpoints,
-                                    load_checkpoint, verify_checkpoint)
+from bigan.checkpoint.loading import Checkpoint, load_checkpoint, verify_checkpoint
+from bigan.checkpoint.store import (LATEST, MANIFEST, STEP_DIR, CheckpointError, CheckpointWarning,
+                                    incomplete_step_dirs, list_checkpoints)
 from bigan.checkpoint.shapes import check_model_shapes
 
 log = logging.getLogger(__name__)

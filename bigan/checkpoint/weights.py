@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 
 from bigan.checkpoint import store as ckpt
+from bigan.checkpoint.loading import load_checkpoint
 from bigan.checkpoint.resume import find_resume
 
 FORMAT = "bigan-weights"
@@ -47,7 +48,7 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     """Write `out` (a .safetensors file) from a checkpoint directory, or the newest checkpoint
     under a checkpoints root / run directory. Atomic: `out` appears only when complete."""
     found = _resolve(checkpoint)
-    c = ckpt.load_checkpoint(found)  # verifies every file's sha256 first
+    c = load_checkpoint(found)  # verifies every file's sha256 first
     missing = [m for m in MODELS if m not in c.models]
     if missing:
         raise ckpt.CheckpointError(f"{found} has no {', '.join(missing)} weights; it was not "
@@ -76,7 +77,7 @@ def read_weights(path: str | Path) -> Weights:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         found = _resolve(path)
-        c = ckpt.load_checkpoint(found)
+        c = load_checkpoint(found)
         data = (found / ckpt.MANIFEST).read_bytes()
         return Weights(found, {m: c.models[m] for m in MODELS if m in c.models}, c.manifest,
                        hashlib.sha256(data).hexdigest())

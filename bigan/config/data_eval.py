@@ -20,7 +20,7 @@ from bigan.config.vocabulary import (
     _positive,
     _require,
 )
-from bigan.config.units import nimg
+from bigan.config.units import nimg_property
 from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION  # the one psi range
 
 if TYPE_CHECKING:
@@ -109,9 +109,7 @@ class EvalConfig:
         _one_of(f"{prefix}.mode", self.mode, EVAL_MODES)
         _positive(f"{prefix}.threads", self.threads)
 
-    @property
-    def every_nimg(self) -> int:
-        return nimg(self.every_kimg)
+    every_nimg = nimg_property("every_kimg")
 
     @property
     def direction(self) -> str:

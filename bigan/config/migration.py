@@ -118,11 +118,20 @@ def _convert(old: str, value: Any, unit: str, cfg: Any) -> tuple[float, str]:
         step = round(fraction * cfg.train.steps)
         note = "" if step == fraction * cfg.train.steps else f", rounded to step {step}"
         return step * sizes[0] * d / 1000, note
-    count = _number(old, value, int)
+    images, note = count_images(_number(old, value, int), unit, cfg)
+    return images / 1000, note
+
+
+def count_images(count: int, unit: str, cfg: Any) -> tuple[int, str]:
+    """(the images `count` G steps (unit "steps") or D updates ("d_updates") show at `cfg`'s
+    batch sizes, a note on any rounding): count x train.batch_size (x optim.d_steps for G steps),
+    for ProGAN rounded up to a whole number of every phase's steps. The one rule by which a step
+    count becomes kimg, for old configs here and for benches that think in steps."""
+    sizes, d = batch_sizes(cfg), cfg.optim.d_steps
     per = cfg.train.batch_size * (d if unit == "steps" else 1)
     # max: a batch of 0 is refused naming its field once the config is validated, not here
     grain = max(1, math.lcm(*sizes) * (d if unit == "steps" else 1))
     images = -(-count * per // grain) * grain  # up to a whole number of every phase's steps
     note = "" if images == count * per else \
         f", rounded up to {grain} images, a whole number of every phase's steps"
-    return images / 1000, note
+    return images, note

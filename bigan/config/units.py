@@ -44,6 +44,16 @@ def nimg(kimg: float, name: str = "kimg") -> int:
     return count
 
 
+def nimg_property(kimg_field: str) -> property:
+    """A read-only property of a config section: its `kimg_field` as an exact image count
+    (`nimg`), None where the field is None (an optional start left unset), so the code reads
+    `cfg.train.ckpt_every_nimg` where the YAML writes `ckpt_every_kimg`."""
+    def exact(section) -> int | None:
+        kimg = getattr(section, kimg_field)
+        return None if kimg is None else nimg(kimg)
+    return property(exact, doc=f"{kimg_field} as an exact number of images")
+
+
 def crossed(prev_nimg: int, cur_nimg: int, every_nimg: int) -> bool:
     """Whether the step that took the image count from prev_nimg to cur_nimg reached a multiple
     of `every_nimg` (0 = never). With a cadence of whole steps this is the step whose count is

@@ -18,6 +18,7 @@ they are written and read back as streams.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,68 +201,16 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
     cause in `source.left_out_by_cause`. The same inputs, arguments and `src` spelling give
     byte-identical files, whatever `workers`.
     """
-    from tqdm import tqdm
-
-    if fmt not in FORMATS:
-        raise DataError(f"image format {fmt!r} is not supported: use one of {', '.join(FORMATS)}")
-    for name, value, low in (("resolution", resolution, 1), ("quality", quality, 1),
-                             ("workers", workers, 1), ("min_shards", min_shards, 1),
-                             ("shard_size_bytes", shard_size_bytes, tarfile.RECORDSIZE)):
-        if value < low:
-            raise DataError(f"{name}={value} is invalid: must be >= {low}")
-    if quality > 100:
-        raise DataError(f"quality={quality} is invalid: must be <= 100")
+    _check_pack_args(resolution, shard_size_bytes, fmt, quality, workers, min_shards)
     source = src if isinstance(src, ImageSource) else read_source(src)
     n = len(source)
     order = np.random.default_rng(seed).permutation(n)
-    cap = math.ceil(n / min_shards)
-    out = ShardLocation.parse(out)
-    if out.names is not None or out.index_name != INDEX_NAME or out.kind == "pipe":
-        raise DataError(f"{out.root}: pack writes into a directory or a bucket prefix, not to "
-                        "shard names or a pipe")
-    if out.kind == "local":
-        Path(out.root).mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
-
+    out = _pack_target(out)
     tasks = ((source.item(int(i)), resolution, fmt, quality, reencode) for i in order)
-    # fork: the children only run PIL/NumPy, and spawn would re-import __main__ (which breaks,
-    # and respawns forever, when the caller is a REPL or stdin script).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers) if workers > 1 else None
-    results = pool.imap(_encode, tasks, chunksize=16) if pool else map(_encode, tasks)
-    shards: list[dict] = []
-    counts = np.zeros(len(source.class_names), np.int64)
-    note_counts = dict.fromkeys(NOTES, 0)
-    left_out: list[dict] = list(source.left_out)
-    key_width = max(8, len(str(n)))
-    written = 0
-    writer: _ShardTar | None = None
-    try:
-        for idx, (data, notes, cause, error) in tqdm(zip(order, results), total=n, unit="img",
-                                                     desc="pack", disable=not progress):
-            if data is None:
-                left_out.append({"path": str(source.files[idx]) if source.files else int(idx),
-                                 "cause": cause, "error": error})
-                continue
-            label = int(source.labels[idx])
-            members = {"cls": str(label).encode("ascii"), fmt: data}
-            if writer is not None and (writer.num_samples >= cap or _records(
-                    writer.planned_bytes + _ShardTar.member_bytes(members)) > shard_size_bytes):
-                shards.append(writer.close())
-                writer = None
-            if writer is None:
-                writer = _ShardTar(out.url(f"shard-{len(shards):06d}.tar"))
-            writer.add(f"{written:0{key_width}d}", members)
-            written += 1
-            counts[label] += 1
-            for note in notes:
-                note_counts[note] += 1
-        if writer is not None:
-            shards.append(writer.close())
-    finally:
-        if pool is not None:
-            pool.terminate()
-    left_out.sort(key=lambda e: (str(e["path"]), e["cause"]))
+    with _encoding(tasks, workers) as results:
+        shards, counts, note_counts, left_out = _write_shards(
+            source, zip(order, results), out, fmt, math.ceil(n / min_shards), shard_size_bytes,
+            progress)
     if not shards:
         first = next((e for e in left_out if e["cause"] in DECODE_CAUSES), None)
         raise DataError(f"{source.path}: none of the {n} inputs could be decoded (first: "
@@ -277,6 +227,87 @@ def pack(src: str | Path | ImageSource, out: str | Path, resolution: int,
     }
     _write_index(out, index)
     return index
+
+
+def _check_pack_args(resolution: int, shard_size_bytes: int, fmt: str, quality: int, workers: int,
+                     min_shards: int) -> None:
+    """DataError naming the first of `pack`'s arguments out of its range."""
+    if fmt not in FORMATS:
+        raise DataError(f"image format {fmt!r} is not supported: use one of {', '.join(FORMATS)}")
+    for name, value, low in (("resolution", resolution, 1), ("quality", quality, 1),
+                             ("workers", workers, 1), ("min_shards", min_shards, 1),
+                             ("shard_size_bytes", shard_size_bytes, tarfile.RECORDSIZE)):
+        if value < low:
+            raise DataError(f"{name}={value} is invalid: must be >= {low}")
+    if quality > 100:
+        raise DataError(f"quality={quality} is invalid: must be <= 100")
+
+
+def _pack_target(out: str | Path) -> ShardLocation:
+    """Where `pack` writes: a directory (made) or a bucket prefix, cleared of an earlier pack."""
+    out = ShardLocation.parse(out)
+    if out.names is not None or out.index_name != INDEX_NAME or out.kind == "pipe":
+        raise DataError(f"{out.root}: pack writes into a directory or a bucket prefix, not to "
+                        "shard names or a pipe")
+    if out.kind == "local":
+        Path(out.root).mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)
+    return out
+
+
+@contextlib.contextmanager
+def _encoding(tasks: Iterator[tuple], workers: int) -> Iterator[Iterator[tuple]]:
+    """The `_encode` results of `tasks`, in order; in a pool of `workers` processes when > 1."""
+    # fork: the children only run PIL/NumPy, and spawn would re-import __main__ (which breaks,
+    # and respawns forever, when the caller is a REPL or stdin script).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = multiprocessing.get_context(method).Pool(workers) if workers > 1 else None
+    try:
+        yield pool.imap(_encode, tasks, chunksize=16) if pool else map(_encode, tasks)
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _write_shards(source: ImageSource, encoded: Iterator[tuple], out: ShardLocation, fmt: str,
+                  cap: int, shard_size_bytes: int, progress: bool
+                  ) -> tuple[list[dict], np.ndarray, dict[str, int], list[dict]]:
+    """Write `encoded` ((source index, `_encode` result) in packing order) as shards of at most
+    `cap` samples and `shard_size_bytes` bytes under `out`; (the shards' index entries, samples
+    per class, counts of each of `NOTES`, the inputs left out, sorted)."""
+    from tqdm import tqdm
+
+    n = len(source)
+    shards: list[dict] = []
+    counts = np.zeros(len(source.class_names), np.int64)
+    note_counts = dict.fromkeys(NOTES, 0)
+    left_out: list[dict] = list(source.left_out)
+    key_width = max(8, len(str(n)))
+    written = 0
+    writer: _ShardTar | None = None
+    for idx, (data, notes, cause, error) in tqdm(encoded, total=n, unit="img", desc="pack",
+                                                 disable=not progress):
+        if data is None:
+            left_out.append({"path": str(source.files[idx]) if source.files else int(idx),
+                             "cause": cause, "error": error})
+            continue
+        label = int(source.labels[idx])
+        members = {"cls": str(label).encode("ascii"), fmt: data}
+        if writer is not None and (writer.num_samples >= cap or _records(
+                writer.planned_bytes + _ShardTar.member_bytes(members)) > shard_size_bytes):
+            shards.append(writer.close())
+            writer = None
+        if writer is None:
+            writer = _ShardTar(out.url(f"shard-{len(shards):06d}.tar"))
+        writer.add(f"{written:0{key_width}d}", members)
+        written += 1
+        counts[label] += 1
+        for note in notes:
+            note_counts[note] += 1
+    if writer is not None:
+        shards.append(writer.close())
+    left_out.sort(key=lambda e: (str(e["path"]), e["cause"]))
+    return shards, counts, note_counts, left_out
 
 
 def _count_causes(left_out: list[dict]) -> dict[str, int]:

@@ -68,7 +68,7 @@ def state_dicts(p: Prepared, part: tuple[int, int] = (0, 1)) -> dict[str, dict]:
     """`full_state_dicts`' content on every rank, or with part=(rank, world) only the entries
     `owners` gives to `rank` (weights, buffers and each parameter's optimizer state by the
     parameter's name; param_groups in every part). The parts of all ranks merge back into the
-    full state (`checkpoint.load_checkpoint` does). Collective under ZeRO."""
+    full state (`checkpoint.loading.load_checkpoint` does). Collective under ZeRO."""
     rank, world = part
     out = {}
     for name in ("G", "D"):

@@ -72,8 +72,8 @@ class RunLog:
         # The trainer built `accelerator` with accelerate_trackers(log_with): checked there once.
         others = any(t != "tensorboard" for t in log_with)
         self.accelerator = accelerator if main and others else None
-        if self.accelerator is not None:
-            trackers.start(self.accelerator, run_dir, hparams)
+        if others and accelerator is not None:  # every rank: a failed start stops them all
+            trackers.start(accelerator, run_dir, hparams, main)
         if main:
             _drop_lines_after(run_dir / "metrics.jsonl", step)
         self.path = run_dir / "metrics.jsonl"

@@ -22,21 +22,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigan.config import ConfigError
+from bigan.train import parallel
 
 EXTRA = "trackers"  # pyproject.toml's optional extra with the trackers tested here
 AXIS = "progress/kimg"  # W&B's x axis for every metric
 
 
-def start(accelerator, run_dir: Path, hparams: dict | None) -> None:
-    """Start the Accelerate trackers of `accelerator` for the run in `run_dir` (main process);
-    ConfigError naming train.log_with when one cannot start (no server, a refused store)."""
-    try:
-        accelerator.init_trackers(run_dir.name, config=hparams,
-                                  init_kwargs={"wandb": {"dir": str(run_dir)}})  # RUN/wandb
-    except Exception as e:  # the trackers' own errors (MlflowException, wandb.Error, OSError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"train.log_with: a tracker could not start ({type(e).__name__}: "
-                          f"{first})") from e
+def start(accelerator, run_dir: Path, hparams: dict | None, main: bool) -> None:
+    """Start the Accelerate trackers of `accelerator` for the run in `run_dir` on the main
+    process. Collective (every rank calls it): when one cannot start (no server, a refused
+    store), every rank raises ConfigError naming train.log_with, as the others would otherwise
+    train on and wait for the main process at the first all-reduce."""
+    error = None
+    if main:
+        try:
+            accelerator.init_trackers(run_dir.name, config=hparams,
+                                      init_kwargs={"wandb": {"dir": str(run_dir)}})  # RUN/wandb
+        except Exception as e:  # the trackers' own errors (MlflowException, wandb.Error, OSError)
+            error = e
+    if parallel.any_rank(error is not None, accelerator.device):
+        if error is None:
+            raise ConfigError("train.log_with: a tracker could not start on the main process "
+                              "(its message there says why)")
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"train.log_with: a tracker could not start ({type(error).__name__}: "
+                          f"{first})") from error
+    if not main:
+        return
     for tracker in accelerator.trackers:
         if tracker.name == "wandb":
             tracker.run.define_metric(AXIS)
