@@ -134,7 +134,9 @@ def test_second_bigan_train_on_a_live_run_is_refused_and_a_restart_after_sigkill
         assert "started 20" in lines[0]
         assert first.poll() is None  # the first job is untouched and still training
         _kill(first)
-        step = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-0*[0-9]"))
+        # Finished checkpoints only: the SIGKILL may leave a save's temporary folder behind
+        # (step-00000018.tmp...), which resume skips and this count must too.
+        step = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*") if p.name[5:].isdigit())
         restart = _bigan_train(config, "--resume", "auto", f"train.steps={step + 2}",
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = restart.communicate(timeout=300)

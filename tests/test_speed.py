@@ -288,14 +288,16 @@ def test_without_spectral_norm_one_d_call_ends_on_the_two_call_paths_weights(los
     """No power iteration, so the same math. Without spectral norm a few of G's gradients here
     are ~1e-4, and at eps 1e-4 Adam turns their round-off (one batch of 8 sums its products in
     another order than two of 4) into steps 1e-4 apart on a dozen of 9216 entries; at eps 1e-3
-    the paths agree to 0.5% of the tolerance, against whole lr steps (2e-4) for a wrong pairing."""
+    the paths agree to 0.5% of the tolerance, against whole lr steps (2e-4) for a wrong pairing.
+    With 2 threads (make test) one of 2048 entries of a layer ended 2.6e-5 apart: atol 5e-5 stays
+    4x below a wrong pairing's step."""
     model, optim = replace(MODEL, spectral_norm=False), replace(OPTIM, eps=1e-3)
     joint = _train(ONE_CALL, loss, model=model, optim=optim)
     two_calls = _train(TWO_CALLS, loss, model=model, optim=optim)
     start = _train(ONE_CALL, loss, steps=0, model=model, optim=optim)
     assert any(not torch.equal(joint[k], start[k]) for k in joint)
     for k in joint:
-        torch.testing.assert_close(joint[k], two_calls[k], rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(joint[k], two_calls[k], rtol=1e-4, atol=5e-5)
 
 
 def _d_calls_per_d_update(model: ModelConfig, d_call: str) -> int:
