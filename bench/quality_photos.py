@@ -21,7 +21,8 @@ Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in
 - `r3gan`: bigan's best recipe without projection (the low-data bench): DiffAugment
   (translation) with R3GAN's objective (relativistic pairing, R1 + R2 at gamma 1), 1 D step.
 - `projected`: the projected discriminator (bigan/models/projected.py) at 64 px input, with
-  Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step.
+  Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step, batch
+  norm in the heads (without it G lost z and class within 100 steps on Imagenette).
 - `progan`: Progressive GAN 4 -> 128 px (`--dataset imagenette128`), the paper's recipe at CPU
   widths (PROGAN below); a grid every 250 G steps and a checkpoint per phase.
 
@@ -68,7 +69,8 @@ VARIANTS = {
     "biggan": ["loss.kind=hinge", "optim.d_steps=4"],
     "r3gan": ["loss.kind=rpgan", "loss.penalty=r1+r2", "loss.penalty_weight=1.0", "optim.d_steps=1",
               "augment.kind=diffaugment", "augment.policy=translation"],
-    "projected": ["model.d_arch=projected", "model.projected_res=64", "loss.kind=hinge", "optim.d_steps=1",
+    "projected": ["model.d_arch=projected", "model.projected_res=64", "model.projected_batch_norm=true",
+                  "loss.kind=hinge", "optim.d_steps=1",
                   "augment.kind=diffaugment", "augment.policy=color,translation,cutout"],
 }
 # ProGAN 4 -> 128 px (its own G and D, not the BigGAN above): the paper's loss (WGAN-GP + drift),

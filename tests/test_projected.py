@@ -87,9 +87,10 @@ def _weights(ckpt):
 
 
 @pytest.mark.slow
-def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path, batch_norm):
     extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1",
-             "loss.penalty_weight": 1.0}
+             "loss.penalty_weight": 1.0, "model.projected_batch_norm": str(batch_norm).lower()}
     straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
 
     class StopAt2(TrainHooks):
@@ -100,6 +101,7 @@ def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identica
     resumed = train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), resume="auto")
     a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
     assert all(k.startswith("heads.") for k in a["D"])
+    assert any(k.endswith("running_mean") for k in a["D"]) == batch_norm
     for model in a:
         assert a[model].keys() == b[model].keys()
         for key in a[model]:
@@ -109,6 +111,27 @@ def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identica
     opt = torch.load(straight.last_checkpoint / "opt_D.pt", weights_only=True)
     assert len(opt["state"]) == len(list(D.parameters()))  # Adam holds the heads' state only
     D.load_state_dict(a["D"])  # strict: the checkpoint is exactly the trainable heads
+
+
+def test_batch_norm_heads_make_D_score_real_and_fake_apart_and_leave_the_frozen_network_alone():
+    from bigan.train.step import mixes_samples
+
+    torch.manual_seed(0)
+    _, plain = models.build(CFG)
+    _, D = models.build(ModelConfig(**{**CFG.__dict__, "projected_batch_norm": True}))
+    norms = [m for m in D.heads.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == sum(isinstance(m, torch.nn.Conv2d) for h in D.heads for m in h.body.modules())
+    assert not mixes_samples(plain.train()) and mixes_samples(D.train())
+    assert not D.projector.training  # ImageNet's statistics in the pretrained network, always
+    x, y = torch.rand(8, 3, 32, 32) * 2 - 1, torch.arange(8) % 4
+    alone = D(x[:4], y[:4])
+    assert not torch.allclose(alone, D(x, y)[:4])  # a logit depends on the rest of its batch
+    before = _frozen(D)
+    D(x, y).sum().backward()
+    assert all(torch.equal(v, D.projector.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is not None for n in norms for p in (n.weight, n.bias))
+    D.eval()
+    assert torch.allclose(D(x[:4], y[:4]), D(x, y)[:4], atol=1e-6)  # running statistics: per sample
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):

@@ -12,8 +12,12 @@ conditional heads do.
 Where it departs from the paper, and why:
 - The images are resized to `model.projected_res` (paper: 224) before the feature network: on a
   CPU 224 px costs 12x what 64 px does, and the features at 64 px still carry ImageNet's shapes.
-- The heads have no batch norm: every D in this project is per-sample (the models' contract), so
-  D's output never depends on the rest of the batch; spectral norm bounds them instead.
+- The heads' batch norm (the paper's DownBlock: conv, BN, LeakyReLU) is an option,
+  `model.projected_batch_norm`, off by default only so that checkpoints written before it
+  resume. Use it: without it G lost z and class within 100 steps on Imagenette (every sample one
+  image), with it G kept its variety (docs/training.md). With it a logit depends on the rest of
+  its batch, so the trainer scores real and fake in separate calls (`train.step.mixes_samples`),
+  and several workers share the global batch's statistics (`train.parallel`'s cross-replica BN).
 - D returns one logit per image: the mean over the heads of the mean over positions, so every
   loss and penalty of `bigan.losses` applies unchanged (the paper applies the loss per patch).
 
@@ -127,8 +131,8 @@ class FrozenProjector(nn.Module):
 
 
 class Head(nn.Module):
-    """One scale's discriminator: spectral-normalised 4x4 stride-2 convs with LeakyReLU(0.2) down
-    to 4x4, a 1x1 conv to `cmap_dim`, then per position <h, embed(y)> / sqrt(cmap_dim), the
+    """One scale's discriminator: spectral-normalised 4x4 stride-2 convs [batch norm] with
+    LeakyReLU(0.2) down to 4x4, a 1x1 conv to `cmap_dim`, then per position <h, embed(y)> / sqrt(cmap_dim), the
     paper's conditional head (its SingleDiscCond); the mean over positions.
 
     Pure projection, with no unconditional term beside it: with one, D separated real from fake
@@ -140,7 +144,8 @@ class Head(nn.Module):
         sn = dict(use_sn=cfg.spectral_norm, sn_eps=cfg.sn_eps)
         layers, ch = [], in_ch
         while side > HEAD_END:
-            layers += [snconv2d(ch, width, 4, stride=2, padding=1, **sn), nn.LeakyReLU(0.2)]
+            layers += [snconv2d(ch, width, 4, stride=2, padding=1, **sn),
+                       *([nn.BatchNorm2d(width)] if cfg.projected_batch_norm else []), nn.LeakyReLU(0.2)]
             ch, side = width, side // 2
         self.body = nn.Sequential(*layers)
         self.to_cmap = snconv2d(ch, cmap_dim, 1, **sn)
@@ -154,8 +159,8 @@ class Head(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """forward(x: [N, C, res, res] in [-1, 1], y: long [N]) -> logits [N]; per-sample.
-    Grayscale (C = 1) images are repeated to RGB for the pretrained network."""
+    """forward(x: [N, C, res, res] in [-1, 1], y: long [N]) -> logits [N]; per-sample unless the
+    heads have batch norm (in training mode). Grayscale (C = 1) images are repeated to RGB for the pretrained network."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

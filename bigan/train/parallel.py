@@ -137,9 +137,11 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        # Through the Function itself, not a bare all_reduce, so that the backward is differentiable:
+        # R1/R2 differentiate D's input gradient again (create_graph), and with batch norms in D
+        # (the projected D's heads) a bare all_reduce there cut the other ranks' share of that
+        # second derivative (D's weights 1e-3 apart from one process after one step; now 1e-7).
+        return _AllReduceSum.apply(grad)
 
 
 def convert_cross_replica_bn(module: nn.Module) -> nn.Module:
