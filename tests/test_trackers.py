@@ -1,7 +1,8 @@
 """Experiment trackers (`bigan/train/trackers.py`), tested for real: short training runs log to a
 local MLflow file store and to W&B in offline mode, and the test reads back what each tracker
-stored. The run is made to diverge after logging step 6 and rolls back to step 4
-(`recovery:`), so its steps go back (5, 6 again): W&B given those steps drops the repeats
+stored. A run stopped and resumed goes on in the same tracker run (RUN/trackers.json). The run
+is made to diverge after logging step 6 and rolls back to step 4 (`recovery:`), so its steps go
+back (5, 6 again): W&B given those steps drops the repeats
 ("Steps must be monotonically increasing"; passing `step=step` to W&B makes
 `test_a_run_whose_steps_go_back_keeps_every_record[wandb]` fail with steps 5 and 6 missing).
 Skipped, with the reason, where the `trackers` extra is not installed."""
@@ -9,6 +10,7 @@ Skipped, with the reason, where the `trackers` extra is not installed."""
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bigan.config import ConfigError, load_config
+from bigan.train.hooks import TrainHooks
 from bigan.train.trainer import train
 from tests.helpers import ROOT, steps_kimg, tiny_overrides
 from tests.test_recovery import _poison  # makes G's update at a step put inf into G
@@ -36,39 +39,61 @@ def _metrics_jsonl(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
 
 
-def _mlflow_history(store: Path, run: Path, key: str) -> list[tuple[int, float]]:
+def _mlflow_run(store: Path, run: Path):
+    """The one MLflow run of the experiment named for the run directory."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=store.as_uri())
     (found,) = client.search_runs([client.get_experiment_by_name(run.name).experiment_id])
-    history = sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: m.timestamp)
-    return [(m.step, m.value) for m in history]
+    return found
+
+
+def _mlflow_history(store: Path, run: Path, key: str) -> list[tuple[int, float]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store.as_uri())
+    history = client.get_metric_history(_mlflow_run(store, run).info.run_id, key)
+    return [(m.step, m.value) for m in sorted(history, key=lambda m: m.timestamp)]
 
 
 def _wandb_history(run: Path) -> list[dict]:
-    """The history records of the offline W&B run under RUN/wandb, in the order logged, once the
-    file ends in its `exit` record: W&B's core process writes the file and may still be flushing
-    its last block when `finish()` has returned (seen: the one history record of a 2-step run
-    missing about one read in three), so this polls, with a deadline."""
-    deadline = time.monotonic() + 60
-    while True:
-        records = _wandb_records(run)
-        if records and records[-1].WhichOneof("record_type") == "exit":
-            break
-        assert time.monotonic() < deadline, "the W&B run file has no exit record after 60 s"
-        time.sleep(0.2)
+    """The history records of the one offline W&B run file under RUN/wandb, in the order logged."""
+    (path,) = _wandb_files(run)
+    return _history(_wandb_finished(path))
+
+
+def _wandb_files(run: Path) -> list[Path]:
+    """The offline W&B run files under RUN/wandb, oldest first (one per start: offline, a resumed
+    run writes a new file, under the same run id)."""
+    return sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def _history(records: list) -> list[dict]:
     return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
             for r in records if r.WhichOneof("record_type") == "history"]
 
 
-def _wandb_records(run: Path) -> list:
-    """The records of the offline W&B run file under RUN/wandb. The .wandb file is LevelDB's log
+def _wandb_finished(path: Path) -> list:
+    """The records of the W&B run file `path` once it ends in its `exit` record: W&B's core
+    process writes the file and may still be flushing its last block when `finish()` has
+    returned (seen: the one history record of a 2-step run missing about one read in three),
+    so this polls, with a deadline."""
+    deadline = time.monotonic() + 60
+    while True:
+        records = _wandb_records(path)
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, "the W&B run file has no exit record after 60 s"
+        time.sleep(0.2)
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of the offline W&B run file `path`. The .wandb file is LevelDB's log
     format (32 KiB blocks of records, each with a 7-byte header: crc32, length, kind 1 full /
     2 first / 3 middle / 4 last) after a 7-byte file header; W&B's Python package no longer ships
     a reader (its Go core reads it). A record cut short at the end is left out."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
     data, block = path.read_bytes(), 32768
     assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a W&B transaction log"
     pos, chunks, out = 7, b"", []
@@ -122,6 +147,63 @@ def test_a_run_whose_steps_go_back_keeps_every_record(tracker, tracker_env, tmp_
         assert value == pytest.approx(final[step]["loss/D"], rel=1e-6)
     # the x axis goes back with the rollback: kimg of steps 5, 6 twice
     assert [k for _, k in kimg] == [pytest.approx(steps_kimg(s)) for s in LOGGED]
+
+
+class _StopAt(TrainHooks):
+    def __init__(self, step: int):
+        self.step = step
+
+    def should_stop(self, step: int) -> bool:
+        return step == self.step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_a_resumed_run_continues_its_tracker_run(tracker, tracker_env, tmp_path):
+    """Stopped at step 2 of 4, then resumed with train.steps raised to 6 (a changed param, which
+    MLflow refuses to log again): one tracker run holds the steps from before and after."""
+    pytest.importorskip(tracker, reason=f"{tracker} is not installed (the `trackers` extra)")
+    run, extra = tmp_path / "run", {"train.log_with": f"[{tracker}]"}  # logs every 2 steps
+    assert train(load_config(None, tiny_overrides(run, **extra)), _StopAt(2)).step == 2
+    ids = json.loads((run / "trackers.json").read_text())
+    assert list(ids) == [tracker]
+    resumed = load_config(None, tiny_overrides(run, **extra, **{"train.steps": 6}))
+    assert train(resumed, resume="auto").step == 6
+    assert json.loads((run / "trackers.json").read_text()) == ids
+    if tracker == "mlflow":
+        found = _mlflow_run(tracker_env, run)  # the only run of the experiment
+        assert found.info.run_id == ids["mlflow"] and found.info.status == "FINISHED"
+        assert [s for s, _ in _mlflow_history(tracker_env, run, "loss/D")] == [2, 4, 6]
+        assert "'steps': 4," in found.data.params["train"]  # MLflow keeps a param's first value
+    else:
+        files = _wandb_files(run)
+        assert len(files) == 2  # offline, each start writes a file: both of the one run id
+        records = [_wandb_finished(path) for path in files]
+        assert [r.run.run_id for f in records for r in f
+                if r.WhichOneof("record_type") == "run"] == [ids["wandb"]] * 2
+        assert [[h["train/step"] for h in _history(f) if "loss/D" in h] for f in records] == [
+            [2], [4, 6]]
+
+
+def test_a_resume_whose_mlflow_run_is_gone_logs_to_a_new_run(tracker_env, tmp_path, caplog,
+                                                             monkeypatch):
+    """The resume finds an empty MLflow store (wiped, or MLFLOW_TRACKING_URI changed): a one-line
+    warning, and the resumed steps go to a new MLflow run, recorded in RUN/trackers.json for the
+    next resume. (The store is a new directory: MLflow caches the file store of a URI, which
+    fails on its directory removed under it, as no new process would.)"""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (the `trackers` extra)")
+    run, extra = tmp_path / "run", {"train.log_with": "[mlflow]"}
+    train(load_config(None, tiny_overrides(run, **extra, **{"train.steps": 2})))
+    old = json.loads((run / "trackers.json").read_text())["mlflow"]
+    store = tmp_path / "mlruns-new"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    with caplog.at_level(logging.WARNING, logger="bigan.train.trackers"):
+        assert train(load_config(None, tiny_overrides(run, **extra)), resume="auto").step == 4
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "bigan.train.trackers"]
+    assert old in warning and "new MLflow run" in warning and "\n" not in warning
+    new = json.loads((run / "trackers.json").read_text())["mlflow"]
+    assert new != old and _mlflow_run(store, run).info.run_id == new
+    assert [s for s, _ in _mlflow_history(store, run, "loss/D")] == [4]
 
 
 def test_wandb_plots_every_metric_against_kimg(tracker_env, tmp_path):

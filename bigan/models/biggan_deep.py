@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
-from bigan.layers import SelfAttention, fold_pays, sn_embedding, snconv2d, snlinear, upsample_conv3x3
+from bigan.layers import SelfAttention, add_upsampled, fold_pays, sn_embedding, snconv2d, snlinear, upsample_conv3x3
 
 BOTTOM = 4  # G's initial side in pixels
 # D pair i halves the side unless it is the last pair at 32 px (BigGAN-PyTorch D_arch[32]).
@@ -167,7 +167,8 @@ class GBlock(nn.Module):
             else self.conv2(self._up(h))
         h = self.conv3(F.relu(self.bn3(h, c, w)))
         h = self.conv4(F.relu(self.bn4(h, c, w)))
-        return h + self._up(x[:, :self.out_ch])
+        # The shortcut added to each 2x2 cell without an upsampled copy (layers.add_upsampled).
+        return add_upsampled(h, x[:, :self.out_ch]) if self.upsample else h + x[:, :self.out_ch]
 
 
 class Generator(nn.Module):
