@@ -90,7 +90,7 @@ def serve(cfg: ServeConfig) -> None:
     app = build_app(cfg)  # fails here, before binding, for a bad model file
     # Without a graceful-shutdown bound uvicorn waits on SIGTERM for every open request, however
     # slowly its client sends; after it, open requests are cancelled and the process exits.
-    options = dict(host=cfg.host, port=cfg.port, log_level="info",
+    options = dict(host=cfg.host, port=cfg.port, log_level="info", access_log=cfg.access_log,
                    timeout_graceful_shutdown=cfg.shutdown_timeout_s,
                    http=GuardedHttpToolsProtocol)  # header deadline, connection cap
     os.environ[CONFIG_ENV] = cfg.to_json()  # the protocol's bounds, here and in every worker

@@ -142,6 +142,29 @@ def test_png_and_json_bodies_are_encoded_off_the_event_loop(client, monkeypatch)
     assert on_loop == {"grid_png": False, "base64_pngs": False, "npy_bytes": True}
 
 
+def test_npy_bodies_are_the_files_np_save_writes():
+    """npy_bytes keeps each shape's header after its first np.save: later bodies (a cached
+    header plus the raw bytes) are byte for byte np.save's, for other shapes and dtypes too, and
+    arrays that are not C-ordered still go through np.save."""
+    from serving.transports import images
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (n, 8, 6, 3), dtype=np.uint8) for n in (1, 2, 1, 2, 64)]
+    arrays += [rng.random((3, 4), dtype=np.float32), np.zeros((0, 5, 5, 3), np.uint8),
+               rng.integers(0, 256, (4, 5, 3), dtype=np.uint8).transpose(1, 0, 2),  # strided
+               np.asfortranarray(rng.integers(0, 256, (5, 4), dtype=np.uint8)),
+               np.zeros(2, "V8"), np.zeros(2, [("a", "<i4"), ("b", "<i4")]),  # both "|V8"
+               np.zeros(2, [("x", "<f4"), ("y", "<f4")]), np.zeros(3, "M8[s]"),
+               np.ones((2, 2), ">f2"), np.ones(3, bool)]
+    for a in arrays * 2:  # the second pass finds every C-ordered shape's header kept
+        expected = io.BytesIO()
+        np.save(expected, a, allow_pickle=False)
+        body = images.npy_bytes(a)
+        assert body == expected.getvalue()
+        assert np.array_equal(np.load(io.BytesIO(body)), a)
+    assert ((1, 8, 6, 3), "|u1") in images._NPY_HEADERS
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"class": "zebra"}, 422, "unknown class name 'zebra'"),
     ({"class": 4}, 422, r"class id 4 is outside 0..3"),
@@ -170,6 +193,68 @@ def test_malformed_json_gets_422(client):
     r = client.post("/v1/generate", content=b'{"class": 0,',
                     headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in json.dumps(r.json())
+
+
+_LEAN_OR_NOT = [  # (body, content type): what /v1/generate gets, plainly valid or not
+    (b'{"class": 1, "n": 2, "seed": 5, "format": "npy"}', "application/json"),
+    (b'{"class": 1, "seed": 5, "format": "npy"}', "application/json"),  # the cache's hit
+    (b'{"class": "1", "n": 1, "seed": 6, "truncation": null, "format": "json"}',
+     "application/json"),
+    (b'{"class": 2, "seed": 7, "truncation": 0.5, "columns": 1, "n": 2}', "application/json"),
+    (b'{"class": 3, "n": 1, "seed": 8, "format": "npy"}', "application/json; charset=utf-8"),
+    (b'{"class": 3, "n": 1, "seed": 8, "format": "npy"}', None),
+    (b'{"class": 3, "n": 1, "seed": 8}', "text/plain"),
+    (b'{"class": "zebra"}', "application/json"),
+    (b'{"class": 0, "n": 17}', "application/json"),
+    (b'{"class": 0, "truncation": NaN}', "application/json"),
+    (b'{"class": 0, "seed": 1' + b"0" * 5000 + b"}", "application/json"),
+    (b'{"class": true}', "application/json"),
+    (b'{"class": 0, "colour": "red"}', "application/json"),
+    (b'{"class": 0,', "application/json"),
+    (b'[{"class": 0}]', "application/json"),
+    (b"", "application/json"),
+    (b'\xff{"class": 0}', "application/json"),
+]
+
+
+def test_the_lean_generate_path_answers_as_fastapis_handler_does(tiny_onnx, monkeypatch):
+    """/v1/generate's plainly valid requests skip FastAPI's dependency solving
+    (`v1.GenerateRoute`); every request, valid or not, gets the same status, headers, body and
+    metrics as through FastAPI's handler alone."""
+    from serving.transports import json_body, v1
+
+    lean = []
+
+    async def spied(request, schema):
+        lean.append(await json_body.schema_valid_body(request, schema) is not None)
+        return None if forced_full else (await json_body.schema_valid_body(request, schema))
+
+    monkeypatch.setattr(v1, "schema_valid_body", spied)
+    answers, metrics = {}, {}
+    for forced_full in (True, False):
+        lean.clear()
+        engine = Engine(tiny_onnx, EngineConfig(max_batch=8, max_wait_ms=1))
+        with TestClient(create_app(engine, max_images=16)) as c:
+            got = []
+            for body, content_type in _LEAN_OR_NOT:
+                headers = {} if content_type is None else {"content-type": content_type}
+                r = c.post("/v1/generate", content=body, headers=headers)
+                assert r.status_code < 500, r.text
+                got.append((r.status_code, dict(r.headers), r.content))
+            answers[forced_full] = got
+            metrics[forced_full] = [line for line in c.get("/metrics").text.splitlines()
+                                    if line.startswith(("bigan_http_requests_total",
+                                                        "bigan_cache_", "bigan_images_",
+                                                        "nv_inference_count",
+                                                        "nv_inference_request_success"))
+                                    and "_created" not in line]  # when the series began
+        # Schema-valid JSON under exactly application/json takes the lean path (an unknown
+        # class and n above the limit too: the endpoint refuses those); the rest FastAPI reads.
+        assert lean == [True] * 4 + [False] * 3 + [True] * 2 + [False] * 8
+    assert answers[False] == answers[True]
+    # without a JSON content type FastAPI reads no JSON (422); bytes that are not UTF-8: 400
+    assert [a[0] for a in answers[False]] == [200] * 5 + [422] * 11 + [400]
+    assert metrics[False] == metrics[True] and metrics[False]
 
 
 def test_a_full_queue_answers_503_with_retry_after(client, monkeypatch):

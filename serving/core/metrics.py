@@ -138,6 +138,8 @@ class ServingMetrics:
         self.images = Counter("bigan_images_generated_total", "images generated", ["model"],
                               registry=r)
         self.triton = TritonCounters()
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._run_children: dict[str, tuple[Any, Any, Any]] = {}
 
     def track_cache(self, cache) -> None:
         """Counters and gauges of a `serving.core.cache.ResponseCache`."""
@@ -169,9 +171,14 @@ class ServingMetrics:
     def observe_run(self, model: str, version: str, requests: int, images: int, seconds: float,
                     queued_s: float) -> None:
         """One successful generator run answering `requests` requests (the batcher's hook)."""
-        self.batch_images.labels(model).observe(images)
-        self.batch_seconds.labels(model).observe(seconds)
-        self.images.labels(model).inc(images)
+        children = self._run_children.get(model)
+        if children is None:  # kept, as observe_request keeps its own
+            children = self._run_children[model] = (self.batch_images.labels(model),
+                                                    self.batch_seconds.labels(model),
+                                                    self.images.labels(model))
+        children[0].observe(images)
+        children[1].observe(seconds)
+        children[2].inc(images)
         self.triton.add(model, version, nv_inference_count=images, nv_inference_exec_count=1,
                         nv_inference_queue_duration_us=queued_s,
                         nv_inference_compute_infer_duration_us=seconds * requests)
@@ -185,9 +192,17 @@ class ServingMetrics:
             self.triton.add(model, version, nv_inference_request_failure=1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The labelled children are kept: `labels()` builds and looks its key up under a lock,
+        # twice a request, on the event loop. The key's values are bounded (route templates,
+        # standard methods, statuses), as the metric's own labels are.
         method = method if method in HTTP_METHODS else "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route).observe(seconds)
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)),
+                        self.request_seconds.labels(route))
+            self._request_children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_grpc(self, method: str, code: str, seconds: float) -> None:
         self.grpc_requests.labels(method, code).inc()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 
 _CHUNK = 4000  # digits converted at a time, under Python's 4,300-digit limit
 _SHOWN_BITS = 64  # integers larger than int64 are described by their length, not written out
@@ -72,7 +73,22 @@ def huge_integer_at(value: Any, where: str = "") -> str | None:
     return None
 
 
-class _JsonRequest(Request):
+class JsonRequest(Request):
+    """A Request whose JSON is read with `loads`. A failed body read (413 from the body limit,
+    408 from the deadline, a client gone) is kept and raised again by every later read, so a lean
+    path that read first (`schema_valid_body`) and FastAPI's handler after it see one outcome."""
+
+    _read_error: Exception | None = None
+
+    async def body(self) -> bytes:
+        if self._read_error is not None:
+            raise self._read_error
+        try:
+            return await super().body()
+        except Exception as e:
+            self._read_error = e
+            raise
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             self._json = loads(await self.body())[0]
@@ -87,6 +103,28 @@ class JsonBodyRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def read_with_long_integers(request: Request) -> Response:
-            return await handler(_JsonRequest(request.scope, request.receive))
+            return await handler(JsonRequest(request.scope, request.receive))
 
         return read_with_long_integers
+
+
+async def schema_valid_body(request: JsonRequest, schema: type[BaseModel]) -> BaseModel | None:
+    """The body as `schema` when FastAPI would read it so without a word: a non-empty JSON
+    object under `Content-Type: application/json` that passes the schema, validated as FastAPI
+    validates a lone body model. None for anything else, errors included: the caller then hands
+    the same request (its body and parse kept) to FastAPI's handler, which answers as it always
+    did. This skips only FastAPI's per-request dependency solving for the common request."""
+    if request.headers.get("content-type") != "application/json":
+        return None  # FastAPI's content-type rules (charset, +json, none) stay FastAPI's
+    try:
+        if not await request.body():
+            return None
+        value = await request.json()
+    except Exception:  # the handler reads the same body (or error) again and answers it
+        return None
+    if not isinstance(value, dict):
+        return None
+    try:
+        return schema.model_validate(value, from_attributes=True)
+    except ValidationError:
+        return None

@@ -15,11 +15,12 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from bigan import sampling
@@ -29,7 +30,8 @@ from serving.core.engine import Engine
 from serving.core.repository import ModelRepository
 from serving.transports import images as encode
 from serving.transports.errors import BadRequest, shorten
-from serving.transports.json_body import JsonBodyRoute, describe_int
+from serving.transports.json_body import (JsonBodyRoute, JsonRequest, describe_int,
+                                          schema_valid_body)
 from serving.transports.server_state import ServerState, server_state
 
 MAX_SEED = 2**63 - 1
@@ -77,11 +79,37 @@ class InterpolateRequest(ModelClassRequest):
         "png", description="png: one row; npy: uint8 [steps, H, W, C]; json: base64 PNGs + t")
 
 
-@router.post("/v1/generate", response_class=Response, responses=_IMAGE_RESPONSES)
-async def generate(req: GenerateRequest, state: ServerState = Depends(server_state)):
+class GenerateRoute(JsonBodyRoute):
+    """/v1/generate's route: a request whose body is plainly valid (`schema_valid_body`) goes
+    straight to `generate`; any other goes through FastAPI's handler, which answers it (and its
+    errors) as before. At one client every event-loop millisecond beside the ~8 ms generator run
+    lowers throughput: without this path the loop spent ~0.13 ms more a request (1.22 against
+    1.07 ms, one-image npy requests, one core)."""
+
+    def get_route_handler(self) -> Callable:
+        full = APIRoute.get_route_handler(self)  # FastAPI's; takes the JsonRequest as it is
+
+        async def lean_or_full(request: Request) -> Response:
+            request = JsonRequest(request.scope, request.receive)
+            req = await schema_valid_body(request, GenerateRequest)
+            if req is None:
+                return await full(request)
+            return await generate(req, request)
+
+        return lean_or_full
+
+
+async def generate(req: GenerateRequest, request: Request):
+    # The state straight from the app, not `Depends(server_state)`: a dependency is one more
+    # pass of FastAPI's solver per request on the full path.
+    state: ServerState = request.app.state.server
     _check_model_named(state.repository, req.model)
     with state.repository.use(req.model, req.version) as engine:  # a reload waits for this
         return await _generate(req, engine, state)
+
+
+router.add_api_route("/v1/generate", generate, methods=["POST"], response_class=Response,
+                     responses=_IMAGE_RESPONSES, route_class_override=GenerateRoute)
 
 
 async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) -> Response:
