@@ -217,9 +217,10 @@ def score_all(out: Path, dataset: str, n_domain: int = N_DOMAIN, n_inception: in
     # Equal CPU: every run also at the last checkpoint that all of them reached in CPU time.
     common = min((r["cpu_sec"] for r in rows), default=0.0)
     for r in rows:
-        r["at_common"] = [p for p in r["curve"] if p["cpu_sec"] <= common * 1.02][-1]
+        # None while a run's first checkpoint is past another run's last (scoring runs in progress).
+        r["at_common"] = ([p for p in r["curve"] if p["cpu_sec"] <= common * 1.02] or [None])[-1]
         for key, point in (("inception", r["last"]), ("inception_at_common", r["at_common"])):
-            r[key] = inception_at(Path(r["run"]), point["step"], reference, cache, n_inception)
+            r[key] = point and inception_at(Path(r["run"]), point["step"], reference, cache, n_inception)
     result = {"dataset": dataset, "reference": str(reference), "classifier": clf_report, "rows": rows,
               "common_cpu_sec": common,
               "curves_png": str(curves_png(rows, out / f"photos-{dataset}-curves.png", dataset)),
@@ -238,7 +239,7 @@ def print_table(result: dict) -> None:
           f"{'P':>5s} {'R':>5s} {'acc':>5s} {'Inc FID':>8s} {'(r-v-r)':>7s} {'KID':>7s} {'copies':>6s}")
     nan = float("nan")
     for at, point_key, inc_key in (("last", "last", "inception"), ("equal", "at_common", "inception_at_common")):
-        for r in result["rows"]:
+        for r in (r for r in result["rows"] if r[point_key] is not None):
             p, inc = r[point_key], r[inc_key] or {}
             print(f"{r['variant']:12s} {r['seed']:4d} {at:>6s} {p['cpu_sec'] / 3600:6.2f} {p['step']:6d} "
                   f"{p['fid']:7.3f} {p['real_vs_real']['fid']:7.3f} {p['precision']:5.3f} {p['recall']:5.3f} "

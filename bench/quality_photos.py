@@ -22,7 +22,8 @@ Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in
   (translation) with R3GAN's objective (relativistic pairing, R1 + R2 at gamma 1), 1 D step.
 - `projected`: the projected discriminator (bigan/models/projected.py) at 64 px input, with
   Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step, batch
-  norm in the heads (without it G lost z and class within 100 steps on Imagenette).
+  norm in the heads (without it G lost z and class within 100 steps on Imagenette; with it
+  within about 600).
 - `progan`: Progressive GAN 4 -> 128 px (`--dataset imagenette128`), the paper's recipe at CPU
   widths (PROGAN below); a grid every 250 G steps and a checkpoint per phase.
 

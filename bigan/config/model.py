@@ -42,7 +42,7 @@ class ModelConfig:
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
     d_arch: str = "native"  # native (the arch's own D) | projected (frozen EfficientNet-Lite0 features, Sauer et al. 2021; the `projected` extra)
     projected_res: int = 224  # projected D: side the images are resized to for the pretrained network (paper: 224; a power of two >= 32 or 224)
-    projected_batch_norm: bool = False  # projected D: batch norm after each head conv, as the paper's heads; true is recommended (without it G collapsed on Imagenette; docs/training.md) and makes D score real and fake in separate calls; false by default so that checkpoints written before it resume
+    projected_batch_norm: bool = False  # projected D: batch norm after each head conv, as the paper's heads; on Imagenette it delayed G's collapse about sixfold (docs/training.md) and makes D score real and fake in separate calls; false by default so that checkpoints written before it resume
     hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block); biggan-deep always feeds all of z
     spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration

@@ -14,8 +14,8 @@ Where it departs from the paper, and why:
   CPU 224 px costs 12x what 64 px does, and the features at 64 px still carry ImageNet's shapes.
 - The heads' batch norm (the paper's DownBlock: conv, BN, LeakyReLU) is an option,
   `model.projected_batch_norm`, off by default only so that checkpoints written before it
-  resume. Use it: without it G lost z and class within 100 steps on Imagenette (every sample one
-  image), with it G kept its variety (docs/training.md). With it a logit depends on the rest of
+  resume. Without it G lost z and class within 100 steps on Imagenette (every sample one image);
+  with it the same collapse came about six times later (docs/training.md). With it a logit depends on the rest of
   its batch, so the trainer scores real and fake in separate calls (`train.step.mixes_samples`),
   and several workers share the global batch's statistics (`train.parallel`'s cross-replica BN).
 - D returns one logit per image: the mean over the heads of the mean over positions, so every
