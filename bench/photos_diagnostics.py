@@ -1,6 +1,7 @@
 """Two measurements of a GAN's collapse, per checkpoint of runs of `bench/quality_photos.py`:
 
     python bench/photos_diagnostics.py bench/results/photos/data/imagenette-64 RUN_DIR [RUN_DIR ...]
+        [--panel OUT.png]   # also: each checkpoint's class grid, labelled with its step and spread
 
 - **spread**: within a class, the mean pairwise L2 distance of 16 generated images (seeds 0-15,
   EMA G, 32 px, values in [0, 1]) over the same for 16 real images of that class, averaged over
@@ -77,10 +78,32 @@ def low_pass_share(ckpt: Path) -> tuple[float, float]:
     return share, float(cos.mean())
 
 
+def grids_side_by_side(panels: list[tuple[str, Path]], path: Path, per_class: int = 6) -> Path:
+    """A class grid (a row per class, `per_class` seeds) of each checkpoint, labelled, in a row."""
+    import tempfile
+
+    from PIL import Image, ImageDraw
+
+    from bench.photos_progan import save_in_a_row
+    from bigan.eval.evaluate import class_grid_png
+
+    label, images = 16, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (text, ckpt) in enumerate(panels):
+            im = Image.open(class_grid_png(open_sampler(ckpt), Path(tmp) / f"{i}.png",
+                                           per_class=per_class)).convert("RGB")
+            panel = Image.new("RGB", (im.width, im.height + label), "white")
+            panel.paste(im, (0, label))
+            ImageDraw.Draw(panel).text((2, 2), text, fill="black")
+            images.append(panel)
+    return save_in_a_row(images, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shards", type=Path, help="the training shards (real images per class)")
     parser.add_argument("runs", type=Path, nargs="+", help="run directories of quality_photos.py")
+    parser.add_argument("--panel", type=Path, help="also write every checkpoint's class grid here")
     args = parser.parse_args()
     from bench.photos_scoring import read_resolution
 
@@ -88,12 +111,16 @@ def main() -> int:
     real_per_class = float(np.mean([mean_pairwise_distance(_small(real[labels == c][:PER_CLASS]))
                                     for c in range(len(names))]))
     print(f"{'run':34s} {'step':>6s} {'spread':>7s} {'low-pass':>9s} {'cos':>6s}")
+    panels = []
     for run in args.runs:
         for ckpt in list_checkpoints(run / "checkpoints"):
             s = spread(open_sampler(ckpt), real_per_class, len(names))
             share, cos = low_pass_share(ckpt)
-            print(f"{run.name:34s} {int(ckpt.name.split('-')[1]):6d} {s:7.3f} {share:9.3f} {cos:6.3f}",
-                  flush=True)
+            step = int(ckpt.name.split('-')[1])
+            print(f"{run.name:34s} {step:6d} {s:7.3f} {share:9.3f} {cos:6.3f}", flush=True)
+            panels.append((f"step {step}: spread {s:.2f}", ckpt))
+    if args.panel:
+        print(grids_side_by_side(panels, args.panel))
     return 0
 
 

@@ -118,7 +118,13 @@ def phase_grids_png(ckpts: dict[int, Path], path: Path) -> Path:
             r, c = divmod(i, PHASE_GRID_PER_CLASS)
             panel.paste(tile, (c * DISPLAY_SIDE, 16 + r * DISPLAY_SIDE))
         panels.append(panel)
-    gap = 8
+    return save_in_a_row(panels, path)
+
+
+def save_in_a_row(panels: list, path: Path, gap: int = 8) -> Path:
+    """PIL images side by side, top-aligned, `gap` white pixels apart, as one PNG at `path`."""
+    from PIL import Image
+
     out = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1),
                             max(p.height for p in panels)), "white")
     x = 0
@@ -149,7 +155,7 @@ def last_panels_side_by_side(grids: list[tuple[str, Path]], path: Path) -> Path:
     that compare runs at one phase: train each with `--set train.steps=...` ending in it)."""
     from PIL import Image, ImageDraw
 
-    width, gap, label = PHASE_GRID_PER_CLASS * DISPLAY_SIDE, 8, 16
+    width, label = PHASE_GRID_PER_CLASS * DISPLAY_SIDE, 16
     panels = []
     for text, png in grids:
         im = Image.open(png).convert("RGB")
@@ -157,12 +163,7 @@ def last_panels_side_by_side(grids: list[tuple[str, Path]], path: Path) -> Path:
         panel.paste(im.crop((im.width - width, 0, im.width, im.height)), (0, label))
         ImageDraw.Draw(panel).text((2, 2), text, fill="black")
         panels.append(panel)
-    out = Image.new("RGB", (len(panels) * (width + gap) - gap, max(p.height for p in panels)), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * (width + gap), 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path, format="PNG")
-    return path
+    return save_in_a_row(panels, path)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,25 @@ def test_a_progan_run_is_scored_phase_by_phase_against_reals_at_each_phase_side(
     png = Image.open(scores["phase_grids_png"])
     side = photos_progan.DISPLAY_SIDE
     assert png.size == (3 * photos_progan.PHASE_GRID_PER_CLASS * side + 2 * 8, 2 * side + 16)
+
+
+def test_the_spread_is_zero_for_a_generator_that_ignores_z_and_one_for_real_variety():
+    from bench import photos_diagnostics as diag
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (2, diag.PER_CLASS, 32, 32, 3), dtype=np.uint8)  # 2 classes
+    real_d = np.mean([diag.mean_pairwise_distance(diag._small(real[c])) for c in range(2)])
+
+    class Sampler:  # the ImageSampler interface: float NCHW in [-1, 1] for (class, seed) pairs
+        def __init__(self, collapsed: bool):
+            self.collapsed = collapsed
+
+        def images(self, classes, seeds):
+            picks = [real[c][0 if self.collapsed else s] for c, s in zip(classes, seeds)]
+            return np.stack(picks).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
+
+    assert diag.spread(Sampler(collapsed=True), real_d, 2) == 0.0
+    assert diag.spread(Sampler(collapsed=False), real_d, 2) == pytest.approx(1.0, rel=1e-5)
+    import torch
+
+    assert diag.mean_pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
