@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import BIGGAN_D_WIDTHS, BIGGAN_G_WIDTHS, ModelConfig
-from bigan.layers import SelfAttention, add_upsampled, fold_pays, sn_embedding, snconv2d, snlinear, upsample_conv3x3
+from bigan.layers import (SelfAttention, add_upsampled, fold_pays, sn_embedding, snconv2d, snlinear,
+                          upsample_conv3x3)
 
 BOTTOM = 4  # G's initial side in pixels
 # D pair i halves the side unless it is the last pair at 32 px (BigGAN-PyTorch D_arch[32]).

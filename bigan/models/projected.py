@@ -15,9 +15,10 @@ Where it departs from the paper, and why:
 - The heads' batch norm (the paper's DownBlock: conv, BN, LeakyReLU) is an option,
   `model.projected_batch_norm`, off by default only so that checkpoints written before it
   resume. Without it G lost z and class within 100 steps on Imagenette (every sample one image);
-  with it the same collapse came about six times later (docs/training.md). With it a logit depends on the rest of
-  its batch, so the trainer scores real and fake in separate calls (`train.step.mixes_samples`),
-  and several workers share the global batch's statistics (`train.parallel`'s cross-replica BN).
+  with it the same collapse came about six times later (docs/training.md). With it a logit
+  depends on the rest of its batch, so the trainer scores real and fake in separate calls
+  (`train.step.mixes_samples`), and several workers share the global batch's statistics
+  (`train.parallel`'s cross-replica BN).
 - D returns one logit per image: the mean over the heads of the mean over positions, so every
   loss and penalty of `bigan.losses` applies unchanged (the paper applies the loss per patch).
 
@@ -132,8 +133,8 @@ class FrozenProjector(nn.Module):
 
 class Head(nn.Module):
     """One scale's discriminator: spectral-normalised 4x4 stride-2 convs [batch norm] with
-    LeakyReLU(0.2) down to 4x4, a 1x1 conv to `cmap_dim`, then per position <h, embed(y)> / sqrt(cmap_dim), the
-    paper's conditional head (its SingleDiscCond); the mean over positions.
+    LeakyReLU(0.2) down to 4x4, a 1x1 conv to `cmap_dim`, then per position <h, embed(y)> /
+    sqrt(cmap_dim), the paper's conditional head (its SingleDiscCond); the mean over positions.
 
     Pure projection, with no unconditional term beside it: with one, D separated real from fake
     on ImageNet features alone and G ignored its class (CIFAR-10, 1,000 steps: every class row of
@@ -160,7 +161,8 @@ class Head(nn.Module):
 
 class Discriminator(nn.Module):
     """forward(x: [N, C, res, res] in [-1, 1], y: long [N]) -> logits [N]; per-sample unless the
-    heads have batch norm (in training mode). Grayscale (C = 1) images are repeated to RGB for the pretrained network."""
+    heads have batch norm (in training mode). Grayscale (C = 1) images are repeated to RGB for
+    the pretrained network."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
