@@ -117,6 +117,17 @@ class _QueueGauges(Collector):
         yield images
 
 
+def _kept(cache: dict, key, make: Callable[[], tuple]) -> tuple:
+    """The labelled metric children `make()` builds for `key`, built once and kept in `cache`:
+    `labels()` builds and looks its key up under a lock, a few times a request, on the event
+    loop. The keys' values are bounded (model names, route templates, standard methods,
+    statuses), as the metrics' own label sets are."""
+    children = cache.get(key)
+    if children is None:
+        children = cache[key] = make()
+    return children
+
+
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -171,11 +182,9 @@ class ServingMetrics:
     def observe_run(self, model: str, version: str, requests: int, images: int, seconds: float,
                     queued_s: float) -> None:
         """One successful generator run answering `requests` requests (the batcher's hook)."""
-        children = self._run_children.get(model)
-        if children is None:  # kept, as observe_request keeps its own
-            children = self._run_children[model] = (self.batch_images.labels(model),
-                                                    self.batch_seconds.labels(model),
-                                                    self.images.labels(model))
+        children = _kept(self._run_children, model, lambda: (
+            self.batch_images.labels(model), self.batch_seconds.labels(model),
+            self.images.labels(model)))
         children[0].observe(images)
         children[1].observe(seconds)
         children[2].inc(images)
@@ -192,15 +201,9 @@ class ServingMetrics:
             self.triton.add(model, version, nv_inference_request_failure=1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        # The labelled children are kept: `labels()` builds and looks its key up under a lock,
-        # twice a request, on the event loop. The key's values are bounded (route templates,
-        # standard methods, statuses), as the metric's own labels are.
         method = method if method in HTTP_METHODS else "other"
-        children = self._request_children.get((route, method, status))
-        if children is None:
-            children = (self.requests.labels(route, method, str(status)),
-                        self.request_seconds.labels(route))
-            self._request_children[(route, method, status)] = children
+        children = _kept(self._request_children, (route, method, status), lambda: (
+            self.requests.labels(route, method, str(status)), self.request_seconds.labels(route)))
         children[0].inc()
         children[1].observe(seconds)
 
