@@ -10,15 +10,15 @@ way, so a crash at any moment leaves the previous checkpoint and pointer usable.
 
 Sharded writes: `save_checkpoint` is `begin_checkpoint` + `write_part` + `commit_checkpoint`, and
 several writers (the ranks of a training job) may each call `write_part` into the same temporary
-directory with `shard=(rank, world)`, naming their files `<name>-RRRRR-of-WWWWW.<ext>`; one of
-them commits with every writer's file seals. `loading.py` verifies and reads a checkpoint back,
-merging a name's shards into one state dict (or one nested dict of objects), so readers never see
-the sharding and a checkpoint written by W writers loads onto any number of processes. This module knows nothing of the trainer,
-Accelerate or processes: callers hand it state dicts and seals (`checkpoint/sharded.py` runs the
-collective protocol). What may be saved is checked in `checks.py` (which also defines the
-exceptions and the step directory's name, `step_dir_name` and `STEP_DIR`, re-exported here; there
-rather than here because `best.py`, which this module imports, needs the name too); fsync, rename
-and sealing live in `durable.py`.
+directory with `shard=(rank, world)`, naming their files `<name>-RRRRR-of-WWWWW.<ext>`; one of them
+commits with every writer's file seals. `loading.py` verifies and reads a checkpoint back, merging
+a name's shards into one state dict (or one nested dict of objects), so readers never see the
+sharding and a checkpoint written by W writers loads onto any number of processes. This module
+knows nothing of the trainer, Accelerate or processes: callers hand it state dicts and seals
+(`checkpoint/sharded.py` runs the collective protocol). What may be saved is checked in `checks.py`
+(which also defines the exceptions and the step directory's name, `step_dir_name` and `STEP_DIR`,
+re-exported here; there rather than here because `best.py`, which this module imports, needs the
+name too); fsync, rename and sealing live in `durable.py`.
 """
 
 from __future__ import annotations
