@@ -74,6 +74,9 @@ VARIANTS = {
                   "loss.kind=hinge", "optim.d_steps=1",
                   "augment.kind=diffaugment", "augment.policy=color,translation,cutout"],
 }
+# The projected D beside BigGAN's own (Vision-aided GAN, Kumari et al. 2022): each judged by the
+# hinge loss on its own logits, one D step for both.
+VARIANTS["ensemble"] = [*VARIANTS["projected"], "model.d_arch=native+projected"]
 # ProGAN 4 -> 128 px (its own G and D, not the BigGAN above): the paper's loss (WGAN-GP + drift),
 # Adam (0, 0.99) at 1e-3, equalized lr, pixel norm, minibatch std-dev; widths nf = min(64,
 # 512 / 2^stage): 64 up to 16 px, then 32, 16, 8 at 128 px (every resolution then costs about the

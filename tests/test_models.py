@@ -36,6 +36,10 @@ CASES = {
                                          projected_res=64, **TINY),
     "dcgan-64-projected-d-gray": ModelConfig(arch="dcgan", resolution=64, d_arch="projected",
                                              projected_res=64, img_channels=1, **TINY),
+    # Both side by side (bigan/models/ensemble.py): a logit per member, [N, 2].
+    "biggan-32-native-and-projected-d": ModelConfig(arch="biggan", resolution=32,
+                                                    d_arch="native+projected", projected_res=64,
+                                                    projected_batch_norm=True, **TINY),
     "mlp": ModelConfig(arch="mlp", num_classes=4, dim_z=8, mlp_hidden=16, mlp_layers=2),
     "mlp-1-class-3d": ModelConfig(arch="mlp", num_classes=1, dim_z=8, data_dim=3,
                                   mlp_hidden=16, mlp_layers=2, spectral_norm=False),
@@ -97,7 +101,8 @@ def test_shapes_and_attributes(cfg):
         G.train(mode), D.train(mode)
         out = G(z, y)
         assert out.shape == x.shape
-        assert D(out, y).shape == (4,) and D(x, y).shape == (4,)
+        logits = (4,) if cfg.d_arch != "native+projected" else (4, 2)
+        assert D(out, y).shape == logits and D(x, y).shape == logits
     assert G.dim_z == cfg.dim_z and G.num_classes == cfg.num_classes
     if cfg.arch == "mlp":
         assert G.data_dim == cfg.data_dim

@@ -166,18 +166,20 @@ def test_progan_two_processes_through_a_phase_change(tmp_path):
         assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("strategy,batch_norm", [("ddp", False), ("zero2", False), ("ddp", True)])
-def test_projected_d_two_processes_train_like_one(strategy, batch_norm, tmp_path):
+@pytest.mark.parametrize("strategy,batch_norm,d_arch", [("ddp", False, "projected"), ("zero2", False, "projected"),
+                                                        ("ddp", True, "projected"),
+                                                        ("ddp", True, "native+projected")])
+def test_projected_d_two_processes_train_like_one(strategy, batch_norm, d_arch, tmp_path):
     """The projected D (a frozen ImageNet network outside D's parameters) under both data-parallel
     kinds: 2 processes equal 1, and each rank's part of D holds only the trainable heads. With
     batch norms in the heads, their statistics are the global batch's (cross-replica) and the
-    frozen network's stay ImageNet's.
+    frozen network's stay ImageNet's. Beside BigGAN's own D (the ensemble) the same holds.
 
     With the non-saturating loss, not hinge: the projected D separates real from fake within one
     update, so some logits land near hinge's kink at +-1, where a rounding difference (batch 4
     vs 8 through the pretrained convolutions) switches a sample's gradient on or off. Measured:
     hinge 6.4e-4 on D's weights, non-saturating 2.2e-7 (the native D with hinge: 3e-7)."""
-    projected = {"model.d_arch": "projected", "model.projected_res": 64, "model.attention": "[]",
+    projected = {"model.d_arch": d_arch, "model.projected_res": 64, "model.attention": "[]",
                  "train.steps": 2, "augment.kind": "diffaugment", "loss.kind": "nonsaturating",
                  "model.projected_batch_norm": str(batch_norm).lower()}
     one = train(load_config(None, _overrides(tmp_path / "one", **projected))).last_checkpoint
@@ -186,7 +188,8 @@ def test_projected_d_two_processes_train_like_one(strategy, batch_norm, tmp_path
     assert (_manifest(two)["world_size"], _manifest(two)["strategy"]) == (2, strategy)
     _assert_written_by_both_ranks(two)
     d_keys = [k for r in (0, 1) for k in load_file(str(two / f"D-0000{r}-of-00002.safetensors"))]
-    assert d_keys and all(k.startswith("heads.") for k in d_keys)
+    trainable = ("heads.",) if d_arch == "projected" else ("members.0.", "members.1.heads.")
+    assert d_keys and all(k.startswith(trainable) for k in d_keys)
     assert any(k.endswith("running_var") for k in d_keys) == batch_norm
     _assert_close(_weights(one), _weights(two), f"projected D, 2 processes ({strategy}) vs 1")
 

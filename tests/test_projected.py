@@ -1,6 +1,7 @@
 """The projected discriminator (bigan/models/projected.py): its frozen ImageNet network stays out
 of the optimizer, the gradients and the checkpoint, it trains and resumes bit-identically, and a
-missing extra is one line naming it."""
+missing extra is one line naming it. Beside the arch's own D (bigan/models/ensemble.py) each
+member is judged on its own logits."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("model.d_arch", "imagenet", "must be one of native, projected"),
+    ("model.d_arch", "imagenet", "must be one of native, projected, native\\+projected"),
     ("model.projected_res", 48, "multiple of 32"),
     ("model.arch", "progan", "model.arch='progan' is invalid"),
 ])
@@ -159,3 +160,70 @@ def test_bad_projected_settings_are_refused_at_load_time(tmp_path, field, value,
         extra.update({"model.resolution": 32})
     with pytest.raises(ConfigError, match=words):
         load_config(None, tiny_overrides(tmp_path, **extra))
+
+
+ENSEMBLE = ModelConfig(**{**CFG.__dict__, "d_arch": "native+projected"})
+
+
+def test_the_ensemble_scores_each_sample_once_per_member_and_keeps_the_frozen_network_out():
+    from bigan.models import biggan
+
+    torch.manual_seed(0)
+    G, D = models.build(ENSEMBLE)
+    native, proj = D.members
+    assert isinstance(native, biggan.Discriminator) and isinstance(proj, projected.Discriminator)
+    x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 3])
+    D.eval()  # spectral norm's power iteration holds still, so the calls can be compared
+    logits = D(x, y)
+    assert logits.shape == (3, 2)
+    assert torch.equal(logits[:, 0], native(x, y)) and torch.equal(logits[:, 1], proj(x, y))
+    frozen = {id(t) for t in [*proj.projector.parameters(), *proj.projector.buffers()]}
+    assert not frozen & {id(t) for t in [*D.parameters(), *D.buffers()]}
+    assert {k.split(".")[1] for k in D.state_dict()} == {"0", "1"}
+    assert all(k.startswith("members.1.heads.") for k in D.state_dict() if k.startswith("members.1."))
+    torch.manual_seed(0)
+    G_native, _ = models.build(ModelConfig(**{**CFG.__dict__, "d_arch": "native"}))
+    for k, v in G.state_dict().items():  # the same G, whatever D is beside it
+        assert torch.equal(v, G_native.state_dict()[k]), k
+
+
+def test_each_member_is_judged_by_the_loss_on_its_own_logits():
+    # With one summed logit a member whose partner already clears the hinge margin would get no
+    # gradient; judged apart, the hinge loss is the mean of the members' own losses.
+    from bigan import losses
+
+    real = torch.tensor([[3.0, -0.5], [2.0, 0.0]])
+    fake = torch.tensor([[-4.0, 0.5], [-2.0, 0.2]])
+    both = losses.d_loss("hinge", real, fake)
+    apart = [losses.d_loss("hinge", real[:, k], fake[:, k]) for k in range(2)]
+    assert torch.allclose(both, (apart[0] + apart[1]) / 2)
+    assert apart[0] == 0 and apart[1] > 0  # member 0 clears the margin, member 1 still learns
+    assert torch.allclose(losses.g_loss("hinge", fake), -fake.mean())
+
+
+@pytest.mark.slow
+def test_the_ensemble_trains_with_r1_and_resumes_bit_identically(tmp_path):
+    extra = {**PROJECTED, "model.d_arch": "native+projected", "train.steps": 4,
+             "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1", "loss.penalty_weight": 1.0,
+             "model.projected_batch_norm": "true"}
+    straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
+
+    class StopAt2(TrainHooks):
+        def should_stop(self, step):
+            return step == 2
+
+    train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), StopAt2())
+    resumed = train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), resume="auto")
+    a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert any(k.startswith("members.0.") for k in a["D"]) and any(k.startswith("members.1.") for k in a["D"])
+    for model in a:
+        assert a[model].keys() == b[model].keys()
+        for key in a[model]:
+            assert torch.equal(a[model][key], b[model][key]), f"{model}.{key} differs after resume"
+    torch.manual_seed(0)
+    _, D = models.build(load_config(None, tiny_overrides(tmp_path / "a", **extra)).model)
+    fresh = {k: v.clone() for k, v in D.state_dict().items()}
+    D.load_state_dict(a["D"])  # strict: both members' trainable state, nothing frozen
+    moved = {k.split(".")[1] for k, v in D.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, fresh[k])}
+    assert moved == {"0", "1"}  # both members trained

@@ -40,7 +40,7 @@ class ModelConfig:
     ch: int = 96  # G base width (BigGAN's ch); widths per block are multiples of it
     d_ch: int = 96  # D base width
     attention: list[int] = field(default_factory=lambda: [64])  # resolutions with self-attention
-    d_arch: str = "native"  # native (the arch's own D) | projected (frozen EfficientNet-Lite0 features, Sauer et al. 2021; the `projected` extra)
+    d_arch: str = "native"  # native (the arch's own D) | projected (frozen EfficientNet-Lite0 features, Sauer et al. 2021; the `projected` extra) | native+projected (both, each judged by the loss on its own logits, as Vision-aided GAN, Kumari et al. 2022)
     projected_res: int = 224  # projected D: side the images are resized to for the pretrained network (paper: 224; a power of two >= 32 or 224)
     projected_batch_norm: bool = False  # projected D: batch norm after each head conv, as the paper's heads; on Imagenette it delayed G's collapse about sixfold (docs/training.md) and makes D score real and fake in separate calls; false by default so that checkpoints written before it resume
     hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block); biggan-deep always feeds all of z
@@ -62,7 +62,7 @@ class ModelConfig:
     def validate(self, prefix: str = "model") -> None:
         _one_of(f"{prefix}.arch", self.arch, ARCHS)
         _one_of(f"{prefix}.d_arch", self.d_arch, D_ARCHS)
-        if self.d_arch == "projected":
+        if "projected" in self.d_arch:
             _one_of(f"{prefix}.arch", self.arch, PROJECTED_G_ARCHS)
             # Four levels at strides 2..16 of it, each an even side down to the heads' 4x4.
             _require(self.projected_res >= 64 and self.projected_res % 32 == 0,

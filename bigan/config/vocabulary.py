@@ -17,9 +17,9 @@ class ConfigError(ValueError):
 
 
 ARCHS = ("biggan", "biggan-deep", "dcgan", "mlp", "progan")
-# model.d_arch: D of the arch itself, or the projected D (bigan/models/projected.py), which any
-# of these image generators can train against.
-D_ARCHS = ("native", "projected")
+# model.d_arch: D of the arch itself, the projected D (bigan/models/projected.py), which any of
+# these image generators can train against, or both side by side (bigan/models/ensemble.py).
+D_ARCHS = ("native", "projected", "native+projected")
 PROJECTED_G_ARCHS = ("biggan", "biggan-deep", "dcgan")
 LOSSES = ("hinge", "nonsaturating", "minimax", "wasserstein", "lsgan", "rpgan")
 PENALTIES = ("none", "wgan-gp", "r1", "r2", "r1+r2", "dragan")

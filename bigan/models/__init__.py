@@ -3,7 +3,8 @@ and `on_meta()`, where a build costs no memory and no arithmetic.
 
 Every pair honours one contract, which the trainer, the sampler and the ONNX exporter rely on:
 `G(z: float [N, dim_z], y: long [N])` returns images [N, img_channels, res, res] in [-1, 1] (the
-mlp pair: points [N, data_dim]); `D(x, y: long [N])` returns logits [N]; G carries `dim_z` and
+mlp pair: points [N, data_dim]); `D(x, y: long [N])` returns logits [N] (an ensemble of K
+discriminators, `bigan/models/ensemble.py`: [N, K], one column per member); G carries `dim_z` and
 `num_classes`; in eval mode each output depends only on its own inputs. Models know nothing of
 losses, devices, processes or files.
 """
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from bigan.config import ModelConfig
-from bigan.models import biggan, biggan_deep, dcgan, mlp, progan, projected
+from bigan.models import biggan, biggan_deep, dcgan, ensemble, mlp, progan, projected
 
 # arch -> the module holding its Generator and Discriminator classes (both take a ModelConfig).
 MODELS: dict[str, ModuleType] = {
@@ -41,7 +42,11 @@ def build(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Build the (G, D) pair for `cfg.arch`, freshly initialised from torch's global RNG."""
     module = _module(cfg)
     G = module.Generator(cfg)
-    return G, (projected if cfg.d_arch == "projected" else module).Discriminator(cfg)
+    if cfg.d_arch == "native":
+        return G, module.Discriminator(cfg)
+    if cfg.d_arch == "projected":
+        return G, projected.Discriminator(cfg)
+    return G, ensemble.Ensemble([module.Discriminator(cfg), projected.Discriminator(cfg)])
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
