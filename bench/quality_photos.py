@@ -24,6 +24,11 @@ Variants (the G is the same BigGAN for all; widths cut to fit a CPU, the same in
   Projected GAN's own settings: hinge, DiffAugment (color, translation, cutout), 1 D step, batch
   norm in the heads (without it G lost z and class within 100 steps on Imagenette; with it
   within about 600).
+- `ensemble`: the projected D above beside BigGAN's own D (`model.d_arch=native+projected`, as
+  Vision-aided GAN adds a pretrained-feature D to the original one), each judged by the hinge
+  loss on its own logits, one D step for both, the projected one weighing a tenth in the losses:
+  the native D gives G the coarse, per-sample gradient the projected D's features lack
+  (docs/benchmarks.md).
 - `progan`: Progressive GAN 4 -> 128 px (`--dataset imagenette128`), the paper's recipe at CPU
   widths (PROGAN below); a grid every 250 G steps and a checkpoint per phase.
 
@@ -75,8 +80,10 @@ VARIANTS = {
                   "augment.kind=diffaugment", "augment.policy=color,translation,cutout"],
 }
 # The projected D beside BigGAN's own (Vision-aided GAN, Kumari et al. 2022): each judged by the
-# hinge loss on its own logits, one D step for both.
-VARIANTS["ensemble"] = [*VARIANTS["projected"], "model.d_arch=native+projected"]
+# hinge loss on its own logits, one D step for both. The projected member's weight is a tenth:
+# its gradient with respect to the fakes was ~10x the native one's (0.35-0.60 against 0.04-0.05
+# per image), so with equal weights G followed it almost alone (docs/benchmarks.md).
+VARIANTS["ensemble"] = [*VARIANTS["projected"], "model.d_arch=native+projected", "loss.member_weights=[1,0.1]"]
 # ProGAN 4 -> 128 px (its own G and D, not the BigGAN above): the paper's loss (WGAN-GP + drift),
 # Adam (0, 0.99) at 1e-3, equalized lr, pixel norm, minibatch std-dev; widths nf = min(64,
 # 512 / 2^stage): 64 up to 16 px, then 32, 16, 8 at 128 px (every resolution then costs about the

@@ -10,6 +10,8 @@ log(1 - sigmoid(l)) = -softplus(l), so they stay finite for logits of any size. 
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -179,10 +181,25 @@ def d_targets(real_logits: Tensor, fake_logits: Tensor, label_smoothing: float =
     return (1 - label_smoothing) * real_label, (1 - label_smoothing) * fake_label
 
 
+def _weighted(loss: Callable[..., Tensor], weights: Sequence[float], *per_sample: Tensor) -> Tensor:
+    """`loss` of an ensemble D's logits [N, K] as the weighted mean of each member's own loss on
+    its column (every `per_sample` tensor is split by column alike); with no weights, or logits
+    [N], `loss` itself: the plain mean over every element, each member weighing the same."""
+    if not weights or per_sample[0].dim() == 1:
+        return loss(*per_sample)
+    if len(weights) != per_sample[0].shape[1]:
+        raise ValueError(f"{len(weights)} member weights for a D of {per_sample[0].shape[1]} members")
+    total = sum(w * loss(*(t[:, k] if isinstance(t, Tensor) and t.dim() == 2 else t
+                           for t in per_sample)) for k, w in enumerate(weights))
+    return total / sum(weights)
+
+
 def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing: float = 0.0,
            label_noise: float = 0.0, generator: torch.Generator | None = None,
-           rows: tuple[int, int] | None = None) -> Tensor:
-    """The scalar D loss of `kind` (one of LOSS_KINDS) on logits of shape [N].
+           rows: tuple[int, int] | None = None, weights: Sequence[float] = ()) -> Tensor:
+    """The scalar D loss of `kind` (one of LOSS_KINDS) on logits of shape [N], or [N, K] for an
+    ensemble of K discriminators (`bigan/models/ensemble.py`), each member judged on its column,
+    their losses averaged with `weights` (`loss.member_weights`; empty: equal).
 
     `label_smoothing` s and `label_noise` p change the targets as `d_targets` describes; they
     exist only for the losses with targets (nonsaturating, minimax, lsgan) and raise ValueError
@@ -193,23 +210,25 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing:
         if label_smoothing or label_noise:
             raise ValueError(f"label smoothing/noise need a loss with targets "
                              f"({', '.join(PROBABILISTIC_KINDS)}), not {kind!r}; set both to 0")
-        return _D_LOSSES[kind](real_logits, fake_logits)
+        return _weighted(_D_LOSSES[kind], weights, real_logits, fake_logits)
     if not label_smoothing and not label_noise:
-        return _D_LOSSES[kind](real_logits, fake_logits)
+        return _weighted(_D_LOSSES[kind], weights, real_logits, fake_logits)
     t_real, t_fake = d_targets(real_logits, fake_logits, label_smoothing, label_noise, generator, rows)
-    return _D_LOSSES[kind](real_logits, fake_logits, t_real, t_fake)
+    return _weighted(_D_LOSSES[kind], weights, real_logits, fake_logits, t_real, t_fake)
 
 
 # Losses whose G side compares with D's logits on real data (the G step needs a real batch).
 RELATIVISTIC_KINDS = ("rpgan",)
 
 
-def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-    """The scalar G loss of `kind` (one of LOSS_KINDS) on D's logits for G(z), shape [N];
-    the relativistic losses (RELATIVISTIC_KINDS) also need `real_logits` of the same shape."""
+def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None,
+           weights: Sequence[float] = ()) -> Tensor:
+    """The scalar G loss of `kind` (one of LOSS_KINDS) on D's logits for G(z), shape [N] or [N, K]
+    (`weights` as in `d_loss`: G follows the weighted sum of the members' gradients); the
+    relativistic losses (RELATIVISTIC_KINDS) also need `real_logits` of the same shape."""
     _check_kind(kind)
     if kind in RELATIVISTIC_KINDS:
         if real_logits is None:
             raise ValueError(f"the {kind} G loss compares with D's logits on real data: pass real_logits")
-        return rpgan_g_loss(fake_logits, real_logits)
-    return _G_LOSSES[kind](fake_logits)
+        return _weighted(rpgan_g_loss, weights, fake_logits, real_logits)
+    return _weighted(_G_LOSSES[kind], weights, fake_logits)

@@ -199,13 +199,34 @@ def test_each_member_is_judged_by_the_loss_on_its_own_logits():
     assert torch.allclose(both, (apart[0] + apart[1]) / 2)
     assert apart[0] == 0 and apart[1] > 0  # member 0 clears the margin, member 1 still learns
     assert torch.allclose(losses.g_loss("hinge", fake), -fake.mean())
+    # loss.member_weights: the weighted mean of the members' own losses, in D's and in G's
+    weighted = losses.d_loss("hinge", real, fake, weights=[1.0, 0.25])
+    assert torch.allclose(weighted, (apart[0] + 0.25 * apart[1]) / 1.25)
+    g_apart = [losses.g_loss("rpgan", fake[:, k], real[:, k]) for k in range(2)]
+    assert torch.allclose(losses.g_loss("rpgan", fake, real, weights=[1.0, 0.25]),
+                          (g_apart[0] + 0.25 * g_apart[1]) / 1.25)
+    fake_g = fake.clone().requires_grad_(True)
+    losses.g_loss("hinge", fake_g, weights=[1.0, 0.0]).backward()
+    assert fake_g.grad[:, 1].abs().sum() == 0 and fake_g.grad[:, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["loss.member_weights=[1,0.1]"], "model.d_arch='projected' has 1"),
+    (["model.d_arch=native+projected", "loss.member_weights=[1]"], "'native\\+projected' has 2"),
+    (["model.d_arch=native+projected", "loss.member_weights=[1,-1]"], r"member_weights\[1\]=-1.0 .* >= 0"),
+    (["model.d_arch=native+projected", "loss.member_weights=[0,0]"], "must not all be 0"),
+])
+def test_member_weights_are_checked_against_the_ensemble_at_load_time(tmp_path, overrides, words):
+    extra = {**PROJECTED, **dict(o.split("=", 1) for o in overrides)}
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, tiny_overrides(tmp_path, **extra))
 
 
 @pytest.mark.slow
 def test_the_ensemble_trains_with_r1_and_resumes_bit_identically(tmp_path):
     extra = {**PROJECTED, "model.d_arch": "native+projected", "train.steps": 4,
              "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1", "loss.penalty_weight": 1.0,
-             "model.projected_batch_norm": "true"}
+             "model.projected_batch_norm": "true", "loss.member_weights": "[1,0.1]"}
     straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
 
     class StopAt2(TrainHooks):

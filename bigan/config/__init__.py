@@ -137,6 +137,11 @@ class Config:
                  f"data.source={self.data.source!r} needs "
                  + ("arch 'mlp'" if gaussian
                     else "an image arch (biggan, biggan-deep, dcgan or progan)"))
+        if self.loss.member_weights:
+            members = self.model.d_arch.count("+") + 1
+            _require(members > 1 and len(self.loss.member_weights) == members, "loss.member_weights",
+                     self.loss.member_weights, f"weighs the members of an ensemble D, but model.d_arch="
+                     f"{self.model.d_arch!r} has {members}" + ("" if members > 1 else " (empty = equal)"))
         if self.model.arch == "progan":
             self.progressive.check_against(self.model, self.train)
         self.eval.check_against(self.model, self.data)

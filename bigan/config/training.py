@@ -52,6 +52,7 @@ class LossConfig:
     dragan_c: float = 0.5  # DRAGAN: perturbation scale, delta ~ N(0, c * std(x))
     drift_weight: float = 0.0  # ProGAN's epsilon_drift * E[D(x)^2] (0 = off)
     ortho_weight: float = 0.0  # BigGAN's orthogonal regularization on G (paper: 1e-4)
+    member_weights: list[float] = field(default_factory=list)  # an ensemble D (model.d_arch native+projected): each member's weight in the D and G losses, in that order (empty = equal); G follows the weighted sum of their gradients, and the projected D's is ~10x the native's (docs/training.md)
 
     def validate(self, prefix: str = "loss") -> None:
         _one_of(f"{prefix}.kind", self.kind, LOSSES)
@@ -68,6 +69,10 @@ class LossConfig:
                      "ortho_weight"):
             _positive(f"{prefix}.{name}", getattr(self, name), zero_ok=True)
         _positive(f"{prefix}.penalty_interval", self.penalty_interval)
+        for i, w in enumerate(self.member_weights):
+            _positive(f"{prefix}.member_weights[{i}]", w, zero_ok=True)
+        _require(not self.member_weights or sum(self.member_weights) > 0, f"{prefix}.member_weights",
+                 self.member_weights, "must not all be 0")
 
 
 @dataclass

@@ -163,7 +163,8 @@ def d_update(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer, batch: Ba
     real_logits, fake_logits = _score_real_fake(D, real_seen, batch.real_y, fake_seen, batch.fake_y,
                                                 runtime, joint)
     loss = losses.d_loss(cfg.kind, real_logits, fake_logits, label_smoothing=cfg.label_smoothing,
-                         label_noise=cfg.label_noise, generator=batch.generator, rows=batch.rows)
+                         label_noise=cfg.label_noise, generator=batch.generator, rows=batch.rows,
+                         weights=cfg.member_weights)
     out = {"loss/D": loss.detach(), "D/real": real_logits.detach().mean(),
            "D/fake": fake_logits.detach().mean()}
     if aug.kind == "ada":
@@ -212,8 +213,7 @@ def g_update(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, batch: Ba
         fake = _augmented(fake.float(), aug, state, batch)
         with runtime.autocast():
             fake_logits = D(fake, batch.fake_y).float()
-        loss = (losses.g_loss(cfg.kind, fake_logits) if real_logits is None
-                else losses.g_loss(cfg.kind, fake_logits, real_logits))
+        loss = losses.g_loss(cfg.kind, fake_logits, real_logits, weights=cfg.member_weights)
         out = {"loss/G": loss.detach()}
         if cfg.ortho_weight:
             ortho = regularizers.orthogonal_regularization(G)
