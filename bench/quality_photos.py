@@ -9,8 +9,9 @@ time (`time.process_time()`, summed over resumes; data loading happens in the sa
 OMP_NUM_THREADS=1: one core per run. A run killed or stopped resumes where it was (`--resume
 auto`) and keeps its CPU count. Every `--ckpt-every` G steps a checkpoint is kept, with the CPU
 seconds it had cost (`cpu_sec.json`), so `--score` draws FID over CPU time. The recipes' cadences
-and EMA start are G steps too (`*_STEPS`), written into the config as the kimg those steps show
-at the variant's own batch and D steps (`cadences`).
+and EMA start are G steps too (`*_CADENCE_STEPS`: a kimg field -> the G steps it fires at),
+written into the config as the kimg those steps show at the variant's own batch and D steps
+(`cadences`).
 
 Data: CIFAR-10 (JPEG q75 copy, `../shared/data/cifar10-jpg`; FID against the test set) and
 Imagenette at 64 px (all 3,925 images, FID against themselves, as small-data papers do).
@@ -70,7 +71,7 @@ COMMON = ["model.arch=biggan", "model.ch=16", "model.d_ch=16", "model.dim_z=128"
           "model.hier=false", "model.attention=[]", "train.batch_size=50", "optim.g_lr=2e-4",
           "optim.d_lr=2e-4", "optim.betas=[0.0,0.999]", "ema.decay=0.995", "data.flip=true",
           "data.num_workers=0", "train.steps=1000000", "train.keep_ckpts=0"]
-COMMON_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 500, "ema.start_kimg": 500}
+COMMON_CADENCE_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 500, "ema.start_kimg": 500}
 VARIANTS = {
     "biggan": ["loss.kind=hinge", "optim.d_steps=4"],
     "r3gan": ["loss.kind=rpgan", "loss.penalty=r1+r2", "loss.penalty_weight=1.0", "optim.d_steps=1",
@@ -107,7 +108,7 @@ PROGAN = ["model.arch=progan", "model.start_resolution=4", "model.dim_z=128", "m
           "progressive.batch_size={4: 32, 8: 32, 16: 32, 32: 32, 64: 16, 128: 16}",
           "progressive.reset_optimizer=true", "train.batch_size=16", "data.flip=true", "data.num_workers=0",
           "train.steps=1000000", "train.keep_ckpts=0"]
-PROGAN_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 250}
+PROGAN_CADENCE_STEPS = {"train.log_every_kimg": 50, "train.sample_every_kimg": 250}
 VARIANTS["progan"] = PROGAN
 
 
@@ -165,7 +166,7 @@ def train_run(out: Path, dataset: str, variant: str, seed: int, budget_sec: floa
     rd = run_dir(out, dataset, variant, seed)
     res = DATASETS[dataset][2]
     classes = len(json.loads((shards / "dataset.json").read_text())["class_names"])
-    base, steps = ([], PROGAN_STEPS) if variant == "progan" else (COMMON, COMMON_STEPS)
+    base, steps = ([], PROGAN_CADENCE_STEPS) if variant == "progan" else (COMMON, COMMON_CADENCE_STEPS)
     recipe = [*base, *VARIANTS[variant], f"model.resolution={res}", f"model.num_classes={classes}",
               f"data.path={shards}", f"train.seed={seed}", f"train.out_dir={rd}"]
     own = load_config(ROOT / "configs" / "demo.yaml", [*recipe, *extra])  # the batch the steps are of
