@@ -11,7 +11,9 @@
   follows; G and D in training mode as in that update), the share of its energy that survives
   8x8 average pooling, and the mean cosine between the pooled gradients of two fakes. It showed
   that the projected D pushes G almost only with pixel-level detail (1-2% of the energy at 8x8
-  against BigGAN's D's 36-64%; docs/benchmarks.md).
+  against BigGAN's D's 36-64%; docs/benchmarks.md). For an ensemble D, of the members'
+  gradients weighted as G's loss weighs them, and each member's gradient norm beside it (it
+  showed the projected member's ~10x the native one's).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def spread(sampler, real_per_class: float, num_classes: int) -> float:
     return float(np.mean(within)) / real_per_class
 
 
-def low_pass_share(ckpt: Path) -> tuple[float, float]:
-    """(share of D's input-gradient energy left after POOL x POOL pooling, mean pairwise cosine of
-    the pooled gradients) for GRAD_BATCH fakes of the checkpoint's own G."""
+def low_pass_share(ckpt: Path) -> tuple[float, float, list[float]]:
+    """(share of the input-gradient energy G follows left after POOL x POOL pooling, mean pairwise
+    cosine of the pooled gradients, the mean gradient norm per image of each of D's members) for
+    GRAD_BATCH fakes of the checkpoint's own G. For an ensemble D (`bigan/models/ensemble.py`) G
+    follows the members' gradients weighted as `loss.member_weights` weighs their losses."""
     from safetensors.torch import load_file
 
     cfg = load_config(ckpt / "config.yaml")
@@ -69,13 +73,19 @@ def low_pass_share(ckpt: Path) -> tuple[float, float]:
     y = torch.arange(GRAD_BATCH) % cfg.model.num_classes
     with torch.no_grad():
         x = G(z, y)
-    x.requires_grad_(True)
-    D(x, y).sum().backward()
-    low = F.avg_pool2d(x.grad, POOL)
-    share = float(F.interpolate(low, scale_factor=POOL).pow(2).sum() / x.grad.pow(2).sum())
+    members = list(getattr(D, "members", [D]))
+    weights = cfg.loss.member_weights or [1.0] * len(members)
+    grads = []
+    for member in members:
+        xk = x.clone().requires_grad_(True)
+        member(xk, y).sum().backward()
+        grads.append(xk.grad)
+    followed = sum(w * g for w, g in zip(weights, grads)) / sum(weights)
+    low = F.avg_pool2d(followed, POOL)
+    share = float(F.interpolate(low, scale_factor=POOL).pow(2).sum() / followed.pow(2).sum())
     g = F.normalize(low.flatten(1), dim=1)
     cos = (g @ g.T)[~torch.eye(GRAD_BATCH, dtype=torch.bool)]
-    return share, float(cos.mean())
+    return share, float(cos.mean()), [float(gk.flatten(1).norm(dim=1).mean()) for gk in grads]
 
 
 def grids_side_by_side(panels: list[tuple[str, Path]], path: Path, per_class: int = 6) -> Path:
@@ -110,14 +120,15 @@ def main() -> int:
     real, labels, names = read_shard_images(args.shards, 10**6, read_resolution(args.shards))
     real_per_class = float(np.mean([mean_pairwise_distance(_small(real[labels == c][:PER_CLASS]))
                                     for c in range(len(names))]))
-    print(f"{'run':34s} {'step':>6s} {'spread':>7s} {'low-pass':>9s} {'cos':>6s}")
+    print(f"{'run':34s} {'step':>6s} {'spread':>7s} {'low-pass':>9s} {'cos':>6s}  |grad| per member")
     panels = []
     for run in args.runs:
         for ckpt in list_checkpoints(run / "checkpoints"):
             s = spread(open_sampler(ckpt), real_per_class, len(names))
-            share, cos = low_pass_share(ckpt)
+            share, cos, norms = low_pass_share(ckpt)
             step = int(ckpt.name.split('-')[1])
-            print(f"{run.name:34s} {step:6d} {s:7.3f} {share:9.3f} {cos:6.3f}", flush=True)
+            print(f"{run.name:34s} {step:6d} {s:7.3f} {share:9.3f} {cos:6.3f}  "
+                  + " / ".join(f"{n:.4f}" for n in norms), flush=True)
             panels.append((f"step {step}: spread {s:.2f}", ckpt))
     if args.panel:
         print(grids_side_by_side(panels, args.panel))
