@@ -4,10 +4,15 @@ For the BigGAN 128x128 generator of configs/biggan_128.yaml (random weights; `--
 width to 8 so the run takes seconds), exported with `bigan export`'s own code:
   1. latency of one generator call at batch 1 and 32: PyTorch eager (the EMA generator as
      `bigan sample` runs it) against onnxruntime (the session `bigan serve` opens), same inputs;
-  2. in-process onnxruntime throughput at the server's max batch: the ceiling for the server;
+  2. in-process onnxruntime throughput at batch 1 and at the server's max batch (16);
   3. `bigan serve --cache-mb 0` in a subprocess on 127.0.0.1 with 1 and 16 concurrent clients,
      each sending one-image `POST /v1/generate` requests back to back: images/s, p50/p99 latency,
-     and the peak RSS of the server process (VmHWM);
+     and the peak RSS of the server process (VmHWM). The server at c clients is compared with
+     in-process onnxruntime at batch min(c, 16): c clients that each wait for their answer let
+     the server form batches of at most c, so one client gives it only batch-1 calls, and the
+     ceiling for those is batch 1 in process, not the batch-16 rate (which on a CPU can be higher
+     or lower per image than batch 1: cache locality against per-call overhead). Both fractions
+     are printed and written;
   4. the response cache: two servers side by side, `--cache-mb 0` and the default cache, under
      the same repeating workload (one-image PNG requests whose (class, seed) follow a Zipf law
      over --cache-keys pairs, the same sequence for both): hit rate, images/s, p50/p99 latency.
@@ -18,7 +23,19 @@ the total over rounds. A shared machine drifts by 10-20% within a minute, and
 eager's page-fault-bound time by up to 2x.
 The CUDA provider (and torch on CUDA) is used when a GPU is present. Prints a table, writes JSON.
 
+The load client is hand-written (`LeanConnection`: a keep-alive socket with TCP_NODELAY, request
+bytes encoded before timing, answers read with recv_into into one reused buffer, the header parsed
+only for status and Content-Length) because at one client the server and its client share the
+CPU, and every request is sequential: a Python `http.client` loop costs 0.44-0.52 ms of CPU per
+one-image request (its header parsing and a fresh 196 KB read; this loop 0.11 ms), more than the
+~0.42 ms that 0.95x leaves beside a 7.9 ms image on one core, so it measured itself rather than
+the server (docs/benchmarks.md, Serving).
+A C load generator (wrk, h2load, hey, ab) would cost less still; none is installed on the
+machines this was measured on, and the bench needs only Python. `--client http.client` runs the
+old client, to compare; a test checks both read the same bytes and status from `bigan serve`.
+
     python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S] [--rounds R]
+                            [--client lean|http.client]
                             [--checkpoint CKPT [--model CKPT.onnx]]   # your own model instead
 """
 
@@ -31,6 +48,7 @@ import http.client
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -137,42 +155,70 @@ def running_server(onnx_path: Path, max_batch: int, *options: str):
 
 def server_vs_in_process(onnx_path: Path, in_process_rate, max_batch: int,
                          clients_list: list[int], seconds: float, rounds: int,
-                         num_classes: int) -> tuple[dict, dict]:
+                         num_classes: int, client: str = "lean") -> tuple[dict, dict]:
     """Rounds of in-process onnxruntime, then the server at each client count, each followed by
     in-process again, `seconds` each. This machine's speed drifts by 10-20% within a minute, so
     each server rate is compared with the mean of the in-process rates measured just before and
-    just after it. Returns (in_process, server)."""
-    base, per_round = [], {c: [] for c in clients_list}
+    just after it. Each in-process measurement times every batch in `baseline_batches` for an
+    equal share of `seconds`. A row's `fraction_of_in_process` is against batch
+    min(clients, max_batch), the largest batch those clients let the server form (one sequential
+    client: only batch-1 calls); `vs_in_process_batch` has the fraction against each batch.
+    Returns (in_process, server)."""
+    batches = sorted({min(c, max_batch) for c in clients_list} | {max_batch})
+    base = {n: [] for n in batches}
+    per_round = {c: [] for c in clients_list}
+
+    def measure_in_process() -> None:
+        for n in batches:
+            base[n].append(in_process_rate(seconds / len(batches), n))
+
     # Without the response cache: every round sends the same (class, seed) sequence, which a
     # cache would answer from the second round on. This measures the generator's path.
     with running_server(onnx_path, max_batch, "--cache-mb", "0") as (port, pid):
         rss_idle = _peak_rss_mib(pid)
         for r in range(rounds):
-            base.append(in_process_rate(seconds))
-            print(f"  round {r + 1}/{rounds}: in-process onnxruntime at batch {max_batch}: "
-                  f"{base[-1]:.1f} img/s", flush=True)
+            measure_in_process()
+            print(f"  round {r + 1}/{rounds}: in-process onnxruntime "
+                  + ", ".join(f"batch {n}: {base[n][-1]:.1f}" for n in batches) + " img/s",
+                  flush=True)
             for c in clients_list:
-                run = drive(port, c, seconds, num_classes)
-                base.append(in_process_rate(seconds))
-                run["in_process"] = (base[-2] + base[-1]) / 2
+                run = drive(port, c, seconds, num_classes, client=client)
+                measure_in_process()
+                run["in_process"] = {n: (base[n][-2] + base[n][-1]) / 2 for n in batches}
                 per_round[c].append(run)
-                print(f"    then in-process again: {base[-1]:.1f} img/s", flush=True)
+                print("    then in-process again: "
+                      + ", ".join(f"batch {n}: {base[n][-1]:.1f}" for n in batches) + " img/s",
+                      flush=True)
         rss_peak = _peak_rss_mib(pid)
     rows = []
     for c, runs in per_round.items():
         rates = [run["img_per_sec"] for run in runs]
-        brackets = [run["in_process"] for run in runs]
         lat = np.concatenate([run.pop("latencies") for run in runs])
+        # total server images/s over the total of its bracketing in-process rates, per batch
+        vs = {}
+        for n in batches:
+            brackets = [run["in_process"][n] for run in runs]
+            vs[str(n)] = {"fraction": float(np.sum(rates) / np.sum(brackets)),
+                          "per_round": [rate / b for rate, b in zip(rates, brackets)]}
+        for run in runs:
+            run.pop("in_process")
+        fair = str(min(c, max_batch))
         rows.append({"clients": c, "requests": int(lat.size), "img_per_sec": float(np.mean(rates)),
                      "img_per_sec_per_round": rates,
                      "p50_ms": 1000 * float(np.percentile(lat, 50)),
                      "p99_ms": 1000 * float(np.percentile(lat, 99)),
-                     # total server images/s over the total of its bracketing in-process rates
-                     "fraction_of_in_process": float(np.sum(rates) / np.sum(brackets)),
-                     "fraction_per_round": [rate / b for rate, b in zip(rates, brackets)]})
-    in_process = {"batch": max_batch, "img_per_sec": float(np.mean(base)),
-                  "img_per_sec_per_measurement": base}
+                     "baseline_batch": int(fair),
+                     "fraction_of_in_process": vs[fair]["fraction"],
+                     "fraction_per_round": vs[fair]["per_round"],
+                     "vs_in_process_batch": vs})
+    in_process = {"batch": max_batch, "img_per_sec": float(np.mean(base[max_batch])),
+                  "img_per_sec_per_measurement": base[max_batch],
+                  "seconds_per_batch": seconds / len(batches),
+                  "by_batch": {str(n): {"img_per_sec": float(np.mean(v)),
+                                        "img_per_sec_per_measurement": v}
+                               for n, v in base.items()}}
     return in_process, {"rows": rows, "rounds": rounds, "seconds_per_measurement": seconds,
+                        "client": client,
                         "server_peak_rss_mib": rss_peak, "server_idle_peak_rss_mib": rss_idle}
 
 
@@ -200,37 +246,130 @@ def zipf_requests(num_classes: int, keys: int, s: float = 1.1, seed: int = 0):
     return request
 
 
-def drive(port: int, clients: int, seconds: float, num_classes: int, requests=None) -> dict:
+class LeanConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer, with as little
+    Python per request as wrk or h2load spend in C: the request's bytes are encoded before it is
+    timed (`encode`), the answer is read with `recv_into` into one buffer reused for every request,
+    and its header is parsed only for the status and Content-Length (the server sends both on every
+    answer, errors included; a chunked or length-less answer raises). Nothing is pipelined: one
+    request, its whole answer, then the next, as a sequential client does."""
+
+    def __init__(self, host: str, port: int, path: str = "/v1/generate", timeout: float = 120,
+                 buffer_bytes: int = 1 << 18):  # a 128 px RGB .npy answer is ~196 KB: no regrowth
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: ").encode()
+        self.buf = bytearray(buffer_bytes)
+        self.view = memoryview(self.buf)
+
+    def encode(self, request: dict) -> bytes:
+        body = json.dumps(request).encode()
+        return self.head + b"%d\r\n\r\n" % len(body) + body
+
+    def _grow(self, size: int) -> None:
+        # A new buffer, not extend(): a caller may still hold a view of the last body.
+        buf = bytearray(size)
+        buf[:len(self.buf)] = self.buf
+        self.buf, self.view = buf, memoryview(buf)
+
+    def exchange(self, request: bytes) -> tuple[int, memoryview]:
+        """Send one encoded request; (status, a view of its body, valid until the next call)."""
+        self.sock.sendall(request)
+        received, header_end = 0, -1
+        while header_end < 0:
+            if received == len(self.buf):
+                self._grow(2 * len(self.buf))
+            got = self.sock.recv_into(self.view[received:])
+            if not got:
+                raise ConnectionError("the server closed the connection before answering")
+            # A header line cannot end before the data just received: search from there.
+            header_end = self.buf.find(b"\r\n\r\n", max(0, received - 3), received + got)
+            received += got
+        header = bytes(self.buf[:header_end]).lower()
+        at = header.find(b"\r\ncontent-length:")
+        if not header.startswith(b"http/1.1 ") or at < 0:
+            raise RuntimeError(f"unexpected answer header (no Content-Length): {header[:200]!r}")
+        status = int(header[9:12])
+        body_start = header_end + 4
+        line_end = header.find(b"\r\n", at + 2)
+        total = body_start + int(header[at + 17:line_end if line_end > 0 else len(header)])
+        if total > len(self.buf):
+            self._grow(total)
+        while received < total:
+            got = self.sock.recv_into(self.view[received:total])
+            if not got:
+                raise ConnectionError("the server closed the connection in the middle of an answer")
+            received += got
+        return status, self.view[body_start:total]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _lean_client(port: int, requests, k: int, start: float, end: float) -> tuple[list[float], int]:
+    """Client k's loop over a LeanConnection; the counting rules of `drive`."""
+    conn = LeanConnection("127.0.0.1", port)
+    # Encoded before the warm-up ends: more requests than a window sends at one client.
+    encoded = [conn.encode(requests(k, i)) for i in range(4096)]
+    latencies, completed, i = [], 0, 0
+    while time.perf_counter() < end:
+        if i == len(encoded):  # a fast model: encode the next block (outside any timed span)
+            encoded += [conn.encode(requests(k, j)) for j in range(i, 2 * i)]
+        request = encoded[i]
+        t = time.perf_counter()
+        status, body = conn.exchange(request)
+        done = time.perf_counter()
+        if status != 200:
+            text = bytes(body[:500]).decode(errors="replace")
+            raise RuntimeError(f"server answered {status}: {text}")
+        if t >= start:
+            latencies.append(done - t)
+        completed += start <= done <= end
+        i += 1
+    conn.close()
+    return latencies, completed
+
+
+def _http_client(port: int, requests, k: int, start: float, end: float) -> tuple[list[float], int]:
+    """Client k's loop over `http.client` (the bench's client before the lean one: ~0.4 ms of
+    CPU a request more); the counting rules of `drive`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    latencies, completed, i = [], 0, 0
+    while time.perf_counter() < end:
+        body = json.dumps(requests(k, i))
+        t = time.perf_counter()
+        conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        done = time.perf_counter()
+        if response.status != 200:
+            raise RuntimeError(f"server answered {response.status}")
+        if t >= start:
+            latencies.append(done - t)
+        completed += start <= done <= end
+        i += 1
+    conn.close()
+    return latencies, completed
+
+
+CLIENTS = {"lean": _lean_client, "http.client": _http_client}
+
+
+def drive(port: int, clients: int, seconds: float, num_classes: int, requests=None,
+          client: str = "lean") -> dict:
     """`clients` threads, each on its own keep-alive connection, sending one-image requests
     (`requests(k, i)`, default `unique_requests`): a warm-up of seconds/4 (arena growth, batches
     settling), then a window of `seconds`. Returns images/s, counted as the requests completed
     within the window (steady state: the drain after it, about one latency, would bias a
-    sent-in-window count down), and the latencies (s) of the requests sent within it."""
+    sent-in-window count down), and the latencies (s) of the requests sent within it.
+    `client`: "lean" (`LeanConnection`) or "http.client" (see the module's docstring)."""
     start = time.perf_counter() + seconds / 4
     end = start + seconds
     requests = requests or unique_requests(num_classes)
-
-    def client(k: int) -> tuple[list[float], int]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        latencies, completed, i = [], 0, 0
-        while time.perf_counter() < end:
-            body = json.dumps(requests(k, i))
-            t = time.perf_counter()
-            conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            done = time.perf_counter()
-            if response.status != 200:
-                raise RuntimeError(f"server answered {response.status}")
-            if t >= start:
-                latencies.append(done - t)
-            completed += start <= done <= end
-            i += 1
-        conn.close()
-        return latencies, completed
-
+    loop = CLIENTS[client]
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        per_client = list(pool.map(client, range(clients)))
+        per_client = list(pool.map(lambda k: loop(port, requests, k, start, end), range(clients)))
     lat = np.concatenate([np.asarray(x) for x, _ in per_client])
     row = {"clients": clients, "img_per_sec": sum(n for _, n in per_client) / seconds,
            "latencies": lat}
@@ -254,7 +393,7 @@ def cache_counts(port: int) -> tuple[float, float]:
 
 
 def cache_comparison(onnx_path: Path, max_batch: int, clients_list: list[int], seconds: float,
-                     rounds: int, num_classes: int, keys: int) -> dict:
+                     rounds: int, num_classes: int, keys: int, client: str = "lean") -> dict:
     """The same Zipf workload against a server without and one with the response cache, both
     running throughout; per round and client count, each is driven once, in swapped order every
     round. The cached server keeps its cache across rounds, as a server in service would."""
@@ -268,7 +407,7 @@ def cache_comparison(onnx_path: Path, max_batch: int, clients_list: list[int], s
                 for cache, port in order:
                     before = cache_counts(port)
                     print(f"  round {r + 1}/{rounds}, cache {cache}:", end="", flush=True)
-                    run = drive(port, c, seconds, num_classes, zipf_requests(num_classes, keys))
+                    run = drive(port, c, seconds, num_classes, zipf_requests(num_classes, keys), client)
                     hits, misses = (a - b for a, b in zip(cache_counts(port), before))
                     run["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
                     runs[(c, cache)].append(run)
@@ -305,6 +444,9 @@ def main() -> None:
                         help="interleaved rounds: eager vs onnxruntime, in-process vs server")
     parser.add_argument("--cache-keys", type=int, default=1000,
                         help="distinct (class, seed) pairs of the cache workload (default 1000)")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="lean",
+                        help="the load client: lean (a raw-socket loop, the default) or "
+                             "http.client (~0.4 ms more CPU a request; to compare)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="time per measurement (default 4 with --quick, 10 otherwise)")
     args = parser.parse_args()
@@ -333,22 +475,23 @@ def main() -> None:
         print("single-call latency (in process)", flush=True)
         latency, ratios = latency_rows(onnx_path, G, [1, 32], seconds, args.rounds)
         session, provider = open_session(onnx_path, EngineConfig())
-        z = sampling.latents(range(max_batch), G.dim_z, 1.0)
-        y = (np.arange(max_batch) % G.num_classes).astype(np.int64)
 
-        def in_process_rate(seconds: float) -> float:
+        def in_process_rate(seconds: float, batch: int) -> float:
             # Total images over total time, as the server's rate is measured (a median per call
             # would drop the slow calls the server pays for).
+            z = sampling.latents(range(batch), G.dim_z, 1.0)
+            y = (np.arange(batch) % G.num_classes).astype(np.int64)
             t = time_calls(lambda: session.run(["images"], {"z": z, "y": y}), seconds)
-            return max_batch * len(t) / float(np.sum(t))
+            return batch * len(t) / float(np.sum(t))
 
-        print(f"bigan serve under load (one-image requests), {args.rounds} rounds", flush=True)
+        print(f"bigan serve under load (one-image requests, {args.client} client), "
+              f"{args.rounds} rounds", flush=True)
         in_process, server = server_vs_in_process(onnx_path, in_process_rate, max_batch, [1, 16],
-                                                  seconds, args.rounds, G.num_classes)
+                                                  seconds, args.rounds, G.num_classes, args.client)
         print(f"response cache: Zipf(1.1) over {args.cache_keys} (class, seed) pairs, "
               f"{args.rounds} rounds", flush=True)
         cache = cache_comparison(onnx_path, max_batch, [1, 16], seconds, args.rounds,
-                                 G.num_classes, args.cache_keys)
+                                 G.num_classes, args.cache_keys, args.client)
         onnx_mib = onnx_path.stat().st_size / 2**20
 
     print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
@@ -358,15 +501,18 @@ def main() -> None:
     for r in ratios:
         print(f"onnxruntime / eager time, batch {r['batch']}: {r['ort_over_eager']:.2f}x (rounds "
               + "/".join(f"{v:.2f}" for v in r["ort_over_eager_per_round"]) + ")")
-    label = f"onnxruntime in process, batch {max_batch} (mean)"
-    print(f"{label:62s} {in_process['img_per_sec']:9.1f}   (range "
-          f"{min(in_process['img_per_sec_per_measurement']):.1f}-"
-          f"{max(in_process['img_per_sec_per_measurement']):.1f})")
+    for n, b in in_process["by_batch"].items():
+        label = f"onnxruntime in process, batch {n} (mean)"
+        print(f"{label:62s} {b['img_per_sec']:9.1f}   (range "
+              f"{min(b['img_per_sec_per_measurement']):.1f}-"
+              f"{max(b['img_per_sec_per_measurement']):.1f})")
     for r in server["rows"]:
-        label = (f"bigan serve, {r['clients']} client(s) "
-                 f"({r['fraction_of_in_process']:.0%} of in-process; rounds "
-                 + "/".join(f"{f:.0%}" for f in r["fraction_per_round"]) + ")")
+        label = f"bigan serve, {r['clients']} client(s) ({server['client']} client)"
         print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+        for n, v in r["vs_in_process_batch"].items():
+            print(f"  {v['fraction']:.0%} of in-process at batch {n}"
+                  + (" (its baseline)" if int(n) == r["baseline_batch"] else "")
+                  + "; rounds " + "/".join(f"{f:.0%}" for f in v["per_round"]))
     for r in cache["rows"]:
         label = (f"bigan serve, {r['clients']} client(s), Zipf PNGs, cache {r['cache']}"
                  + (" (hits " + "/".join(f"{h:.0%}" for h in r["hit_rate_per_round"]) + ")"

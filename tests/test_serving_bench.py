@@ -16,6 +16,38 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
 
+def test_lean_client_reads_what_http_client_reads(tiny_onnx, tmp_path):
+    """The bench's raw-socket client gets the same status and body bytes as http.client from a
+    real `bigan serve`, valid requests and refused ones, across buffer regrowth (a 100-byte
+    buffer grows in the header and in the body); and `drive` raises on a non-200."""
+    import http.client
+
+    from bench.serving import LeanConnection, drive
+    from serving.client import started_server
+
+    requests = [{"class": 1, "n": 1, "seed": 7, "format": "npy"},
+                {"class": 2, "n": 4, "seed": 3, "format": "png"},
+                {"class": 0, "n": 2, "seed": 5, "format": "npy"},
+                {"class": 99, "n": 1, "seed": 0, "format": "npy"},  # no such class: refused
+                {"class": 1, "n": 1, "seed": "x"}]  # invalid body: refused
+    with open(tmp_path / "server.log", "wb") as log, \
+            started_server(tiny_onnx, "--cache-mb", "0", output=log, cwd=ROOT) as server:
+        lean = LeanConnection("127.0.0.1", server.port, buffer_bytes=100)
+        reference = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        statuses = []
+        for request in requests:
+            status, body = lean.exchange(lean.encode(request))
+            reference.request("POST", "/v1/generate", json.dumps(request),
+                              {"Content-Type": "application/json"})
+            answer = reference.getresponse()
+            assert (status, bytes(body)) == (answer.status, answer.read())
+            statuses.append(status)
+        lean.close()
+        reference.close()
+        assert statuses[:3] == [200] * 3 and all(400 <= s < 500 for s in statuses[3:])
+        with pytest.raises(RuntimeError, match="server answered 4"):
+            drive(server.port, 1, 0.2, 4, requests=lambda k, i: requests[3])
+
 
 @pytest.mark.slow
 def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_onnx, tmp_path):
