@@ -1,8 +1,9 @@
 """Discriminator penalties and BigGAN's orthogonal regularization, as pure functions.
 
-The gradient penalties take the discriminator as a callable `D(x, y) -> logits [N]` and return
-the unweighted scalar penalty; the caller multiplies by its weight (lambda for WGAN-GP and
-DRAGAN, gamma / 2 for R1, R2 and R1+R2) and by the lazy-regularization interval (`train/step.py`). Input
+The gradient penalties take the discriminator as a callable `D(x, y) -> logits [N]` (an
+ensemble's [N, K]: the gradient of the sum over its members) and return the unweighted scalar
+penalty; the caller multiplies by its weight (lambda for WGAN-GP and DRAGAN, gamma / 2 for R1,
+R2 and R1+R2) and by the lazy-regularization interval (`train/step.py`). Input
 gradients are taken with `create_graph=True`, so backpropagating a penalty reaches D's weights
 (a double backward). The per-sample gradient is read off the gradient of sum_i D(x_i), which
 assumes D treats samples independently (no batch norm in D, as in BigGAN and ProGAN).
