@@ -101,7 +101,8 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     from bigan import losses
 
     real_g_loss = losses.g_loss
-    monkeypatch.setattr(losses, "g_loss", lambda kind, logits: real_g_loss(kind, logits) * float("nan"))
+    monkeypatch.setattr(losses, "g_loss",
+                        lambda *args, **kwargs: real_g_loss(*args, **kwargs) * float("nan"))
     with pytest.raises(TrainingDiverged, match=r"loss/G became non-finite by step .*Lower"):
         train(_cfg(tmp_path / "run"))
 
