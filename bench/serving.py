@@ -307,50 +307,62 @@ class LeanConnection:
         self.sock.close()
 
 
-def _lean_client(port: int, requests, k: int, start: float, end: float) -> tuple[list[float], int]:
-    """Client k's loop over a LeanConnection; the counting rules of `drive`."""
-    conn = LeanConnection("127.0.0.1", port)
-    # Encoded before the warm-up ends: more requests than a window sends at one client.
-    encoded = [conn.encode(requests(k, i)) for i in range(4096)]
+def _timed_requests(prepare, send, start: float, end: float) -> tuple[list[float], int]:
+    """The counting rules of `drive` for one client: request i is built by `prepare(i)` outside
+    the timed span, then `send` (which raises on an answer other than 200) is timed; returns the
+    latencies of the requests sent from `start` on and the count completed in [start, end]."""
     latencies, completed, i = [], 0, 0
     while time.perf_counter() < end:
-        if i == len(encoded):  # a fast model: encode the next block (outside any timed span)
-            encoded += [conn.encode(requests(k, j)) for j in range(i, 2 * i)]
-        request = encoded[i]
+        request = prepare(i)
         t = time.perf_counter()
-        status, body = conn.exchange(request)
+        send(request)
         done = time.perf_counter()
-        if status != 200:
-            text = bytes(body[:500]).decode(errors="replace")
-            raise RuntimeError(f"server answered {status}: {text}")
         if t >= start:
             latencies.append(done - t)
         completed += start <= done <= end
         i += 1
-    conn.close()
     return latencies, completed
+
+
+def _lean_client(port: int, requests, k: int, start: float, end: float) -> tuple[list[float], int]:
+    """Client k's loop over a LeanConnection."""
+    conn = LeanConnection("127.0.0.1", port)
+    # Encoded before the warm-up ends: more requests than a window sends at one client.
+    encoded = [conn.encode(requests(k, i)) for i in range(4096)]
+
+    def prepare(i: int) -> bytes:
+        if i == len(encoded):  # a fast model: encode the next block (outside any timed span)
+            encoded.extend(conn.encode(requests(k, j)) for j in range(i, 2 * i))
+        return encoded[i]
+
+    def send(request: bytes) -> None:
+        status, body = conn.exchange(request)
+        if status != 200:
+            text = bytes(body[:500]).decode(errors="replace")
+            raise RuntimeError(f"server answered {status}: {text}")
+
+    try:
+        return _timed_requests(prepare, send, start, end)
+    finally:
+        conn.close()
 
 
 def _http_client(port: int, requests, k: int, start: float, end: float) -> tuple[list[float], int]:
     """Client k's loop over `http.client` (the bench's client before the lean one: ~0.4 ms of
-    CPU a request more); the counting rules of `drive`."""
+    CPU a request more)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    latencies, completed, i = [], 0, 0
-    while time.perf_counter() < end:
-        body = json.dumps(requests(k, i))
-        t = time.perf_counter()
+
+    def send(body: str) -> None:
         conn.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
         response = conn.getresponse()
         response.read()
-        done = time.perf_counter()
         if response.status != 200:
             raise RuntimeError(f"server answered {response.status}")
-        if t >= start:
-            latencies.append(done - t)
-        completed += start <= done <= end
-        i += 1
-    conn.close()
-    return latencies, completed
+
+    try:
+        return _timed_requests(lambda i: json.dumps(requests(k, i)), send, start, end)
+    finally:
+        conn.close()
 
 
 CLIENTS = {"lean": _lean_client, "http.client": _http_client}

@@ -87,11 +87,10 @@ def _weights(ckpt):
     return {name: load_file(str(ckpt / f"{name}.safetensors")) for name in ("G", "G_ema", "D")}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path, batch_norm):
-    extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1",
-             "loss.penalty_weight": 1.0, "model.projected_batch_norm": str(batch_norm).lower()}
+def _resumes_bit_identically(tmp_path, extra: dict):
+    """Train 4 steps straight (in tmp_path/a) and 2 + 2 with a resume (in tmp_path/b); assert the
+    last checkpoints hold the same keys and bit-identical weights. Returns (the straight run's
+    result, its weights)."""
     straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
 
     class StopAt2(TrainHooks):
@@ -101,12 +100,21 @@ def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identica
     train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), StopAt2())
     resumed = train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), resume="auto")
     a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
-    assert all(k.startswith("heads.") for k in a["D"])
-    assert any(k.endswith("running_mean") for k in a["D"]) == batch_norm
     for model in a:
         assert a[model].keys() == b[model].keys()
         for key in a[model]:
             assert torch.equal(a[model][key], b[model][key]), f"{model}.{key} differs after resume"
+    return straight, a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_training_keeps_it_frozen_out_of_the_checkpoint_and_resumes_bit_identically(tmp_path, batch_norm):
+    extra = {**PROJECTED, "train.steps": 4, "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1",
+             "loss.penalty_weight": 1.0, "model.projected_batch_norm": str(batch_norm).lower()}
+    straight, a = _resumes_bit_identically(tmp_path, extra)
+    assert all(k.startswith("heads.") for k in a["D"])
+    assert any(k.endswith("running_mean") for k in a["D"]) == batch_norm
     torch.manual_seed(0)
     _, D = models.build(load_config(None, tiny_overrides(tmp_path / "a", **extra)).model)
     opt = torch.load(straight.last_checkpoint / "opt_D.pt", weights_only=True)
@@ -227,20 +235,8 @@ def test_the_ensemble_trains_with_r1_and_resumes_bit_identically(tmp_path):
     extra = {**PROJECTED, "model.d_arch": "native+projected", "train.steps": 4,
              "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1", "loss.penalty_weight": 1.0,
              "model.projected_batch_norm": "true", "loss.member_weights": "[1,0.1]"}
-    straight = train(load_config(None, tiny_overrides(tmp_path / "a", **extra)))
-
-    class StopAt2(TrainHooks):
-        def should_stop(self, step):
-            return step == 2
-
-    train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), StopAt2())
-    resumed = train(load_config(None, tiny_overrides(tmp_path / "b", **extra)), resume="auto")
-    a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
+    _, a = _resumes_bit_identically(tmp_path, extra)
     assert any(k.startswith("members.0.") for k in a["D"]) and any(k.startswith("members.1.") for k in a["D"])
-    for model in a:
-        assert a[model].keys() == b[model].keys()
-        for key in a[model]:
-            assert torch.equal(a[model][key], b[model][key]), f"{model}.{key} differs after resume"
     torch.manual_seed(0)
     _, D = models.build(load_config(None, tiny_overrides(tmp_path / "a", **extra)).model)
     fresh = {k: v.clone() for k, v in D.state_dict().items()}
