@@ -78,7 +78,8 @@ def low_pass_share(ckpt: Path) -> tuple[float, float, list[float]]:
     grads = []
     for member in members:
         xk = x.clone().requires_grad_(True)
-        member(xk, y).sum().backward()
+        # per image, the mean over a per-patch member's patches: what G's loss takes of them
+        member(xk, y).reshape(GRAD_BATCH, -1).mean(dim=1).sum().backward()
         grads.append(xk.grad)
     followed = sum(w * g for w, g in zip(weights, grads)) / sum(weights)
     low = F.avg_pool2d(followed, POOL)

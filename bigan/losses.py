@@ -182,14 +182,15 @@ def d_targets(real_logits: Tensor, fake_logits: Tensor, label_smoothing: float =
 
 
 def _weighted(loss: Callable[..., Tensor], weights: Sequence[float], *per_sample: Tensor) -> Tensor:
-    """`loss` of an ensemble D's logits [N, K] as the weighted mean of each member's own loss on
-    its column (every `per_sample` tensor is split by column alike); with no weights, or logits
-    [N], `loss` itself: the plain mean over every element, each member weighing the same."""
+    """`loss` of an ensemble D's logits [N, K] (or [N, K, P], P patches per member) as the
+    weighted mean of each member's own loss on its column (every `per_sample` tensor is split by
+    column alike); with no weights, or logits [N], `loss` itself: the plain mean over every
+    element, each member (and patch) weighing the same."""
     if not weights or per_sample[0].dim() == 1:
         return loss(*per_sample)
     if len(weights) != per_sample[0].shape[1]:
         raise ValueError(f"{len(weights)} member weights for a D of {per_sample[0].shape[1]} members")
-    total = sum(w * loss(*(t[:, k] if isinstance(t, Tensor) and t.dim() == 2 else t
+    total = sum(w * loss(*(t[:, k] if isinstance(t, Tensor) and t.dim() >= 2 else t
                            for t in per_sample)) for k, w in enumerate(weights))
     return total / sum(weights)
 
@@ -199,7 +200,8 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor, label_smoothing:
            rows: tuple[int, int] | None = None, weights: Sequence[float] = ()) -> Tensor:
     """The scalar D loss of `kind` (one of LOSS_KINDS) on logits of shape [N], or [N, K] for an
     ensemble of K discriminators (`bigan/models/ensemble.py`), each member judged on its column,
-    their losses averaged with `weights` (`loss.member_weights`; empty: equal).
+    their losses averaged with `weights` (`loss.member_weights`; empty: equal), or [N, K, P]
+    with P patches per member, each patch judged like a sample.
 
     `label_smoothing` s and `label_noise` p change the targets as `d_targets` describes; they
     exist only for the losses with targets (nonsaturating, minimax, lsgan) and raise ValueError

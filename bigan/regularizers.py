@@ -1,7 +1,8 @@
 """Discriminator penalties and BigGAN's orthogonal regularization, as pure functions.
 
 The gradient penalties take the discriminator as a callable `D(x, y) -> logits [N]` (an
-ensemble's [N, K]: the gradient of the sum over its members) and return the unweighted scalar
+ensemble's [N, K]: the gradient of the sum over its members; [N, K, P] with P patches per
+member: of the sum over the members of each one's mean over its patches) and return the unweighted scalar
 penalty; the caller multiplies by its weight (lambda for WGAN-GP and DRAGAN, gamma / 2 for R1,
 R2 and R1+R2) and by the lazy-regularization interval (`train/step.py`). Input
 gradients are taken with `create_graph=True`, so backpropagating a penalty reaches D's weights
@@ -33,7 +34,10 @@ def _input_gradients(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
     """
     x = x.detach().requires_grad_(True)
     logits = D(x, y)
-    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    # Logits [N, K, P] (patches): each member's patches averaged, so that a per-patch D's
+    # penalty has the scale of its one-logit form (the mean of the patches).
+    total = logits.mean(dim=2).sum() if logits.dim() == 3 else logits.sum()
+    (grad,) = torch.autograd.grad(total, x, create_graph=True)
     return grad
 
 

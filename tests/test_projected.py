@@ -161,9 +161,12 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
     ("model.d_arch", "imagenet", "must be one of native, projected, native\\+projected"),
     ("model.projected_res", 48, "multiple of 32"),
     ("model.arch", "progan", "model.arch='progan' is invalid"),
+    ("model.d_arch", "native", "projected_per_patch=True is invalid: applies to the projected D only"),
 ])
 def test_bad_projected_settings_are_refused_at_load_time(tmp_path, field, value, words):
     extra = {**PROJECTED, field: value}
+    if value == "native":
+        extra["model.projected_per_patch"] = "true"
     if field == "model.arch":
         extra.update({"model.resolution": 32})
     with pytest.raises(ConfigError, match=words):
@@ -218,6 +221,41 @@ def test_each_member_is_judged_by_the_loss_on_its_own_logits():
     assert fake_g.grad[:, 1].abs().sum() == 0 and fake_g.grad[:, 0].abs().sum() > 0
 
 
+def test_per_patch_logits_are_the_patches_of_the_one_logit_and_each_is_judged_like_a_sample():
+    from bigan import losses, regularizers
+
+    per_patch = ModelConfig(**{**CFG.__dict__, "projected_per_patch": True})
+    torch.manual_seed(0)
+    _, one = models.build(CFG)
+    torch.manual_seed(0)
+    _, D = models.build(per_patch)
+    D.load_state_dict(one.state_dict())  # the same parameters: only the output's shape differs
+    one.eval(), D.eval()
+    x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 3])
+    patches = D(x, y)
+    assert patches.shape == (3, 1, 64)  # 4 heads x 4x4 positions
+    assert torch.allclose(patches.mean(dim=(1, 2)), one(x, y), atol=1e-6)
+    # D's hinge: a margin per patch, not one on their mean
+    real, fake = torch.tensor([[[3.0, -1.0]]]), torch.tensor([[[-3.0, 1.0]]])
+    # real patches 3 and -1, fake -3 and 1: two patches on the wrong side, means on the margins
+    assert losses.d_loss("hinge", real, fake) == (0 + 2) / 2 + (0 + 2) / 2
+    assert losses.d_loss("hinge", real.mean(dim=2), fake.mean(dim=2)) == 0
+    # G's hinge and the penalties see the patches' mean: the same as the one-logit D
+    assert torch.allclose(losses.g_loss("hinge", patches), losses.g_loss("hinge", one(x, y)), atol=1e-6)
+    assert torch.allclose(regularizers.r1_penalty(D, x, y), regularizers.r1_penalty(one, x, y), rtol=1e-4)
+    # beside the native D: its one logit repeated over the patches, the members weighed apart
+    torch.manual_seed(0)
+    _, ens = models.build(ModelConfig(**{**per_patch.__dict__, "d_arch": "native+projected"}))
+    ens.eval()
+    logits = ens(x, y)
+    assert logits.shape == (3, 2, 64)
+    native, proj = ens.members
+    assert torch.equal(logits[:, 0], native(x, y)[:, None].expand(-1, 64))
+    assert torch.equal(logits[:, 1], proj(x, y)[:, 0])
+    weighted = losses.g_loss("hinge", logits, weights=[1.0, 0.25])
+    assert torch.allclose(weighted, (-native(x, y).mean() - 0.25 * proj(x, y).mean()) / 1.25, atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides,words", [
     (["loss.member_weights=[1,0.1]"], "model.d_arch='projected' has 1"),
     (["model.d_arch=native+projected", "loss.member_weights=[1]"], "'native\\+projected' has 2"),
@@ -231,10 +269,12 @@ def test_member_weights_are_checked_against_the_ensemble_at_load_time(tmp_path, 
 
 
 @pytest.mark.slow
-def test_the_ensemble_trains_with_r1_and_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("per_patch", [False, True])
+def test_the_ensemble_trains_with_r1_and_resumes_bit_identically(tmp_path, per_patch):
     extra = {**PROJECTED, "model.d_arch": "native+projected", "train.steps": 4,
              "train.ckpt_every_kimg": 0.032, "loss.penalty": "r1", "loss.penalty_weight": 1.0,
-             "model.projected_batch_norm": "true", "loss.member_weights": "[1,0.1]"}
+             "model.projected_batch_norm": "true", "loss.member_weights": "[1,0.1]",
+             "model.projected_per_patch": str(per_patch).lower()}
     _, a = _resumes_bit_identically(tmp_path, extra)
     assert any(k.startswith("members.0.") for k in a["D"]) and any(k.startswith("members.1.") for k in a["D"])
     torch.manual_seed(0)

@@ -43,6 +43,7 @@ class ModelConfig:
     d_arch: str = "native"  # native (the arch's own D) | projected (frozen EfficientNet-Lite0 features, Sauer et al. 2021; the `projected` extra) | native+projected (both, each judged by the loss on its own logits, as Vision-aided GAN, Kumari et al. 2022)
     projected_res: int = 224  # projected D: side the images are resized to for the pretrained network (paper: 224; a power of two >= 32 or 224)
     projected_batch_norm: bool = False  # projected D: batch norm after each head conv, as the paper's heads; on Imagenette it delayed G's collapse about sixfold (docs/training.md) and makes D score real and fake in separate calls; false by default so that checkpoints written before it resume
+    projected_per_patch: bool = False  # projected D: one logit per head position (4 heads x 4x4), each judged by the loss like a sample, as the paper's loss; false: the mean of them, one logit per image
     hier: bool = True  # biggan: hierarchical latent (z chunks fed to every block); biggan-deep always feeds all of z
     spectral_norm: bool = True  # spectral normalization on G and D weights (progan: D only, replacing its equalized LR)
     sn_eps: float = 1e-6  # epsilon of the spectral-norm power iteration
@@ -68,6 +69,8 @@ class ModelConfig:
             _require(self.projected_res >= 64 and self.projected_res % 32 == 0,
                      f"{prefix}.projected_res", self.projected_res,
                      "must be a multiple of 32 and >= 64 (the projected D's coarsest level is res / 16)")
+        _require(not self.projected_per_patch or "projected" in self.d_arch, f"{prefix}.projected_per_patch",
+                 self.projected_per_patch, f"applies to the projected D only, and {prefix}.d_arch={self.d_arch!r}")
         if self.arch in ("biggan", "biggan-deep"):
             _one_of(f"{prefix}.resolution", self.resolution, BIGGAN_RESOLUTIONS)
         elif self.arch == "dcgan":

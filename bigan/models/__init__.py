@@ -4,7 +4,8 @@ and `on_meta()`, where a build costs no memory and no arithmetic.
 Every pair honours one contract, which the trainer, the sampler and the ONNX exporter rely on:
 `G(z: float [N, dim_z], y: long [N])` returns images [N, img_channels, res, res] in [-1, 1] (the
 mlp pair: points [N, data_dim]); `D(x, y: long [N])` returns logits [N] (an ensemble of K
-discriminators, `bigan/models/ensemble.py`: [N, K], one column per member); G carries `dim_z` and
+discriminators, `bigan/models/ensemble.py`: [N, K], one column per member; a D judging patches,
+`model.projected_per_patch`: [N, K, P]); G carries `dim_z` and
 `num_classes`; in eval mode each output depends only on its own inputs. Models know nothing of
 losses, devices, processes or files.
 """

@@ -26,12 +26,19 @@ from torch import Tensor, nn
 
 
 class Ensemble(nn.Module):
-    """forward(x, y) -> [N, K]: member k's logit for each sample in column k. Members' parameters
-    are `members.<k>.*` in the state dict."""
+    """forward(x, y) -> [N, K]: member k's logit for each sample in column k; [N, K, P] when a
+    member judges P patches (`model.projected_per_patch`), a one-logit member's logit repeated
+    over them (the same loss and gradient as alone: a mean of P equal terms). Members'
+    parameters are `members.<k>.*` in the state dict."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         self.members = nn.ModuleList(members)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return torch.stack([member(x, y) for member in self.members], dim=1)
+        logits = [member(x, y) for member in self.members]
+        if all(t.dim() == 1 for t in logits):
+            return torch.stack(logits, dim=1)
+        patches = max(t.shape[-1] for t in logits if t.dim() == 3)
+        return torch.cat([t[:, None, None].expand(-1, 1, patches) if t.dim() == 1 else t
+                          for t in logits], dim=1)

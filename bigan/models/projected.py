@@ -19,8 +19,12 @@ Where it departs from the paper, and why:
   depends on the rest of its batch, so the trainer scores real and fake in separate calls
   (`train.step.mixes_samples`), and several workers share the global batch's statistics
   (`train.parallel`'s cross-replica BN).
-- D returns one logit per image: the mean over the heads of the mean over positions, so every
-  loss and penalty of `bigan.losses` applies unchanged (the paper applies the loss per patch).
+- By default D returns one logit per image, the mean over the heads of the mean over positions,
+  so every loss and penalty applies unchanged. The paper applies the loss per patch: with
+  `model.projected_per_patch` D returns logits [N, 1, 64] (4 heads x 4x4 positions), which the
+  losses judge each like a sample (a hinge margin per patch) and the penalties average
+  (`bigan.regularizers`). G's hinge loss, linear in the logits, is the same either way; D's
+  is not: a patch already past its margin stops pulling on D while the others still do.
 
 The frozen part is kept outside the module tree (`self.__dict__`, not a registered submodule), so
 it is never in `D.parameters()` (the optimizer, DDP's gradient reduction, a ZeRO partition),
@@ -154,14 +158,16 @@ class Head(nn.Module):
         self.scale = cmap_dim ** -0.5
 
     def forward(self, feat: Tensor, y: Tensor) -> Tensor:
+        """-> [N, 16]: the logit at each of the 4x4 positions."""
         h = F.leaky_relu(self.to_cmap(self.body(feat)), 0.2)
-        proj = (h * self.embed(y)[:, :, None, None]).sum(dim=1, keepdim=True) * self.scale
-        return proj.mean(dim=(1, 2, 3))
+        proj = (h * self.embed(y)[:, :, None, None]).sum(dim=1) * self.scale
+        return proj.flatten(1)
 
 
 class Discriminator(nn.Module):
-    """forward(x: [N, C, res, res] in [-1, 1], y: long [N]) -> logits [N]; per-sample unless the
-    heads have batch norm (in training mode). Grayscale (C = 1) images are repeated to RGB for
+    """forward(x: [N, C, res, res] in [-1, 1], y: long [N]) -> logits [N], or [N, 1, 64] (one
+    member's patches) with `model.projected_per_patch`; per-sample unless the heads have batch
+    norm (in training mode). Grayscale (C = 1) images are repeated to RGB for
     the pretrained network."""
 
     def __init__(self, cfg: ModelConfig):
@@ -175,6 +181,7 @@ class Discriminator(nn.Module):
         width, cmap_dim = 4 * cfg.d_ch, 4 * cfg.d_ch
         self.heads = nn.ModuleList(Head(c, s, width, cmap_dim, cfg)
                                    for c, s in zip(projector.out_channels, sides))
+        self.per_patch = cfg.projected_per_patch
 
     def _apply(self, fn, recurse: bool = True):
         # Device and dtype moves reach the frozen network too (it is not a registered child).
@@ -185,4 +192,5 @@ class Discriminator(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         feats = self.__dict__["projector"](x)
-        return torch.stack([head(f, y) for head, f in zip(self.heads, feats)]).mean(dim=0)
+        patches = torch.cat([head(f, y) for head, f in zip(self.heads, feats)], dim=1)
+        return patches[:, None] if self.per_patch else patches.mean(dim=1)
