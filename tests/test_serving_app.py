@@ -142,6 +142,35 @@ def test_png_and_json_bodies_are_encoded_off_the_event_loop(client, monkeypatch)
     assert on_loop == {"grid_png": False, "base64_pngs": False, "npy_bytes": True}
 
 
+def test_a_cheap_latent_is_drawn_on_the_event_loop_and_gives_the_same_image(tiny_onnx, monkeypatch):
+    # One untruncated (or psi >= 1) "resample" row costs less than the worker-thread hop that
+    # would draw it; a costlier draw (small psi, several rows) still leaves the loop.
+    import asyncio
+
+    engine = Engine(tiny_onnx, EngineConfig(max_batch=8, max_wait_ms=1))
+    on_loop = []
+    draw = engine.latents
+
+    def recording(seeds, psi):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # no loop in this thread: a worker thread
+            on_loop.append(False)
+        return draw(seeds, psi)
+
+    monkeypatch.setattr(engine, "latents", recording)
+    bodies = [{"n": 1, "truncation": None}, {"n": 1, "truncation": 1.0},
+              {"n": 1, "truncation": 0.5}, {"n": 2, "truncation": None}]
+    with TestClient(create_app(engine, max_images=16, cache_mb=0)) as c:
+        images = [_npy(c.post("/v1/generate", json={"class": 1, "seed": 3, "format": "npy", **b}))
+                  for b in bodies]
+    assert on_loop == [True, True, False, False]
+    for body, got in zip(bodies, images):  # the latents' images, whichever thread drew them
+        z = draw([3 + i for i in range(body["n"])], body["truncation"])
+        assert np.array_equal(got, engine.run(z, np.full(body["n"], 1, np.int64)))
+
+
 def test_npy_bodies_are_the_files_np_save_writes():
     """npy_bytes keeps each shape's header after its first np.save: later bodies (a cached
     header plus the raw bytes) are byte for byte np.save's, for other shapes and dtypes too, and

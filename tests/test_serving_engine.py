@@ -239,6 +239,60 @@ def test_a_lone_request_runs_at_once_however_long_the_wait_for_company():
     assert ran and calls == [1] and images.shape == (1, 1)
 
 
+def test_runs_go_through_one_long_lived_thread_that_ends_at_stop():
+    # A persistent worker instead of asyncio.to_thread per run (the default executor's hand-off
+    # and its alternating pool threads cost CPU the session does not get at one client).
+    threads = []
+
+    def run(z, y):
+        threads.append(threading.current_thread())
+        if y[0] < 0:
+            raise ValueError("a bad row")
+        return np.full((len(y), 1), len(threads), np.uint8)
+
+    batcher = MicroBatcher(run, max_batch=1, max_wait_ms=0, max_queue=4,
+                           others_in_flight=lambda: 0)
+    z = np.zeros((1, 4), np.float32)
+
+    async def main():
+        await batcher.start()
+        try:
+            answers = [await batcher.submit(z, np.zeros(1, np.int64)) for _ in range(3)]
+            with pytest.raises(ValueError, match="a bad row"):  # the run's own error
+                await batcher.submit(z, np.full(1, -1, np.int64))
+            answers.append(await batcher.submit(z, np.zeros(1, np.int64)))
+            return answers
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(main())
+    assert [int(a[0, 0]) for a in answers] == [1, 2, 3, 5]  # each request its own run's answer
+    assert len(set(threads)) == 1 and threads[0] is not threading.main_thread()
+    threads[0].join(5)
+    assert not threads[0].is_alive()  # stop() ends it
+
+
+def test_a_call_after_stop_runs_in_a_new_thread_and_the_old_one_ends_after_its_call():
+    from serving.core.batcher import RunThread
+
+    gate, runner = threading.Event(), RunThread("test-run")
+
+    async def main():
+        first = runner.call(lambda: (gate.wait(5), threading.current_thread())[1])
+        await asyncio.sleep(0.05)  # the first call is running
+        runner.stop()
+        second = runner.call(threading.current_thread)  # queued while the old thread is busy
+        gate.set()
+        old, new = await asyncio.wait_for(first, 5), await asyncio.wait_for(second, 5)
+        runner.stop()
+        return old, new
+
+    old, new = asyncio.run(main())
+    assert old is not new  # the old thread took its stop, not the new call
+    old.join(5), new.join(5)
+    assert not old.is_alive() and not new.is_alive()
+
+
 def test_a_batch_waits_for_company_while_another_request_is_in_flight():
     started, calls, others = threading.Event(), [], [1]
     batcher = MicroBatcher(_signalling_run(started, calls), max_batch=2, max_wait_ms=20_000,
