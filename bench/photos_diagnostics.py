@@ -125,7 +125,8 @@ def main() -> int:
     panels = []
     for run in args.runs:
         for ckpt in list_checkpoints(run / "checkpoints"):
-            s = spread(open_sampler(ckpt), real_per_class, len(names))
+            # an unconditional G (model.num_classes 1 on labelled data): over all its images
+            s = spread(open_sampler(ckpt), real_per_class, load_config(ckpt / "config.yaml").model.num_classes)
             share, cos, norms = low_pass_share(ckpt)
             step = int(ckpt.name.split('-')[1])
             print(f"{run.name:34s} {step:6d} {s:7.3f} {share:9.3f} {cos:6.3f}  "
