@@ -441,6 +441,42 @@ def cache_comparison(onnx_path: Path, max_batch: int, clients_list: list[int], s
             "speedup_median": {str(c): float(np.median(v)) for c, v in speedups.items()}}
 
 
+def print_table(report: dict) -> None:
+    """The bench's table on stdout, from the report `main` writes as serving.json."""
+    print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
+    for r in report["latency"]:
+        print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':62s} "
+              f"{r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {'':>9s}")
+    for r in report["ort_over_eager"]:
+        print(f"onnxruntime / eager time, batch {r['batch']}: {r['ort_over_eager']:.2f}x (rounds "
+              + "/".join(f"{v:.2f}" for v in r["ort_over_eager_per_round"]) + ")")
+    for n, b in report["in_process"]["by_batch"].items():
+        label = f"onnxruntime in process, batch {n} (mean)"
+        print(f"{label:62s} {b['img_per_sec']:9.1f}   (range "
+              f"{min(b['img_per_sec_per_measurement']):.1f}-"
+              f"{max(b['img_per_sec_per_measurement']):.1f})")
+    for r in report["server"]["rows"]:
+        label = f"bigan serve, {r['clients']} client(s) ({report['server']['client']} client)"
+        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+        for n, v in r["vs_in_process_batch"].items():
+            print(f"  {v['fraction']:.0%} of in-process at batch {n}"
+                  + (" (its baseline)" if int(n) == r["baseline_batch"] else "")
+                  + "; rounds " + "/".join(f"{f:.0%}" for f in v["per_round"]))
+    for r in report["cache"]["rows"]:
+        label = (f"bigan serve, {r['clients']} client(s), Zipf PNGs, cache {r['cache']}"
+                 + (" (hits " + "/".join(f"{h:.0%}" for h in r["hit_rate_per_round"]) + ")"
+                    if r["cache"] == "on" else ""))
+        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
+    for c, v in report["cache"]["speedup_per_round"].items():
+        print(f"cache on / off images/s, {c} client(s): {report['cache']['speedup_median'][c]:.2f}x (rounds "
+              + "/".join(f"{x:.2f}" for x in v) + ")")
+    server = report["server"]
+    print(f"server peak RSS {server['server_peak_rss_mib']:.0f} MiB "
+          f"(idle {server['server_idle_peak_rss_mib']:.0f} MiB), "
+          f"model file {report['model']['onnx_mib']:.1f} MiB"
+          + (f", export {report['export_sec']:.0f} s" if report['export_sec'] else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -506,37 +542,6 @@ def main() -> None:
                                  G.num_classes, args.cache_keys, args.client)
         onnx_mib = onnx_path.stat().st_size / 2**20
 
-    print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
-    for r in latency:
-        print(f"{r['runtime'] + ' batch ' + str(r['batch']) + ' (' + r['device'] + ')':62s} "
-              f"{r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {'':>9s}")
-    for r in ratios:
-        print(f"onnxruntime / eager time, batch {r['batch']}: {r['ort_over_eager']:.2f}x (rounds "
-              + "/".join(f"{v:.2f}" for v in r["ort_over_eager_per_round"]) + ")")
-    for n, b in in_process["by_batch"].items():
-        label = f"onnxruntime in process, batch {n} (mean)"
-        print(f"{label:62s} {b['img_per_sec']:9.1f}   (range "
-              f"{min(b['img_per_sec_per_measurement']):.1f}-"
-              f"{max(b['img_per_sec_per_measurement']):.1f})")
-    for r in server["rows"]:
-        label = f"bigan serve, {r['clients']} client(s) ({server['client']} client)"
-        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
-        for n, v in r["vs_in_process_batch"].items():
-            print(f"  {v['fraction']:.0%} of in-process at batch {n}"
-                  + (" (its baseline)" if int(n) == r["baseline_batch"] else "")
-                  + "; rounds " + "/".join(f"{f:.0%}" for f in v["per_round"]))
-    for r in cache["rows"]:
-        label = (f"bigan serve, {r['clients']} client(s), Zipf PNGs, cache {r['cache']}"
-                 + (" (hits " + "/".join(f"{h:.0%}" for h in r["hit_rate_per_round"]) + ")"
-                    if r["cache"] == "on" else ""))
-        print(f"{label:62s} {r['img_per_sec']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f}")
-    for c, v in cache["speedup_per_round"].items():
-        print(f"cache on / off images/s, {c} client(s): {cache['speedup_median'][c]:.2f}x (rounds "
-              + "/".join(f"{x:.2f}" for x in v) + ")")
-    print(f"server peak RSS {server['server_peak_rss_mib']:.0f} MiB "
-          f"(idle {server['server_idle_peak_rss_mib']:.0f} MiB), model file {onnx_mib:.1f} MiB"
-          + (f", export {export_sec:.0f} s" if export_sec else ""))
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "threads": threads,
@@ -547,6 +552,7 @@ def main() -> None:
                         "params_G": sum(p.numel() for p in G.parameters()), "onnx_mib": onnx_mib},
               "latency": latency, "ort_over_eager": ratios, "in_process": in_process, "server": server,
               "cache": cache, "export_sec": export_sec}
+    print_table(report)
     (out / "serving.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'serving.json'}")
 
