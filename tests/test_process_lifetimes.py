@@ -154,3 +154,39 @@ def test_killing_bigan_launch_kills_its_workers(tmp_path):
         _assert_all_gone(workers, timeout_s=120)
     finally:
         _clean_up(job, _processes_naming(temp))  # whatever of this Ray is left, by its temp dir
+
+
+ENDING = """
+import atexit, json, os, sys, torch
+from bigan.config import load_config
+from bigan.train.trainer import train
+
+def record():  # registered first, so it runs last: after the trainer's own atexit handler
+    threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    path = f"{sys.argv[2]}/rank-{os.environ['RANK']}.json"
+    with open(path, "w") as f:
+        json.dump({"threads": threads, "group": torch.distributed.is_initialized()}, f)
+
+atexit.register(record)
+train(load_config(sys.argv[1]))
+"""
+
+
+@pytest.mark.dist
+def test_a_finished_worker_ends_its_process_group_before_the_interpreter_does(tmp_path):
+    """Gloo's threads outliving train() could abort a finished worker at exit (SIGABRT, torch PR
+    179291): the group train() created is destroyed at exit, its threads joined, before Python
+    finalizes. Determinism set after the group existed kept the threads alive (process_lifetime)."""
+    config, script = tmp_path / "run.yaml", tmp_path / "ending.py"
+    config.write_text(dump_config(load_config(None, tiny_overrides(
+        tmp_path / "run", **{"train.steps": 2, "train.deterministic": True}))))
+    script.write_text(ENDING)
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "launch/accelerate/cpu_2proc.yaml"), str(script), str(config), str(tmp_path)],
+        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert seen["group"] is False, seen
+        assert not [t for t in seen["threads"] if "gloo" in t], seen

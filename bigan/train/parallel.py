@@ -62,13 +62,18 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
+def has_group() -> bool:
+    """Whether this process is in a default process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def process_rank() -> int:
     """This process's rank in the default process group (0 when there is none)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if has_group() else 0
 
 
 def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if has_group() else 1
 
 
 # --- cross-replica batch norm -----------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Processes that die with the process that started them: training workers with their launcher,
-the evaluator with its trainer.
+"""Processes that die with the process that started them (training workers with their launcher,
+the evaluator with its trainer), and a training process that ends cleanly after its collectives.
 
 A SIGKILL of `accelerate launch` (torchrun starts each worker in a session of its own) or of a
 trainer (the OOM killer) gives its children no chance to stop them: they went on training and
@@ -17,10 +17,25 @@ child (torchrun, `accelerate launch` and `multiprocessing` start theirs from the
 a fork does not inherit it (DataLoader workers have torch's own parent check); and a parent that
 died before the child armed it sends nothing, so the child compares its parent before and after
 arming and exits if it changed (the window left is the child's start-up, before `train()`).
+
+A worker that finished training could still die at exit with SIGABRT ("terminate called without
+an active exception"; one run of the two-rank recovery test in CI): gloo's worker threads
+outlive `train()`, and one that drops the last reference to a finished collective's tensors
+during interpreter finalization must take the GIL, which CPython refuses by ending the thread
+inside C++ noexcept frames (torch PR 179291 describes the race; torch 2.13 does not guard it).
+So the process group `train()` created is destroyed by an atexit handler, while the interpreter
+is whole: its destructor drains the work queue and joins those threads. It only joins them when
+nothing else holds the group, and importing torch._inductor.config after the group exists (what
+`torch.use_deterministic_algorithms` does) keeps a reference that outlives destroy (measured:
+the threads stayed); the trainer therefore sets determinism before it builds the Accelerator.
+A group someone else created (Ray's TorchTrainer, a test's spawn) is theirs to end. Not covered:
+under ZeRO, DeepSpeed's engines and its clone of the world group hold the group past destroy
+(tests/process_group.py measured it), so their threads stay until the process ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import os
@@ -66,3 +81,22 @@ def die_with_launcher() -> None:
     found = started_by_launcher()
     if found and die_with_parent():
         log.debug("started by a launcher (%s is set): dies with parent %d", found, os.getppid())
+
+
+def end_group_at_exit() -> None:
+    """Destroy the default process group before interpreter finalization (atexit; once per
+    process, whatever the number of calls). Call it right after creating the group."""
+    global _ending_registered
+    if not _ending_registered:
+        atexit.register(_destroy_group)
+        _ending_registered = True
+
+
+_ending_registered = False
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # no collective: it waits for this process's queued work only

@@ -56,8 +56,12 @@ def train(cfg: Config, hooks: TrainHooks | None = None, resume: str | None = Non
     from accelerate import Accelerator
 
     process_lifetime.die_with_launcher()  # a killed `accelerate launch` takes its workers along
+    torch.use_deterministic_algorithms(cfg.train.deterministic)  # before the group: see process_lifetime
+    had_group = parallel.has_group()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.train.out_dir,
                               log_with=accelerate_trackers(cfg.train.log_with))
+    if parallel.has_group() and not had_group:
+        process_lifetime.end_group_at_exit()  # it built the group: gloo's threads end before exit
     strategy = _strategy(cfg, accelerator.num_processes)
     # One job per run directory, from before the first checkpoint is read to the return.
     with run_lock.held(cfg.train.out_dir, accelerator.is_main_process, accelerator.device):
@@ -70,7 +74,6 @@ def _train(cfg: Config, hooks: TrainHooks, resume: str | None, evaluator: Evalua
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     check_run_writable(run_dir, main, device)  # a read-only run directory: one line, now
-    torch.use_deterministic_algorithms(tc.deterministic)
 
     # --- models, optimizers, data parallelism, resume, data ---------------------------------------
     fast, p, G_ema = _build(cfg, resume, device, strategy, rank, world)
