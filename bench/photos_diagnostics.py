@@ -29,9 +29,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bigan import models  # noqa: E402
 from bigan.checkpoint.store import list_checkpoints  # noqa: E402
-from bigan.config import load_config  # noqa: E402
+from bigan.config import Config, load_config  # noqa: E402
 from bigan.eval.real_data import read_shard_images  # noqa: E402
 from bigan.generation import open_sampler  # noqa: E402
+from bigan.regularizers import logit_total  # noqa: E402
 
 PER_CLASS = 16  # images per class for the spread
 GRAD_BATCH = 40  # fakes whose D gradients are compared
@@ -56,14 +57,13 @@ def spread(sampler, real_per_class: float, num_classes: int) -> float:
     return float(np.mean(within)) / real_per_class
 
 
-def low_pass_share(ckpt: Path) -> tuple[float, float, list[float]]:
+def low_pass_share(ckpt: Path, cfg: Config) -> tuple[float, float, list[float]]:
     """(share of the input-gradient energy G follows left after POOL x POOL pooling, mean pairwise
     cosine of the pooled gradients, the mean gradient norm per image of each of D's members) for
-    GRAD_BATCH fakes of the checkpoint's own G. For an ensemble D (`bigan/models/ensemble.py`) G
+    GRAD_BATCH fakes of the checkpoint's own G (`cfg`: its config). For an ensemble D (`bigan/models/ensemble.py`) G
     follows the members' gradients weighted as `loss.member_weights` weighs their losses."""
     from safetensors.torch import load_file
 
-    cfg = load_config(ckpt / "config.yaml")
     torch.manual_seed(0)
     G, D = models.build(cfg.model)
     G.load_state_dict(load_file(str(ckpt / "G.safetensors")))
@@ -78,8 +78,7 @@ def low_pass_share(ckpt: Path) -> tuple[float, float, list[float]]:
     grads = []
     for member in members:
         xk = x.clone().requires_grad_(True)
-        # per image, the mean over a per-patch member's patches: what G's loss takes of them
-        member(xk, y).reshape(GRAD_BATCH, -1).mean(dim=1).sum().backward()
+        logit_total(member(xk, y)).backward()  # a per-patch member: its patches' mean per image
         grads.append(xk.grad)
     followed = sum(w * g for w, g in zip(weights, grads)) / sum(weights)
     low = F.avg_pool2d(followed, POOL)
@@ -126,8 +125,9 @@ def main() -> int:
     for run in args.runs:
         for ckpt in list_checkpoints(run / "checkpoints"):
             # an unconditional G (model.num_classes 1 on labelled data): over all its images
-            s = spread(open_sampler(ckpt), real_per_class, load_config(ckpt / "config.yaml").model.num_classes)
-            share, cos, norms = low_pass_share(ckpt)
+            cfg = load_config(ckpt / "config.yaml")
+            s = spread(open_sampler(ckpt), real_per_class, cfg.model.num_classes)
+            share, cos, norms = low_pass_share(ckpt, cfg)
             step = int(ckpt.name.split('-')[1])
             print(f"{run.name:34s} {step:6d} {s:7.3f} {share:9.3f} {cos:6.3f}  "
                   + " / ".join(f"{n:.4f}" for n in norms), flush=True)

@@ -27,17 +27,21 @@ Discriminator = Callable[[Tensor, Tensor], Tensor]
 
 
 
+def logit_total(logits: Tensor) -> Tensor:
+    """The sum of D's logits over images and members, each member's patches averaged: logits
+    [N], [N, K] or [N, K, P] (P patches, `model.projected_per_patch`) -> a scalar. Averaging
+    keeps a per-patch D's gradient at the scale of its one-logit form (the mean of the patches),
+    the gradient G's loss follows."""
+    return logits.mean(dim=2).sum() if logits.dim() == 3 else logits.sum()
+
+
 def _input_gradients(D: Discriminator, x: Tensor, y: Tensor) -> Tensor:
-    """grad_x sum_i D(x_i, y_i), shaped like x, differentiable w.r.t. D's weights.
+    """grad_x logit_total(D(x, y)), shaped like x, differentiable w.r.t. D's weights.
 
     x is detached first: a penalty constrains D only and never sends gradient to G.
     """
     x = x.detach().requires_grad_(True)
-    logits = D(x, y)
-    # Logits [N, K, P] (patches): each member's patches averaged, so that a per-patch D's
-    # penalty has the scale of its one-logit form (the mean of the patches).
-    total = logits.mean(dim=2).sum() if logits.dim() == 3 else logits.sum()
-    (grad,) = torch.autograd.grad(total, x, create_graph=True)
+    (grad,) = torch.autograd.grad(logit_total(D(x, y)), x, create_graph=True)
     return grad
 
 
