@@ -60,8 +60,9 @@ def spread(sampler, real_per_class: float, num_classes: int) -> float:
 def low_pass_share(ckpt: Path, cfg: Config) -> tuple[float, float, list[float]]:
     """(share of the input-gradient energy G follows left after POOL x POOL pooling, mean pairwise
     cosine of the pooled gradients, the mean gradient norm per image of each of D's members) for
-    GRAD_BATCH fakes of the checkpoint's own G (`cfg`: its config). For an ensemble D (`bigan/models/ensemble.py`) G
-    follows the members' gradients weighted as `loss.member_weights` weighs their losses."""
+    GRAD_BATCH fakes of the checkpoint's own G (`cfg`: its config). For an ensemble D
+    (`bigan/models/ensemble.py`) G follows the members' gradients weighted as
+    `loss.member_weights` weighs their losses."""
     from safetensors.torch import load_file
 
     torch.manual_seed(0)

@@ -83,6 +83,9 @@ def die_with_launcher() -> None:
         log.debug("started by a launcher (%s is set): dies with parent %d", found, os.getppid())
 
 
+_ending_registered = False
+
+
 def end_group_at_exit() -> None:
     """Destroy the default process group before interpreter finalization (atexit; once per
     process, whatever the number of calls). Call it right after creating the group."""
@@ -90,9 +93,6 @@ def end_group_at_exit() -> None:
     if not _ending_registered:
         atexit.register(_destroy_group)
         _ending_registered = True
-
-
-_ending_registered = False
 
 
 def _destroy_group() -> None:
