@@ -313,3 +313,29 @@ class MinibatchStdDev(nn.Module):
         y = (y + self.eps).sqrt().mean(dim=(1, 2, 3))          # [M]
         y = y.repeat(g).view(n, 1, 1, 1).expand(n, 1, h, w)
         return torch.cat([x, y], dim=1)
+
+
+class ClassStdDev(nn.Module):
+    """Minibatch std-dev taken within each class instead of within fixed groups: for every class
+    present in the batch, sqrt(mean_c (x - mean_c x)^2 + eps) over its samples, averaged over C, H,
+    W to one scalar, appended as a constant map to each sample of that class (a class seen once
+    gets sqrt(eps)). A group of mixed classes shows D the variety *between* classes, which a G that
+    draws one image per class still has; within a class, that collapse is what the statistic
+    shows. x: [N, C, H, W], y: long [N] in [0, num_classes) -> [N, C + 1, H, W]."""
+
+    def __init__(self, num_classes: int, eps: float = 1e-8):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: grouping by class needs >= 2 classes")
+        self.num_classes = num_classes
+        self.eps = eps
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        members = F.one_hot(y, self.num_classes).to(x.dtype)       # [N, K]
+        count = members.sum(dim=0).clamp(min=1)[:, None]           # [K, 1]
+        flat = x.reshape(n, -1)
+        mean = members.T @ flat / count                             # [K, C*H*W]
+        var = members.T @ (flat - mean[y]).pow(2) / count
+        std = (var + self.eps).sqrt().mean(dim=1)                   # [K]
+        return torch.cat([x, std[y].view(n, 1, 1, 1).expand(n, 1, h, w)], dim=1)

@@ -24,8 +24,8 @@ class CountingFeed:
         return torch.zeros(n, 3, 32, 32, dtype=torch.uint8), y
 
 
-def _draw(tmp_path, kind: str):
-    cfg = load_config(None, tiny_overrides(tmp_path, **{"loss.kind": kind}))
+def _draw(tmp_path, kind: str, **overrides):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"loss.kind": kind, **overrides}))
     return draw_batches(cfg, CountingFeed(), lambda x: x, step=3, batch_size=8, rank=0, world=1,
                         device=torch.device("cpu"))
 
@@ -47,3 +47,13 @@ def test_other_losses_draw_the_classes_and_the_latents_do_not_move(tmp_path):
     assert not all(torch.equal(b.fake_y, b.real_y) for b in [*d_hinge, g_hinge])
     for a, b in zip([*d_hinge, g_hinge], [*d_rp, g_rp]):
         assert torch.equal(a.z, b.z)
+
+
+def test_progans_class_grouped_stddev_pairs_the_classes_too(tmp_path):
+    """With model.mbstd_groups=class, D pools its statistic per class: each class must have as many
+    fakes as reals in every update, or the count alone would tell them apart."""
+    overrides = {"model.arch": "progan", "model.resolution": 8, "model.mbstd_groups": "class",
+                 "model.fmap_base": 16, "model.fmap_max": 8, "model.attention": "[]"}
+    d_batches, g_batch = _draw(tmp_path, "wasserstein", **overrides)
+    for b in [*d_batches, g_batch]:
+        assert torch.equal(b.fake_y, b.real_y)

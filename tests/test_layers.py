@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bigan.layers import (ConditionalBatchNorm2d, EqualizedConv2d, EqualizedLinear,
-                          MinibatchStdDev, PixelNorm, SelfAttention, add_upsampled, attend,
+                          ClassStdDev, MinibatchStdDev, PixelNorm, SelfAttention, add_upsampled, attend,
                           conv3x3_avgpool, sn_embedding, snconv2d, snlinear, upsample_conv3x3)
 
 pytestmark = pytest.mark.unit
@@ -104,6 +104,34 @@ def test_minibatch_stddev_matches_numpy():
     np.testing.assert_allclose(out[:, :3], x)
     np.testing.assert_allclose(out[:, 3], np.broadcast_to(expected[:, None, None], (4, 2, 2)),
                                rtol=1e-6)
+
+
+def test_class_stddev_pools_each_class_alone():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 3, 2, 2)).astype(np.float32)
+    y = np.array([2, 0, 2, 1, 0, 2])
+    out = ClassStdDev(num_classes=4)(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    expected = np.empty(6, np.float32)
+    for k in range(4):
+        members = np.flatnonzero(y == k)
+        if len(members):
+            expected[members] = np.sqrt(x[members].var(axis=0) + 1e-8).mean()
+    assert expected[3] == pytest.approx(1e-4)  # class 1 is seen once: no variety to show
+    np.testing.assert_allclose(out[:, :3], x)
+    np.testing.assert_allclose(out[:, 3], np.broadcast_to(expected[:, None, None], (6, 2, 2)),
+                               rtol=1e-5)
+
+
+def test_class_stddev_sees_one_image_per_class_where_mixed_groups_do_not():
+    """The case it exists for: every class drawn as one image. Groups of mixed classes still show
+    the variety between classes; grouping by class shows none."""
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    per_class = torch.randn(4, 3, 4, 4)
+    collapsed = per_class[y]
+    mixed = MinibatchStdDev(group_size=4)(collapsed)[:, 3, 0, 0]
+    by_class = ClassStdDev(num_classes=4)(collapsed, y)[:, 3, 0, 0]
+    assert mixed.min() > 0.3  # two classes per group (i mod 2): half the gap between them
+    assert by_class.max() < 1e-3
 
 
 def test_minibatch_stddev_rejects_indivisible_batch():

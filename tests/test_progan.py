@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bigan import models, regularizers
-from bigan.config import ModelConfig
+from bigan.config import ConfigError, ModelConfig
 from bigan.models import progan
 
 pytestmark = pytest.mark.unit
@@ -149,6 +149,31 @@ def test_minibatch_stddev_groups_in_the_discriminator():
     torch.testing.assert_close(out[[1, 3]], base[[1, 3]], rtol=0, atol=0)
     _, D1 = build(resolution=8, mbstd_group_size=1)
     assert D1.last.mbstd is None and not D1.uses_batch_statistics
+
+
+def test_class_grouped_stddev_ties_each_logit_to_its_own_class_only():
+    _, D = build(resolution=8, mbstd_groups="class")
+    assert D.uses_batch_statistics and isinstance(D.last.mbstd, progan.ClassStdDev)
+    _, _, x = inputs(n=4, res=8)
+    y = torch.tensor([0, 1, 0, 2])
+    with torch.no_grad():
+        base = D(x, y)
+        x2 = x.clone()
+        x2[2] += 0.5  # shares its class with sample 0 only
+        out = D(x2, y)
+    assert out[0] != base[0] and out[2] != base[2]
+    torch.testing.assert_close(out[[1, 3]], base[[1, 3]], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("changes, says", [
+    (dict(mbstd_groups="classes"), "one of"),
+    (dict(mbstd_groups="class", num_classes=1), "num_classes > 1"),
+    (dict(mbstd_groups="class", mbstd_group_size=1), "mbstd_group_size > 1"),
+    (dict(mbstd_groups="class", arch="biggan", resolution=32), "arch=progan"),
+])
+def test_class_grouped_stddev_is_refused_where_it_cannot_apply(changes, says):
+    with pytest.raises(ConfigError, match=f"model.mbstd_groups.*{says}"):
+        ModelConfig(**{**TINY, "resolution": 16, **changes}).validate()
 
 
 def test_paper_parameter_counts_at_1024():

@@ -38,9 +38,11 @@ def _weights(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("class_cond", ["latent", "blocks"])
-def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path, class_cond):
-    straight = train(_cfg(tmp_path / "a", **{"model.class_cond": class_cond}))
+@pytest.mark.parametrize("class_cond, mbstd_groups", [("latent", "batch"), ("blocks", "batch"),
+                                                     ("latent", "class")])
+def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path, class_cond, mbstd_groups):
+    model = {"model.class_cond": class_cond, "model.mbstd_groups": mbstd_groups}
+    straight = train(_cfg(tmp_path / "a", **model))
     assert straight.step == 10 and straight.cur_nimg == 4 * 4 + 4 * 2 + 2 * 2
     grids = sorted(p.name for p in (tmp_path / "a" / "grids").glob("phase-*.png"))
     assert grids == ["phase-00-4px-stable.png", "phase-01-8px-fade.png", "phase-02-8px-stable.png"]
@@ -52,10 +54,10 @@ def test_progan_grows_and_resumes_mid_fade_in_bit_identically(tmp_path, class_co
     assert [m["progress/resolution"] for m in logged] == [4, 4, 4, 8, 8, 8, 8]  # after each step
     assert 0 < logged[4]["progress/alpha"] < 1  # step 6: mid fade-in
 
-    train(_cfg(tmp_path / "b", **{"train.steps": 6, "model.class_cond": class_cond}))
+    train(_cfg(tmp_path / "b", **{"train.steps": 6, **model}))
     mid = json.loads((tmp_path / "b" / "checkpoints" / "step-00000006" / "manifest.json").read_text())
     assert mid["phase"]["index"] == 1 and 0 < mid["phase"]["alpha"] < 1
-    resumed = train(_cfg(tmp_path / "b", **{"model.class_cond": class_cond}), resume="auto")
+    resumed = train(_cfg(tmp_path / "b", **model), resume="auto")
     assert resumed.step == 10 and resumed.cur_nimg == straight.cur_nimg
     a, b = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
     for model in a:

@@ -16,6 +16,7 @@ from bigan.config.vocabulary import (
     D_ARCHS,
     DCGAN_RESOLUTIONS,
     PROGAN_CLASS_CONDS,
+    PROGAN_MBSTD_GROUPS,
     PROGAN_RESOLUTIONS,
     PROJECTED_G_ARCHS,
     _one_of,
@@ -58,6 +59,7 @@ class ModelConfig:
     fmap_base: int = 8192  # progan: width at stage s is min(fmap_max, fmap_base / 2^s) (paper: 8192)
     fmap_max: int = 512  # progan: cap on every width (paper: 512)
     mbstd_group_size: int = 4  # progan: minibatch std-dev group size in D (min with the batch; 1 = off)
+    mbstd_groups: str = "batch"  # progan: the samples each minibatch std-dev pools: batch (groups of mbstd_group_size, the paper) | class (every sample of one class in the worker's batch, G's classes then paired with the reals'; shows D a G that draws one image per class)
     class_cond: str = "latent"  # progan: where G takes the class: latent (joined to z before the pixel norm, the official code) | blocks (z alone in the latent; a zero-initialised per-channel gain and bias of the class vector after every pixel norm of every block)
 
     def validate(self, prefix: str = "model") -> None:
@@ -89,6 +91,13 @@ class ModelConfig:
                      f"only model.arch=progan takes it (model.arch={self.arch}); leave it 'latent'")
             _require(self.num_classes > 1, f"{prefix}.class_cond", self.class_cond,
                      "needs a class-conditional model (model.num_classes > 1)")
+        _one_of(f"{prefix}.mbstd_groups", self.mbstd_groups, PROGAN_MBSTD_GROUPS)
+        if self.mbstd_groups == "class":
+            _require(self.arch == "progan" and self.num_classes > 1 and self.mbstd_group_size > 1,
+                     f"{prefix}.mbstd_groups", self.mbstd_groups,
+                     "needs model.arch=progan, model.num_classes > 1 and minibatch std-dev on "
+                     f"(model.mbstd_group_size > 1); here arch={self.arch}, num_classes="
+                     f"{self.num_classes}, mbstd_group_size={self.mbstd_group_size}")
         for name in ("img_channels", "num_classes", "dim_z", "ch", "d_ch", "data_dim",
                      "mlp_hidden", "mlp_layers"):
             _positive(f"{prefix}.{name}", getattr(self, name))

@@ -40,6 +40,7 @@ DATA_SOURCES = ("shards", "digits", "synthetic", "gaussian-ring", "gaussian-grid
 UNREADABLE_SHARD_ACTIONS = ("skip", "stop")  # data.on_unreadable_shard (bigan/data/loader.py)
 PROGAN_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROGAN_CLASS_CONDS = ("latent", "blocks")  # model.class_cond: where ProGAN's G takes the class
+PROGAN_MBSTD_GROUPS = ("batch", "class")  # model.mbstd_groups: which samples ProGAN's minibatch std-dev pools
 DCGAN_RESOLUTIONS = (32, 64, 128)
 # BigGAN's block tables (BigGAN-PyTorch `G_arch` / `D_arch`), by output resolution. G starts at
 # 4x4 with BIGGAN_G_WIDTHS[r][0] * ch channels and block i maps widths [i] -> [i + 1] while

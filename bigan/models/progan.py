@@ -50,7 +50,9 @@ Spectral norm (`model.spectral_norm`) applies to D only and replaces its equaliz
 (SN already sets each layer's scale; multiplying by He's constant as well would shrink D's
 signal ~50x per layer); G keeps equalized LR and pixel norm, so an exported G never needs
 folding. D depends on the batch through minibatch std-dev by design (`uses_batch_statistics`);
-gradient penalties differentiate sum_i D(x_i) as the official WGAN-GP does.
+gradient penalties differentiate sum_i D(x_i) as the official WGAN-GP does. `model.mbstd_groups:
+class` pools that statistic within each class (`layers.ClassStdDev`) rather than within groups of
+mixed classes, whose variety between classes hides a G that draws one image per class.
 
 What a trainer does at a phase change (see `bigan.train.phases`, which computes the phase
 from cur_nimg): call `set_phase(resolution, alpha)` on G, D and the EMA copy (`update_ema`
@@ -72,8 +74,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigan.config import PROGAN_RESOLUTIONS, ModelConfig
-from bigan.layers import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm, conv3x3_avgpool, fold_pays,
-                          snconv2d, snlinear, upsample_conv3x3)
+from bigan.layers import (ClassStdDev, EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm,
+                          conv3x3_avgpool, fold_pays, snconv2d, snlinear, upsample_conv3x3)
 
 SLOPE = 0.2  # leaky ReLU slope (paper Sec. A.1)
 LINEAR_GAIN = 1 / math.sqrt(2)  # official gain=1 layers (toRGB, last dense): std 1/sqrt(fan_in)
@@ -308,7 +310,10 @@ class DLastBlock(nn.Module):
 
     def __init__(self, ch: int, features: int, cfg: ModelConfig):
         super().__init__()
-        self.mbstd = MinibatchStdDev(cfg.mbstd_group_size) if cfg.mbstd_group_size > 1 else None
+        self.mbstd: MinibatchStdDev | ClassStdDev | None = None
+        if cfg.mbstd_group_size > 1:
+            self.mbstd = (ClassStdDev(cfg.num_classes) if cfg.mbstd_groups == "class"
+                          else MinibatchStdDev(cfg.mbstd_group_size))
         self.conv = _d_conv(ch + (self.mbstd is not None), ch, 3, cfg)
         self.dense0 = _d_linear(ch * 16, features, cfg)
         self.dense1 = _d_linear(features, 1, cfg, gain=LINEAR_GAIN)
@@ -317,7 +322,10 @@ class DLastBlock(nn.Module):
                         if cfg.num_classes > 1 else None)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        h = self.mbstd(x) if self.mbstd is not None else x
+        if isinstance(self.mbstd, ClassStdDev):
+            h = self.mbstd(x, y)
+        else:
+            h = self.mbstd(x) if self.mbstd is not None else x
         phi = _lrelu(self.dense0(_lrelu(self.conv(h)).flatten(1)))
         out = self.dense1(phi).squeeze(1)
         if self.project is not None:

@@ -58,10 +58,11 @@ def draw_batches(cfg: Config, feed, prepare_reals, step: int, batch_size: int, r
     difference D(G(z_i), y_i) - D(x_i, y_i), and R3GAN's loop conditions both on the same labels.
     With independent classes the projection terms of two different classes enter every pair's
     difference, and G learned its classes far later (class accuracy about 0.2 after 600-1,200
-    steps on 2% of the digits, docs/benchmarks.md). The classes are still drawn, so no other
-    draw moves."""
+    steps on 2% of the digits, docs/benchmarks.md). ProGAN's D with `model.mbstd_groups: class`
+    gets the same pairing, so that its per-class statistic pools the same number of reals and
+    fakes of every class. The classes are still drawn, so no other draw moves."""
     rows = (rank * (batch_size // world), batch_size)  # this worker's rows of the global batch
-    paired = cfg.loss.kind in RELATIVISTIC_KINDS
+    paired = cfg.loss.kind in RELATIVISTIC_KINDS or cfg.model.mbstd_groups == "class"
     d_batches = []
     for k in range(cfg.optim.d_steps):
         real, real_y = feed.next(batch_size)
