@@ -72,7 +72,8 @@ def process_rank() -> int:
     return dist.get_rank() if has_group() else 0
 
 
-def _world() -> int:
+def process_count() -> int:
+    """The processes in the default process group (1 when there is none)."""
     return dist.get_world_size() if has_group() else 1
 
 
@@ -100,7 +101,7 @@ class CrossReplicaBatchNorm2d(nn.BatchNorm2d):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        world = _world()
+        world = process_count()
         if not self.training or world == 1:
             return super().forward(x)
         c = x.shape[1]
@@ -230,7 +231,7 @@ def prepare(strategy: str, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimi
     """
     if strategy not in STRATEGIES:
         raise ParallelError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    world = _world()
+    world = process_count()
     if world > 1:
         convert_cross_replica_bn(G)
         convert_cross_replica_bn(D)
@@ -249,7 +250,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is True on any (collective; `flag` itself with one process).
     For decisions every rank must take together, such as stopping: one rank leaving the loop
     alone would leave the others waiting in the next collective."""
-    if _world() == 1:
+    if process_count() == 1:
         return bool(flag)
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -259,7 +260,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
     """Each of `values` maximised over the ranks (collective, one all-reduce; `values` itself with
     one process): a decision and what it needs (a step) agreed at once, like `any_rank`."""
-    if _world() == 1:
+    if process_count() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -270,7 +271,7 @@ def mean_over_ranks(t: Tensor) -> Tensor:
     """The mean of `t` over the ranks (collective; `t` itself with one process): the statistics of
     the global batch that ADA's p and LeCam's EMAs follow, agreed on by every rank. Every rank
     holds the same number of samples, so the mean of the ranks' means is the global mean."""
-    world = _world()
+    world = process_count()
     if world == 1:
         return t
     out = t.detach().clone()
@@ -284,7 +285,7 @@ def average_gradients(module: nn.Module) -> None:
     Only parameters with a gradient take part; every rank ran the same graph, so every rank has
     the same set (StyleGAN2-ADA's `training_loop.py` does the same).
     """
-    world = _world()
+    world = process_count()
     if world == 1:
         return
     grads = [p.grad for p in module.parameters() if p.grad is not None]

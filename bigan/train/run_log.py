@@ -21,7 +21,7 @@ from bigan import ema
 from bigan.checkpoint.durable import write_atomically
 from bigan.config import Config, ConfigError
 from bigan.generation import save_samples_png
-from bigan.train import trackers
+from bigan.train import parallel, trackers
 from bigan.train.batches import step_generator
 
 
@@ -85,8 +85,7 @@ class RunLog:
         # kimg/h, ETA and device-hours (what `bigan plan` estimates, measured); device-hours go
         # on from the last value metrics.jsonl holds, so a resumed run keeps counting.
         self.steps, self.last_step = steps, step
-        dist = torch.distributed
-        self.devices = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.devices = parallel.process_count()
         self.device_hours = _last_value(self.path, "progress/device_hours") if main else 0.0
 
     def count(self, images: int) -> None:
