@@ -302,7 +302,8 @@ class MinibatchStdDev(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """`y` (the classes) is unused: taken so that D calls this and `ClassStdDev` alike."""
         n, c, h, w = x.shape
         g = min(self.group_size, n)
         if n % g:

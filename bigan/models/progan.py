@@ -322,10 +322,7 @@ class DLastBlock(nn.Module):
                         if cfg.num_classes > 1 else None)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        if isinstance(self.mbstd, ClassStdDev):
-            h = self.mbstd(x, y)
-        else:
-            h = self.mbstd(x) if self.mbstd is not None else x
+        h = self.mbstd(x, y) if self.mbstd is not None else x
         phi = _lrelu(self.dense0(_lrelu(self.conv(h)).flatten(1)))
         out = self.dense1(phi).squeeze(1)
         if self.project is not None:
