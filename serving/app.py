@@ -4,9 +4,9 @@
 batcher). The app builds the core's shared objects once (the repository, the Prometheus metrics,
 the response cache) as a `ServerState`, then only composes: the routers of
 `serving.transports` (v1, operations, KServe v2 HTTP, the page), their error handlers, the
-middleware (body limit, body deadline, request metrics) and a lifespan that starts the batchers
-(and the gRPC transport, with `grpc_port`) and stops them. Every default is `ServeConfig`'s
-(`serving.config`).
+middleware (/v1/generate's lean path, body limit, body deadline, answers at shutdown, request
+metrics) and a lifespan that starts the batchers (and the gRPC transport, with `grpc_port`) and
+stops them. Every default is `ServeConfig`'s (`serving.config`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def create_app(models: Engine | ModelRepository, max_images: int = ServeConfig.m
                   lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
                   docs_url=None, redoc_url=None)  # /docs: serving.transports.page
     app.state.server = state
+    app.add_middleware(v1.LeanGenerate)  # innermost: the layers outside see both of its paths
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, skip_prefix="/v2/")
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
     app.add_middleware(CancelledAtShutdown)  # inside the metrics: they count its 503s

@@ -74,20 +74,7 @@ def huge_integer_at(value: Any, where: str = "") -> str | None:
 
 
 class JsonRequest(Request):
-    """A Request whose JSON is read with `loads`. A failed body read (413 from the body limit,
-    408 from the deadline, a client gone) is kept and raised again by every later read, so a lean
-    path that read first (`schema_valid_body`) and FastAPI's handler after it see one outcome."""
-
-    _read_error: Exception | None = None
-
-    async def body(self) -> bytes:
-        if self._read_error is not None:
-            raise self._read_error
-        try:
-            return await super().body()
-        except Exception as e:
-            self._read_error = e
-            raise
+    """A Request whose JSON is read with `loads`."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -108,19 +95,16 @@ class JsonBodyRoute(APIRoute):
         return read_with_long_integers
 
 
-async def schema_valid_body(request: JsonRequest, schema: type[BaseModel]) -> BaseModel | None:
-    """The body as `schema` when FastAPI would read it so without a word: a non-empty JSON
-    object under `Content-Type: application/json` that passes the schema, validated as FastAPI
-    validates a lone body model. None for anything else, errors included: the caller then hands
-    the same request (its body and parse kept) to FastAPI's handler, which answers as it always
-    did. This skips only FastAPI's per-request dependency solving for the common request."""
-    if request.headers.get("content-type") != "application/json":
-        return None  # FastAPI's content-type rules (charset, +json, none) stay FastAPI's
+def plainly_valid(body: bytes, schema: type[BaseModel]) -> BaseModel | None:
+    """`body` (sent as exactly `application/json`) as `schema` when FastAPI would read it so
+    without a word: a non-empty JSON object, read with `loads`, that passes the schema, validated
+    as FastAPI validates a lone body model. None for anything else: the caller then lets FastAPI
+    answer the request, its errors included, as it always did (`serving.transports.v1.LeanGenerate`)."""
+    if not body:
+        return None
     try:
-        if not await request.body():
-            return None
-        value = await request.json()
-    except Exception:  # the handler reads the same body (or error) again and answers it
+        value = loads(body)[0]
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep: FastAPI answers
         return None
     if not isinstance(value, dict):
         return None

@@ -15,12 +15,11 @@ import asyncio
 import dataclasses
 import json
 import secrets
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from bigan import sampling
@@ -29,9 +28,8 @@ from serving.core.cache import CachedResponse, CacheKey
 from serving.core.engine import Engine
 from serving.core.repository import ModelRepository
 from serving.transports import images as encode
-from serving.transports.errors import BadRequest, shorten
-from serving.transports.json_body import (JsonBodyRoute, JsonRequest, describe_int,
-                                          schema_valid_body)
+from serving.transports.errors import EXCEPTION_HANDLERS, BadRequest, shorten
+from serving.transports.json_body import JsonBodyRoute, describe_int, plainly_valid
 from serving.transports.server_state import ServerState, server_state
 
 MAX_SEED = 2**63 - 1
@@ -79,37 +77,98 @@ class InterpolateRequest(ModelClassRequest):
         "png", description="png: one row; npy: uint8 [steps, H, W, C]; json: base64 PNGs + t")
 
 
-class GenerateRoute(JsonBodyRoute):
-    """/v1/generate's route: a request whose body is plainly valid (`schema_valid_body`) goes
-    straight to `generate`; any other goes through FastAPI's handler, which answers it (and its
-    errors) as before. At one client every event-loop millisecond beside the ~8 ms generator run
-    lowers throughput: without this path the loop spent ~0.13 ms more a request (1.22 against
-    1.07 ms, one-image npy requests, one core)."""
-
-    def get_route_handler(self) -> Callable:
-        full = APIRoute.get_route_handler(self)  # FastAPI's; takes the JsonRequest as it is
-
-        async def lean_or_full(request: Request) -> Response:
-            request = JsonRequest(request.scope, request.receive)
-            req = await schema_valid_body(request, GenerateRequest)
-            if req is None:
-                return await full(request)
-            return await generate(req, request)
-
-        return lean_or_full
-
-
 async def generate(req: GenerateRequest, request: Request):
     # The state straight from the app, not `Depends(server_state)`: a dependency is one more
-    # pass of FastAPI's solver per request on the full path.
-    state: ServerState = request.app.state.server
-    _check_model_named(state.repository, req.model)
-    with state.repository.use(req.model, req.version) as engine:  # a reload waits for this
-        return await _generate(req, engine, state)
+    # pass of FastAPI's solver per request.
+    return await _generate_with(req, request.app.state.server)
 
 
 router.add_api_route("/v1/generate", generate, methods=["POST"], response_class=Response,
-                     responses=_IMAGE_RESPONSES, route_class_override=GenerateRoute)
+                     responses=_IMAGE_RESPONSES)
+_GENERATE_ROUTE = router.routes[-1]  # what the router would put in the scope: metrics name it
+
+
+class LeanGenerate:
+    """ASGI middleware, the innermost of the app's own: a plainly valid `POST /v1/generate` (a
+    body sent whole as exactly `application/json` that passes `GenerateRequest`: `plainly_valid`)
+    goes straight to the endpoint, and its errors (unknown class, a full queue) to the app's own
+    handlers (`EXCEPTION_HANDLERS`); any other request, with the body it sent, goes on to FastAPI,
+    which answers it as it always did. The middleware outside this one (body limit, body
+    deadline, the answer at shutdown, the request metrics) sees both paths alike.
+    Why: at one client every event-loop microsecond beside the generator's run lowers
+    throughput, and FastAPI's router, its request and response plumbing and its exception
+    middleware are the largest part left of what the loop spends on a request
+    (docs/benchmarks.md, Serving)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["path"] != "/v1/generate"
+                or scope["method"] != "POST" or _content_type(scope) != b"application/json"):
+            return await self.app(scope, receive, send)
+        try:
+            first = await receive()
+        except Exception as e:  # a 413 or 408 from the middleware outside: FastAPI answers it
+            return await self.app(scope, _raising(e), send)
+        receive = _replaying(first, receive)
+        req = None
+        if first["type"] == "http.request" and not first.get("more_body", False):
+            req = plainly_valid(first.get("body", b""), GenerateRequest)
+        if req is None:
+            return await self.app(scope, receive, send)
+        scope["route"] = _GENERATE_ROUTE
+        try:
+            response = await _generate_with(req, scope["app"].state.server)
+        except Exception as e:
+            handler = _exception_handler(e)
+            if handler is None:
+                raise  # as from FastAPI: the server's 500, and the traceback in its log
+            response = await handler(Request(scope, receive), e)
+        await response(scope, receive, send)
+
+
+def _content_type(scope) -> bytes | None:
+    """The first Content-Type header, as Starlette's `request.headers.get` reads it."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value
+    return None
+
+
+def _replaying(first: dict, receive):
+    """A receive that gives `first` (already read) once, then reads on."""
+    given = False
+
+    async def receive_again():
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return first
+
+    return receive_again
+
+
+def _raising(error: Exception):
+    async def receive_fails():
+        raise error
+
+    return receive_fails
+
+
+def _exception_handler(error: Exception):
+    """The app's handler for `error`, looked up along its class's MRO as Starlette does."""
+    for cls in type(error).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls]
+    return None
+
+
+async def _generate_with(req: GenerateRequest, state: ServerState) -> Response:
+    _check_model_named(state.repository, req.model)
+    with state.repository.use(req.model, req.version) as engine:  # a reload waits for this
+        return await _generate(req, engine, state)
 
 
 async def _generate(req: GenerateRequest, engine: Engine, state: ServerState) -> Response:
