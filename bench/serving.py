@@ -15,7 +15,10 @@ width to 8 so the run takes seconds), exported with `bigan export`'s own code:
      are printed and written;
   4. the response cache: two servers side by side, `--cache-mb 0` and the default cache, under
      the same repeating workload (one-image PNG requests whose (class, seed) follow a Zipf law
-     over --cache-keys pairs, the same sequence for both): hit rate, images/s, p50/p99 latency.
+     over --cache-keys pairs, the same sequence for both): hit rate, images/s, p50/p99 latency;
+  5. with --floor, one client against `bigan serve` and against `bench/raw_server.py`, the least
+     a Python HTTP server can do for such a request (parse, latent, session, .npy), with its
+     session in a worker thread and inline on the event loop: what any server reaches here.
 Each comparison alternates over --rounds rounds and is taken per round: eager against
 onnxruntime, each server measurement against the in-process ones just before and after it, and
 the cached server against the uncached one (their order swapped every round); then the median or
@@ -35,7 +38,7 @@ machines this was measured on, and the bench needs only Python. `--client http.c
 old client, to compare; a test checks both read the same bytes and status from `bigan serve`.
 
     python bench/serving.py [--quick] [--fp16] [--out bench/results] [--seconds S] [--rounds R]
-                            [--client lean|http.client]
+                            [--client lean|http.client] [--floor]
                             [--checkpoint CKPT [--model CKPT.onnx]]   # your own model instead
 """
 
@@ -49,6 +52,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +70,7 @@ from bigan.export.onnx import export_onnx  # noqa: E402
 from bigan.checkpoint.store import save_checkpoint  # noqa: E402
 from serving.core.engine import EngineConfig, open_session  # noqa: E402
 from bigan.ort_session import read_metadata  # noqa: E402
-from serving.client import started_server  # noqa: E402
+from serving.client import free_port, started_server, stop_process  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -441,6 +445,62 @@ def cache_comparison(onnx_path: Path, max_batch: int, clients_list: list[int], s
             "speedup_median": {str(c): float(np.median(v)) for c, v in speedups.items()}}
 
 
+@contextlib.contextmanager
+def raw_server(onnx_path: Path, inline: bool):
+    """`bench/raw_server.py` (the floor: nothing but parse, latent, session, .npy) in a
+    subprocess on a free loopback port: yields (port, pid)."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(onnx_path),
+               "--port", str(port)] + (["--inline"] if inline else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    try:
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"{' '.join(command)} did not start (exit code {process.poll()})")
+        yield port, process.pid
+    finally:
+        stop_process(process, grace_s=10)
+
+
+def _main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's main thread (its event loop), from schedstat (ns)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def floor_comparison(onnx_path: Path, in_process_rate, max_batch: int, seconds: float,
+                     rounds: int, num_classes: int, client: str = "lean") -> dict:
+    """One client against `bigan serve` and against the floor (`bench/raw_server.py`, the session
+    in a worker thread as the batcher runs it, and inline on the event loop), in rotating order
+    within each round, each measurement bracketed by in-process onnxruntime at batch 1 as in
+    `server_vs_in_process`; plus each server's event-loop CPU per request."""
+    names = ["bigan serve", "raw server, worker thread", "raw server, inline"]
+    fractions = {name: [] for name in names}
+    loop_ms = {name: [] for name in names}
+    with running_server(onnx_path, max_batch, "--cache-mb", "0") as served, \
+            raw_server(onnx_path, inline=False) as threaded, \
+            raw_server(onnx_path, inline=True) as inline:
+        servers = dict(zip(names, (served, threaded, inline)))
+        before = in_process_rate(seconds / 2, 1)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                port, pid = servers[name]
+                cpu = _main_thread_cpu_s(pid)
+                print(f"  round {r + 1}/{rounds}, {name}:", end="", flush=True)
+                run = drive(port, 1, seconds, num_classes, client=client)
+                requests = len(run["latencies"])  # sent in the window; warm-up's not counted
+                cpu = _main_thread_cpu_s(pid) - cpu
+                after = in_process_rate(seconds / 2, 1)
+                fractions[name].append(run["img_per_sec"] / ((before + after) / 2))
+                # the CPU covers the warm-up (a quarter of the window) too: its requests are
+                # taken at the window's rate
+                loop_ms[name].append(1000 * cpu / max(1.25 * requests, 1))
+                before = after
+    return {"rounds": rounds, "client": client,
+            "rows": [{"server": name, "fraction_of_in_process_batch_1": float(np.median(f)),
+                      "fraction_per_round": f, "loop_cpu_ms_per_request": float(np.median(
+                          loop_ms[name])), "loop_cpu_ms_per_round": loop_ms[name]}
+                     for name, f in fractions.items()]}
+
+
 def print_table(report: dict) -> None:
     """The bench's table on stdout, from the report `main` writes as serving.json."""
     print(f"\n{'measurement':62s} {'img/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s}")
@@ -462,6 +522,11 @@ def print_table(report: dict) -> None:
             print(f"  {v['fraction']:.0%} of in-process at batch {n}"
                   + (" (its baseline)" if int(n) == r["baseline_batch"] else "")
                   + "; rounds " + "/".join(f"{f:.0%}" for f in v["per_round"]))
+    for r in (report["floor"] or {}).get("rows", []):
+        label = f"1 client, {r['server']}: of in-process at batch 1"
+        print(f"{label:62s} {r['fraction_of_in_process_batch_1']:9.0%}   (rounds "
+              + "/".join(f"{f:.0%}" for f in r["fraction_per_round"])
+              + f"; event loop {r['loop_cpu_ms_per_request']:.2f} ms CPU a request)")
     for r in report["cache"]["rows"]:
         label = (f"bigan serve, {r['clients']} client(s), Zipf PNGs, cache {r['cache']}"
                  + (" (hits " + "/".join(f"{h:.0%}" for h in r["hit_rate_per_round"]) + ")"
@@ -495,6 +560,9 @@ def main() -> None:
     parser.add_argument("--client", choices=sorted(CLIENTS), default="lean",
                         help="the load client: lean (a raw-socket loop, the default) or "
                              "http.client (~0.4 ms more CPU a request; to compare)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also drive bench/raw_server.py (the floor of a Python HTTP server) "
+                             "at 1 client beside bigan serve, each against in-process")
     parser.add_argument("--seconds", type=float, default=None,
                         help="time per measurement (default 4 with --quick, 10 otherwise)")
     args = parser.parse_args()
@@ -536,6 +604,12 @@ def main() -> None:
               f"{args.rounds} rounds", flush=True)
         in_process, server = server_vs_in_process(onnx_path, in_process_rate, max_batch, [1, 16],
                                                   seconds, args.rounds, G.num_classes, args.client)
+        floor = None
+        if args.floor:
+            print(f"1 client: bigan serve against the floor (bench/raw_server.py), {args.rounds} "
+                  "rounds", flush=True)
+            floor = floor_comparison(onnx_path, in_process_rate, max_batch, seconds, args.rounds,
+                                     G.num_classes, args.client)
         print(f"response cache: Zipf(1.1) over {args.cache_keys} (class, seed) pairs, "
               f"{args.rounds} rounds", flush=True)
         cache = cache_comparison(onnx_path, max_batch, [1, 16], seconds, args.rounds,
@@ -551,7 +625,7 @@ def main() -> None:
                         "precision": read_metadata(session, onnx_path).precision,
                         "params_G": sum(p.numel() for p in G.parameters()), "onnx_mib": onnx_mib},
               "latency": latency, "ort_over_eager": ratios, "in_process": in_process, "server": server,
-              "cache": cache, "export_sec": export_sec}
+              "cache": cache, "floor": floor, "export_sec": export_sec}
     print_table(report)
     (out / "serving.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'serving.json'}")

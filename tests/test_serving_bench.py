@@ -49,11 +49,34 @@ def test_lean_client_reads_what_http_client_reads(tiny_onnx, tmp_path):
             drive(server.port, 1, 0.2, 4, requests=lambda k, i: requests[3])
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_the_floor_server_answers_bigan_serves_bytes(tiny_onnx, tmp_path, inline):
+    """bench/raw_server.py, the floor `--floor` compares with, does the same work as `bigan serve`
+    for a one-image npy request: the same latent, session and .npy bytes for each (class, seed)."""
+    from bench.serving import LeanConnection, raw_server
+    from serving.client import started_server
+
+    requests = [{"class": c, "n": 1, "seed": s, "format": "npy"} for c, s in ((1, 7), (3, 0))]
+    with open(tmp_path / "server.log", "wb") as log, \
+            started_server(tiny_onnx, "--cache-mb", "0", output=log, cwd=ROOT) as server, \
+            raw_server(tiny_onnx, inline) as (port, _):
+        served, floor = (LeanConnection("127.0.0.1", p) for p in (server.port, port))
+        bodies = []
+        for request in requests:
+            a, b = (conn.exchange(conn.encode(request)) for conn in (served, floor))
+            assert a[0] == b[0] == 200 and bytes(a[1]) == bytes(b[1])
+            bodies.append(bytes(b[1]))
+        assert bodies[0] != bodies[1]
+        served.close()
+        floor.close()
+
+
 @pytest.mark.slow
 def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_onnx, tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", "--seconds", "0.4", "--rounds", "2",
-         "--cache-keys", "50", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path)],
+         "--cache-keys", "50", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_onnx), "--out", str(tmp_path),
+         "--floor"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "serving.json").read_text())
@@ -83,6 +106,13 @@ def test_serving_bench_measures_runtimes_and_the_server(tiny_checkpoint, tiny_on
         assert all(h == 0 for h in rates) if r["cache"] == "off" else all(0 < h <= 1 for h in rates)
     assert len(cache["speedup_per_round"]["16"]) == 2 and cache["speedup_median"]["1"] > 0
     assert "cache on / off images/s, 16 client(s)" in out.stdout
+    floor = report["floor"]["rows"]
+    assert [r["server"] for r in floor] == ["bigan serve", "raw server, worker thread",
+                                            "raw server, inline"]
+    for r in floor:
+        assert len(r["fraction_per_round"]) == 2 and r["fraction_of_in_process_batch_1"] > 0
+        assert r["loop_cpu_ms_per_request"] > 0
+    assert "1 client, raw server, inline: of in-process at batch 1" in out.stdout
 
 
 def test_gpu_path_bench_times_every_variant(tiny_onnx, tmp_path):
