@@ -1,10 +1,11 @@
 """The floor of serving one-image requests over HTTP from Python on this machine.
 
-A server with nothing but what a `/v1/generate` npy request needs: a uvloop protocol that reads a
-keep-alive HTTP/1.1 POST with a Content-Length, `json.loads` of the body, the latent drawn as
-`bigan serve` draws it (`bigan.sampling.latents` from the seed), the session `bigan serve` opens
-(`serving.core.engine.open_session`), and the image answered as `.npy` (`serving.transports.
-images.npy_bytes`). No routing, validation, batching, metrics, limits or error answers: it is not
+A server with nothing but what a `/v1/generate` npy request needs: an asyncio protocol (on
+uvloop, as uvicorn runs bigan serve) that reads a keep-alive HTTP/1.1 POST with a Content-Length,
+`json.loads` of the body, the latent drawn as `bigan serve` draws it (`bigan.sampling.latents`
+from the seed, at the model's default psi), the session `bigan serve` opens
+(`serving.core.engine.open_session`), and the image answered as `.npy`
+(`serving.transports.images.npy_bytes`). No routing, validation, batching, metrics, limits or error answers: it is not
 a server to use, only the measure of what any Python server could reach at one client
 (`bench/serving.py --floor` drives it beside `bigan serve`, each against in-process onnxruntime).
 `--inline` runs the session on the event loop; without it, in one worker thread fed by a queue, as
@@ -32,8 +33,10 @@ from serving.transports.images import npy_bytes  # noqa: E402
 
 
 def serve(model: Path, port: int, inline: bool) -> None:
-    import uvloop
-
+    try:  # the loop uvicorn's `--loop auto` picks for bigan serve
+        from uvloop import run as run_loop
+    except ImportError:
+        run_loop = asyncio.run
     session, _ = open_session(model, EngineConfig())
     meta = ort_session.read_metadata(session, model)
 
@@ -87,7 +90,7 @@ def serve(model: Path, port: int, inline: bool) -> None:
         print("ready", flush=True)
         await server.serve_forever()
 
-    uvloop.run(main())
+    run_loop(main())
 
 
 if __name__ == "__main__":
