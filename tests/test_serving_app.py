@@ -287,6 +287,49 @@ def test_the_lean_generate_path_answers_as_fastapis_handler_does(tiny_onnx, monk
     assert metrics[False] == metrics[True] and metrics[False]
 
 
+def test_a_body_sent_in_pieces_is_answered_as_a_whole_one(tiny_onnx):
+    """A body that arrives in more than one ASGI message is FastAPI's to read (`v1.LeanGenerate`
+    hands it on with the part already read): the same answer as the body sent whole, valid or
+    not. Driven at the ASGI level, since TestClient joins a streamed body into one message."""
+    import asyncio
+
+    engine = Engine(tiny_onnx, EngineConfig(max_batch=8, max_wait_ms=1))
+    app = create_app(engine, max_images=16, cache_mb=0)  # each answer drawn, none from the cache
+
+    async def post(*pieces: bytes) -> tuple[int, dict, bytes]:
+        messages = [{"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
+                    for i, piece in enumerate(pieces)]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/generate",
+                 "raw_path": b"/v1/generate", "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        return (start["status"], dict(start["headers"]),
+                b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+    async def answers():
+        body, bad = b'{"class": 1, "n": 2, "seed": 11, "format": "npy"}', b'{"class": 1, "n": 0}'
+        try:
+            return [await asyncio.wait_for(post(*pieces), 60) for pieces in (
+                [body], [body[:9], body[9:30], body[30:]], [bad], [bad[:5], bad[5:]])]
+        finally:
+            await engine.batcher.stop()
+
+    whole, pieces, bad_whole, bad_pieces = asyncio.run(answers())
+    assert whole[0] == 200 and whole == pieces
+    assert bad_whole[0] == 422 and bad_whole == bad_pieces and b'"n"' in bad_pieces[2]
+
+
 def test_a_full_queue_answers_503_with_retry_after(client, monkeypatch):
     async def full(z, y, psi=None):
         raise QueueFull(64, retry_after_s=2)

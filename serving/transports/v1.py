@@ -28,7 +28,7 @@ from serving.core.cache import CachedResponse, CacheKey
 from serving.core.engine import Engine
 from serving.core.repository import ModelRepository
 from serving.transports import images as encode
-from serving.transports.errors import EXCEPTION_HANDLERS, BadRequest, shorten
+from serving.transports.errors import BadRequest, shorten
 from serving.transports.json_body import JsonBodyRoute, describe_int, plainly_valid
 from serving.transports.server_state import ServerState, server_state
 
@@ -92,7 +92,7 @@ class LeanGenerate:
     """ASGI middleware, the innermost of the app's own: a plainly valid `POST /v1/generate` (a
     body sent whole as exactly `application/json` that passes `GenerateRequest`: `plainly_valid`)
     goes straight to the endpoint, and its errors (unknown class, a full queue) to the app's own
-    handlers (`EXCEPTION_HANDLERS`); any other request, with the body it sent, goes on to FastAPI,
+    exception handlers; any other request, with the body it sent, goes on to FastAPI,
     which answers it as it always did. The middleware outside this one (body limit, body
     deadline, the answer at shutdown, the request metrics) sees both paths alike.
     Why: at one client every event-loop microsecond beside the generator's run lowers
@@ -121,7 +121,7 @@ class LeanGenerate:
         try:
             response = await _generate_with(req, scope["app"].state.server)
         except Exception as e:
-            handler = _exception_handler(e)
+            handler = _exception_handler(scope["app"].exception_handlers, e)
             if handler is None:
                 raise  # as from FastAPI: the server's 500, and the traceback in its log
             response = await handler(Request(scope, receive), e)
@@ -157,11 +157,12 @@ def _raising(error: Exception):
     return receive_fails
 
 
-def _exception_handler(error: Exception):
-    """The app's handler for `error`, looked up along its class's MRO as Starlette does."""
+def _exception_handler(handlers: dict, error: Exception):
+    """The app's handler for `error` (`create_app` installs `errors.EXCEPTION_HANDLERS`), looked
+    up along its class's MRO as Starlette's exception middleware does."""
     for cls in type(error).__mro__:
-        if cls in EXCEPTION_HANDLERS:
-            return EXCEPTION_HANDLERS[cls]
+        if cls in handlers:
+            return handlers[cls]
     return None
 
 
