@@ -2,14 +2,13 @@
 
 A server with nothing but what a `/v1/generate` npy request needs: an asyncio protocol (on
 uvloop, as uvicorn runs bigan serve) that reads a keep-alive HTTP/1.1 POST with a Content-Length,
-`json.loads` of the body, the latent drawn as `bigan serve` draws it (`bigan.sampling.latents`
-from the seed, at the model's default psi), the session `bigan serve` opens
-(`serving.core.engine.open_session`), and the image answered as `.npy`
-(`serving.transports.images.npy_bytes`). No routing, validation, batching, metrics, limits or error answers: it is not
-a server to use, only the measure of what any Python server could reach at one client
-(`bench/serving.py --floor` drives it beside `bigan serve`, each against in-process onnxruntime).
-`--inline` runs the session on the event loop; without it, in one worker thread fed by a queue, as
-`bigan serve`'s batcher does (`serving.core.batcher.RunThread`).
+`json.loads` of the body, and bigan serve's own `Engine` without its batcher: the latent from the
+seed at the model's default psi (`Engine.latents`), the session run (`Engine.run`), and the image
+answered as `.npy` (`serving.transports.images.npy_bytes`). No routing, validation, batching,
+metrics, limits or error answers: it is not a server to use, only the measure of what any Python
+server could reach at one client (`bench/serving.py --floor` drives it beside `bigan serve`, each
+against in-process onnxruntime). `--inline` runs the session on the event loop; without it, in one
+worker thread fed by a queue, as `bigan serve`'s batcher does (`serving.core.batcher.RunThread`).
 
     python bench/raw_server.py MODEL.onnx --port P [--inline]     # prints "ready" once listening
 """
@@ -27,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bigan import ort_session, sampling  # noqa: E402
-from serving.core.engine import EngineConfig, open_session  # noqa: E402
+from serving.core.engine import Engine  # noqa: E402
 from serving.transports.images import npy_bytes  # noqa: E402
 
 
@@ -37,19 +35,15 @@ def serve(model: Path, port: int, inline: bool) -> None:
         from uvloop import run as run_loop
     except ImportError:
         run_loop = asyncio.run
-    session, _ = open_session(model, EngineConfig())
-    meta = ort_session.read_metadata(session, model)
-
-    def run(z: np.ndarray, y: np.ndarray, psi: float | None) -> np.ndarray:
-        column = ort_session.psi_column(psi, len(y)) if meta.psi_input else None
-        return session.run(["images"], ort_session.run_inputs(meta, z, y, column))[0]
+    engine = Engine(model)  # its session, run and latents; its batcher is never started
+    default_psi = engine.metadata.default_truncation
 
     calls: queue.SimpleQueue = queue.SimpleQueue()
 
     def worker() -> None:  # the batcher's RunThread, without the batcher
         while True:
             loop, answer, *inputs = calls.get()
-            images = run(*inputs)
+            images = engine.run(*inputs)
             loop.call_soon_threadsafe(answer, images)
 
     threading.Thread(target=worker, daemon=True).start()
@@ -72,11 +66,10 @@ def serve(model: Path, port: int, inline: bool) -> None:
             body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
             request = json.loads(body)
             y = np.array([request["class"]], dtype=np.int64)
-            psi = (request["truncation"] if "truncation" in request
-                   else meta.default_truncation(request["class"]))  # as bigan serve's default
-            z = sampling.latents([request["seed"]], meta.dim_z, psi, meta.z_sampling)
+            psi = request["truncation"] if "truncation" in request else default_psi(request["class"])
+            z = engine.latents([request["seed"]], psi)
             if inline:
-                self.answer(run(z, y, psi))
+                self.answer(engine.run(z, y, psi))
             else:
                 calls.put((asyncio.get_running_loop(), self.answer, z, y, psi))
 

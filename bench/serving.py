@@ -73,6 +73,7 @@ from bigan.ort_session import read_metadata  # noqa: E402
 from serving.client import free_port, started_server, stop_process  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+WARM_UP = 0.25  # `drive` warms a server up for this fraction of its window before counting
 
 
 def random_checkpoint(out_dir: Path, quick: bool) -> Path:
@@ -375,12 +376,12 @@ CLIENTS = {"lean": _lean_client, "http.client": _http_client}
 def drive(port: int, clients: int, seconds: float, num_classes: int, requests=None,
           client: str = "lean") -> dict:
     """`clients` threads, each on its own keep-alive connection, sending one-image requests
-    (`requests(k, i)`, default `unique_requests`): a warm-up of seconds/4 (arena growth, batches
-    settling), then a window of `seconds`. Returns images/s, counted as the requests completed
+    (`requests(k, i)`, default `unique_requests`): a warm-up of WARM_UP * seconds (arena growth,
+    batches settling), then a window of `seconds`. Returns images/s, counted as the requests completed
     within the window (steady state: the drain after it, about one latency, would bias a
     sent-in-window count down), and the latencies (s) of the requests sent within it.
     `client`: "lean" (`LeanConnection`) or "http.client" (see the module's docstring)."""
-    start = time.perf_counter() + seconds / 4
+    start = time.perf_counter() + WARM_UP * seconds
     end = start + seconds
     requests = requests or unique_requests(num_classes)
     loop = CLIENTS[client]
@@ -490,9 +491,8 @@ def floor_comparison(onnx_path: Path, in_process_rate, max_batch: int, seconds: 
                 cpu = _main_thread_cpu_s(pid) - cpu
                 after = in_process_rate(seconds / 2, 1)
                 fractions[name].append(run["img_per_sec"] / ((before + after) / 2))
-                # the CPU covers the warm-up (a quarter of the window) too: its requests are
-                # taken at the window's rate
-                loop_ms[name].append(1000 * cpu / max(1.25 * requests, 1))
+                # the CPU covers the warm-up too: its requests are taken at the window's rate
+                loop_ms[name].append(1000 * cpu / max((1 + WARM_UP) * requests, 1))
                 before = after
     return {"rounds": rounds, "client": client,
             "rows": [{"server": name, "fraction_of_in_process_batch_1": float(np.median(f)),

@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 
 from bigan import sampling
 from bigan.onnx_metadata import MAX_TRUNCATION, MIN_TRUNCATION
@@ -105,7 +106,8 @@ class LeanGenerate:
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["path"] != "/v1/generate"
-                or scope["method"] != "POST" or _content_type(scope) != b"application/json"):
+                or scope["method"] != "POST"
+                or Headers(scope=scope).get("content-type") != "application/json"):
             return await self.app(scope, receive, send)
         try:
             first = await receive()
@@ -126,14 +128,6 @@ class LeanGenerate:
                 raise  # as from FastAPI: the server's 500, and the traceback in its log
             response = await handler(Request(scope, receive), e)
         await response(scope, receive, send)
-
-
-def _content_type(scope) -> bytes | None:
-    """The first Content-Type header, as Starlette's `request.headers.get` reads it."""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return value
-    return None
 
 
 def _replaying(first: dict, receive):
